@@ -1,0 +1,105 @@
+"""Attention backends: the seam between the model and the paged-attention kernels.
+
+The model runner builds one AttentionMetadata per step; every attention layer
+calls `backend.write_kv(k, v, k_cache, v_cache, meta)` to store the new K/V
+through the slot mapping, then `backend.attend(q, k_cache, v_cache, meta, scale)`
+to attend over the paged cache (two calls, so each is timed as its own kernel).
+
+Backends: `torch` (reference kernels, the CPU default) and `triton`
+(kvscope.kernels.attention_triton; on CPU it needs TRITON_INTERPRET=1).
+`auto` picks triton on CUDA and torch elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from kvscope.kernels.attention_torch import paged_attention_torch, write_kv_cache_torch
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Everything attention needs for one flat, unpadded batch (see kernels/attention_torch.py)."""
+
+    slot_mapping: torch.Tensor      # [T] int64
+    block_tables: torch.Tensor      # [B, max_blocks] int32
+    query_start_loc: torch.Tensor   # [B + 1] int32
+    seq_lens: torch.Tensor          # [B] int32
+    query_lens_host: list[int]
+    seq_lens_host: list[int]
+    max_query_len: int
+    max_seq_len: int
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.query_lens_host)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.slot_mapping.shape[0])
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, meta: AttentionMetadata) -> None:
+        """k/v [T, KVH, D] into the pools at meta.slot_mapping."""
+        ...
+
+    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        """q [T, H, D] -> [T, H, D], causal over each request's paged context."""
+        ...
+
+
+class TorchAttention:
+    name = "torch"
+
+    def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
+        write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping)
+
+    def attend(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        return paged_attention_torch(
+            q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
+            query_lens_host=meta.query_lens_host, seq_lens_host=meta.seq_lens_host,
+        )
+
+
+class TritonAttention:
+    """Triton kernels (kvscope.kernels.attention_triton), imported on first use: triton is optional."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        from kvscope.kernels import attention_triton
+
+        self._kernels = attention_triton
+
+    def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
+        self._kernels.write_kv_cache_triton(k, v, k_cache, v_cache, meta.slot_mapping)
+
+    def attend(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        return self._kernels.paged_attention_triton(
+            q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
+        )
+
+
+def resolve_backend_name(name: str, device: torch.device) -> str:
+    """`auto` -> `triton` on CUDA, `torch` elsewhere."""
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return name
+
+
+def make_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+    name = resolve_backend_name(name, device)
+    if name == "torch":
+        return TorchAttention()
+    if name == "triton":
+        return TritonAttention()
+    raise ValueError(f"unknown attention backend {name!r} (expected torch, triton or auto)")

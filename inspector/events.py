@@ -1,0 +1,277 @@
+"""Event records and the event bus: the contract between the engine and every instrument.
+
+This module imports nothing heavy (no torch, no textual): the engine emits these
+records, recorders / exporters / metrics / the TUI consume them. Every record
+carries `ts` (monotonic ns, `time.perf_counter_ns`) and `step` (the scheduler
+step it belongs to; -1 before the first step).
+
+With no subscriber, emitting costs one attribute check at the call site:
+
+    if bus.active:
+        bus.emit(BlockEvent(...))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar
+
+now_ns = time.perf_counter_ns
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class RunInfo:
+    """The engine's configuration, emitted before the first step of a run (and again after a reset).
+
+    kv_bytes_per_block: bytes of K and V for one block across all layers.
+    """
+
+    kind: ClassVar[str] = "run_info"
+    ts: int
+    step: int
+    model: str
+    num_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    dtype: str
+    device: str
+    backend: str
+    policy: str
+    total_blocks: int
+    block_size: int
+    kv_bytes_per_block: int
+    token_budget: int
+    max_num_seqs: int
+    max_model_len: int
+    prefix_caching: bool = False
+
+
+@dataclass(slots=True)
+class StepBegin:
+    """A scheduler step starts."""
+
+    kind: ClassVar[str] = "step_begin"
+    ts: int
+    step: int
+
+
+@dataclass(slots=True)
+class StepEnd:
+    """A scheduler step ends.
+
+    prefill: (request id, prompt tokens computed this step) for each request still in prefill.
+    decode: request ids that computed decode tokens this step.
+    sampled: (request id, tokens appended to its output this step).
+    phases: (name, start ns, end ns) for schedule / prepare / forward / sample.
+    """
+
+    kind: ClassVar[str] = "step_end"
+    ts: int
+    step: int
+    begin_ts: int
+    num_tokens: int
+    token_budget: int
+    prefill: tuple[tuple[int, int], ...] = ()
+    decode: tuple[int, ...] = ()
+    sampled: tuple[tuple[int, int], ...] = ()
+    phases: tuple[tuple[str, int, int], ...] = ()
+    num_running: int = 0
+    num_waiting: int = 0
+    num_preempted: int = 0
+
+
+# request lifecycle kinds
+ARRIVED = "arrived"
+SCHEDULED = "scheduled"
+FIRST_TOKEN = "first_token"
+PREEMPTED = "preempted"
+RESUMED = "resumed"
+FINISHED = "finished"
+REQUEST_KINDS = (ARRIVED, SCHEDULED, FIRST_TOKEN, PREEMPTED, RESUMED, FINISHED)
+
+
+@dataclass(slots=True)
+class RequestEvent:
+    """A request changes state. `what` is one of REQUEST_KINDS.
+
+    reason: for `finished`, one of "stop", "length", "abort"; empty otherwise.
+    prompt_tokens / output_tokens / computed_tokens: the request's counts at that moment.
+    max_tokens: the request's output limit (for progress bars and max-length reservations).
+    """
+
+    kind: ClassVar[str] = "request"
+    ts: int
+    step: int
+    request_id: int
+    what: str
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    computed_tokens: int = 0
+    max_tokens: int = 0
+    reason: str = ""
+
+
+# block event kinds
+ALLOC = "alloc"          # blocks taken from the free pool by a request (ref count becomes 1)
+PREFIX_HIT = "prefix_hit"  # a request shares already-computed blocks found by hash (ref count + 1)
+CACHED = "cached"        # a full block of a request is registered under its chain hash
+FREE = "free"            # a request releases blocks (ref count - 1; at 0 a hashed block stays cached)
+EVICT = "evict"          # a cached, unreferenced block loses its hash to be reused
+BLOCK_KINDS = (ALLOC, PREFIX_HIT, CACHED, FREE, EVICT)
+
+
+@dataclass(slots=True)
+class BlockEvent:
+    """Blocks change hands.
+
+    block_ids: physical blocks, in logical order for alloc / prefix_hit / free.
+    logical_index: the logical index of block_ids[0] in the request's block table
+        (the rest follow consecutively); -1 for evict.
+    ref_counts: each block's reference count after the operation.
+    hashes: each block's chain hash (0 when not hashed).
+    request_id: the request, or -1 for evict.
+    """
+
+    kind: ClassVar[str] = "block"
+    ts: int
+    step: int
+    what: str
+    request_id: int
+    block_ids: tuple[int, ...]
+    logical_index: int = 0
+    ref_counts: tuple[int, ...] = ()
+    hashes: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class KernelEvent:
+    """One operator launch inside the forward pass.
+
+    start / end: ns on the same clock as `ts` (host timestamps on CPU; CUDA-event
+    times mapped onto the host clock on GPU).
+    layer: decoder layer index, or -1 for ops outside the layers (embed, final norm, lm_head, sample).
+    shapes: a short human string ("T=70 H=576").
+    flops / bytes: from the analytic model (kvscope.inspector.roofline).
+    """
+
+    kind: ClassVar[str] = "kernel"
+    ts: int
+    step: int
+    op: str
+    layer: int
+    backend: str
+    start: int
+    end: int
+    shapes: str = ""
+    flops: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class KVSnapshot:
+    """KV pool occupancy after a step.
+
+    used_blocks: blocks referenced by at least one request.
+    cached_blocks: unreferenced blocks that still hold a hashed prefix (reusable).
+    free_blocks: blocks on the free list that hold nothing useful (excludes cached).
+    tokens_stored: token slots written and owned by live requests (shared blocks counted once).
+    reserved_empty_slots: slots held by live requests but not yet written (internal fragmentation;
+        for the static policy this includes the max-length reservation).
+    contiguous_waste_slots: what a contiguous max-length reservation would leave empty for the
+        same live requests (sum over requests of max_len - stored tokens).
+    """
+
+    kind: ClassVar[str] = "kv"
+    ts: int
+    step: int
+    total_blocks: int
+    block_size: int
+    used_blocks: int
+    cached_blocks: int
+    free_blocks: int
+    tokens_stored: int
+    reserved_empty_slots: int
+    contiguous_waste_slots: int = 0
+
+
+Event = RunInfo | StepBegin | StepEnd | RequestEvent | BlockEvent | KernelEvent | KVSnapshot
+EVENT_TYPES: dict[str, type] = {
+    cls.kind: cls for cls in (RunInfo, StepBegin, StepEnd, RequestEvent, BlockEvent, KernelEvent, KVSnapshot)
+}
+
+
+def event_to_dict(event: Any) -> dict[str, Any]:
+    """A JSON-ready dict with the event's kind first; tuples become lists."""
+    d = {"kind": event.kind}
+    d.update(asdict(event))
+    return d
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+class EventDecodeError(ValueError):
+    """A record that does not describe a known event."""
+
+
+def event_from_dict(d: dict[str, Any]) -> Any:
+    """Inverse of event_to_dict. Raises EventDecodeError naming what is wrong."""
+    if not isinstance(d, dict):
+        raise EventDecodeError(f"expected an object, got {type(d).__name__}")
+    kind = d.get("kind")
+    cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise EventDecodeError(f"unknown event kind {kind!r}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names - {"kind"}
+    if unknown:
+        raise EventDecodeError(f"{kind}: unknown field(s) {sorted(unknown)}")
+    try:
+        return cls(**{k: _as_tuple(v) for k, v in d.items() if k != "kind"})
+    except TypeError as exc:
+        raise EventDecodeError(f"{kind}: {exc}") from None
+
+
+Subscriber = Callable[[Any], None]
+
+
+@dataclass(slots=True)
+class EventBus:
+    """Fan-out of events to subscribers. `active` is the one check callers make before building an event."""
+
+    subscribers: list[Subscriber] = field(default_factory=list)
+    active: bool = False
+
+    def subscribe(self, fn: Subscriber) -> Subscriber:
+        self.subscribers.append(fn)
+        self.active = True
+        return fn
+
+    def unsubscribe(self, fn: Subscriber) -> None:
+        if fn in self.subscribers:
+            self.subscribers.remove(fn)
+        self.active = bool(self.subscribers)
+
+    def emit(self, event: Any) -> None:
+        for fn in self.subscribers:
+            fn(event)
+
+
+class EventList:
+    """A subscriber that keeps every event in memory (tests, trace export)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
