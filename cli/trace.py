@@ -1,0 +1,135 @@
+"""`kvscope trace RECIPE -o DIR`: run a recipe's workload and write its timelines.
+
+DIR/trace.json    Chrome Trace Event format (Perfetto, chrome://tracing)
+DIR/trace.nvtxt   NVTX text, for Nsight Systems: ImportNvtxt --cmd create -n trace.nvtxt -o trace.nsys-rep
+DIR/events.jsonl  every event (header line first), for `kvscope replay`
+
+--torch-profiler also runs torch.profiler around the workload and merges its events (CPU ops;
+CUDA kernels on a GPU) into trace.json, shifted onto the engine's clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kvscope.cli.errors import UsageError
+from kvscope.cli.recipe_args import add_recipe_argument, recipe_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_argument(parser)
+    parser.add_argument("-o", "--out", metavar="DIR", default=None,
+                        help="output folder (default: trace-<recipe name>)")
+    parser.add_argument("--torch-profiler", action="store_true",
+                        help="also merge torch.profiler's CPU ops / CUDA kernels into trace.json")
+    parser.add_argument("--no-kernels", action="store_true",
+                        help="leave out per-op kernel events (smaller files)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kvscope.cli.headless import recording_header
+    from kvscope.engine.session import RunSession
+    from kvscope.inspector.chrome_trace import trace_origin, write_chrome_trace
+    from kvscope.inspector.events import EventBus, EventList
+    from kvscope.inspector.metrics import Metrics
+    from kvscope.inspector.nvtxt import write_nvtxt
+    from kvscope.inspector.recording import attach_recorder
+
+    recipe = recipe_from_args(args)
+    out = Path(args.out if args.out else f"trace-{recipe.name}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"-o {out}: cannot create folder: {exc.strerror or exc}") from None
+
+    bus = EventBus()
+    events = bus.subscribe(EventList())
+    metrics = bus.subscribe(Metrics())
+    session = RunSession(recipe, bus=bus, kernel_events=not args.no_kernels)
+    close_recording = attach_recorder(bus, out / "events.jsonl", recording_header(recipe, session))
+    torch_events: list[dict[str, Any]] = []
+    try:
+        if args.torch_profiler:
+            torch_events = _run_with_torch_profiler(session)
+        else:
+            session.run()
+    finally:
+        close_recording()
+
+    meta = {"recipe": recipe.name, "recipe_path": recipe.source, "device": str(session.engine.device)}
+    if torch_events:
+        torch_events = _shift_torch_events(torch_events, trace_origin(events.events))
+    trace = write_chrome_trace(out / "trace.json", events.events, meta, torch_events)
+    records = write_nvtxt(out / "trace.nvtxt", events.events, os.getpid(), recipe.name)
+
+    for line in session.rejected:
+        print(f"kvscope: error: {line}")
+    print(metrics.summary().format_text())
+    print(f"wrote {out / 'trace.json'} ({len(trace['traceEvents'])} trace events"
+          f"{f', {len(torch_events)} from torch.profiler' if torch_events else ''})")
+    print(f"wrote {out / 'trace.nvtxt'} ({records} records; "
+          f"ImportNvtxt --cmd create -n {out / 'trace.nvtxt'} -o {out / 'trace.nsys-rep'})")
+    print(f"wrote {out / 'events.jsonl'} ({len(events.events)} events; kvscope replay {out / 'events.jsonl'})")
+    return 2 if session.rejected else 0
+
+
+ANCHOR = "kvscope::clock_anchor"
+PID_TORCH = 10
+
+
+def _run_with_torch_profiler(session: Any) -> list[dict[str, Any]]:
+    """Run the session under torch.profiler; its chrome-trace events, with the anchor's host time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from kvscope.inspector.events import now_ns
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        with record_function(ANCHOR):
+            anchor_ns = now_ns()
+        session.run()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "torch_trace.json"
+        prof.export_chrome_trace(str(path))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    raw = data["traceEvents"] if isinstance(data, dict) else data
+    raw.append({"name": "__kvscope_anchor_ns", "ph": "_", "ts": anchor_ns})
+    return raw
+
+
+def _shift_torch_events(raw: list[dict[str, Any]], t0_ns: int) -> list[dict[str, Any]]:
+    """Keep torch's slices, instants, flows and names; move them onto the engine's timeline."""
+    anchor_ns = next(e["ts"] for e in raw if e.get("name") == "__kvscope_anchor_ns")
+    anchor = next((e for e in raw if e.get("name") == ANCHOR and e.get("ph") == "X"), None)
+    if anchor is None:
+        return []
+    offset_us = float(anchor["ts"]) - (anchor_ns - t0_ns) / 1000.0
+    pids: dict[Any, int] = {}
+    out: list[dict[str, Any]] = []
+    for e in raw:
+        ph = e.get("ph")
+        if ph not in ("X", "i", "s", "f", "M") or e.get("name") == ANCHOR:
+            continue
+        if ph == "M" and e.get("name") not in ("thread_name", "thread_sort_index"):
+            continue
+        pid = pids.setdefault(e.get("pid"), PID_TORCH + len(pids))
+        ev = dict(e)
+        ev["pid"] = pid
+        if "ts" in ev:
+            ev["ts"] = round(float(ev["ts"]) - offset_us, 3)
+        out.append(ev)
+    for original, pid in pids.items():
+        out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
+                    "args": {"name": f"torch.profiler ({original})"}})
+        out.append({"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "args": {"sort_index": pid}})
+    return out

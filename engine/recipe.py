@@ -1,0 +1,405 @@
+"""Recipes: the YAML that names a model, a cache, a scheduler, a workload and sampling.
+
+`load_recipe(path)` parses and validates; every problem becomes one RecipeError
+line naming the file and the field path (`cache.block_size: must be a positive
+integer, got -4`), with the closest known name suggested for an unknown key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvscope.engine.errors import RecipeError
+
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("cpu", "cuda", "auto")
+BACKENDS = ("torch", "triton", "auto")
+POLICIES = ("continuous", "static")
+MODEL_SOURCES = ("random", "gguf", "hf")
+
+
+@dataclass(slots=True)
+class ModelSpec:
+    source: str = "gguf"
+    path: str = "smollm2"
+    shape: str = "tiny"
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The loader's spec: only the keys that matter for this source."""
+        if self.source == "random":
+            return {"source": "random", "shape": self.shape, "seed": self.seed}
+        return {"source": self.source, "path": self.path}
+
+
+@dataclass(slots=True)
+class CacheSpec:
+    block_size: int = 16
+    num_blocks: int | None = None
+    memory_gib: float | None = None
+    prefix_caching: bool = False
+
+
+@dataclass(slots=True)
+class SchedulerSpec:
+    policy: str = "continuous"
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    chunked_prefill: bool = True
+    max_model_len: int = 2048
+
+
+@dataclass(slots=True)
+class SamplingSpec:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+@dataclass(slots=True)
+class LengthSpec:
+    """A length distribution: fixed (min == max) or uniform integers in [min, max]."""
+
+    min: int
+    max: int
+
+
+@dataclass(slots=True)
+class SyntheticSpec:
+    num_requests: int = 16
+    prompt_len: LengthSpec = field(default_factory=lambda: LengthSpec(64, 256))
+    output_len: LengthSpec = field(default_factory=lambda: LengthSpec(32, 128))
+    arrival_rate: float = 0.0  # requests per second (Poisson); 0 = all at once
+    shared_prefix: int = 0  # tokens every prompt starts with (prefix-cache experiments)
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class WorkloadSpec:
+    prompts: list[str] = field(default_factory=list)
+    chat: list[list[dict[str, str]]] = field(default_factory=list)
+    synthetic: SyntheticSpec | None = None
+    repeat: int = 1
+    arrival_rate: float = 0.0
+
+
+@dataclass(slots=True)
+class Recipe:
+    name: str = "recipe"
+    description: str = ""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    dtype: str = "float32"
+    device: str = "cpu"
+    attention_backend: str = "auto"
+    cache: CacheSpec = field(default_factory=CacheSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "<dict>"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Recipe":
+        return _Validator(source).recipe(data)
+
+    def with_overrides(self, overrides: dict[str, Any], name: str | None = None) -> "Recipe":
+        """A new recipe: this one's raw dict deep-merged with `overrides` (variants use this)."""
+        merged = _deep_merge(copy.deepcopy(self.raw), overrides)
+        merged.pop("variants", None)
+        if name:
+            merged["name"] = name
+        return Recipe.from_dict(merged, source=self.source)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (RecipeError on any problem)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: no such recipe file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{p}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{p}: malformed YAML: {where}{problem}") from None
+    if data is None:
+        data = {}
+    return Recipe.from_dict(data, source=str(p))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+class _Validator:
+    """Turns a plain dict into the Recipe dataclass tree, one field path at a time."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> RecipeError:
+        return RecipeError(f"{self.source}: {path}: {message}")
+
+    # --- primitives -------------------------------------------------------------------
+    def mapping(self, value: Any, path: str, known: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path or "recipe", f"must be a mapping, got {_describe(value)}")
+        for key in value:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+                raise self.fail(_join(path, str(key)), f"unknown key{hint}")
+        return value
+
+    def pos_int(self, value: Any, path: str, allow_zero: bool = False) -> int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or (allow_zero and value == 0))
+        if not ok:
+            what = "a non-negative integer" if allow_zero else "a positive integer"
+            raise self.fail(path, f"must be {what}, got {_describe(value)}")
+        return value
+
+    def number(self, value: Any, path: str, lo: float, hi: float | None = None) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or (hi is not None and value > hi):
+            rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise self.fail(path, f"must be a number {rng}, got {_describe(value)}")
+        return float(value)
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {_describe(value)}")
+        return value
+
+    def choice(self, value: Any, path: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(path, f"must be one of {', '.join(options)}, got {_describe(value)}")
+        return value
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, f"must be a string, got {_describe(value)}")
+        return value
+
+    def str_list(self, value: Any, path: str) -> list[str]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list of strings, got {_describe(value)}")
+        return [self.string(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+    # --- sections ---------------------------------------------------------------------
+    def recipe(self, data: Any) -> Recipe:
+        known = ("name", "description", "model", "dtype", "device", "attention_backend", "cache",
+                 "scheduler", "sampling", "workload", "variants")
+        d = self.mapping(data, "", known)
+        r = Recipe(source=self.source, raw=copy.deepcopy(d))
+        if "name" in d:
+            r.name = self.string(d["name"], "name")
+        elif self.source != "<dict>":
+            r.name = Path(self.source).stem
+        if "description" in d:
+            r.description = self.string(d["description"], "description")
+        r.model = self.model(d.get("model"))
+        r.dtype = self.choice(d.get("dtype", r.dtype), "dtype", DTYPES)
+        r.device = self.choice(d.get("device", r.device), "device", DEVICES)
+        r.attention_backend = self.choice(d.get("attention_backend", r.attention_backend), "attention_backend", BACKENDS)
+        r.cache = self.cache(d.get("cache"))
+        r.scheduler = self.scheduler(d.get("scheduler"))
+        r.sampling = self.sampling(d.get("sampling"), "sampling")
+        r.workload = self.workload(d.get("workload"))
+        r.variants = self.variants(d.get("variants"))
+        if r.cache.block_size * (r.cache.num_blocks or 1) < 1:
+            raise self.fail("cache", "pool must hold at least one token")
+        return r
+
+    def model(self, value: Any) -> ModelSpec:
+        d = self.mapping(value, "model", ("source", "path", "shape", "seed"))
+        m = ModelSpec()
+        m.source = self.choice(d.get("source", m.source), "model.source", MODEL_SOURCES)
+        if "path" in d:
+            m.path = self.string(d["path"], "model.path")
+            if m.source != "random" and m.path != "smollm2" and self.source != "<dict>":
+                p = Path(m.path)
+                if not p.is_absolute() and not p.exists():
+                    alt = Path(self.source).parent / p
+                    if alt.exists():
+                        m.path = str(alt)
+        if "shape" in d:
+            m.shape = self.string(d["shape"], "model.shape")
+        if "seed" in d:
+            m.seed = self.pos_int(d["seed"], "model.seed", allow_zero=True)
+        if m.source == "hf" and "path" not in d:
+            raise self.fail("model.path", "a Hugging Face folder needs a path")
+        return m
+
+    def cache(self, value: Any) -> CacheSpec:
+        d = self.mapping(value, "cache", ("block_size", "num_blocks", "memory_gib", "prefix_caching"))
+        c = CacheSpec()
+        if "block_size" in d:
+            c.block_size = self.pos_int(d["block_size"], "cache.block_size")
+        if "num_blocks" in d and "memory_gib" in d:
+            raise self.fail("cache", "give num_blocks or memory_gib, not both")
+        if "num_blocks" in d:
+            c.num_blocks = self.pos_int(d["num_blocks"], "cache.num_blocks")
+        if "memory_gib" in d:
+            c.memory_gib = self.number(d["memory_gib"], "cache.memory_gib", 1e-9)
+        if "prefix_caching" in d:
+            c.prefix_caching = self.boolean(d["prefix_caching"], "cache.prefix_caching")
+        return c
+
+    def scheduler(self, value: Any) -> SchedulerSpec:
+        known = ("policy", "max_num_seqs", "max_num_batched_tokens", "chunked_prefill", "max_model_len")
+        d = self.mapping(value, "scheduler", known)
+        s = SchedulerSpec()
+        if "policy" in d:
+            s.policy = self.choice(d["policy"], "scheduler.policy", POLICIES)
+        for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            if key in d:
+                setattr(s, key, self.pos_int(d[key], f"scheduler.{key}"))
+        if "chunked_prefill" in d:
+            s.chunked_prefill = self.boolean(d["chunked_prefill"], "scheduler.chunked_prefill")
+        return s
+
+    def sampling(self, value: Any, path: str) -> SamplingSpec:
+        known = ("temperature", "top_k", "top_p", "max_tokens", "seed", "stop", "stop_token_ids", "ignore_eos")
+        d = self.mapping(value, path, known)
+        s = SamplingSpec()
+        if "temperature" in d:
+            s.temperature = self.number(d["temperature"], f"{path}.temperature", 0.0)
+        if "top_k" in d:
+            s.top_k = self.pos_int(d["top_k"], f"{path}.top_k", allow_zero=True)
+        if "top_p" in d:
+            s.top_p = self.number(d["top_p"], f"{path}.top_p", 0.0, 1.0)
+            if s.top_p == 0.0:
+                raise self.fail(f"{path}.top_p", "must be a number between 0 (exclusive) and 1, got 0")
+        if "max_tokens" in d:
+            s.max_tokens = self.pos_int(d["max_tokens"], f"{path}.max_tokens")
+        if d.get("seed") is not None:
+            s.seed = self.pos_int(d["seed"], f"{path}.seed", allow_zero=True)
+        if "stop" in d:
+            stop = d["stop"]
+            s.stop = [self.string(stop, f"{path}.stop")] if isinstance(stop, str) else self.str_list(stop, f"{path}.stop")
+        if "stop_token_ids" in d:
+            ids = d["stop_token_ids"]
+            if not isinstance(ids, list):
+                raise self.fail(f"{path}.stop_token_ids", f"must be a list of token ids, got {_describe(ids)}")
+            s.stop_token_ids = [self.pos_int(t, f"{path}.stop_token_ids[{i}]", allow_zero=True) for i, t in enumerate(ids)]
+        if "ignore_eos" in d:
+            s.ignore_eos = self.boolean(d["ignore_eos"], f"{path}.ignore_eos")
+        return s
+
+    def length(self, value: Any, path: str) -> LengthSpec:
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = self.pos_int(value, path)
+            return LengthSpec(n, n)
+        d = self.mapping(value, path, ("min", "max"))
+        if "min" not in d or "max" not in d:
+            raise self.fail(path, "must be an integer or a mapping with min and max")
+        lo = self.pos_int(d["min"], f"{path}.min")
+        hi = self.pos_int(d["max"], f"{path}.max")
+        if hi < lo:
+            raise self.fail(path, f"max ({hi}) must be >= min ({lo})")
+        return LengthSpec(lo, hi)
+
+    def synthetic(self, value: Any, path: str) -> SyntheticSpec:
+        known = ("num_requests", "prompt_len", "output_len", "arrival_rate", "shared_prefix", "seed")
+        d = self.mapping(value, path, known)
+        s = SyntheticSpec()
+        if "num_requests" in d:
+            s.num_requests = self.pos_int(d["num_requests"], f"{path}.num_requests")
+        if "prompt_len" in d:
+            s.prompt_len = self.length(d["prompt_len"], f"{path}.prompt_len")
+        if "output_len" in d:
+            s.output_len = self.length(d["output_len"], f"{path}.output_len")
+        if "arrival_rate" in d:
+            s.arrival_rate = self.number(d["arrival_rate"], f"{path}.arrival_rate", 0.0)
+        if "shared_prefix" in d:
+            s.shared_prefix = self.pos_int(d["shared_prefix"], f"{path}.shared_prefix", allow_zero=True)
+        if "seed" in d:
+            s.seed = self.pos_int(d["seed"], f"{path}.seed", allow_zero=True)
+        return s
+
+    def workload(self, value: Any) -> WorkloadSpec:
+        d = self.mapping(value, "workload", ("prompts", "chat", "synthetic", "repeat", "arrival_rate"))
+        w = WorkloadSpec()
+        if "prompts" in d:
+            w.prompts = self.str_list(d["prompts"], "workload.prompts")
+        if "chat" in d:
+            w.chat = self.chat(d["chat"], "workload.chat")
+        if "synthetic" in d:
+            w.synthetic = self.synthetic(d["synthetic"], "workload.synthetic")
+        if "repeat" in d:
+            w.repeat = self.pos_int(d["repeat"], "workload.repeat")
+        if "arrival_rate" in d:
+            w.arrival_rate = self.number(d["arrival_rate"], "workload.arrival_rate", 0.0)
+        if not (w.prompts or w.chat or w.synthetic):
+            raise self.fail("workload", "needs prompts, chat or synthetic")
+        return w
+
+    def chat(self, value: Any, path: str) -> list[list[dict[str, str]]]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list of conversations, got {_describe(value)}")
+        out = []
+        for i, conv in enumerate(value):
+            p = f"{path}[{i}]"
+            if isinstance(conv, str):
+                out.append([{"role": "user", "content": conv}])
+                continue
+            if not isinstance(conv, list) or not conv:
+                raise self.fail(p, "must be a string (a user message) or a list of {role, content} messages")
+            msgs = []
+            for j, m in enumerate(conv):
+                mp = f"{p}[{j}]"
+                md = self.mapping(m, mp, ("role", "content"))
+                role = self.choice(md.get("role"), f"{mp}.role", ("system", "user", "assistant"))
+                msgs.append({"role": role, "content": self.string(md.get("content"), f"{mp}.content")})
+            out.append(msgs)
+        return out
+
+    def variants(self, value: Any) -> list[dict[str, Any]]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail("variants", f"must be a list of {{name, overrides}}, got {_describe(value)}")
+        out = []
+        for i, v in enumerate(value):
+            d = self.mapping(v, f"variants[{i}]", ("name", "overrides"))
+            name = self.string(d.get("name"), f"variants[{i}].name")
+            over = self.mapping(d.get("overrides", {}), f"variants[{i}].overrides",
+                                ("model", "dtype", "device", "attention_backend", "cache", "scheduler",
+                                 "sampling", "workload"))
+            out.append({"name": name, "overrides": over})
+        return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return type(value).__name__
+    return repr(value)

@@ -1,0 +1,97 @@
+"""A run of a recipe's workload on an engine, one step at a time.
+
+The session feeds requests to the engine as they arrive. Arrival offsets are
+measured on the session's own clock, which advances by the time spent inside
+steps and jumps over idle gaps, so pausing (the TUI) or slow steps never make
+requests pile up and a run never sleeps.
+
+A request the engine cannot serve (prompt longer than the context, more KV
+than the pool) is rejected with a one-line message in `rejected`; the others run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kvscope.engine.errors import RequestError
+from kvscope.engine.llm_engine import LLMEngine, LoadedModel
+from kvscope.engine.op_timer import RangeHook
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.request import RequestOutput
+from kvscope.engine.workload import WorkItem, build_workload
+from kvscope.inspector.events import EventBus
+
+
+class RunSession:
+    def __init__(self, recipe: Recipe, bus: EventBus | None = None, range_hook: RangeHook | None = None,
+                 kernel_events: bool = True, loaded: LoadedModel | None = None) -> None:
+        self.recipe = recipe
+        self.bus = bus or EventBus()
+        self.engine = LLMEngine(recipe, loaded=loaded, bus=self.bus, range_hook=range_hook,
+                                kernel_events=kernel_events)
+        self.tokenizer = self.engine.tokenizer
+        cfg = self.engine.config
+        special = set(self.tokenizer.eos_token_ids)
+        if cfg.bos_token_id is not None:
+            special.add(cfg.bos_token_id)
+        self.items: list[WorkItem] = build_workload(recipe, cfg.vocab_size, special)
+        self.reset(first=True)
+
+    def reset(self, first: bool = False) -> None:
+        """Start the workload again from nothing (fresh engine state, same model)."""
+        if not first:
+            self.engine.reset()
+        self.clock_s = 0.0
+        self.next_item = 0
+        self.outputs: dict[int, RequestOutput] = {}
+        self.rejected: list[str] = []
+        self.request_ids: list[int] = []
+        self.steps = 0
+        self.wall_s = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.next_item >= len(self.items) and not self.engine.has_unfinished()
+
+    def _admit_due(self) -> None:
+        items = self.items
+        if not self.engine.has_unfinished() and self.next_item < len(items):
+            self.clock_s = max(self.clock_s, items[self.next_item].arrival_s)
+        while self.next_item < len(items) and items[self.next_item].arrival_s <= self.clock_s:
+            item = items[self.next_item]
+            index = self.next_item
+            self.next_item += 1
+            try:
+                self.request_ids.append(self.engine.add_request(item.prompt, item.params))
+            except RequestError as exc:
+                self.rejected.append(f"{self.recipe.source}: workload request {index}: {exc}")
+
+    def step(self) -> bool:
+        """Admit due requests and run one scheduler step; False once the workload is done."""
+        if self.done:
+            return False
+        self._admit_due()
+        if not self.engine.has_unfinished():
+            return not self.done
+        t0 = time.perf_counter()
+        for out in self.engine.step():
+            self.outputs[out.request_id] = out
+        dt = time.perf_counter() - t0
+        self.clock_s += dt
+        self.wall_s += dt
+        self.steps += 1
+        return not self.done
+
+    def run(self) -> None:
+        while self.step():
+            pass
+
+    # --- engine truth, for cross-checks ---------------------------------------------------
+    def snapshot_tables(self) -> dict[int, list[int]]:
+        return self.engine.block_tables()
+
+    def free_block_ids(self) -> set[int]:
+        return self.engine.block_manager.free_block_ids()
+
+    def cached_block_ids(self) -> set[int]:
+        return self.engine.block_manager.cached_block_ids()

@@ -1,0 +1,338 @@
+"""Run metrics computed from events: THE one place TTFT, ITL, E2E, throughput, KV usage,
+fragmentation, preemptions and prefix-cache hit rate are defined.
+
+The headless summary, the TUI and the trace counters all read these numbers, so a live
+run and a replay of its recording give identical results. Pure python (no torch).
+
+Definitions (all times from event timestamps, ns on the engine's monotonic clock):
+    TTFT      first_token event ts - arrived event ts, per request
+    ITL       gap between the step ends at which a request received tokens; a step that
+              appends n tokens contributes n samples of gap / n
+    E2E       finished event ts - arrived event ts
+    duration  first StepBegin ts -> last StepEnd ts; throughput = generated tokens / duration
+    tokens per step      mean StepEnd.num_tokens over steps that computed tokens
+    prefix hit rate      prefix_hit blocks x block_size / prompt tokens looked up (the prompt,
+                         plus output already generated on a resume, each time a request is
+                         scheduled from the queue); 0 without prefix caching
+    internal fragmentation   empty slots in referenced blocks / slots in referenced blocks
+    contiguous waste         slots a max-length contiguous reservation would leave empty /
+                             slots it would reserve (waste + stored tokens)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from kvscope.inspector.events import FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, ARRIVED, KVSnapshot
+
+HISTORY_STEPS = 512
+
+
+@dataclass(slots=True)
+class Percentiles:
+    """A latency distribution in milliseconds."""
+
+    p50: float = 0.0
+    p99: float = 0.0
+    mean: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def of(cls, values_ms: list[float]) -> "Percentiles":
+        if not values_ms:
+            return cls()
+        xs = sorted(values_ms)
+        return cls(percentile(xs, 50.0), percentile(xs, 99.0), math.fsum(xs) / len(xs), len(xs))
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of already sorted values."""
+    if not sorted_values:
+        return 0.0
+    k = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = k - lo
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+
+
+@dataclass(slots=True)
+class Fragmentation:
+    """KV pool occupancy and waste at one snapshot (fractions in [0, 1])."""
+
+    usage: float            # referenced blocks / total blocks
+    cached: float           # unreferenced-but-cached blocks / total blocks
+    internal: float         # empty slots in referenced blocks / slots in referenced blocks
+    contiguous_waste: float  # what a contiguous max-length reservation would leave empty, as a fraction
+    used_blocks: int
+    cached_blocks: int
+    free_blocks: int
+    total_blocks: int
+
+
+def fragmentation(kv: KVSnapshot) -> Fragmentation:
+    """Occupancy and fragmentation of one KV snapshot."""
+    total = kv.total_blocks
+    used_slots = kv.used_blocks * kv.block_size
+    reserved = kv.contiguous_waste_slots + kv.tokens_stored
+    return Fragmentation(
+        usage=kv.used_blocks / total if total else 0.0,
+        cached=kv.cached_blocks / total if total else 0.0,
+        internal=kv.reserved_empty_slots / used_slots if used_slots else 0.0,
+        contiguous_waste=kv.contiguous_waste_slots / reserved if reserved else 0.0,
+        used_blocks=kv.used_blocks,
+        cached_blocks=kv.cached_blocks,
+        free_blocks=kv.free_blocks,
+        total_blocks=total,
+    )
+
+
+@dataclass(slots=True)
+class StepSample:
+    """One step's headline numbers, kept for sparklines."""
+
+    step: int
+    ts: int
+    num_tokens: int
+    num_running: int
+    num_waiting: int
+    used_blocks: int = 0
+    cached_blocks: int = 0
+    free_blocks: int = 0
+    duration_ns: int = 0
+
+
+@dataclass
+class RunSummary:
+    """The numbers of one run; `to_dict()` is the --json output, `format_text()` the headless block."""
+
+    requests: int = 0
+    finished: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    steps: int = 0
+    duration_s: float = 0.0
+    throughput_tok_s: float = 0.0
+    ttft_ms: Percentiles = field(default_factory=Percentiles)
+    itl_ms: Percentiles = field(default_factory=Percentiles)
+    e2e_ms: Percentiles = field(default_factory=Percentiles)
+    tokens_per_step_mean: float = 0.0
+    total_kv_blocks: int = 0
+    peak_kv_blocks: int = 0
+    peak_kv_usage: float = 0.0
+    preemptions: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_lookup_tokens: int = 0
+    prefix_hit_rate: float = 0.0
+    internal_fragmentation: float = 0.0
+    internal_fragmentation_mean: float = 0.0
+    contiguous_waste: float = 0.0
+    contiguous_waste_mean: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, keys in field order."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = asdict(value) if isinstance(value, Percentiles) else value
+        return out
+
+    def format_text(self) -> str:
+        """The headless summary block."""
+
+        def lat(p: Percentiles) -> str:
+            return f"p50 {p.p50:9.2f}  p99 {p.p99:9.2f}  mean {p.mean:9.2f} ms  (n={p.count})"
+
+        lines = [
+            f"requests        {self.finished}/{self.requests} finished",
+            f"tokens          {self.prompt_tokens} prompt, {self.generated_tokens} generated"
+            f" in {self.steps} steps",
+            f"duration        {self.duration_s:.3f} s",
+            f"throughput      {self.throughput_tok_s:.1f} tok/s",
+            f"TTFT            {lat(self.ttft_ms)}",
+            f"ITL             {lat(self.itl_ms)}",
+            f"E2E             {lat(self.e2e_ms)}",
+            f"tokens/step     {self.tokens_per_step_mean:.1f}",
+            f"KV peak         {self.peak_kv_blocks}/{self.total_kv_blocks} blocks"
+            f" ({100 * self.peak_kv_usage:.1f}%)",
+            f"preemptions     {self.preemptions}",
+            f"prefix hits     {self.prefix_hit_tokens}/{self.prefix_lookup_tokens} tokens"
+            f" ({100 * self.prefix_hit_rate:.1f}%)",
+            f"internal frag   {100 * self.internal_fragmentation_mean:.1f}% mean,"
+            f" {100 * self.internal_fragmentation:.1f}% at end",
+            f"contig. waste   {100 * self.contiguous_waste_mean:.1f}% mean,"
+            f" {100 * self.contiguous_waste:.1f}% at end",
+        ]
+        return "\n".join(lines)
+
+
+class Metrics:
+    """A bus subscriber that accumulates the run's metrics; `summary()` at any moment.
+
+    A RunInfo (start of a run, or after a reset) starts the accumulation afresh; arrivals seen
+    since the last step end are kept, as the engine announces them before its first step.
+    `history` holds the last HISTORY_STEPS steps for live charts.
+    """
+
+    def __init__(self, history: int = HISTORY_STEPS) -> None:
+        self._history_len = history
+        self._reset(None)
+
+    def _reset(self, info: Any) -> None:
+        self.info = info
+        self.block_size = info.block_size if info is not None else 0
+        self.total_blocks = info.total_blocks if info is not None else 0
+        self.prefix_caching = bool(info.prefix_caching) if info is not None else False
+        self.history: deque[StepSample] = deque(maxlen=self._history_len)
+        self._arrived: dict[int, int] = {}
+        self._last_token_ts: dict[int, int] = {}
+        self._finished = 0
+        self._prompt_tokens = 0
+        self._generated = 0
+        self._ttft_ns: list[int] = []
+        self._itl_ms: list[float] = []
+        self._e2e_ns: list[int] = []
+        self._first_step_ts: int | None = None
+        self._last_step_ts: int | None = None
+        self._steps = 0
+        self._busy_steps = 0
+        self._busy_tokens = 0
+        self._peak_used = 0
+        self._preemptions = 0
+        self._hit_tokens = 0
+        self._lookup_tokens = 0
+        self._kv_count = 0
+        self._internal_sum = 0.0
+        self._waste_sum = 0.0
+        self.last_fragmentation: Fragmentation | None = None
+        self.num_running = 0
+        self.num_waiting = 0
+        self._pending: list[Any] = []  # arrivals since the last step end (they may precede a RunInfo)
+
+    def __call__(self, event: Any) -> None:
+        kind = event.kind
+        if kind == "kernel":
+            return
+        if kind == "request":
+            self._on_request(event)
+            if event.what == ARRIVED:
+                self._pending.append(event)
+        elif kind == "block":
+            if event.what == "prefix_hit":
+                self._hit_tokens += len(event.block_ids) * self.block_size
+        elif kind == "step_end":
+            self._on_step_end(event)
+        elif kind == "kv":
+            self._on_kv(event)
+        elif kind == "step_begin":
+            if self._first_step_ts is None:
+                self._first_step_ts = event.ts
+        elif kind == "run_info":
+            pending = self._pending
+            self._reset(event)
+            for ev in pending:  # arrivals announced just before the RunInfo belong to this run
+                self._on_request(ev)
+                self._pending.append(ev)
+
+    def _on_request(self, ev: Any) -> None:
+        what = ev.what
+        rid = ev.request_id
+        if what == ARRIVED:
+            self._arrived[rid] = ev.ts
+            self._prompt_tokens += ev.prompt_tokens
+        elif what == SCHEDULED or what == RESUMED:
+            if self.prefix_caching:
+                self._lookup_tokens += ev.prompt_tokens + (ev.output_tokens if what == RESUMED else 0)
+        elif what == FIRST_TOKEN:
+            arrived = self._arrived.get(rid)
+            if arrived is not None:
+                self._ttft_ns.append(ev.ts - arrived)
+        elif what == PREEMPTED:
+            self._preemptions += 1
+        elif what == FINISHED:
+            self._finished += 1
+            arrived = self._arrived.get(rid)
+            if arrived is not None:
+                self._e2e_ns.append(ev.ts - arrived)
+
+    def _on_step_end(self, ev: Any) -> None:
+        ts = ev.ts
+        self._pending = []
+        self._steps += 1
+        self._last_step_ts = ts
+        if ev.num_tokens > 0:
+            self._busy_steps += 1
+            self._busy_tokens += ev.num_tokens
+        last = self._last_token_ts
+        for rid, n in ev.sampled:
+            if n <= 0:
+                continue
+            self._generated += n
+            prev = last.get(rid)
+            if prev is not None:
+                gap_ms = (ts - prev) / n / 1e6
+                self._itl_ms.extend([gap_ms] * n)
+            last[rid] = ts
+        self.num_running = ev.num_running
+        self.num_waiting = ev.num_waiting
+        self.history.append(
+            StepSample(ev.step, ts, ev.num_tokens, ev.num_running, ev.num_waiting, duration_ns=ts - ev.begin_ts)
+        )
+
+    def _on_kv(self, kv: KVSnapshot) -> None:
+        frag = fragmentation(kv)
+        self.last_fragmentation = frag
+        self.total_blocks = kv.total_blocks
+        if kv.used_blocks > self._peak_used:
+            self._peak_used = kv.used_blocks
+        self._kv_count += 1
+        self._internal_sum += frag.internal
+        self._waste_sum += frag.contiguous_waste
+        if self.history and self.history[-1].step == kv.step:
+            sample = self.history[-1]
+            sample.used_blocks = kv.used_blocks
+            sample.cached_blocks = kv.cached_blocks
+            sample.free_blocks = kv.free_blocks
+
+    def summary(self) -> RunSummary:
+        """The metrics so far."""
+        duration_ns = 0
+        if self._first_step_ts is not None and self._last_step_ts is not None:
+            duration_ns = max(self._last_step_ts - self._first_step_ts, 0)
+        duration_s = duration_ns / 1e9
+        frag = self.last_fragmentation
+        return RunSummary(
+            requests=len(self._arrived),
+            finished=self._finished,
+            prompt_tokens=self._prompt_tokens,
+            generated_tokens=self._generated,
+            steps=self._steps,
+            duration_s=duration_s,
+            throughput_tok_s=self._generated / duration_s if duration_s > 0 else 0.0,
+            ttft_ms=Percentiles.of([t / 1e6 for t in self._ttft_ns]),
+            itl_ms=Percentiles.of(self._itl_ms),
+            e2e_ms=Percentiles.of([t / 1e6 for t in self._e2e_ns]),
+            tokens_per_step_mean=self._busy_tokens / self._busy_steps if self._busy_steps else 0.0,
+            total_kv_blocks=self.total_blocks,
+            peak_kv_blocks=self._peak_used,
+            peak_kv_usage=self._peak_used / self.total_blocks if self.total_blocks else 0.0,
+            preemptions=self._preemptions,
+            prefix_hit_tokens=self._hit_tokens,
+            prefix_lookup_tokens=self._lookup_tokens,
+            prefix_hit_rate=self._hit_tokens / self._lookup_tokens if self._lookup_tokens else 0.0,
+            internal_fragmentation=frag.internal if frag else 0.0,
+            internal_fragmentation_mean=self._internal_sum / self._kv_count if self._kv_count else 0.0,
+            contiguous_waste=frag.contiguous_waste if frag else 0.0,
+            contiguous_waste_mean=self._waste_sum / self._kv_count if self._kv_count else 0.0,
+        )
+
+
+def summarize(events: Any) -> RunSummary:
+    """Metrics of a finished event stream (a list or a replayed recording)."""
+    metrics = Metrics()
+    for event in events:
+        metrics(event)
+    return metrics.summary()

@@ -1,0 +1,202 @@
+"""JSONL recordings of event streams: a writer that subscribes to the bus, a reader for replay.
+
+File layout: line 1 is a header object
+    {"schema": 1, "kvscope": "0.1.0", "recipe": {...} | "path", "device": "cpu", "created": "<iso time>"}
+then one event a line, as kvscope.inspector.events.event_to_dict writes it (kind first).
+
+The writer formats each record with a per-class template (no dataclasses.asdict, no
+generic json.dumps of a dict) and buffers writes, so recording stays cheap on the hot path.
+
+The reader is strict by default: the first bad line raises RecordingError naming
+"<file>:<line>: <what>". With strict=False it stops at the damage and returns what came
+before it, with the message in `Recording.damage` (a truncated recording still replays).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from kvscope.engine.errors import KVScopeError
+from kvscope.inspector.events import EVENT_TYPES, SCHEMA_VERSION, EventBus, EventDecodeError, event_from_dict
+
+HEADER_KEYS = ("schema", "kvscope", "recipe", "device", "created")
+
+
+class RecordingError(KVScopeError):
+    """A recording that cannot be read: "<file>:<line>: <what>"."""
+
+
+def make_header(recipe: Any, device: str, version: str | None = None) -> dict[str, Any]:
+    """The header line for a recording of a run of `recipe` (a dict or a path) on `device`."""
+    if version is None:
+        from kvscope import __version__ as version
+    return {
+        "schema": SCHEMA_VERSION,
+        "kvscope": version,
+        "recipe": recipe,
+        "device": device,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _encoder_for(cls: type) -> Callable[[Any], str]:
+    """A fast line encoder for one event class: ints/bools/tuples through json, names pre-quoted."""
+    names = [f.name for f in fields(cls)]
+    prefix = '{"kind": ' + json.dumps(cls.kind)
+    keys = [", " + json.dumps(n) + ": " for n in names]
+    dumps = json.dumps
+
+    def encode(event: Any) -> str:
+        parts = [prefix]
+        for key, name in zip(keys, names):
+            value = getattr(event, name)
+            parts.append(key)
+            if type(value) is int:
+                parts.append(str(value))
+            else:
+                parts.append(dumps(value))
+        parts.append("}\n")
+        return "".join(parts)
+
+    return encode
+
+
+ENCODERS: dict[str, Callable[[Any], str]] = {kind: _encoder_for(cls) for kind, cls in EVENT_TYPES.items()}
+
+
+def encode_event(event: Any) -> str:
+    """One JSONL line (with its newline) for an event."""
+    return ENCODERS[event.kind](event)
+
+
+class JsonlRecorder:
+    """A bus subscriber that appends every event to a JSONL file (header written on open)."""
+
+    __slots__ = ("path", "_file", "_buffer", "_flush_every", "count")
+
+    def __init__(self, path: str | Path, header: dict[str, Any], flush_every: int = 512) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] | None = open(self.path, "w", encoding="utf-8")
+        except OSError as exc:
+            raise RecordingError(f"{self.path}: cannot write recording: {exc.strerror or exc}") from None
+        self._file.write(json.dumps(header) + "\n")
+        self._buffer: list[str] = []
+        self._flush_every = flush_every
+        self.count = 0
+
+    def __call__(self, event: Any) -> None:
+        buf = self._buffer
+        buf.append(ENCODERS[event.kind](event))
+        if len(buf) >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._file is not None and self._buffer:
+            self._file.write("".join(self._buffer))
+            self.count += len(self._buffer)
+            self._buffer = []
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.flush()
+            self._file.close()
+            self._file = None
+
+
+def attach_recorder(bus: EventBus, path: str | Path, header: dict[str, Any]) -> Callable[[], None]:
+    """Record everything on `bus` to `path`; returns a closer that unsubscribes and flushes."""
+    recorder = JsonlRecorder(path, header)
+    bus.subscribe(recorder)
+
+    def close() -> None:
+        bus.unsubscribe(recorder)
+        recorder.close()
+
+    return close
+
+
+@dataclass
+class Recording:
+    """A read recording: the header, the events in order, and where it was damaged (if it was)."""
+
+    path: str
+    header: dict[str, Any]
+    events: list[Any] = field(default_factory=list)
+    damage: str | None = None
+
+
+def iter_recording(path: str | Path, strict: bool = True) -> Iterator[Any]:
+    """Yield the header dict first, then each event. A bad line raises RecordingError (strict)
+    or ends the iteration after yielding a final RecordingError instance (not raised)."""
+    p = Path(path)
+    try:
+        f = open(p, encoding="utf-8")
+    except OSError as exc:
+        raise RecordingError(f"{p}: cannot read recording: {exc.strerror or exc}") from None
+    with f:
+        first = f.readline()
+        if not first:
+            raise RecordingError(f"{p}:1: empty file, expected a kvscope recording header")
+        yield _parse_header(p, first)
+        lineno = 1
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as exc:
+                err = RecordingError(f"{p}:{lineno + 1}: not UTF-8 text ({exc.reason})")
+                if strict:
+                    raise err from None
+                yield err
+                return
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                if not line.endswith("\n"):
+                    raise ValueError("truncated line (no newline at the end of the file)")
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+                event = event_from_dict(data)
+            except (ValueError, EventDecodeError) as exc:
+                err = RecordingError(f"{p}:{lineno}: {exc}")
+                if strict:
+                    raise err from None
+                yield err
+                return
+            yield event
+
+
+def _parse_header(p: Path, line: str) -> dict[str, Any]:
+    try:
+        header = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordingError(f"{p}:1: header is not JSON ({exc.msg}); not a kvscope recording") from None
+    if not isinstance(header, dict) or "schema" not in header:
+        raise RecordingError(f"{p}:1: header has no 'schema' field; not a kvscope recording")
+    if header["schema"] != SCHEMA_VERSION:
+        raise RecordingError(f"{p}:1: schema {header['schema']!r} is not supported (this kvscope reads "
+                             f"schema {SCHEMA_VERSION})")
+    return header
+
+
+def read_recording(path: str | Path, strict: bool = True) -> Recording:
+    """Read a whole recording. strict=False: stop at the first damaged line, noting it in `.damage`."""
+    it = iter_recording(path, strict)
+    header = next(it)
+    rec = Recording(str(path), header)
+    for item in it:
+        if isinstance(item, RecordingError):
+            rec.damage = str(item)
+            break
+        rec.events.append(item)
+    return rec

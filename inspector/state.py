@@ -1,0 +1,259 @@
+"""Engine state rebuilt from events alone: block pool, block tables and request lifecycles.
+
+EngineView is a bus subscriber (`view.apply(event)`) that works the same on a live
+bus and on a replayed recording. It knows nothing of the engine's objects: only
+the records of kvscope.inspector.events. Pure python, no torch.
+
+Block semantics (see BlockEvent):
+    alloc / prefix_hit  the request's table gets block_ids at logical_index..; ref counts
+                        are taken from the event (1 / +1 when the event carries none)
+    cached              the blocks get their chain hash
+    free                the request drops block_ids from its table; ref counts from the event
+                        (-1 when it carries none); at 0 a hashed block stays cached
+    evict               a cached, unreferenced block loses its hash (it is plain free again)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvscope.inspector.events import (
+    ALLOC,
+    ARRIVED,
+    CACHED,
+    EVICT,
+    FINISHED,
+    FIRST_TOKEN,
+    FREE,
+    PREEMPTED,
+    PREFIX_HIT,
+    RESUMED,
+    SCHEDULED,
+    BlockEvent,
+    KernelEvent,
+    KVSnapshot,
+    RequestEvent,
+    RunInfo,
+    StepEnd,
+)
+
+WAITING = "waiting"
+RUNNING = "running"
+PREEMPTED_STATUS = "preempted"
+FINISHED_STATUS = "finished"
+
+_STATUS_AFTER = {
+    ARRIVED: WAITING,
+    SCHEDULED: RUNNING,
+    RESUMED: RUNNING,
+    FIRST_TOKEN: RUNNING,
+    PREEMPTED: PREEMPTED_STATUS,
+    FINISHED: FINISHED_STATUS,
+}
+
+
+@dataclass(slots=True)
+class RequestView:
+    """One request as the events describe it."""
+
+    request_id: int
+    status: str = WAITING
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    computed_tokens: int = 0
+    max_tokens: int = 0
+    arrived_ts: int = 0
+    first_token_ts: int | None = None
+    finished_ts: int | None = None
+    finish_reason: str = ""
+    preemptions: int = 0
+
+
+class EngineView:
+    """The engine's KV pool, block tables and requests, as of the last applied event."""
+
+    def __init__(self) -> None:
+        self.info: RunInfo | None = None
+        self.step: int = -1
+        self.block_refs: list[int] = []
+        self.block_hash: list[int] = []
+        self.block_owner: list[int] = []
+        self.tables: dict[int, list[int]] = {}
+        self.requests: dict[int, RequestView] = {}
+        self.last_step: StepEnd | None = None
+        self.last_kv: KVSnapshot | None = None
+        self.last_kernels: list[KernelEvent] = []
+        self._kernels_step: int = -1
+        self._pending: list[RequestEvent] = []  # arrivals since the last step end
+
+    def __call__(self, event: Any) -> None:
+        self.apply(event)
+
+    # ------------------------------------------------------------------ events
+    def apply(self, event: Any) -> None:
+        """Fold one event into the view."""
+        kind = event.kind
+        if kind == "block":
+            self._apply_block(event)
+        elif kind == "kernel":
+            if event.step != self._kernels_step:
+                self.last_kernels = []
+                self._kernels_step = event.step
+            self.last_kernels.append(event)
+        elif kind == "request":
+            self._apply_request(event)
+            if event.what == ARRIVED:
+                self._pending.append(event)
+        elif kind == "step_begin":
+            self.step = event.step
+        elif kind == "step_end":
+            self.last_step = event
+            self._pending = []
+        elif kind == "kv":
+            self.last_kv = event
+        elif kind == "run_info":
+            pending = self._pending
+            self._reset(event)
+            for ev in pending:  # arrivals announced just before the RunInfo belong to this run
+                self._apply_request(ev)
+            self._pending = pending
+
+    def _reset(self, info: RunInfo) -> None:
+        n = info.total_blocks
+        self.info = info
+        self.step = info.step
+        self.block_refs = [0] * n
+        self.block_hash = [0] * n
+        self.block_owner = [-1] * n
+        self.tables = {}
+        self.requests = {}
+        self.last_step = None
+        self.last_kv = None
+        self.last_kernels = []
+        self._kernels_step = -1
+
+    def _ensure_block(self, block_id: int) -> None:
+        if block_id >= len(self.block_refs):
+            grow = block_id + 1 - len(self.block_refs)
+            self.block_refs.extend([0] * grow)
+            self.block_hash.extend([0] * grow)
+            self.block_owner.extend([-1] * grow)
+
+    def _apply_request(self, ev: RequestEvent) -> None:
+        req = self.requests.get(ev.request_id)
+        if req is None:
+            req = RequestView(ev.request_id, arrived_ts=ev.ts)
+            self.requests[ev.request_id] = req
+        req.status = _STATUS_AFTER.get(ev.what, req.status)
+        req.prompt_tokens = ev.prompt_tokens
+        req.output_tokens = ev.output_tokens
+        req.computed_tokens = ev.computed_tokens
+        if ev.max_tokens:
+            req.max_tokens = ev.max_tokens
+        what = ev.what
+        if what == ARRIVED:
+            req.arrived_ts = ev.ts
+        elif what == FIRST_TOKEN:
+            if req.first_token_ts is None:
+                req.first_token_ts = ev.ts
+        elif what == PREEMPTED:
+            req.preemptions += 1
+        elif what == FINISHED:
+            req.finished_ts = ev.ts
+            req.finish_reason = ev.reason
+
+    def _apply_block(self, ev: BlockEvent) -> None:
+        what = ev.what
+        ids = ev.block_ids
+        for b in ids:
+            self._ensure_block(b)
+        refs = ev.ref_counts if len(ev.ref_counts) == len(ids) else None
+        hashes = ev.hashes if len(ev.hashes) == len(ids) else None
+        if what == ALLOC or what == PREFIX_HIT:
+            table = self.tables.setdefault(ev.request_id, [])
+            start = max(ev.logical_index, 0)
+            for i, b in enumerate(ids):
+                pos = start + i
+                if pos < len(table):
+                    table[pos] = b
+                else:
+                    table.extend([-1] * (pos - len(table)))
+                    table.append(b)
+                self.block_refs[b] = refs[i] if refs else self.block_refs[b] + 1
+                if hashes:
+                    self.block_hash[b] = hashes[i]
+                elif what == ALLOC:
+                    self.block_hash[b] = 0
+                if self.block_owner[b] < 0:
+                    self.block_owner[b] = ev.request_id
+        elif what == FREE:
+            table = self.tables.get(ev.request_id)
+            for i, b in enumerate(ids):
+                self.block_refs[b] = refs[i] if refs else max(self.block_refs[b] - 1, 0)
+                if table is not None:
+                    pos = ev.logical_index + i
+                    if 0 <= pos < len(table) and table[pos] == b:
+                        table[pos] = -1
+                    elif b in table:
+                        table[table.index(b)] = -1
+            if table is not None:
+                while table and table[-1] == -1:
+                    table.pop()
+                if not table:
+                    del self.tables[ev.request_id]
+            for b in ids:
+                if self.block_refs[b] == 0:
+                    self.block_owner[b] = -1
+                elif self.block_owner[b] == ev.request_id:
+                    self.block_owner[b] = self._other_holder(b, ev.request_id)
+        elif what == CACHED:
+            for i, b in enumerate(ids):
+                if hashes:
+                    self.block_hash[b] = hashes[i]
+                if refs:
+                    self.block_refs[b] = refs[i]
+        elif what == EVICT:
+            for i, b in enumerate(ids):
+                self.block_hash[b] = 0
+                self.block_refs[b] = refs[i] if refs else 0
+                if self.block_refs[b] == 0:
+                    self.block_owner[b] = -1
+
+    def _other_holder(self, block_id: int, not_rid: int) -> int:
+        for rid, table in self.tables.items():
+            if rid != not_rid and block_id in table:
+                return rid
+        return -1
+
+    # ------------------------------------------------------------------ queries
+    def block_state(self, i: int) -> str:
+        """"free" | "cached" | "used" | "shared" for physical block i."""
+        refs = self.block_refs[i]
+        if refs > 1:
+            return "shared"
+        if refs == 1:
+            return "used"
+        return "cached" if self.block_hash[i] else "free"
+
+    def free_blocks(self) -> set[int]:
+        """Unreferenced blocks that hold no cached prefix."""
+        return {i for i, r in enumerate(self.block_refs) if r == 0 and not self.block_hash[i]}
+
+    def cached_blocks(self) -> set[int]:
+        """Unreferenced blocks that still hold a hashed prefix (reusable by a prefix hit)."""
+        return {i for i, r in enumerate(self.block_refs) if r == 0 and self.block_hash[i]}
+
+    def used_blocks(self) -> set[int]:
+        """Blocks referenced by at least one request."""
+        return {i for i, r in enumerate(self.block_refs) if r > 0}
+
+    def running(self) -> list[RequestView]:
+        return [r for r in self.requests.values() if r.status == RUNNING]
+
+    def waiting(self) -> list[RequestView]:
+        """Requests queued for the scheduler: never scheduled, or preempted."""
+        return [r for r in self.requests.values() if r.status in (WAITING, PREEMPTED_STATUS)]
+
+
+__all__ = ["EngineView", "RequestView", "WAITING", "RUNNING", "PREEMPTED_STATUS", "FINISHED_STATUS"]

@@ -1,0 +1,280 @@
+"""`kvscope trace`: trace.json checked against the Chrome Trace Event rules, trace.nvtxt parsed
+against the layouts it declares, events.jsonl replayed into the same metrics, and block events
+alone rebuilding the engine's final block tables and free pool after a run with preemption."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from kvscope.inspector.chrome_trace import build_chrome_trace
+from kvscope.inspector.events import (
+    ARRIVED, FINISHED, PREEMPTED, EventBus, EventList, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin,
+    StepEnd,
+)
+from kvscope.inspector.metrics import summarize
+from kvscope.inspector.nvtxt import nvtxt_lines
+from kvscope.inspector.recording import read_recording
+from kvscope.inspector.state import EngineView
+
+TINY_RECIPE = {
+    "name": "trace-test",
+    "model": {"source": "random", "shape": "tiny", "seed": 0},
+    "cache": {"block_size": 4, "num_blocks": 20, "prefix_caching": True},
+    "scheduler": {"max_num_seqs": 6, "max_num_batched_tokens": 32},
+    "sampling": {"max_tokens": 10, "ignore_eos": True},
+    "workload": {"synthetic": {"num_requests": 6, "prompt_len": {"min": 8, "max": 18},
+                               "output_len": {"min": 6, "max": 10}, "shared_prefix": 8, "seed": 1}},
+}
+
+
+# --------------------------------------------------------------------------- validators
+def ns(us: float) -> int:
+    return round(us * 1000)
+
+
+def check_chrome_trace(trace: dict) -> dict:
+    """Assert the Chrome Trace Event rules; returns the parsed pieces for further checks."""
+    events = trace["traceEvents"]
+    by_track: dict[tuple, list[dict]] = defaultdict(list)
+    open_b: dict[tuple, list[str]] = defaultdict(list)
+    async_open: dict[tuple, list[str]] = defaultdict(list)
+    flows: dict[int, dict[str, dict]] = defaultdict(dict)
+    for e in events:
+        ph = e["ph"]
+        assert ph in "MXBEbesfCi", e
+        if ph == "M":
+            assert e["name"] in ("process_name", "thread_name", "thread_sort_index", "process_sort_index")
+            continue
+        assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0, e
+        track = (e["pid"], e.get("tid"))
+        if ph in "XBEi":
+            by_track[track].append(e)
+        if ph == "B":
+            open_b[track].append(e["name"])
+        elif ph == "E":
+            assert open_b[track], f"E without B on {track}"
+            open_b[track].pop()
+        elif ph in "be":
+            key = (e["pid"], e["cat"], e["id"])
+            by_track[("async",) + key].append(e)
+            if ph == "b":
+                async_open[key].append(e["name"])
+            else:
+                assert async_open[key] and async_open[key][-1] == e["name"], f"async e out of order: {e}"
+                async_open[key].pop()
+        elif ph == "C":
+            assert e["args"] and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     for v in e["args"].values()), e
+        elif ph in "sf":
+            flows[e["id"]][ph] = e
+    assert not any(open_b.values()), "B without E"
+    assert not any(async_open.values()), "async b without e"
+    for track, evs in by_track.items():
+        times = [ns(e["ts"]) for e in evs]
+        assert times == sorted(times), f"timestamps go back on {track}"
+        stack: list[tuple[int, int]] = []
+        for e in evs:
+            if e["ph"] != "X":
+                continue
+            start, end = ns(e["ts"]), ns(e["ts"]) + ns(e["dur"])
+            while stack and stack[-1][1] <= start and not (stack[-1][0] == stack[-1][1] == start):
+                stack.pop()
+            if stack:
+                assert end <= stack[-1][1], f"X slice {e['name']} overlaps its parent on {track}"
+            stack.append((start, end))
+    for fid, pair in flows.items():
+        assert set(pair) == {"s", "f"}, f"flow {fid} is missing an end"
+        assert pair["f"].get("bp") in ("e", "t")
+    return {"events": events, "flows": flows}
+
+
+def check_kernels_inside_forward(trace: dict) -> int:
+    phases = {}
+    for e in trace["traceEvents"]:
+        if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 1:
+            phases[(e["args"]["step"], e["name"])] = (ns(e["ts"]), ns(e["ts"]) + ns(e["dur"]))
+    count = 0
+    for e in trace["traceEvents"]:
+        if e["ph"] == "X" and e.get("cat") == "kernel":
+            lo, hi = phases[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
+            assert lo <= ns(e["ts"]) and ns(e["ts"]) + ns(e["dur"]) <= hi, e
+            count += 1
+    return count
+
+
+def check_request_lifetimes(trace: dict, events: list) -> None:
+    t0 = trace["otherData"]["t0_ns"]
+    arrived = {e.request_id: e.ts for e in events if e.kind == "request" and e.what == ARRIVED}
+    finished = {e.request_id: e.ts for e in events if e.kind == "request" and e.what == FINISHED}
+    lifetimes = defaultdict(list)
+    for e in trace["traceEvents"]:
+        if e["ph"] in "be" and e["name"].startswith("request "):
+            lifetimes[int(e["name"].split()[1])].append(e)
+    assert set(lifetimes) == set(arrived)
+    for rid, (b, e) in lifetimes.items():
+        assert (b["ph"], e["ph"]) == ("b", "e") and b["id"] == e["id"] == rid
+        assert ns(b["ts"]) == arrived[rid] - t0 and ns(e["ts"]) == finished[rid] - t0
+
+
+NVTXT_RECORD = re.compile(r'^(\w+), (.*)$')
+
+
+def check_nvtxt(lines: list[str]) -> int:
+    """Parse NVTXT line by line against its declared layouts; returns the number of records."""
+    layouts: dict[str, list[str]] = {}
+    variables: dict[str, str] = {}
+    records = 0
+    for n, line in enumerate(lines, 1):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            name, *fields = [p.strip() for p in line[1:].split(",")]
+            layouts[name] = fields
+            continue
+        if " = " in line:
+            key, value = line.split(" = ", 1)
+            assert re.fullmatch(r"\w+", key), f"line {n}: bad variable {key!r}"
+            variables[key] = value
+            continue
+        m = NVTXT_RECORD.match(line)
+        assert m, f"line {n}: not a record: {line!r}"
+        kind, rest = m.groups()
+        if kind == "SetFileDisplayName":
+            continue
+        assert kind in layouts, f"line {n}: {kind} has no declared layout"
+        values = re.findall(r'"[^"]*"|[^,]+', rest)
+        values = [v.strip() for v in values]
+        assert len(values) == len(layouts[kind]), f"line {n}: {len(values)} fields, layout has {len(layouts[kind])}"
+        row = dict(zip(layouts[kind], values))
+        for key in ("Start", "End", "Time", "ThreadId"):
+            if key in row:
+                assert re.fullmatch(r"\d+", row[key]), f"line {n}: {key} is not an integer: {row[key]!r}"
+        assert row["Message"].startswith('"') and row["Message"].endswith('"') and row["Message"].count('"') == 2
+        if "Start" in row:
+            assert int(row["Start"]) <= int(row["End"]), f"line {n}: range ends before it starts"
+        assert "ProcessId" in variables and "TimeBase" in variables, f"line {n}: record before ProcessId/TimeBase"
+        records += 1
+    return records
+
+
+# --------------------------------------------------------------------------- synthetic stream
+def _synthetic_stream() -> list:
+    info = RunInfo(100, -1, "tiny", 1, 2, 1, 4, 8, "float32", "cpu", "torch", "continuous", 8, 4, 64, 16, 4, 64)
+    ev = [info, RequestEvent(110, -1, 0, ARRIVED, 5, 0, 0, 3), RequestEvent(120, -1, 1, ARRIVED, 3, 0, 0, 2)]
+    ev += [StepBegin(200, 0), RequestEvent(210, 0, 0, "scheduled", 5), RequestEvent(220, 0, 1, "scheduled", 3)]
+    ev += [KernelEvent(400, 0, "embed", -1, "torch", 300, 310), KernelEvent(400, 0, "qkv", 0, "torch", 312, 340),
+           KernelEvent(400, 0, "attention", 0, "torch", 341, 380), KernelEvent(460, 0, "sample", -1, "torch", 410, 450),
+           RequestEvent(455, 0, 0, "first_token", 5, 1), RequestEvent(456, 0, 1, "first_token", 3, 1),
+           KVSnapshot(470, 0, 8, 4, 2, 0, 6, 8, 0),
+           StepEnd(480, 0, 200, 8, 16, ((0, 5), (1, 3)), (), ((0, 1), (1, 1)),
+                   (("schedule", 200, 250), ("prepare", 250, 290), ("forward", 290, 400), ("sample", 400, 460)), 2)]
+    ev += [StepBegin(500, 1), RequestEvent(505, 1, 1, PREEMPTED, 3, 1), KVSnapshot(560, 1, 8, 4, 1, 0, 7, 6, 2),
+           KernelEvent(540, 1, "qkv", 0, "torch", 520, 530),
+           StepEnd(570, 1, 500, 1, 16, (), (0,), ((0, 1),),
+                   (("schedule", 500, 510), ("prepare", 510, 515), ("forward", 515, 540), ("sample", 540, 550)), 1, 1)]
+    ev += [StepBegin(600, 2), RequestEvent(605, 2, 1, "resumed", 3, 1),
+           RequestEvent(640, 2, 0, FINISHED, 5, 3, 7, 3, "length"), RequestEvent(641, 2, 1, FINISHED, 3, 2, 4, 2, "length"),
+           StepEnd(650, 2, 600, 5, 16, ((1, 4),), (0,), ((0, 1), (1, 1)),
+                   (("schedule", 600, 610), ("prepare", 610, 615), ("forward", 615, 630), ("sample", 630, 645)))]
+    return ev
+
+
+def test_synthetic_stream_makes_a_valid_trace():
+    events = _synthetic_stream()
+    trace = json.loads(json.dumps(build_chrome_trace(events)))
+    parsed = check_chrome_trace(trace)
+    assert check_kernels_inside_forward(trace) == 5
+    check_request_lifetimes(trace, events)
+    names = [e["name"] for e in trace["traceEvents"] if e["ph"] == "b" and e["id"] == 1]
+    assert names == ["request 1", "queued", "prefill", "preempted", "prefill"]
+    # each step a request took part in sends one flow to that step
+    assert len(parsed["flows"]) == 2 + 1 + 2
+    layer = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["name"] == "layer 0" and e["args"]["step"] == 0]
+    assert len(layer) == 1 and ns(layer[0]["ts"]) == 312 - 100 and ns(layer[0]["dur"]) == 380 - 312
+    counters = {e["name"] for e in trace["traceEvents"] if e["ph"] == "C"}
+    assert counters == {"KV blocks", "KV waste %", "requests", "tokens per step"}
+
+
+def test_synthetic_stream_makes_a_valid_nvtxt():
+    lines = nvtxt_lines(_synthetic_stream(), process_id=42, title="synthetic, test")
+    assert check_nvtxt(lines) == 3 + 3 * 4 + 5 + 2 + 4  # steps, phases, kernels, requests, markers
+    assert "ProcessId = 42" in lines
+
+
+@pytest.mark.parametrize("bad", ['say "hi"', "two\nlines"])
+def test_nvtxt_messages_stay_one_quoted_field(bad):
+    ev = [RequestEvent(1, -1, 0, ARRIVED, 1), RequestEvent(5, 0, 0, FINISHED, 1, 1, 1, 1, bad)]
+    assert check_nvtxt(nvtxt_lines(ev, 1)) == 1
+
+
+def test_trace_validator_rejects_overlapping_slices():
+    bad = {"traceEvents": [{"name": "a", "ph": "X", "pid": 1, "tid": 1, "ts": 0.0, "dur": 5.0},
+                           {"name": "b", "ph": "X", "pid": 1, "tid": 1, "ts": 4.0, "dur": 5.0}]}
+    with pytest.raises(AssertionError):
+        check_chrome_trace(bad)
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """One `kvscope trace` run of a tiny random model with a pool small enough to preempt."""
+    import yaml
+
+    from kvscope.cli import trace as trace_cmd
+
+    tmp = tmp_path_factory.mktemp("trace")
+    recipe_path = tmp / "tiny.yaml"
+    recipe_path.write_text(yaml.safe_dump(TINY_RECIPE))
+    out = tmp / "out"
+    args = argparse.Namespace(recipe=str(recipe_path), out=str(out), torch_profiler=False, no_kernels=False)
+    return trace_cmd, args, out
+
+
+def test_trace_command_writes_valid_files(traced, capsys):
+    trace_cmd, args, out = traced
+    assert trace_cmd.run(args) == 0
+    printed = capsys.readouterr().out
+    trace = json.loads((out / "trace.json").read_text())
+    recording = read_recording(out / "events.jsonl")
+    assert recording.damage is None and recording.header["schema"] == 1
+    check_chrome_trace(trace)
+    assert check_kernels_inside_forward(trace) > 0
+    check_request_lifetimes(trace, recording.events)
+    assert check_nvtxt((out / "trace.nvtxt").read_text().splitlines()) > 0
+    # the run preempted (the acceptance's "run with preemption")
+    assert any(e.kind == "request" and e.what == PREEMPTED for e in recording.events)
+    # replaying the recording gives exactly the summary the command printed
+    replayed = summarize(recording.events)
+    assert replayed.format_text() in printed
+    assert replayed.finished == replayed.requests == 6
+
+
+def test_block_events_rebuild_engine_state_after_preemption():
+    from kvscope.engine.recipe import Recipe
+    from kvscope.engine.session import RunSession
+
+    bus = EventBus()
+    events = bus.subscribe(EventList())
+    view = bus.subscribe(EngineView())
+    recipe = dict(TINY_RECIPE, workload={"synthetic": dict(TINY_RECIPE["workload"]["synthetic"], num_requests=5)})
+    session = RunSession(Recipe.from_dict(recipe), bus=bus)
+    checked = 0
+    while session.step():
+        assert view.tables == session.snapshot_tables()
+        assert view.free_blocks() == session.free_block_ids()
+        assert view.cached_blocks() == session.cached_block_ids()
+        checked += 1
+    blocks_only = EngineView()
+    for e in events.events:
+        if e.kind in ("run_info", "block"):
+            blocks_only.apply(e)
+    assert blocks_only.tables == session.snapshot_tables() == {}
+    assert blocks_only.free_blocks() == session.free_block_ids()
+    assert blocks_only.cached_blocks() == session.cached_block_ids()
+    assert checked > 3 and any(e.kind == "request" and e.what == PREEMPTED for e in events.events)

@@ -1,0 +1,228 @@
+"""Pilot tests of the live TUI over a tiny random model: pause, single step, select a request,
+resume to the end, restart; and the replay app over a recording (step back / forward / jump,
+damaged files). The oracles are the engine itself (RunSession.snapshot_tables / free / cached
+block ids) and events folded independently of the app."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kvscope.cli.main import main as cli_main
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.session import RunSession
+from kvscope.inspector.metrics import fragmentation
+from kvscope.inspector.recording import JsonlRecorder, RecordingError, make_header
+from kvscope.inspector.state import EngineView
+from kvscope.tui.app import live_app, replay_app
+from kvscope.tui.bars import percent
+from kvscope.tui.block_map import BlockMap
+from kvscope.tui.info_panel import InfoPanel
+from kvscope.tui.meters import FragmentationMeters
+
+SIZE = (160, 50)
+RECIPE = {
+    "name": "pilot",
+    "model": {"source": "random", "shape": "tiny", "seed": 0},
+    "cache": {"block_size": 4, "num_blocks": 64},
+    "scheduler": {"max_num_seqs": 4, "max_num_batched_tokens": 32},
+    "workload": {"synthetic": {"num_requests": 8, "prompt_len": {"min": 8, "max": 24},
+                               "output_len": {"min": 8, "max": 16}, "seed": 1}},
+}
+
+
+def recipe() -> Recipe:
+    return Recipe.from_dict(RECIPE, source="<pilot>")
+
+
+async def settle(app) -> None:
+    """Wait (off the event loop) until the engine thread is idle, then pull its events into the UI."""
+    assert await asyncio.to_thread(app.controller.wait_idle, 60)
+    app.sync()
+
+
+def status_text(app) -> str:
+    return str(app.query_one("#status").render())
+
+
+def panel_text(widget) -> str:
+    return str(widget.render())
+
+
+def test_pause_step_select_resume():
+    async def scenario():
+        app = live_app(recipe(), deterministic=True)
+        async with app.run_test(size=SIZE) as pilot:
+            c = app.controller
+            await pilot.press("plus")          # a delay between steps, so the pause lands mid-run
+            assert c.delay_s > 0
+            await pilot.pause(0.2)
+            await pilot.press("space")
+            assert c.paused
+            await settle(app)
+            assert not c.finished, "the run ended before the pause; make the workload longer"
+            view = app.model.view
+            before = view.step
+            await asyncio.sleep(0.3)            # paused: nothing moves
+            await settle(app)
+            assert view.step == before
+
+            await pilot.press("n")
+            await settle(app)
+            await pilot.pause()
+            assert view.step == before + 1
+            assert f"step {before + 1}" in status_text(app)
+            assert "paused" in status_text(app)
+
+            # the view rebuilt from events matches the engine
+            session = c.session
+            assert view.tables == session.snapshot_tables()
+            assert view.free_blocks() == session.free_block_ids()
+            assert view.cached_blocks() == session.cached_block_ids()
+
+            # click a block of a running request: it is selected, its blocks highlighted
+            rid, table = next((r, t) for r, t in sorted(view.tables.items()) if t)
+            block = next(b for b in table if view.block_refs[b] == 1)
+            bmap = app.query_one(BlockMap)
+            per_row = bmap.blocks_per_row
+            await pilot.click("#block-map", offset=(bmap._gutter + block % per_row, block // per_row))
+            await pilot.pause()
+            assert app.selected == rid
+            assert bmap.highlight == set(session.snapshot_tables()[rid])
+            info = panel_text(app.query_one(InfoPanel))
+            expected = " ".join(f"L{i}→{b}" for i, b in enumerate(session.snapshot_tables()[rid]))
+            assert expected in " ".join(info.replace("*", "").split())
+
+            # the meters show exactly the metrics module's numbers, which match the engine's pool
+            meters = app.query_one(FragmentationMeters)
+            frag = fragmentation(view.last_kv)
+            assert meters.shown == frag == app.model.metrics.last_fragmentation
+            total = view.info.total_blocks
+            used = total - len(session.free_block_ids()) - len(session.cached_block_ids())
+            assert frag.usage == used / total
+            shown = panel_text(meters)
+            for value in (frag.usage, frag.internal, frag.contiguous_waste):
+                assert percent(value) in shown
+
+            await pilot.press("minus")
+            assert c.delay_s == 0
+            await pilot.press("space")
+            assert not c.paused
+            await settle(app)
+            await pilot.pause()
+            assert c.finished
+            assert "finished" in status_text(app)
+            assert all(r.status == "finished" for r in view.requests.values())
+            assert len(view.requests) == RECIPE["workload"]["synthetic"]["num_requests"]
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.selected is None
+            assert "run finished" in panel_text(app.query_one(InfoPanel))
+            assert view.tables == session.snapshot_tables() == {}
+
+            steps_first_run = view.step
+            await pilot.press("r")
+            await settle(app)
+            assert c.finished and app.model.view.step == steps_first_run  # same seeded workload again
+            await pilot.press("q")
+
+    asyncio.run(scenario())
+
+
+def test_step_key_needs_pause():
+    async def scenario():
+        app = live_app(recipe(), start_paused=True, deterministic=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app)
+            assert app.model.view.step == -1
+            for expected in range(3):
+                await pilot.press("n")
+                await settle(app)
+                assert app.model.view.step == expected
+            await pilot.press("space")          # resume: n now does nothing
+            assert app.controller.step_once() is False
+
+    asyncio.run(scenario())
+
+
+def record_run(path) -> list:
+    """Run the tiny recipe headless into a recording; returns the events (the oracle)."""
+    session_events: list = []
+    rec = JsonlRecorder(path, make_header(RECIPE, "cpu"))
+    from kvscope.inspector.events import EventBus
+
+    bus = EventBus()
+    bus.subscribe(rec)
+    bus.subscribe(session_events.append)
+    RunSession(recipe(), bus=bus).run()
+    rec.close()
+    return session_events
+
+
+def view_through(events, step: int) -> EngineView:
+    view = EngineView()
+    for e in events:
+        if e.kind == "step_begin" and e.step > step:
+            break
+        view.apply(e)
+    return view
+
+
+def test_replay_steps_back_forward_and_jumps(tmp_path):
+    path = tmp_path / "events.jsonl"
+    events = record_run(path)
+    last_step = max(e.step for e in events if e.kind == "step_end")
+
+    async def scenario():
+        app = replay_app(str(path), deterministic=True)
+        async with app.run_test(size=SIZE) as pilot:
+            view = app.model.view
+            assert view.step == last_step
+            await pilot.press("left")
+            await pilot.press("left")
+            assert app.model.view.step == last_step - 2
+            assert app.model.view.tables == view_through(events, last_step - 2).tables
+            await pilot.press("right")
+            assert app.model.view.step == last_step - 1
+            await pilot.press("g")
+            await pilot.press("3", "enter")
+            await pilot.pause()
+            expected = view_through(events, 3)
+            assert app.model.view.step == 3
+            assert app.model.view.tables == expected.tables
+            assert app.model.view.block_refs == expected.block_refs
+            assert "step 3" in status_text(app)
+            await pilot.press("home")
+            assert app.model.view.step == -1
+            await pilot.press("end")
+            assert app.model.view.step == last_step
+
+    asyncio.run(scenario())
+
+
+def test_replay_of_truncated_recording_stops_at_damage(tmp_path):
+    path = tmp_path / "events.jsonl"
+    record_run(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    cut = len(lines) // 2
+    path.write_bytes(b"\n".join(lines[:cut]) + b"\n" + lines[cut][: len(lines[cut]) // 2])
+
+    app = replay_app(str(path))
+    damage = app.replay.timeline.damage
+    assert f"events.jsonl:{cut + 1}:" in damage and "truncated" in damage
+    assert app.replay.timeline.events and app.replay.last_position >= 1
+
+    with pytest.raises(RecordingError, match=f"events.jsonl:{cut + 1}:"):
+        replay_app(str(path), strict=True)
+
+
+def test_cli_replay_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    assert cli_main(["replay", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvscope: error: ") and "bad.jsonl:1" in err and err.count("\n") == 1
+    assert cli_main(["replay", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err

@@ -1,0 +1,386 @@
+"""The kvscope Textual app: a live run (engine in a worker thread, steered by a SessionController)
+or a replay of a JSONL recording, drawn by the same panels.
+
+The UI thread pulls events at a steady refresh rate (REFRESH_HZ), folds them into a UIModel
+(EngineView + Metrics + StepHistory) and redraws; the engine never waits for it.
+
+Entry points: run_live(recipe, record) and run_replay(path, strict), both returning an exit code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Footer, Static
+
+from kvscope.inspector.controller import FAILED, FINISHED, LOADING, PAUSED, SessionController
+from kvscope.inspector.device_stats import DeviceSampler
+from kvscope.inspector.recording import JsonlRecorder, make_header
+from kvscope.inspector.replay import ReplayCursor, load_timeline
+from kvscope.tui.bars import update_text
+from kvscope.tui.block_map import BlockMap, cells_from_view
+from kvscope.tui.device_panel import DevicePanel
+from kvscope.tui.info_panel import InfoPanel
+from kvscope.tui.latency_panel import LatencyPanel
+from kvscope.tui.meters import FragmentationMeters
+from kvscope.tui.model import UIModel
+from kvscope.tui.peaks import peaks_for
+from kvscope.tui.roofline_panel import RooflinePanel
+from kvscope.tui.request_list import RequestList
+from kvscope.tui.scheduler_panel import SchedulerPanel
+from kvscope.tui.screens import GotoScreen, HelpScreen
+
+REFRESH_HZ = 15
+DELAYS_S = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+LIVE_ONLY = {"toggle_pause", "step_once", "slower", "faster", "restart"}
+REPLAY_ONLY = {"forward", "back", "goto", "first", "last", "toggle_play"}
+_STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "finished": "bold cyan", "failed": "bold red",
+                "loading": "bold magenta", "playing": "bold green"}
+
+
+class KVScopeApp(App[int]):
+    """One app for both sources: pass a SessionController (live) or a ReplayCursor over a UIModel (replay)."""
+
+    CSS_PATH = "kvscope.tcss"
+    TITLE = "kvscope"
+    BINDINGS = [
+        Binding("space", "toggle_pause", "pause/resume"),
+        Binding("n", "step_once", "step"),
+        Binding("plus", "slower", "slower"),
+        Binding("minus", "faster", "faster"),
+        Binding("r", "restart", "restart"),
+        Binding("space", "toggle_play", "play/pause"),
+        Binding("left,h", "back", "◀ step"),
+        Binding("right,l", "forward", "step ▶"),
+        Binding("g", "goto", "go to step"),
+        Binding("home", "first", "first", show=False),
+        Binding("end", "last", "last", show=False),
+        Binding("escape", "deselect", "deselect", show=False),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, *, controller: SessionController | None = None, replay: ReplayCursor | None = None,
+                 title: str = "", deterministic: bool = False, refresh_hz: float = REFRESH_HZ,
+                 gpu_name: str = "") -> None:
+        super().__init__()
+        if (controller is None) == (replay is None):
+            raise ValueError("KVScopeApp needs exactly one of controller / replay")
+        self.controller = controller
+        self.replay = replay
+        self.run_title = title
+        self.deterministic = deterministic
+        self.refresh_hz = refresh_hz
+        self.gpu_name = gpu_name
+        self._live_model = UIModel() if controller is not None else None
+        self.selected: int | None = None
+        self.playing = False
+        self._dirty = True
+        self._sampler: DeviceSampler | None = None
+        self._peaks_key: tuple[str, str] | None = None
+        self.exit_error: BaseException | None = None
+
+    # -- the model ------------------------------------------------------------------------------
+    @property
+    def model(self) -> UIModel:
+        return self._live_model if self.replay is None else self.replay.sink
+
+    @property
+    def is_replay(self) -> bool:
+        return self.replay is not None
+
+    # -- layout ---------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static("", id="status")
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                with Vertical(id="map-panel", classes="panel") as panel:
+                    panel.border_title = "KV blocks"
+                    yield BlockMap(id="block-map")
+                info = InfoPanel(id="info", classes="panel")
+                info.border_title = "selection"
+                yield info
+            with VerticalScroll(id="right"):
+                meters = FragmentationMeters(id="meters")
+                meters.add_class("panel")
+                meters.border_title = "fragmentation: paged vs contiguous"
+                yield meters
+                sched = SchedulerPanel(id="scheduler", classes="panel")
+                sched.border_title = "scheduler"
+                yield sched
+                latency = LatencyPanel(frozen=self.deterministic, id="latency")
+                latency.add_class("panel")
+                latency.border_title = "latency & throughput"
+                yield latency
+                roof = RooflinePanel(peaks_for("cpu", "float32"), frozen=self.deterministic, id="roofline")
+                roof.add_class("panel")
+                roof.border_title = "roofline"
+                yield roof
+                device = DevicePanel(frozen=self.deterministic, id="device")
+                device.add_class("panel")
+                device.border_title = "device"
+                yield device
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.controller is not None:
+            self.controller.start()
+        if not self.deterministic:
+            self._sampler = DeviceSampler()
+            self._sample_device()
+            self.set_interval(1.0, self._sample_device)
+        self.set_interval(1.0 / self.refresh_hz, self._tick)
+        self.sync()
+
+    def on_unmount(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+        if self._sampler is not None:
+            self._sampler.close()
+
+    # -- refresh --------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if not self.is_running:  # a timer that fires while the app shuts down
+            return
+        if self.replay is not None and self.playing:
+            if self.replay.position >= self.replay.last_position:
+                self.playing = False
+            else:
+                self.replay.forward()
+            self._dirty = True
+        self.sync()
+
+    def sync(self) -> None:
+        """Pull pending events and redraw what changed (tests call this after the engine went idle)."""
+        controller = self.controller
+        if controller is not None:
+            if controller.drain(self._live_model):
+                self._dirty = True
+            if controller.error is not None and self.exit_error is None:
+                self.exit_error = controller.error
+                if controller.session is None:  # failed while loading: nothing to look at
+                    self.exit(2)
+                    return
+                self.notify(f"engine stopped: {controller.error}", severity="error", timeout=30)
+                self._dirty = True
+        self._update_status()
+        if self._dirty:
+            self._dirty = False
+            self.refresh_panels()
+
+    def refresh_panels(self) -> None:
+        model = self.model
+        view = model.view
+        info = view.info
+        if info is not None and self._peaks_key != (info.device, info.dtype):
+            self._peaks_key = (info.device, info.dtype)
+            self.query_one(RooflinePanel).peaks = peaks_for(info.device, info.dtype, self.gpu_name)
+        if self.selected is not None and self.selected not in view.requests:
+            self.selected = None
+        highlight = frozenset(view.tables.get(self.selected, ())) if self.selected is not None else frozenset()
+        self.query_one(BlockMap).set_cells(cells_from_view(view), highlight)
+        self.query_one(FragmentationMeters).update_from(view)
+        self.query_one(SchedulerPanel).update_from(view, self.selected)
+        self.query_one(LatencyPanel).update_from(model.metrics, model.history)
+        self.query_one(RooflinePanel).update_from(model.history)
+        finished = self._run_finished()
+        summary = model.metrics.summary() if finished else None
+        self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic)
+        map_panel = self.query_one("#map-panel")
+        if info is not None:
+            map_panel.border_title = (f"KV blocks: {info.total_blocks} × {info.block_size} tokens"
+                                      f" · {info.kv_bytes_per_block / 1024:.0f} KiB each")
+
+    def _run_finished(self) -> bool:
+        if self.controller is not None:
+            return self.controller.finished
+        return self.replay.position >= self.replay.last_position
+
+    def _state_word(self) -> str:
+        if self.controller is not None:
+            return self.controller.state
+        if self.playing:
+            return "playing"
+        return FINISHED if self._run_finished() else PAUSED
+
+    def _update_status(self) -> None:
+        view = self.model.view
+        info = view.info
+        text = Text()
+        text.append(" kvscope ", style="bold reverse")
+        text.append(f" {self.run_title} ", style="bold")
+        if info is not None:
+            text.append(f"· {info.model} · {info.device}/{info.backend} · {info.dtype} · {info.policy} ",
+                        style="dim")
+        text.append("│ ")
+        text.append(f"step {view.step}", style="bold")
+        if self.replay is not None:
+            text.append(f" ({self.replay.position}/{self.replay.last_position})", style="dim")
+        text.append(" │ ")
+        state = self._state_word()
+        text.append(state, style=_STATE_STYLE.get(state, "bold"))
+        if self.controller is not None and self.controller.delay_s:
+            text.append(f" │ delay {self.controller.delay_s:g} s")
+        if self.replay is not None and self.replay.timeline.damage:
+            text.append(f" │ stopped at damage: {self.replay.timeline.damage}", style="bold red")
+        if self.exit_error is not None:
+            text.append(f" │ {self.exit_error}", style="bold red")
+        update_text(self.query_one("#status", Static), text)
+
+    def _sample_device(self) -> None:
+        if self._sampler is not None:
+            self.query_one(DevicePanel).show(self._sampler.sample())
+
+    # -- selection ------------------------------------------------------------------------------
+    def select_request(self, request_id: int | None) -> None:
+        self.selected = request_id
+        self._dirty = True
+        self.sync()
+
+    def on_block_map_selected(self, message: BlockMap.Selected) -> None:
+        self.select_request(message.request_id if message.request_id >= 0 else None)
+
+    def on_request_list_selected(self, message: RequestList.Selected) -> None:
+        self.select_request(message.request_id)
+
+    def action_deselect(self) -> None:
+        self.select_request(None)
+
+    # -- controls -------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in LIVE_ONLY:
+            return self.controller is not None
+        if action in REPLAY_ONLY:
+            return self.replay is not None
+        return True
+
+    def action_toggle_pause(self) -> None:
+        self.controller.toggle_pause()
+        self.sync()
+
+    def action_step_once(self) -> None:
+        if not self.controller.step_once():
+            self.notify("pause first (space): n runs one step while paused", timeout=3)
+
+    def _change_delay(self, direction: int) -> None:
+        current = self.controller.delay_s
+        index = min(range(len(DELAYS_S)), key=lambda i: abs(DELAYS_S[i] - current))
+        index = min(max(index + direction, 0), len(DELAYS_S) - 1)
+        self.controller.set_delay(DELAYS_S[index])
+        self.sync()
+
+    def action_slower(self) -> None:
+        self._change_delay(+1)
+
+    def action_faster(self) -> None:
+        self._change_delay(-1)
+
+    def action_restart(self) -> None:
+        self.selected = None
+        self.controller.restart()
+
+    def _replay_move(self, fn: Any, *args: Any) -> None:
+        self.playing = False
+        fn(*args)
+        self._dirty = True
+        self.sync()
+
+    def action_forward(self) -> None:
+        self._replay_move(self.replay.forward)
+
+    def action_back(self) -> None:
+        self._replay_move(self.replay.back)
+
+    def action_first(self) -> None:
+        self._replay_move(self.replay.goto, 0)
+
+    def action_last(self) -> None:
+        self._replay_move(self.replay.goto, self.replay.last_position)
+
+    def action_toggle_play(self) -> None:
+        if self.replay.position >= self.replay.last_position:
+            self.replay.goto(0)
+        self.playing = not self.playing
+        self.sync()
+
+    def action_goto(self) -> None:
+        steps = self.replay.timeline.steps
+        first, last = (steps[0], steps[-1]) if steps else (-1, -1)
+
+        def done(step: int | None) -> None:
+            if step is not None:
+                self._replay_move(self.replay.goto_step, step)
+
+        self.push_screen(GotoScreen(first, last), done)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(replay=self.replay is not None))
+
+
+# -- entry points ---------------------------------------------------------------------------------
+def _gpu_name() -> str:
+    sampler = DeviceSampler()
+    try:
+        return sampler.sample().name if sampler.kind == "gpu" else ""
+    finally:
+        sampler.close()
+
+
+def live_app(recipe: Any, *, record: str | None = None, start_paused: bool = False,
+             deterministic: bool = False, refresh_hz: float = REFRESH_HZ) -> KVScopeApp:
+    """The app over a fresh RunSession of `recipe` (built in the worker thread)."""
+    from kvscope.engine.session import RunSession
+
+    subscribers = ()
+    writer = None
+    if record:
+        recipe_desc = dict(getattr(recipe, "raw", {}) or {}) | {"name": getattr(recipe, "name", "")}
+        writer = JsonlRecorder(record, make_header(recipe_desc, getattr(recipe, "device", "cpu")))
+        subscribers = (writer,)
+    controller = SessionController(lambda bus: RunSession(recipe, bus=bus), start_paused=start_paused,
+                                   subscribers=subscribers)
+    app = KVScopeApp(controller=controller, title=getattr(recipe, "name", ""), deterministic=deterministic,
+                     refresh_hz=refresh_hz, gpu_name="" if deterministic else _gpu_name())
+    app.recording_writer = writer
+    return app
+
+
+def replay_app(path: str, *, strict: bool = False, deterministic: bool = False,
+               refresh_hz: float = REFRESH_HZ) -> KVScopeApp:
+    """The app over a recording, positioned at its last step. Raises RecordingError for a bad file."""
+    timeline = load_timeline(path, strict=strict)
+    cursor = ReplayCursor(timeline, UIModel)
+    cursor.goto(cursor.last_position)
+    return KVScopeApp(replay=cursor, title=f"replay {Path(path).name}", deterministic=deterministic,
+                      refresh_hz=refresh_hz)
+
+
+def run_live(recipe: Any, record: str | None = None) -> int:
+    """`kvscope run RECIPE` on a terminal. An engine error is re-raised after the UI closes."""
+    app = live_app(recipe, record=record)
+    try:
+        app.run()
+    finally:
+        if app.recording_writer is not None:
+            app.controller.stop()
+            app.recording_writer.close()
+    if app.exit_error is not None:
+        raise app.exit_error
+    return 0
+
+
+def run_replay(path: str, strict: bool = False) -> int:
+    """`kvscope replay EVENTS.jsonl`. Damage in the file is shown in the status line (or, strict, an error)."""
+    app = replay_app(path, strict=strict)
+    app.run()
+    damage = app.replay.timeline.damage
+    if damage:
+        import sys
+
+        print(f"kvscope: replay stopped at damage: {damage}", file=sys.stderr)
+    return 0

@@ -1,0 +1,65 @@
+"""Small text-drawing helpers shared by the panels: horizontal bars and number formats."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def fraction_bar(fraction: float, width: int, colour: str, empty: str = "#3a3a3a") -> Text:
+    """A bar `width` cells wide filled to `fraction` (clamped to [0, 1]) with eighth-cell resolution."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    text = Text()
+    text.append("█" * full, style=colour)
+    if full < width:
+        text.append(_EIGHTHS[part] if part else "", style=f"{colour} on {empty}")
+        text.append(" " * (width - full - (1 if part else 0)), style=f"on {empty}")
+    return text
+
+
+def stacked_bar(parts: list[tuple[int, str]], total: int, width: int, empty: str = "#3a3a3a") -> Text:
+    """Cells split in proportion to each (value, colour) part of `total`; the rest drawn empty."""
+    text = Text()
+    if total <= 0:
+        return Text(" " * width, style=f"on {empty}")
+    used = 0
+    for value, colour in parts:
+        cells = min(round(value * width / total), width - used)
+        if value > 0 and cells == 0 and used < width:
+            cells = 1  # a non-zero part stays visible
+        text.append("█" * cells, style=colour)
+        used += cells
+    if used < width:
+        text.append(" " * (width - used), style=f"on {empty}")
+    return text
+
+
+def percent(fraction: float) -> str:
+    """The one format the TUI uses for fractions: 42.2%."""
+    return f"{100 * fraction:.1f}%"
+
+
+def si(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M' + unit."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.2f} {unit}" if unit else f"{value:.2f}"
+
+
+def mib(n_bytes: float) -> str:
+    if n_bytes >= 1 << 30:
+        return f"{n_bytes / (1 << 30):.2f} GiB"
+    return f"{n_bytes / (1 << 20):.1f} MiB"
+
+
+def update_text(widget, text: Text) -> None:
+    """Static.update without a relayout (every panel has a fixed size), skipped when nothing changed."""
+    last = getattr(widget, "_kvscope_text", None)
+    if last is not None and last.plain == text.plain and last.spans == text.spans:
+        return
+    widget._kvscope_text = text
+    widget.update(text, layout=False)

@@ -1,0 +1,29 @@
+"""What the TUI renders from: an EngineView, the Metrics and a StepHistory fed by the same events.
+
+Live runs feed it from the controller's queue, replays from a recording; the widgets read
+it only on the UI thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvscope.inspector.metrics import Metrics
+from kvscope.inspector.state import EngineView
+from kvscope.tui.history import StepHistory
+
+
+class UIModel:
+    """A bus-style subscriber: `model(event)` folds one event into all three."""
+
+    def __init__(self) -> None:
+        self.view = EngineView()
+        self.metrics = Metrics()
+        self.history = StepHistory()
+        self.events_seen = 0
+
+    def __call__(self, event: Any) -> None:
+        self.view.apply(event)
+        self.metrics(event)
+        self.history(event)
+        self.events_seen += 1
