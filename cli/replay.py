@@ -13,11 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvscope.inspector.replay import load_recording
+    from kvscope.inspector.replay import load_timeline
 
     if not sys.stdout.isatty():
         # no terminal to draw on: check the file and say what it holds
-        recording = load_recording(args.events, strict=args.strict)
+        recording = load_timeline(args.events, strict=args.strict)
         steps = recording.steps
         span = f"steps {steps[0]}..{steps[-1]}" if steps else "no complete step"
         print(f"{args.events}: {len(recording.events)} events, {len(steps)} steps ({span})")

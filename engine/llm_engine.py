@@ -176,7 +176,7 @@ class LLMEngine:
         if self.bus.active:
             if not self.info_sent:
                 self._announce()
-            self.bus.emit(RequestEvent(req.arrival_ts, self.step_id, ARRIVED, rid, len(ids), 0, 0, max_tokens))
+            self.bus.emit(RequestEvent(req.arrival_ts, self.step_id, rid, ARRIVED, len(ids), 0, 0, max_tokens))
         return rid
 
     def has_unfinished(self) -> bool:
@@ -258,7 +258,7 @@ class LLMEngine:
             hook.pop()
         if active:
             for req in finished:
-                bus.emit(RequestEvent(req.finished_ts, step, FINISHED, req.request_id, req.num_prompt_tokens,
+                bus.emit(RequestEvent(req.finished_ts, step, req.request_id, FINISHED, req.num_prompt_tokens,
                                       req.num_output_tokens, req.num_computed_tokens, req.max_tokens,
                                       req.finish_reason))
             bus.emit(self.kv_snapshot(step))
@@ -277,7 +277,7 @@ class LLMEngine:
         if req.num_output_tokens == 1:
             req.first_token_ts = now_ns()
             if self.bus.active:
-                self.bus.emit(RequestEvent(req.first_token_ts, self.step_id, FIRST_TOKEN, req.request_id,
+                self.bus.emit(RequestEvent(req.first_token_ts, self.step_id, req.request_id, FIRST_TOKEN,
                                            req.num_prompt_tokens, 1, req.num_computed_tokens, req.max_tokens))
         p = req.params
         reason = ""

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from kvscope.engine.errors import ModelLoadError, RecipeError
+from kvscope.engine.gguf_file import GGUFFile, GGUFFormatError, read_gguf_file
 from kvscope.engine.llama import LlamaModel
 from kvscope.engine.model_config import ModelConfig, named_shape, with_special_tokens
 from kvscope.engine.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
@@ -59,15 +60,38 @@ def load_model(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -
     return loaders[source](spec, dtype, torch.device(device))
 
 
+def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:
+    """Only the tokenizer of a model spec (no weights are read): fast, for CLIs and tests."""
+    if not isinstance(spec, dict):
+        raise RecipeError(f"model: expected a mapping with a 'source' key, got {type(spec).__name__}")
+    source = spec.get("source")
+    if source == "random":
+        return _load_random_shape(spec)[1]
+    if source == "gguf":
+        path = _resolve_gguf_path(spec)
+        return BPETokenizer.from_gguf_metadata(read_gguf(path).metadata, str(path))
+    if source == "hf":
+        folder = _hf_folder(spec)
+        config = config_from_hf(_read_hf_config(folder), folder)
+        return _hf_tokenizer(folder, config)
+    raise RecipeError(f"model.source: expected one of random, gguf, hf, got {source!r}")
+
+
 # ----------------------------------------------------------------------------------------- random
 
 
 def _load_random(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
-    _check_keys(spec, {"source", "shape", "seed", "name"})
-    shape = spec.get("shape", "tiny")
+    config, tokenizer = _load_random_shape(spec)
     seed = spec.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"model.seed: expected an integer, got {seed!r}")
+    state = random_state_dict(config, seed)
+    return LlamaModel.from_state_dict(config, state, dtype, device), config, tokenizer
+
+
+def _load_random_shape(spec: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
+    _check_keys(spec, {"source", "shape", "seed", "name"})
+    shape = spec.get("shape", "tiny")
     try:
         config = named_shape(shape) if isinstance(shape, str) else None
     except KeyError as exc:
@@ -75,9 +99,7 @@ def _load_random(spec: dict[str, Any], dtype: torch.dtype, device: torch.device)
     if config is None:
         raise RecipeError(f"model.shape: expected a shape name, got {shape!r}")
     tokenizer = ByteTokenizer(config.vocab_size)
-    config = with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids)
-    state = random_state_dict(config, seed)
-    return LlamaModel.from_state_dict(config, state, dtype, device), config, tokenizer
+    return with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids), tokenizer
 
 
 def random_state_dict(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
@@ -113,29 +135,14 @@ def _resolve_gguf_path(spec: dict[str, Any]) -> Path:
     return path
 
 
-def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metadata as python values, tensors by name) of a GGUF file; ModelLoadError if unreadable."""
-    import gguf
-
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise ModelLoadError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+def read_gguf(path: Path) -> GGUFFile:
+    """Metadata and tensor index of a GGUF file; ModelLoadError naming the file if unreadable."""
     try:
-        reader = gguf.GGUFReader(path, "r")
-        meta = {name: _field_value(field) for name, field in reader.fields.items()}
-        tensors = {t.name: t for t in reader.tensors}
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # the gguf package raises ValueError / IndexError / struct errors on bad files
-        raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({type(exc).__name__}: {exc})") from None
-    return meta, tensors
-
-
-def _field_value(field: Any) -> Any:
-    if field.name.startswith("GGUF."):
-        return None
-    return field.contents()
+        return read_gguf_file(path)
+    except GGUFFormatError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def config_from_gguf(meta: dict[str, Any], path: Path, has_output: bool, tokenizer: Tokenizer) -> ModelConfig:
@@ -186,35 +193,43 @@ def unpermute_rotary_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.reshape(n_heads, head_dim // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _dequantize(path: Path, tensors: dict[str, Any], name: str) -> torch.Tensor:
-    from gguf import quants
+def _dequantize(gguf_file: GGUFFile, name: str) -> torch.Tensor:
+    from gguf import GGMLQuantizationType, quants
 
-    tensor = tensors.get(name)
-    if tensor is None:
+    path = gguf_file.path
+    info = gguf_file.tensors.get(name)
+    if info is None:
         raise ModelLoadError(f"{path}: missing tensor {name}")
+    qtype = GGMLQuantizationType(info.ggml_type)
     try:
-        array = quants.dequantize(tensor.data, tensor.tensor_type)
+        array = quants.dequantize(gguf_file.raw(name), qtype)
     except NotImplementedError:
-        raise ModelLoadError(f"{path}: tensor {name} has unsupported type {tensor.tensor_type.name}") from None
+        raise ModelLoadError(f"{path}: tensor {name} has unsupported type {qtype.name}") from None
     except Exception as exc:
         raise ModelLoadError(f"{path}: tensor {name} is corrupt ({type(exc).__name__}: {exc})") from None
-    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ggml lists dims innermost first
-    if int(np.prod(shape)) != array.size:
-        raise ModelLoadError(f"{path}: tensor {name} holds {array.size} values, expected shape {shape}")
-    return torch.from_numpy(np.array(array, dtype=np.float32, copy=True).reshape(shape))
+    if array.size != int(np.prod(info.shape)):
+        raise ModelLoadError(f"{path}: tensor {name} holds {array.size} values, expected shape {info.shape}")
+    array = np.ascontiguousarray(array, dtype=np.float32).reshape(info.shape)
+    if not array.flags.writeable:  # float32 tensors come back as views of the read-only map
+        array = array.copy()
+    return torch.from_numpy(array)
 
 
 def _load_gguf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
     _check_keys(spec, {"source", "path", "name"})
     path = _resolve_gguf_path(spec)
-    meta, tensors = read_gguf(path)
+    gguf_file = read_gguf(path)
+    meta, tensors = gguf_file.metadata, gguf_file.tensors
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise ModelLoadError(f"{path}: unsupported architecture {arch!r} (expected 'llama')")
     tokenizer = BPETokenizer.from_gguf_metadata(meta, str(path))
     if "rope_freqs.weight" in tensors:
         raise ModelLoadError(f"{path}: per-frequency rope scaling (rope_freqs.weight) is not supported")
     config = config_from_gguf(meta, path, "output.weight" in tensors, tokenizer)
 
     def get(name: str) -> torch.Tensor:
-        return _dequantize(path, tensors, name)
+        return _dequantize(gguf_file, name)
 
     state = {"embed.weight": get("token_embd.weight"), "final_norm.weight": get("output_norm.weight")}
     if not config.tie_embeddings:
@@ -289,7 +304,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _load_hf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
+def _hf_folder(spec: dict[str, Any]) -> Path:
     _check_keys(spec, {"source", "path", "name"})
     raw_path = spec.get("path")
     if not isinstance(raw_path, (str, Path)):
@@ -297,6 +312,10 @@ def _load_hf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> 
     folder = Path(raw_path).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: no such folder")
+    return folder
+
+
+def _read_hf_config(folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
@@ -306,16 +325,23 @@ def _load_hf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> 
         raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{config_path}: expected a JSON object")
-    config = config_from_hf(raw, folder)
+    return raw
+
+
+def _hf_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
     eos_ids = _generation_eos(folder) or config.eos_token_ids
-    tokenizer: Tokenizer
     if (folder / "tokenizer.json").exists():
-        tokenizer = BPETokenizer.from_folder(folder, eos_token_ids=eos_ids, bos_token_id=config.bos_token_id)
-    else:
-        try:
-            tokenizer = ByteTokenizer(config.vocab_size)
-        except ValueError as exc:
-            raise ModelLoadError(f"{folder}: no tokenizer.json, and {exc}") from None
+        return BPETokenizer.from_folder(folder, eos_token_ids=eos_ids, bos_token_id=config.bos_token_id)
+    try:
+        return ByteTokenizer(config.vocab_size)
+    except ValueError as exc:
+        raise ModelLoadError(f"{folder}: no tokenizer.json, and {exc}") from None
+
+
+def _load_hf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
+    folder = _hf_folder(spec)
+    config = config_from_hf(_read_hf_config(folder), folder)
+    tokenizer = _hf_tokenizer(folder, config)
     config = with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids)
 
     tensors = _read_safetensors(folder)

@@ -140,8 +140,8 @@ class Scheduler:
         self.running.append(req)
         out.scheduled.append(ScheduledRequest.of(req, n))
         if self.bus.active:
-            self.bus.emit(RequestEvent(now_ns(), self.step, RESUMED if was_preempted else SCHEDULED,
-                                       req.request_id, req.num_prompt_tokens, req.num_output_tokens,
+            self.bus.emit(RequestEvent(now_ns(), self.step, req.request_id,
+                                       RESUMED if was_preempted else SCHEDULED, req.num_prompt_tokens, req.num_output_tokens,
                                        req.num_computed_tokens, req.max_tokens))
         return True
 
@@ -155,7 +155,7 @@ class Scheduler:
         self.waiting.appendleft(req)
         out.preempted.append(req)
         if self.bus.active:
-            self.bus.emit(RequestEvent(now_ns(), self.step, PREEMPTED, req.request_id, req.num_prompt_tokens,
+            self.bus.emit(RequestEvent(now_ns(), self.step, req.request_id, PREEMPTED, req.num_prompt_tokens,
                                        req.num_output_tokens, 0, req.max_tokens))
 
 
@@ -216,5 +216,5 @@ class StaticScheduler(Scheduler):
             self.batch.append(req)
             out.scheduled.append(ScheduledRequest.of(req, req.num_tokens - req.num_computed_tokens))
             if self.bus.active:
-                self.bus.emit(RequestEvent(now_ns(), self.step, SCHEDULED, req.request_id, req.num_prompt_tokens,
+                self.bus.emit(RequestEvent(now_ns(), self.step, req.request_id, SCHEDULED, req.num_prompt_tokens,
                                            req.num_output_tokens, 0, req.max_tokens))

@@ -4,8 +4,9 @@ File layout: line 1 is a header object
     {"schema": 1, "kvscope": "0.1.0", "recipe": {...} | "path", "device": "cpu", "created": "<iso time>"}
 then one event a line, as kvscope.inspector.events.event_to_dict writes it (kind first).
 
-The writer formats each record with a per-class template (no dataclasses.asdict, no
-generic json.dumps of a dict) and buffers writes, so recording stays cheap on the hot path.
+The writer formats each record with a per-class %-template built from the field types (no
+dataclasses.asdict, no json.dumps of a dict) and buffers writes, so recording stays cheap on
+the hot path.
 
 The reader is strict by default: the first bad line raises RecordingError naming
 "<file>:<line>: <what>". With strict=False it stops at the damage and returns what came
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -43,24 +45,60 @@ def make_header(recipe: Any, device: str, version: str | None = None) -> dict[st
     }
 
 
-def _encoder_for(cls: type) -> Callable[[Any], str]:
-    """A fast line encoder for one event class: ints/bools/tuples through json, names pre-quoted."""
-    names = [f.name for f in fields(cls)]
-    prefix = '{"kind": ' + json.dumps(cls.kind)
-    keys = [", " + json.dumps(n) + ": " for n in names]
+def _quote_cached(cache: dict[str, str]) -> Callable[[str], str]:
     dumps = json.dumps
 
+    def quote(value: str) -> str:
+        q = cache.get(value)
+        if q is None:
+            q = dumps(value)
+            if len(cache) < 4096:  # op names, backends, reasons, shapes repeat
+                cache[value] = q
+        return q
+
+    return quote
+
+
+def _int_list(value: tuple) -> str:
+    return "[" + ", ".join(map(str, value)) + "]"
+
+
+def _encoder_for(cls: type) -> Callable[[Any], str]:
+    """A fast line encoder for one event class, built from its field types: ints through %d,
+    strings quoted once and cached, flat int tuples joined, anything else through json.dumps.
+    A value of an unexpected type falls back to json.dumps of the whole record."""
+    dumps = json.dumps
+    quote = _quote_cached({})
+    names = [f.name for f in fields(cls)]
+    get = attrgetter(*names)
+    template = ['{"kind": ' + dumps(cls.kind)]
+    convs: list[Callable[[Any], Any] | None] = []
+    for f in fields(cls):
+        kind = str(f.type)
+        if kind == "int":
+            template.append(f", {dumps(f.name)}: %d")
+            convs.append(None)
+        elif kind == "str":
+            template.append(f", {dumps(f.name)}: %s")
+            convs.append(quote)
+        elif kind == "tuple[int, ...]":
+            template.append(f", {dumps(f.name)}: %s")
+            convs.append(_int_list)
+        else:
+            template.append(f", {dumps(f.name)}: %s")
+            convs.append(dumps)
+    fmt = "".join(template) + "}\n"
+    pairs = list(enumerate(convs))
+
     def encode(event: Any) -> str:
-        parts = [prefix]
-        for key, name in zip(keys, names):
-            value = getattr(event, name)
-            parts.append(key)
-            if type(value) is int:
-                parts.append(str(value))
-            else:
-                parts.append(dumps(value))
-        parts.append("}\n")
-        return "".join(parts)
+        values = list(get(event))
+        try:
+            for i, conv in pairs:
+                if conv is not None:
+                    values[i] = conv(values[i])
+            return fmt % tuple(values)
+        except (TypeError, ValueError):
+            return dumps({"kind": cls.kind, **{n: getattr(event, n) for n in names}}) + "\n"
 
     return encode
 

@@ -378,6 +378,9 @@ def paged_attention_triton(
         max_seq_len = int(seq_lens.max())
     if q.stride(-1) != 1:
         q = q.contiguous()
+    if block_tables.stride(-1) != 1:
+        block_tables = block_tables.contiguous()
+    query_start_loc, seq_lens = query_start_loc.contiguous(), seq_lens.contiguous()
 
     upcast = _interpreted() or k_cache.dtype == torch.float32
     precision = _dot_precision(k_cache.dtype)
@@ -391,6 +394,8 @@ def paged_attention_triton(
         UPCAST=upcast, DOT_PRECISION=precision,
     )
     on_gpu = q.device.type == "cuda"
+    # two pipeline stages of 16-bit K/V tiles fit any recent GPU's shared memory; fp32 gets one
+    stages = 2 if on_gpu and k_cache.element_size() == 2 else 1
 
     if max_query_len == 1:
         block_n = 64 if on_gpu and head_dim <= 128 else (32 if on_gpu else 16)
@@ -411,7 +416,7 @@ def paged_attention_triton(
             q.stride(0), q.stride(1),
             BLOCK_G=_pow2_at_least(group, 16), BLOCK_N=block_n,
             NUM_SPLITS=splits, N_HEADS=n_heads,
-            num_warps=4, num_stages=2 if on_gpu else 1,
+            num_warps=4, num_stages=stages,
             **common,
         )
         if splits > 1:
@@ -433,7 +438,7 @@ def paged_attention_triton(
         qk_scale,
         q.stride(0), q.stride(1),
         BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n,
-        num_warps=4, num_stages=2 if on_gpu else 1,
+        num_warps=4, num_stages=stages,
         **common,
     )
     return out

@@ -61,25 +61,35 @@ def hf_logits(token_ids: list[int], model: Any = None) -> Any:
 
 
 def hf_greedy(prompt_token_ids: list[list[int]], max_new_tokens: int, model: Any = None) -> list[list[int]]:
-    """Exactly max_new_tokens greedy tokens for each prompt (EOS neither stops nor is suppressed)."""
+    """Exactly max_new_tokens greedy tokens for each prompt (EOS neither stops nor is suppressed).
+
+    Results for the default model are cached per (prompt, max_new_tokens), so tests may ask again."""
+    if model is not None:
+        return [_greedy_one(model, tuple(p), max_new_tokens) for p in prompt_token_ids]
+    return [list(_cached_greedy_one(tuple(p), max_new_tokens)) for p in prompt_token_ids]
+
+
+@lru_cache(maxsize=256)
+def _cached_greedy_one(prompt: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
+    return tuple(_greedy_one(hf_model(), prompt, max_new_tokens))
+
+
+def _greedy_one(model: Any, prompt: tuple[int, ...], max_new_tokens: int) -> list[int]:
+    """Prefill, then one token at a time through HF's KV cache; argmax of float32 logits."""
     import torch
     from transformers import DynamicCache
 
-    model = model if model is not None else hf_model()
-    outputs = []
+    cache = DynamicCache(config=model.config)
+    step_input = torch.tensor([list(prompt)])
+    position = 0
+    generated: list[int] = []
     with torch.inference_mode():
-        for prompt in prompt_token_ids:
-            cache = DynamicCache(config=model.config)
-            step_input = torch.tensor([list(prompt)])
-            position = 0
-            generated: list[int] = []
-            for _ in range(max_new_tokens):
-                length = step_input.shape[1]
-                positions = torch.arange(position, position + length)[None]
-                out = model(input_ids=step_input, position_ids=positions, past_key_values=cache, use_cache=True)
-                token = int(out.logits[0, -1].float().argmax())
-                generated.append(token)
-                position += length
-                step_input = torch.tensor([[token]])
-            outputs.append(generated)
-    return outputs
+        for _ in range(max_new_tokens):
+            length = step_input.shape[1]
+            positions = torch.arange(position, position + length)[None]
+            out = model(input_ids=step_input, position_ids=positions, past_key_values=cache, use_cache=True)
+            token = int(out.logits[0, -1].float().argmax())
+            generated.append(token)
+            position += length
+            step_input = torch.tensor([[token]])
+    return generated

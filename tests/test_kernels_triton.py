@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import math
+import sys
 
 import pytest
 import torch
@@ -301,3 +302,33 @@ def test_rope_matches_hf_rotate_half(head_dim, dtype):
     torch.testing.assert_close(qv, ref_q, **TOL[dtype])
     torch.testing.assert_close(kv, ref_k, **TOL[dtype])
     assert torch.equal(qkv[:, (H + KVH) * head_dim :], k.flatten(1))  # v untouched
+
+
+# ------------------------------------------------------------------ the GPU benchmark's code path
+
+
+def _benchmark_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+    spec = importlib.util.spec_from_file_location("kvscope_benchmark_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour of the GPU benchmark")
+def test_kernel_benchmark_refuses_cpu_and_smoke_runs(capsys, tmp_path):
+    bench = _benchmark_module()
+    assert bench.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    out_json = tmp_path / "rows.json"
+    assert bench.main(["--smoke", "--json", str(out_json)]) == 0
+    import json
+
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {(r["kind"], r["impl"]) for r in rows} == {
+        ("decode", "triton"), ("decode", "gather+sdpa"), ("prefill", "triton"), ("prefill", "gather+sdpa")}
+    assert all(r["ms"] > 0 for r in rows)

@@ -116,3 +116,8 @@ def test_missing_or_unwritable_paths_are_kvscope_errors(tmp_path):
     blocker.write_text("x")
     with pytest.raises(KVScopeError, match="cannot write recording"):
         JsonlRecorder(blocker / "events.jsonl", make_header("r", "cpu"))
+
+
+def test_a_wrongly_typed_value_still_writes_a_valid_line():
+    odd = StepBegin("not-a-number", 0)  # type: ignore[arg-type]
+    assert json.loads(encode_event(odd)) == {"kind": "step_begin", "ts": "not-a-number", "step": 0}

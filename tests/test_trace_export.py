@@ -278,3 +278,103 @@ def test_block_events_rebuild_engine_state_after_preemption():
     assert blocks_only.free_blocks() == session.free_block_ids()
     assert blocks_only.cached_blocks() == session.cached_block_ids()
     assert checked > 3 and any(e.kind == "request" and e.what == PREEMPTED for e in events.events)
+
+
+# --------------------------------------------------------------------------- NVTX hook, torch.profiler merge
+class FakeDomain:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.made = 0
+
+    def get_category_id(self, name):
+        return {"step": 1, "phase": 2, "kernel": 3}[name]
+
+    def get_event_attributes(self, message=None, color=None, category=None, payload=None):
+        self.made += 1
+        return {"message": message, "color": color, "category": category}
+
+    def push_range(self, attributes=None, **kwargs):
+        self.calls.append(("push", attributes["message"], attributes["category"], kwargs.get("payload")))
+
+    def pop_range(self):
+        self.calls.append(("pop",))
+
+
+class FakeNvtx:
+    def __init__(self) -> None:
+        self.domains: dict[str, FakeDomain] = {}
+
+    def get_domain(self, name):
+        return self.domains.setdefault(name, FakeDomain())
+
+
+def test_nvtx_hook_uses_domain_kvscope_and_caches_attributes():
+    from kvscope.inspector.nvtx_ranges import NvtxRanges
+
+    fake = FakeNvtx()
+    hook = NvtxRanges(fake)
+    for step in range(3):
+        hook.push("step", "step", step)
+        hook.push("forward", "phase", 40)
+        hook.push("qkv", "kernel")
+        hook.pop()
+        hook.pop()
+        hook.pop()
+    domain = fake.domains["kvscope"]
+    assert domain.made == 3  # one attributes object per (name, category), reused
+    assert domain.calls[:3] == [("push", "step", 1, None), ("push", "forward", 2, 40), ("push", "qkv", 3, None)]
+    assert hook.depth == 0 and domain.calls.count(("pop",)) == 9
+
+
+def test_nvtx_hook_is_none_without_the_package(monkeypatch):
+    import builtins
+
+    from kvscope.inspector import nvtx_ranges
+
+    real_import = builtins.__import__
+
+    def no_nvtx(name, *args, **kwargs):
+        if name == "nvtx":
+            raise ImportError("no nvtx here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nvtx)
+    assert nvtx_ranges.nvtx_range_hook() is None
+
+
+def test_torch_profiler_events_are_shifted_onto_the_engine_clock():
+    from kvscope.cli.trace import ANCHOR, _shift_torch_events
+
+    raw = [
+        {"name": ANCHOR, "ph": "X", "pid": 777, "tid": 5, "ts": 5_000_000.0, "dur": 1.0},
+        {"name": "aten::mm", "ph": "X", "pid": 777, "tid": 5, "ts": 5_000_010.5, "dur": 3.0},
+        {"name": "thread_name", "ph": "M", "pid": 777, "tid": 5, "args": {"name": "main"}},
+        {"name": "Iteration", "ph": "C", "pid": 777, "ts": 5_000_000.0, "args": {"x": 1}},
+        {"name": "__kvscope_anchor_ns", "ph": "_", "ts": 2_000_000},  # engine clock at the anchor
+    ]
+    out = _shift_torch_events(raw, t0_ns=1_000_000)  # the trace's ts 0 is 1 ms before the anchor
+    mm = next(e for e in out if e["name"] == "aten::mm")
+    assert mm["ts"] == pytest.approx(1000.0 + 10.5) and mm["pid"] >= 10
+    assert not any(e["name"] in (ANCHOR, "Iteration") for e in out)
+    assert any(e["name"] == "process_name" and "torch.profiler" in e["args"]["name"] for e in out)
+
+
+def test_trace_with_torch_profiler_merges_cpu_ops(tmp_path, capsys):
+    import yaml
+
+    from kvscope.cli import trace as trace_cmd
+
+    recipe = dict(TINY_RECIPE, workload={"synthetic": dict(TINY_RECIPE["workload"]["synthetic"], num_requests=2)})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    args = argparse.Namespace(recipe=str(tmp_path / "r.yaml"), out=str(tmp_path / "o"), torch_profiler=True,
+                              no_kernels=False)
+    assert trace_cmd.run(args) == 0
+    trace = json.loads((tmp_path / "o" / "trace.json").read_text())
+    torch_ops = [e for e in trace["traceEvents"] if e.get("pid", 0) >= 10 and e["ph"] == "X"]
+    assert torch_ops and any(e["name"].startswith("aten::") for e in torch_ops)
+    steps = [e for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "step"]
+    first, last = min(e["ts"] for e in steps), max(e["ts"] + e["dur"] for e in steps)
+    mms = [e["ts"] for e in torch_ops if e["name"] in ("aten::linear", "aten::mm", "aten::addmm")]
+    assert mms and all(first - 1000 <= t <= last + 1000 for t in mms)  # on the engine's timeline (±1 ms)
+    ours = {"traceEvents": [e for e in trace["traceEvents"] if e.get("pid", 0) < 10], "otherData": {}}
+    check_chrome_trace(ours)

@@ -85,8 +85,7 @@ def test_pause_step_select_resume():
             rid, table = next((r, t) for r, t in sorted(view.tables.items()) if t)
             block = next(b for b in table if view.block_refs[b] == 1)
             bmap = app.query_one(BlockMap)
-            per_row = bmap.blocks_per_row
-            await pilot.click("#block-map", offset=(bmap._gutter + block % per_row, block // per_row))
+            await pilot.click("#block-map", offset=bmap.offset_of(block))
             await pilot.pause()
             assert app.selected == rid
             assert bmap.highlight == set(session.snapshot_tables()[rid])
@@ -140,6 +139,10 @@ def test_step_key_needs_pause():
                 await pilot.press("n")
                 await settle(app)
                 assert app.model.view.step == expected
+            await pilot.press("question_mark")
+            assert type(app.screen).__name__ == "HelpScreen"
+            await pilot.press("escape")
+            assert type(app.screen).__name__ != "HelpScreen"
             await pilot.press("space")          # resume: n now does nothing
             assert app.controller.step_once() is False
 
@@ -194,7 +197,8 @@ def test_replay_steps_back_forward_and_jumps(tmp_path):
             assert app.model.view.block_refs == expected.block_refs
             assert "step 3" in status_text(app)
             await pilot.press("home")
-            assert app.model.view.step == -1
+            assert app.replay.position == 0
+            assert app.model.view.tables == {} and app.model.view.info == events[0]
             await pilot.press("end")
             assert app.model.view.step == last_step
 
@@ -226,3 +230,33 @@ def test_cli_replay_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("kvscope: error: ") and "bad.jsonl:1" in err and err.count("\n") == 1
     assert cli_main(["replay", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_replay_cursor_back_across_checkpoints_matches_a_fresh_fold():
+    from kvscope.inspector.events import ALLOC, FREE, BlockEvent, RunInfo, StepBegin, StepEnd
+    from kvscope.inspector.replay import CHECKPOINT_EVERY, ReplayCursor, Timeline
+
+    steps = 2 * CHECKPOINT_EVERY + 20
+    events = [RunInfo(0, -1, "m", 1, 1, 1, 4, 4, "float32", "cpu", "torch", "continuous", steps, 4, 64, 32, 4, 64)]
+    for s in range(steps):
+        events.append(StepBegin(s, s))
+        events.append(BlockEvent(s, s, ALLOC, s % 3, (s,), s // 3, (1,)))
+        if s % 5 == 4:
+            events.append(BlockEvent(s, s, FREE, (s - 1) % 3, (s - 1,), (s - 1) // 3, (0,)))
+        events.append(StepEnd(s, s, s, 1, 32))
+    cursor = ReplayCursor(Timeline.from_events(events), EngineView)
+    for target in (steps, steps - 3, CHECKPOINT_EVERY + 1, 5, 2 * CHECKPOINT_EVERY + 7, 0):
+        cursor.goto(target)
+        oracle = view_through(events, target - 1)
+        assert cursor.step == target - 1
+        assert cursor.sink.tables == oracle.tables and cursor.sink.block_refs == oracle.block_refs
+
+
+def test_roofline_bound_classification():
+    from kvscope.tui.roofline_panel import Peaks, classify
+
+    peaks = Peaks("dev", 100e12, 1e12)          # ridge at 100 FLOP/B
+    assert classify(10.0, 9e12, peaks) == "memory"      # 90% of 10 TFLOP/s attainable
+    assert classify(500.0, 80e12, peaks) == "compute"   # 80% of the compute roof
+    assert classify(10.0, 0.5e12, peaks) == "overhead"  # 5% of what the roof allows
+    assert classify(0.0, 1.0, peaks) == "-"

@@ -11,6 +11,7 @@ Glyphs differ as well as colours, so the states read without colour too:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 
 from rich.segment import Segment
 from rich.style import Style
@@ -36,6 +37,21 @@ _GUTTER_STYLE = Style(color="#707070")
 
 def owner_colour(request_id: int) -> str:
     return OWNER_COLOURS[request_id % len(OWNER_COLOURS)]
+
+
+# Per-block draw codes: FREE, CACHED, then one code per owner colour for used and for shared
+# blocks, then the selection. Blocks with equal codes in a row merge into one segment.
+_CODE_USED = 2
+_CODE_SHARED = _CODE_USED + len(OWNER_COLOURS)
+_CODE_SELECTED = _CODE_SHARED + len(OWNER_COLOURS)
+_CODE_GLYPH = (
+    [GLYPH[FREE], GLYPH[CACHED]] + [GLYPH[USED]] * len(OWNER_COLOURS) + [GLYPH[SHARED]] * len(OWNER_COLOURS)
+    + [SELECTED_GLYPH]
+)
+_CODE_STYLE = (
+    [_FREE_STYLE, _CACHED_STYLE] + [Style(color=c) for c in OWNER_COLOURS]
+    + [Style(color="#ffffff", bgcolor=c, bold=True) for c in OWNER_COLOURS] + [_SELECTED_STYLE]
+)
 
 
 @dataclass(slots=True)
@@ -84,8 +100,7 @@ class BlockMap(ScrollView, can_focus=True):
         super().__init__(id=id, classes=classes)
         self.cells = BlockCells.empty()
         self.highlight: set[int] | frozenset[int] = frozenset()
-        self._styles: dict[int, Style] = {}
-        self._shared_styles: dict[int, Style] = {}
+        self._codes: list[int] = []
         self._per_row = 1
         self._gutter = 0
 
@@ -93,29 +108,34 @@ class BlockMap(ScrollView, can_focus=True):
     def set_cells(self, cells: BlockCells, highlight: set[int] | frozenset[int] = frozenset()) -> None:
         """Show `cells`; blocks in `highlight` (the selected request's table) are drawn as selected.
 
-        Only rows whose content changed are repainted, so a step that touches a few blocks
-        costs a few rows, not the whole map.
+        Each block becomes one small int (its glyph + colour); only rows whose ints changed are
+        repainted, so a step that touches a few blocks costs a few rows, not the whole map.
         """
-        old, old_highlight = self.cells, self.highlight
+        n_colours = len(OWNER_COLOURS)
+        codes = [
+            (_CODE_USED if st == USED else _CODE_SHARED) + ow % n_colours if st >= USED else st
+            for st, ow in zip(cells.states, cells.owners)
+        ]
+        for b in highlight:
+            if 0 <= b < len(codes):
+                codes[b] = _CODE_SELECTED
+        old_codes = self._codes
         self.cells = cells
         self.highlight = highlight
-        if len(cells.states) != len(old.states):
+        self._codes = codes
+        if len(codes) != len(old_codes):
             self._relayout()
             self.refresh()
             return
-        per_row = self._per_row
-        changed_rows = {i // per_row for i in highlight.symmetric_difference(old_highlight)}
-        if cells.states != old.states or cells.owners != old.owners:
-            for i, (s0, s1, o0, o1) in enumerate(zip(old.states, cells.states, old.owners, cells.owners)):
-                if s0 != s1 or o0 != o1:
-                    changed_rows.add(i // per_row)
-        if not changed_rows:
+        if codes == old_codes:
             return
+        per_row = self._per_row
         top = int(self.scroll_offset.y)
         height = self.scrollable_content_region.height
         width = self.size.width
-        for row in changed_rows:
-            if top <= row < top + height:
+        for row in range(top, top + height):
+            lo, hi = row * per_row, (row + 1) * per_row
+            if codes[lo:hi] != old_codes[lo:hi]:
                 self.refresh(Region(0, row - top, width, 1))
 
     def _relayout(self) -> None:
@@ -135,6 +155,10 @@ class BlockMap(ScrollView, can_focus=True):
     def blocks_per_row(self) -> int:
         return self._per_row
 
+    def offset_of(self, block: int) -> tuple[int, int]:
+        """Content offset (x, y) of a block's cell, with the map scrolled to the top."""
+        return self._gutter + block % self._per_row, block // self._per_row
+
     def block_at(self, x: int, y: int) -> int | None:
         """The block id under content offset (x, y), accounting for scrolling; None outside the grid."""
         col = x - self._gutter
@@ -145,50 +169,22 @@ class BlockMap(ScrollView, can_focus=True):
         return index if index < len(self.cells.states) else None
 
     # -- rendering ----------------------------------------------------------------------------
-    def _owner_style(self, owner: int, shared: bool) -> Style:
-        table = self._shared_styles if shared else self._styles
-        style = table.get(owner)
-        if style is None:
-            colour = owner_colour(owner) if owner >= 0 else "#bbbbbb"
-            style = Style(color="#ffffff", bgcolor=colour, bold=True) if shared else Style(color=colour)
-            table[owner] = style
-        return style
-
-    def _cell(self, state: int, owner: int) -> tuple[str, Style]:
-        if state == FREE:
-            return GLYPH[FREE], _FREE_STYLE
-        if state == CACHED:
-            return GLYPH[CACHED], _CACHED_STYLE
-        return GLYPH[state], self._owner_style(owner, state == SHARED)
-
     def render_line(self, y: int) -> Strip:
         row = y + int(self.scroll_offset.y)
-        states, owners = self.cells.states, self.cells.owners
+        codes = self._codes
         start = row * self._per_row
         width = self.scrollable_content_region.width
-        if start >= len(states) or row < 0:
+        if start >= len(codes) or row < 0:
             return Strip.blank(width)
-        end = min(start + self._per_row, len(states))
-        highlight = self.highlight
+        end = min(start + self._per_row, len(codes))
         segments = [Segment(f"{start:>{self._gutter - 1}} ", _GUTTER_STYLE)]
-        run_text: list[str] = []
-        run_style: Style | None = None
-        cell = self._cell
-        for i in range(start, end):
-            if i in highlight:
-                glyph, style = SELECTED_GLYPH, _SELECTED_STYLE
-            else:
-                glyph, style = cell(states[i], owners[i])
-            if style is not run_style:
-                if run_text:
-                    segments.append(Segment("".join(run_text), run_style))
-                run_text = [glyph]
-                run_style = style
-            else:
-                run_text.append(glyph)
-        if run_text:
-            segments.append(Segment("".join(run_text), run_style))
-        return Strip(segments).adjust_cell_length(width)
+        glyphs, styles = _CODE_GLYPH, _CODE_STYLE
+        for code, run in groupby(codes[start:end]):
+            segments.append(Segment(glyphs[code] * len(list(run)), styles[code]))
+        used = self._gutter + end - start  # every glyph is one cell wide
+        if used < width:
+            segments.append(Segment(" " * (width - used)))
+        return Strip(segments, max(used, width))
 
     # -- input --------------------------------------------------------------------------------
     def on_click(self, event) -> None:

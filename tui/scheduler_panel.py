@@ -24,7 +24,8 @@ PROGRESS_WIDTH = 16
 MAX_FINISHED_ROWS = 64
 _ORDER = {RUNNING: 0, PREEMPTED_STATUS: 1, WAITING: 2, FINISHED_STATUS: 3}
 _STATUS_STYLE = {RUNNING: "bold green", PREEMPTED_STATUS: "bold red", WAITING: "yellow", FINISHED_STATUS: "dim"}
-HEADER = Text("  req   state        prompt  preempt  progress (prompt ▮ output ▮ of prompt + max)", style="dim")
+HEADER = Text.assemble(("  req   state        prompt  preempt  progress (", "dim"), ("▮", PREFILL_COLOUR),
+                       (" prompt ", "dim"), ("▮", DECODE_COLOUR), (" output)", "dim"))
 
 
 def batch_line(last_step) -> Text:

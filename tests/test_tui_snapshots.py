@@ -1,0 +1,67 @@
+"""Snapshot tests (pytest-textual-snapshot) of the main screen at a fixed step of a seeded tiny
+run, and of the replay screen. Deterministic mode hides every wall-clock readout (latencies,
+achieved FLOP/s, device), so only the engine's seeded state is drawn.
+
+Update the stored SVGs after an intended change with: pytest tests/test_tui_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.session import RunSession
+from kvscope.inspector.events import EventBus
+from kvscope.inspector.recording import JsonlRecorder, make_header
+from kvscope.tui.app import live_app, replay_app
+
+SIZE = (160, 50)
+STEPS = 6
+RECIPE = {
+    "name": "snapshot",
+    "model": {"source": "random", "shape": "tiny", "seed": 0},
+    "cache": {"block_size": 4, "num_blocks": 96, "prefix_caching": True},
+    "scheduler": {"max_num_seqs": 4, "max_num_batched_tokens": 32},
+    "workload": {"synthetic": {"num_requests": 8, "prompt_len": {"min": 8, "max": 24},
+                               "output_len": {"min": 8, "max": 16}, "shared_prefix": 8, "seed": 1}},
+}
+
+
+def recipe() -> Recipe:
+    return Recipe.from_dict(RECIPE, source="<snapshot>")
+
+
+def test_main_screen_at_fixed_step(snap_compare):
+    app = live_app(recipe(), start_paused=True, deterministic=True)
+
+    async def run_before(pilot) -> None:
+        c = app.controller
+        assert await asyncio.to_thread(c.wait_idle, 60)
+        for _ in range(STEPS):
+            assert c.step_once()
+            assert await asyncio.to_thread(c.wait_idle, 60)
+        app.sync()
+        rid = min(r for r, t in app.model.view.tables.items() if t)
+        app.select_request(rid)
+        await pilot.pause()
+        assert app.model.view.step == STEPS - 1
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_replay_screen(snap_compare, tmp_path):
+    path = tmp_path / "events.jsonl"
+    recorder = JsonlRecorder(path, make_header(RECIPE, "cpu"))
+    bus = EventBus()
+    bus.subscribe(recorder)
+    RunSession(recipe(), bus=bus).run()
+    recorder.close()
+    app = replay_app(str(path), deterministic=True)
+
+    async def run_before(pilot) -> None:
+        await pilot.press("g")
+        await pilot.press("4", "enter")
+        await pilot.pause()
+        assert app.model.view.step == 4
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
