@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -57,7 +58,14 @@ def load_model(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -
     }
     if source not in loaders:
         raise RecipeError(f"model.source: expected one of {', '.join(loaders)}, got {source!r}")
-    return loaders[source](spec, dtype, torch.device(device))
+    model, config, tokenizer = loaders[source](spec, dtype, torch.device(device))
+    name = spec.get("name")
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise RecipeError(f"model.name: expected a non-empty string, got {name!r}")
+        config = replace(config, name=name)
+        model.config = config
+    return model, config, tokenizer
 
 
 def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:

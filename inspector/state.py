@@ -86,6 +86,7 @@ class EngineView:
         self.last_kernels: list[KernelEvent] = []
         self._kernels_step: int = -1
         self._pending: list[RequestEvent] = []  # arrivals since the last step end
+        self._settled: set[int] = set()  # requests whose first_token / finished event already holds this step's counts
 
     def __call__(self, event: Any) -> None:
         self.apply(event)
@@ -105,9 +106,13 @@ class EngineView:
             self._apply_request(event)
             if event.what == ARRIVED:
                 self._pending.append(event)
+            elif event.what in (FIRST_TOKEN, FINISHED):
+                self._settled.add(event.request_id)
         elif kind == "step_begin":
             self.step = event.step
+            self._settled = set()
         elif kind == "step_end":
+            self._apply_progress(event)
             self.last_step = event
             self._pending = []
         elif kind == "kv":
@@ -118,6 +123,22 @@ class EngineView:
             for ev in pending:  # arrivals announced just before the RunInfo belong to this run
                 self._apply_request(ev)
             self._pending = pending
+
+    def _apply_progress(self, ev: StepEnd) -> None:
+        """Advance computed / output counts by the step's work (request events carry them only at transitions)."""
+        settled, requests = self._settled, self.requests
+        for rid, n in ev.prefill:
+            req = requests.get(rid)
+            if req is not None and rid not in settled:
+                req.computed_tokens += n
+        for rid in ev.decode:
+            req = requests.get(rid)
+            if req is not None and rid not in settled:
+                req.computed_tokens += 1
+        for rid, n in ev.sampled:
+            req = requests.get(rid)
+            if req is not None and rid not in settled:
+                req.output_tokens += n
 
     def _reset(self, info: RunInfo) -> None:
         n = info.total_blocks

@@ -207,6 +207,12 @@ def test_unpermute_inverts_llama_cpp_permutation():
 # ------------------------------------------------------------------------------ random tiny models
 
 
+def test_spec_name_renames_the_model():
+    model, cfg, _ = load_model({"source": "random", "shape": "tiny", "name": "my-tiny"}, torch.float32, CPU)
+    assert cfg.name == model.config.name == "my-tiny"
+    assert cfg.hidden_size == NAMED_SHAPES["tiny"].hidden_size
+
+
 def test_random_model_is_seeded_and_deterministic():
     spec = {"source": "random", "shape": "tiny", "seed": 3}
     m1, cfg, tok = load_model(spec, torch.float32, CPU)
@@ -386,5 +392,7 @@ def test_bad_specs_are_recipe_errors():
         load_model({"source": "onnx"}, torch.float32, CPU)
     with pytest.raises(RecipeError, match="model.shape: unknown model shape 'huge'"):
         load_model({"source": "random", "shape": "huge"}, torch.float32, CPU)
+    with pytest.raises(RecipeError, match="model.colour: unknown key"):
+        load_model({"source": "random", "shape": "tiny", "colour": "red"}, torch.float32, CPU)
     with pytest.raises(RecipeError, match="model.seed"):
         load_model({"source": "random", "shape": "tiny", "seed": "x"}, torch.float32, CPU)

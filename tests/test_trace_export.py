@@ -265,11 +265,25 @@ def test_block_events_rebuild_engine_state_after_preemption():
     recipe = dict(TINY_RECIPE, workload={"synthetic": dict(TINY_RECIPE["workload"]["synthetic"], num_requests=5)})
     session = RunSession(Recipe.from_dict(recipe), bus=bus)
     checked = 0
+    mid_run: list[tuple[int, dict, set]] = []
     while session.step():
         assert view.tables == session.snapshot_tables()
         assert view.free_blocks() == session.free_block_ids()
         assert view.cached_blocks() == session.cached_block_ids()
+        for rid, req in session.engine.requests.items():  # progress follows the engine between transitions too
+            assert view.requests[rid].output_tokens == req.num_output_tokens
+            assert view.requests[rid].computed_tokens == req.num_computed_tokens
+        if session.snapshot_tables():
+            mid_run.append((len(events.events), session.snapshot_tables(), session.free_block_ids()))
         checked += 1
+    # block events alone rebuild the tables and the free pool at a point where requests still hold blocks
+    cut, tables, free = mid_run[len(mid_run) // 2]
+    partial = EngineView()
+    for e in events.events[:cut]:
+        if e.kind in ("run_info", "block"):
+            partial.apply(e)
+    assert partial.tables == tables and partial.tables
+    assert partial.free_blocks() == free
     blocks_only = EngineView()
     for e in events.events:
         if e.kind in ("run_info", "block"):
