@@ -41,11 +41,12 @@ def write_kv_cache_torch(
 
 
 def _gather_context(cache: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
-    """[num_blocks_used * block_size, n_kv, d] rows of one or more requests' tables, cut to length."""
-    bs = cache.shape[1]
+    """[..., length, n_kv, d]: the rows of one ([n]) or several ([B, n]) block tables, cut to length."""
+    bs, n_kv, d = cache.shape[1], cache.shape[2], cache.shape[3]
     n_blocks = (length + bs - 1) // bs
-    rows = cache[table[..., :n_blocks].long()]  # [..., n_blocks, bs, n_kv, d]
-    rows = rows.flatten(-4, -3)
+    ids = table[..., :n_blocks]
+    rows = cache.index_select(0, ids.reshape(-1).long())  # one contiguous copy of the pages
+    rows = rows.view(*ids.shape[:-1], n_blocks * bs, n_kv, d)
     return rows[..., :length, :, :]
 
 
@@ -86,14 +87,14 @@ def paged_attention_torch(
         max_len = max(seq_lens_host[i] for i in decode_rows)
         keys = _gather_context(k_cache, block_tables[idx], max_len).float()  # [B, L, n_kv, d]
         vals = _gather_context(v_cache, block_tables[idx], max_len).float()
-        qd = q[tok].float().view(len(decode_rows), n_kv, group, d)
-        scores = torch.einsum("bhgd,blhd->bhgl", qd, keys) * scale
+        qd = q[tok].float().unsqueeze(2)  # [B, H, 1, d]
         lens = seq_lens[idx].to(q.device).long()
-        pad = torch.arange(max_len, device=q.device)[None, :] >= lens[:, None]
-        scores.masked_fill_(pad[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        od = torch.einsum("bhgl,blhd->bhgd", probs, vals)
-        out[tok] = od.reshape(len(decode_rows), n_heads, d).to(q.dtype)
+        keep = torch.arange(max_len, device=q.device)[None, :] < lens[:, None]  # [B, L]
+        od = F.scaled_dot_product_attention(
+            qd, keys.transpose(1, 2), vals.transpose(1, 2),
+            attn_mask=keep[:, None, None, :], scale=scale, enable_gqa=group > 1,
+        )
+        out[tok] = od.squeeze(2).to(q.dtype)
 
     for i, q_len in enumerate(query_lens_host):
         if q_len == 1 or q_len == 0:
