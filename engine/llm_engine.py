@@ -147,24 +147,29 @@ class LLMEngine:
                                          add_bos=False)
         return [int(t) for t in items]
 
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> int:
+        """The output limit this request gets; RequestError if it can never be served."""
+        if num_prompt_tokens == 0:
+            raise RequestError("empty prompt")
+        if num_prompt_tokens >= self.max_model_len:
+            raise RequestError(f"prompt has {num_prompt_tokens} tokens, longer than the context "
+                               f"(max_model_len {self.max_model_len} leaves no room to generate)")
+        max_tokens = min(max_tokens, self.max_model_len - num_prompt_tokens)
+        need = -(-(num_prompt_tokens + max_tokens) // self.block_size)
+        if need > self.num_blocks:
+            raise RequestError(f"needs {need} KV blocks ({num_prompt_tokens} prompt + {max_tokens} output "
+                               f"tokens at block size {self.block_size}) but the pool has {self.num_blocks}")
+        return max_tokens
+
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
         """Queue a request; returns its id. RequestError if it can never be served."""
         params = params or SamplingParams()
         ids = self.encode_prompt(prompt)
-        rid = self.next_request_id
-        if not ids:
-            raise RequestError(f"request {rid}: empty prompt")
-        if len(ids) >= self.max_model_len:
-            raise RequestError(f"request {rid}: prompt has {len(ids)} tokens, longer than the context "
-                               f"(max_model_len {self.max_model_len} leaves no room to generate)")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
         if bad:
-            raise RequestError(f"request {rid}: token id {bad[0]} outside the vocabulary (0..{self.config.vocab_size - 1})")
-        max_tokens = min(params.max_tokens, self.max_model_len - len(ids))
-        need = -(-(len(ids) + max_tokens) // self.block_size)
-        if need > self.num_blocks:
-            raise RequestError(f"request {rid}: needs {need} KV blocks ({len(ids)} prompt + {max_tokens} output "
-                               f"tokens at block size {self.block_size}) but the pool has {self.num_blocks}")
+            raise RequestError(f"token id {bad[0]} outside the vocabulary (0..{self.config.vocab_size - 1})")
+        max_tokens = self.check_fits(len(ids), params.max_tokens)
+        rid = self.next_request_id
         self.next_request_id += 1
         req = Request(rid, ids, params, max_tokens, now_ns())
         if params.seed is not None:

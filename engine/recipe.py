@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from kvscope.engine.errors import RecipeError
+from kvscope.engine.sampling_params import SamplingParams
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto")
@@ -56,18 +57,6 @@ class SchedulerSpec:
 
 
 @dataclass(slots=True)
-class SamplingSpec:
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_tokens: int = 64
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-
-
-@dataclass(slots=True)
 class LengthSpec:
     """A length distribution: fixed (min == max) or uniform integers in [min, max]."""
 
@@ -104,7 +93,7 @@ class Recipe:
     attention_backend: str = "auto"
     cache: CacheSpec = field(default_factory=CacheSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     variants: list[dict[str, Any]] = field(default_factory=list)
     source: str = "<dict>"
@@ -281,10 +270,10 @@ class _Validator:
             s.chunked_prefill = self.boolean(d["chunked_prefill"], "scheduler.chunked_prefill")
         return s
 
-    def sampling(self, value: Any, path: str) -> SamplingSpec:
+    def sampling(self, value: Any, path: str) -> SamplingParams:
         known = ("temperature", "top_k", "top_p", "max_tokens", "seed", "stop", "stop_token_ids", "ignore_eos")
         d = self.mapping(value, path, known)
-        s = SamplingSpec()
+        s = SamplingParams()
         if "temperature" in d:
             s.temperature = self.number(d["temperature"], f"{path}.temperature", 0.0)
         if "top_k" in d:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from kvscope.engine.errors import RequestError
+from kvscope.engine.errors import RecipeError, RequestError
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel
 from kvscope.engine.op_timer import RangeHook
 from kvscope.engine.recipe import Recipe
@@ -35,7 +35,20 @@ class RunSession:
         if cfg.bos_token_id is not None:
             special.add(cfg.bos_token_id)
         self.items: list[WorkItem] = build_workload(recipe, cfg.vocab_size, special)
+        self._check_pool_holds_some_request()
         self.reset(first=True)
+
+    def _check_pool_holds_some_request(self) -> None:
+        """A pool that can hold none of the workload's requests is a recipe error, not a per-request one."""
+        engine, needs = self.engine, []
+        for item in self.items:
+            n = len(engine.encode_prompt(item.prompt))
+            out = min(item.params.max_tokens, max(engine.max_model_len - n, 0))
+            needs.append(-(-(n + out) // engine.block_size))
+        if needs and min(needs) > engine.num_blocks:
+            raise RecipeError(f"{self.recipe.source}: cache: a pool of {engine.num_blocks} blocks of "
+                              f"{engine.block_size} tokens holds no request of this workload (the smallest needs "
+                              f"{min(needs)} blocks)")
 
     def reset(self, first: bool = False) -> None:
         """Start the workload again from nothing (fresh engine state, same model)."""

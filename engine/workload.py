@@ -11,8 +11,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kvscope.engine.recipe import Recipe, SamplingSpec
-from kvscope.engine.sampling import SamplingParams
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)
@@ -22,12 +22,6 @@ class WorkItem:
     arrival_s: float
     prompt: Any  # str | list[int] | list[dict]
     params: SamplingParams
-
-
-def sampling_params(spec: SamplingSpec) -> SamplingParams:
-    return SamplingParams(temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
-                          max_tokens=spec.max_tokens, seed=spec.seed, stop=list(spec.stop),
-                          stop_token_ids=list(spec.stop_token_ids), ignore_eos=spec.ignore_eos)
 
 
 def _arrivals(n: int, rate: float, rng: random.Random) -> list[float]:
@@ -43,7 +37,7 @@ def _arrivals(n: int, rate: float, rng: random.Random) -> list[float]:
 def build_workload(recipe: Recipe, vocab_size: int, special_ids: set[int]) -> list[WorkItem]:
     """The recipe's requests in arrival order."""
     w = recipe.workload
-    base = sampling_params(recipe.sampling)
+    base = recipe.sampling
     items: list[WorkItem] = []
     texts: list[Any] = list(w.prompts) + [list(c) for c in w.chat]
     texts = texts * w.repeat
