@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvscope.cli.errors import UsageError
 from kvscope.cli.recipe_args import add_recipe_argument, recipe_from_args
+from kvscope.engine.errors import RecipeError
 
 if TYPE_CHECKING:
     from kvscope.engine.llm_engine import LoadedModel
@@ -118,9 +119,12 @@ def variant_recipes(recipe: "Recipe", model: dict[str, Any] | None = None,
         declared = [v for v in declared if v["name"] in only]
     out = []
     for v in declared:
-        r = recipe.with_overrides(v["overrides"], name=f"{recipe.name}/{v['name']}")
-        if model is not None:
-            r = r.with_overrides({"model": model})
+        try:
+            r = recipe.with_overrides(v["overrides"], name=f"{recipe.name}/{v['name']}")
+            if model is not None:
+                r = r.with_overrides({"model": model})
+        except RecipeError as exc:
+            raise RecipeError(f"{exc} (in variant {v['name']!r})") from None
         out.append((v["name"], v["overrides"], r))
     return out
 
@@ -145,7 +149,9 @@ def run_variants(recipe: "Recipe", model: dict[str, Any] | None = None, max_requ
     models: dict[tuple[Any, ...], "LoadedModel"] = {}
     workloads: dict[tuple[Any, ...], list["WorkItem"]] = {}
     report: BenchReport | None = None
-    for name, overrides, r in variants:
+    for i, (name, overrides, r) in enumerate(variants):
+        if sys.stderr.isatty():
+            print(f"kvscope bench: variant {i + 1}/{len(variants)}: {name}", file=sys.stderr)
         key = _model_key(r)
         if key not in models:
             models[key] = load_for_recipe(r)

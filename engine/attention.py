@@ -44,6 +44,7 @@ class AttentionMetadata:
 
 class AttentionBackend(Protocol):
     name: str
+    fused_ops: object | None  # rms_norm(x, w, eps) and rope(q, k, positions, cos_sin), or None
 
     def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, meta: AttentionMetadata) -> None:
@@ -58,6 +59,7 @@ class AttentionBackend(Protocol):
 
 class TorchAttention:
     name = "torch"
+    fused_ops = None  # the model's own torch RMSNorm / RoPE
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
         write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping)
@@ -75,9 +77,10 @@ class TritonAttention:
     name = "triton"
 
     def __init__(self) -> None:
-        from kvscope.kernels import attention_triton
+        from kvscope.kernels import attention_triton, norm_rope_triton
 
         self._kernels = attention_triton
+        self.fused_ops = TritonFusedOps(norm_rope_triton)
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
         self._kernels.write_kv_cache_triton(k, v, k_cache, v_cache, meta.slot_mapping)
@@ -87,6 +90,20 @@ class TritonAttention:
             q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
             max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
         )
+
+
+class TritonFusedOps:
+    """RMSNorm and RoPE as single Triton launches (the model calls these when the backend offers them)."""
+
+    def __init__(self, kernels) -> None:
+        self._kernels = kernels
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return self._kernels.rms_norm_triton(x, weight, eps)
+
+    def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+             cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._kernels.apply_rope_triton(q, k, positions, cos_sin)
 
 
 def resolve_backend_name(name: str, device: torch.device) -> str:

@@ -28,10 +28,12 @@ def shape_of(config: ModelConfig) -> ModelShape:
 class KernelEventBuilder:
     """Builds a step's KernelEvents from (op, layer, start, end) records."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, backend: str, fused_norm_rope: bool = False) -> None:
         self.shape = shape_of(config)
         self.elt = torch.tensor([], dtype=dtype).element_size()
         self.backend = backend
+        self.backend_ops = {"attention", "kv_write"} | (
+            {"attn_norm", "mlp_norm", "final_norm", "rope"} if fused_norm_rope else set())
         self.vocab = config.vocab_size
         self.hidden = config.hidden_size
 
@@ -49,8 +51,8 @@ class KernelEventBuilder:
         num_tokens = sum(s.num_tokens for s in scheduled)
         sample_cost = OpCost(flops=num_sampled * self.vocab * 2, bytes=num_sampled * self.vocab * 4)
         shapes = f"T={num_tokens} B={len(scheduled)}"
-        backend = self.backend
+        backend, backend_ops = self.backend, self.backend_ops
         for op, layer, start, end in records:
             c = sample_cost if op == "sample" else costs.get(op)
-            yield KernelEvent(end, step, op, layer, backend if op in ("attention", "kv_write") else "torch",
+            yield KernelEvent(end, step, op, layer, backend if op in backend_ops else "torch",
                               start, end, shapes, c.flops if c else 0, c.bytes if c else 0)

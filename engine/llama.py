@@ -19,7 +19,7 @@ Timer protocol (kernel events): `timer.begin(op, layer)` / `timer.end()` around 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops: Any = None) -> torch.Tensor:
+        if ops is not None:
+            return ops.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         variance = x32.pow(2).mean(-1, keepdim=True)
         return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
@@ -84,8 +86,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", table.cos(), persistent=False)
         self.register_buffer("sin", table.sin(), persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self) -> torch.Tensor:
+        """[max_positions, head_dim]: cos of each frequency, then sin (the fused kernel's table)."""
+        half = self.cos.shape[-1] // 2
+        if getattr(self, "_cos_sin", None) is None:
+            self._cos_sin = torch.cat((self.cos[:, :half], self.sin[:, :half]), dim=-1).contiguous()
+        return self._cos_sin
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                ops: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q [T, H, D], k [T, KVH, D] rotated by each token's position."""
+        if ops is not None:
+            return ops.rope(q, k, positions, self.cos_sin())
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
@@ -126,10 +138,11 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
         k_cache, v_cache = kv_cache
+        ops = backend.fused_ops  # fused norm / RoPE kernels of the backend, or None for plain torch
 
         if timer is not None:
             timer.begin("attn_norm", layer_idx)
-        h = self.attn_norm(x)
+        h = self.attn_norm(x, ops)
         if timer is not None:
             timer.end()
             timer.begin("qkv", layer_idx)
@@ -141,7 +154,7 @@ class DecoderLayer(nn.Module):
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = rope(q, k, positions)
+        q, k = rope(q, k, positions, ops)
         if timer is not None:
             timer.end()
             timer.begin("kv_write", layer_idx)
@@ -157,7 +170,7 @@ class DecoderLayer(nn.Module):
         if timer is not None:
             timer.end()
             timer.begin("mlp_norm", layer_idx)
-        h = self.mlp_norm(x)
+        h = self.mlp_norm(x, ops)
         if timer is not None:
             timer.end()
             timer.begin("mlp", layer_idx)
@@ -228,7 +241,7 @@ class LlamaModel(nn.Module):
             x = layer(layer_idx, x, positions, self.rope, kv_caches[layer_idx], meta, backend, timer)
         if timer is not None:
             timer.begin("final_norm", -1)
-        x = self.final_norm(x)
+        x = self.final_norm(x, backend.fused_ops)
         if timer is not None:
             timer.end()
         return x

@@ -87,7 +87,8 @@ class LLMEngine:
         self.backend = make_attention_backend(self.backend_name, self.device)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.backend, self.device,
                                   scale=cfg.head_dim ** -0.5)
-        self.kernel_builder = KernelEventBuilder(cfg, self.loaded.dtype, self.backend_name)
+        self.kernel_builder = KernelEventBuilder(cfg, self.loaded.dtype, self.backend_name,
+                                                 fused_norm_rope=self.backend.fused_ops is not None)
         self.generator = torch.Generator().manual_seed(recipe.sampling.seed or 0)
         self.reset()
 

@@ -26,6 +26,17 @@ from kvscope.inspector.bench_report import CHART_METRICS
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TINY = {"source": "random", "shape": "tiny", "seed": 0}
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared CPU, more threads spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 SMALL_RECIPE = """
 # two variants of a small synthetic workload
 name: small
@@ -196,3 +207,13 @@ def test_small_pool_preempts_and_big_pool_does_not():
     assert small.peak_kv_usage == 1.0
     assert small.finished == big.finished == 10
     assert small.steps > big.steps
+
+
+def test_a_bad_variant_override_names_the_variant_and_field(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text(SMALL_RECIPE.replace("overrides: {scheduler: {policy: static}}",
+                                      "overrides: {cache: {block_size: -1}}"))
+    assert main(["bench", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "cache.block_size: must be a positive integer, got -1 (in variant 'stat')" in err
+    assert err.count("\n") == 1

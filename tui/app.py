@@ -179,7 +179,8 @@ class KVScopeApp(App[int]):
         info = view.info
         if info is not None and self._peaks_key != (info.device, info.dtype):
             self._peaks_key = (info.device, info.dtype)
-            self.query_one(RooflinePanel).peaks = peaks_for(info.device, info.dtype, self.gpu_name)
+            live = self.controller is not None and not self.deterministic
+            self.query_one(RooflinePanel).peaks = peaks_for(info.device, info.dtype, self.gpu_name, measure=live)
         if self.selected is not None and self.selected not in view.requests:
             self.selected = None
         highlight = frozenset(view.tables.get(self.selected, ())) if self.selected is not None else frozenset()

@@ -1,5 +1,9 @@
-"""Device peaks for the roofline panel, from the presets in kvscope.inspector.devices: the GPU
-NVML reports (matched by name) on CUDA, the labelled "cpu" placeholder otherwise."""
+"""Device peaks for the roofline panel.
+
+Live runs compare against peaks measured on this device (kvscope.inspector.peak_probe), labelled
+with the datasheet preset NVML's name matches; replays and snapshot tests, which must not measure
+this machine, use the presets in kvscope.inspector.devices (the "cpu" one is a labelled placeholder).
+"""
 
 from __future__ import annotations
 
@@ -25,8 +29,19 @@ def preset_name(device: str, gpu_name: str = "") -> str:
     return "h100"  # unknown GPU: H100 numbers, and the label says so
 
 
-def peaks_for(device: str, dtype: str, gpu_name: str = "") -> Peaks:
+def peaks_for(device: str, dtype: str, gpu_name: str = "", measure: bool = False) -> Peaks:
     """Peak FLOP/s for `dtype` matmuls and memory bandwidth of the device a run uses."""
+    if measure:
+        from kvscope.inspector.peak_probe import measured_peaks
+
+        try:
+            m = measured_peaks(device, dtype)
+        except Exception:  # a probe that fails must not take the TUI down; fall back to the preset
+            pass
+        else:
+            sheet = peaks_for(device, dtype, gpu_name, measure=False)
+            label = f"{m.device_name} measured" if device.startswith("cpu") else f"{sheet.name} measured"
+            return Peaks(label, m.flops, m.bandwidth)
     preset = preset_name(device, gpu_name)
     try:
         spec = get_device(preset)
