@@ -10,13 +10,14 @@ from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
 from kvscope.inspector.events import EventBus
 from kvscope.inspector.metrics import Metrics
+from kvscope.inspector.nvtx_ranges import nvtx_range_hook
 
 
 def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = None,
-                 show_outputs: bool | None = None) -> int:
+                 show_outputs: bool | None = None, nvtx: bool = True) -> int:
     bus = EventBus()
     metrics = bus.subscribe(Metrics())
-    session = RunSession(recipe, bus=bus)
+    session = RunSession(recipe, bus=bus, range_hook=nvtx_range_hook() if nvtx else None)
     closer = None
     if record:
         from kvscope.inspector.recording import attach_recorder

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from kvscope.cli.recipe_args import add_recipe_argument, recipe_from_args
@@ -14,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--headless", action="store_true", help="no TUI: run to the end and print a summary")
     parser.add_argument("--json", action="store_true", help="with --headless: the summary as one JSON object")
     parser.add_argument("--record", metavar="FILE", help="write every event to FILE (JSONL) while running")
+    parser.add_argument("--no-nvtx", action="store_true",
+                        help="no live NVTX ranges (on by default, domain 'kvscope': `nsys profile kvscope run ...`)")
     parser.add_argument("--show-outputs", action=argparse.BooleanOptionalAction, default=None,
                         help="print each request's generated text (default: on for prompt/chat workloads)")
 
@@ -24,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
         if sys.stdout.isatty():
             from kvscope.tui.app import run_live
 
-            return run_live(recipe, record=args.record)
+            return run_live(recipe, record=args.record, nvtx=not args.no_nvtx)
         print("kvscope: standard output is not a terminal; running --headless", file=sys.stderr)
     from kvscope.cli.headless import run_headless
 
-    return run_headless(recipe, as_json=args.json, record=args.record, show_outputs=args.show_outputs)
+    return run_headless(recipe, as_json=args.json, record=args.record, show_outputs=args.show_outputs,
+                        nvtx=not args.no_nvtx)

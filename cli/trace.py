@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: trace-<recipe name>)")
     parser.add_argument("--torch-profiler", action="store_true",
                         help="also merge torch.profiler's CPU ops / CUDA kernels into trace.json")
+    parser.add_argument("--no-nvtx", action="store_true", help="no live NVTX ranges while tracing")
     parser.add_argument("--no-kernels", action="store_true",
                         help="leave out per-op kernel events (smaller files)")
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from kvscope.inspector.chrome_trace import trace_origin, write_chrome_trace
     from kvscope.inspector.events import EventBus, EventList
     from kvscope.inspector.metrics import Metrics
+    from kvscope.inspector.nvtx_ranges import nvtx_range_hook
     from kvscope.inspector.nvtxt import write_nvtxt
     from kvscope.inspector.recording import attach_recorder
 
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     bus = EventBus()
     events = bus.subscribe(EventList())
     metrics = bus.subscribe(Metrics())
-    session = RunSession(recipe, bus=bus, kernel_events=not args.no_kernels)
+    hook = None if args.no_nvtx else nvtx_range_hook()
+    session = RunSession(recipe, bus=bus, kernel_events=not args.no_kernels, range_hook=hook)
     close_recording = attach_recorder(bus, out / "events.jsonl", recording_header(recipe, session))
     torch_events: list[dict[str, Any]] = []
     try:

@@ -232,7 +232,8 @@ def traced(tmp_path_factory):
     recipe_path = tmp / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(TINY_RECIPE))
     out = tmp / "out"
-    args = argparse.Namespace(recipe=str(recipe_path), out=str(out), torch_profiler=False, no_kernels=False)
+    args = argparse.Namespace(recipe=str(recipe_path), out=str(out), torch_profiler=False, no_kernels=False,
+                              no_nvtx=False)
     return trace_cmd, args, out
 
 
@@ -381,7 +382,7 @@ def test_trace_with_torch_profiler_merges_cpu_ops(tmp_path, capsys):
     recipe = dict(TINY_RECIPE, workload={"synthetic": dict(TINY_RECIPE["workload"]["synthetic"], num_requests=2)})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     args = argparse.Namespace(recipe=str(tmp_path / "r.yaml"), out=str(tmp_path / "o"), torch_profiler=True,
-                              no_kernels=False)
+                              no_kernels=False, no_nvtx=False)
     assert trace_cmd.run(args) == 0
     trace = json.loads((tmp_path / "o" / "trace.json").read_text())
     torch_ops = [e for e in trace["traceEvents"] if e.get("pid", 0) >= 10 and e["ph"] == "X"]

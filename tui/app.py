@@ -333,7 +333,7 @@ def _gpu_name() -> str:
 
 
 def live_app(recipe: Any, *, record: str | None = None, start_paused: bool = False,
-             deterministic: bool = False, refresh_hz: float = REFRESH_HZ) -> KVScopeApp:
+             deterministic: bool = False, refresh_hz: float = REFRESH_HZ, range_hook: Any = None) -> KVScopeApp:
     """The app over a fresh RunSession of `recipe` (built in the worker thread)."""
     from kvscope.engine.session import RunSession
 
@@ -343,7 +343,7 @@ def live_app(recipe: Any, *, record: str | None = None, start_paused: bool = Fal
         recipe_desc = dict(getattr(recipe, "raw", {}) or {}) | {"name": getattr(recipe, "name", "")}
         writer = JsonlRecorder(record, make_header(recipe_desc, getattr(recipe, "device", "cpu")))
         subscribers = (writer,)
-    controller = SessionController(lambda bus: RunSession(recipe, bus=bus), start_paused=start_paused,
+    controller = SessionController(lambda bus: RunSession(recipe, bus=bus, range_hook=range_hook), start_paused=start_paused,
                                    subscribers=subscribers)
     app = KVScopeApp(controller=controller, title=getattr(recipe, "name", ""), deterministic=deterministic,
                      refresh_hz=refresh_hz, gpu_name="" if deterministic else _gpu_name())
@@ -361,9 +361,11 @@ def replay_app(path: str, *, strict: bool = False, deterministic: bool = False,
                       refresh_hz=refresh_hz)
 
 
-def run_live(recipe: Any, record: str | None = None) -> int:
+def run_live(recipe: Any, record: str | None = None, nvtx: bool = True) -> int:
     """`kvscope run RECIPE` on a terminal. An engine error is re-raised after the UI closes."""
-    app = live_app(recipe, record=record)
+    from kvscope.inspector.nvtx_ranges import nvtx_range_hook
+
+    app = live_app(recipe, record=record, range_hook=nvtx_range_hook() if nvtx else None)
     try:
         app.run()
     finally:

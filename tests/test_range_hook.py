@@ -1,0 +1,54 @@
+"""The engine's live ranges (what NVTX shows under nsys): balanced, nested, named like the events."""
+
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.session import RunSession
+from kvscope.inspector.events import EventBus, EventList
+
+
+class RecordingHook:
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.closed: list[tuple[str, str, tuple[str, ...]]] = []  # (name, category, parents)
+        self.categories: list[str] = []
+
+    def push(self, name: str, category: str, payload: int = 0) -> None:
+        self.categories.append(category)
+        self.stack.append(name)
+        self.closed.append((name, category, tuple(self.stack[:-1])))
+
+    def pop(self) -> None:
+        self.stack.pop()
+
+
+def test_ranges_are_balanced_and_nested_like_the_trace():
+    hook = RecordingHook()
+    bus = EventBus()
+    events = bus.subscribe(EventList())
+    recipe = Recipe.from_dict({"model": {"source": "random", "shape": "tiny", "seed": 0},
+                               "cache": {"block_size": 4, "num_blocks": 64},
+                               "sampling": {"max_tokens": 3, "ignore_eos": True},
+                               "workload": {"prompts": ["abc", "defgh"]}})
+    session = RunSession(recipe, bus=bus, range_hook=hook)
+    session.run()
+    assert hook.stack == []  # every push popped
+    steps = [c for c in hook.closed if c[0] == "step"]
+    assert len(steps) == session.steps and all(parents == () for _, _, parents in steps)
+    phases = {n for n, cat, parents in hook.closed if cat == "phase"}
+    assert phases == {"schedule", "prepare", "forward", "sample"}
+    kernels = [(n, parents) for n, cat, parents in hook.closed if cat == "kernel"]
+    kernel_events = [e for e in events.events if e.kind == "kernel"]
+    assert [n for n, _ in kernels] == [e.op for e in kernel_events]  # the same names, in the same order
+    assert all(parents[-1] in ("forward", "sample") and parents[0] == "step" for _, parents in kernels)
+
+
+def test_no_hook_and_no_subscriber_builds_no_timer(monkeypatch):
+    import kvscope.engine.llm_engine as llm_engine
+
+    made = []
+    real = llm_engine.OpTimer
+    monkeypatch.setattr(llm_engine, "OpTimer", lambda *a, **k: made.append(1) or real(*a, **k))
+    recipe = Recipe.from_dict({"model": {"source": "random", "shape": "tiny", "seed": 0},
+                               "cache": {"block_size": 4, "num_blocks": 64},
+                               "sampling": {"max_tokens": 2, "ignore_eos": True}, "workload": {"prompts": ["ab"]}})
+    RunSession(recipe).run()
+    assert made == []
