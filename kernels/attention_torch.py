@@ -50,6 +50,18 @@ def _gather_context(cache: torch.Tensor, table: torch.Tensor, length: int) -> to
     return rows[..., :length, :, :]
 
 
+def _length_buckets(rows: list[int], lens: list[int], ratio: float = 1.5) -> list[list[int]]:
+    """Decode rows grouped by context length (each group's longest within `ratio` of its shortest),
+    so one padded batch per group gathers far fewer empty slots than one batch padded to the longest."""
+    groups: list[list[int]] = []
+    for i in sorted(rows, key=lens.__getitem__):
+        if groups and lens[i] <= ratio * lens[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def paged_attention_torch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -63,7 +75,8 @@ def paged_attention_torch(
 ) -> torch.Tensor:
     """Causal attention of each request's new query tokens over its paged context.
 
-    Decode requests (one query token) are batched into one masked matmul; requests
+    Decode requests (one query token) are batched, by similar context length, into padded
+    scaled_dot_product_attention calls over their gathered pages; requests
     with several query tokens (prefill chunks, speculative verification) run one by one.
     Accumulates in float32; returns q's dtype, shape [num_tokens, n_heads, head_dim].
     """
@@ -81,14 +94,14 @@ def paged_attention_torch(
         qstarts.append(qstarts[-1] + n)
 
     decode_rows = [i for i, n in enumerate(query_lens_host) if n == 1]
-    if decode_rows:
-        idx = torch.tensor(decode_rows, device=q.device)
-        tok = torch.tensor([qstarts[i] for i in decode_rows], device=q.device)
-        max_len = max(seq_lens_host[i] for i in decode_rows)
+    for rows in _length_buckets(decode_rows, seq_lens_host):
+        idx = torch.tensor(rows, device=q.device)
+        tok = torch.tensor([qstarts[i] for i in rows], device=q.device)
+        max_len = max(seq_lens_host[i] for i in rows)
         keys = _gather_context(k_cache, block_tables[idx], max_len).float()  # [B, L, n_kv, d]
         vals = _gather_context(v_cache, block_tables[idx], max_len).float()
         qd = q[tok].float().unsqueeze(2)  # [B, H, 1, d]
-        lens = seq_lens[idx].to(q.device).long()
+        lens = torch.tensor([seq_lens_host[i] for i in rows], device=q.device)
         keep = torch.arange(max_len, device=q.device)[None, :] < lens[:, None]  # [B, L]
         od = F.scaled_dot_product_attention(
             qd, keys.transpose(1, 2), vals.transpose(1, 2),
