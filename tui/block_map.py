@@ -103,6 +103,7 @@ class BlockMap(ScrollView, can_focus=True):
         self._codes: list[int] = []
         self._per_row = 1
         self._gutter = 0
+        self._cell = 1  # columns per block: wider cells when the pool is small enough to fit anyway
 
     # -- data ---------------------------------------------------------------------------------
     def set_cells(self, cells: BlockCells, highlight: set[int] | frozenset[int] = frozenset()) -> None:
@@ -141,11 +142,17 @@ class BlockMap(ScrollView, can_focus=True):
     def _relayout(self) -> None:
         n = len(self.cells.states)
         width = max(self.scrollable_content_region.width, 4)
+        height = max(self.scrollable_content_region.height, 1)
         self._gutter = len(str(max(n - 1, 0))) + 1
         usable = max(width - self._gutter, 1)
-        self._per_row = usable - usable % 10 if usable >= 20 else usable
-        rows = (n + self._per_row - 1) // self._per_row if n else 0
-        self.virtual_size = Size(self._gutter + self._per_row, rows)
+        for cell in (3, 2, 1):  # the widest cell that still shows the whole pool without scrolling
+            slots = max(usable // cell, 1)
+            per_row = slots - slots % 10 if slots >= 20 else slots
+            rows = (n + per_row - 1) // per_row if n else 0
+            if rows <= height or cell == 1:
+                break
+        self._cell, self._per_row = cell, per_row
+        self.virtual_size = Size(self._gutter + per_row * cell, rows)
 
     def on_resize(self) -> None:
         self._relayout()
@@ -157,11 +164,11 @@ class BlockMap(ScrollView, can_focus=True):
 
     def offset_of(self, block: int) -> tuple[int, int]:
         """Content offset (x, y) of a block's cell, with the map scrolled to the top."""
-        return self._gutter + block % self._per_row, block // self._per_row
+        return self._gutter + (block % self._per_row) * self._cell, block // self._per_row
 
     def block_at(self, x: int, y: int) -> int | None:
         """The block id under content offset (x, y), accounting for scrolling; None outside the grid."""
-        col = x - self._gutter
+        col = (x - self._gutter) // self._cell if x >= self._gutter else -1
         row = y + int(self.scroll_offset.y)
         if col < 0 or col >= self._per_row or row < 0:
             return None
@@ -178,10 +185,11 @@ class BlockMap(ScrollView, can_focus=True):
             return Strip.blank(width)
         end = min(start + self._per_row, len(codes))
         segments = [Segment(f"{start:>{self._gutter - 1}} ", _GUTTER_STYLE)]
-        glyphs, styles = _CODE_GLYPH, _CODE_STYLE
+        glyphs, styles, cell = _CODE_GLYPH, _CODE_STYLE, self._cell
         for code, run in groupby(codes[start:end]):
-            segments.append(Segment(glyphs[code] * len(list(run)), styles[code]))
-        used = self._gutter + end - start  # every glyph is one cell wide
+            glyph = glyphs[code] if cell == 1 else glyphs[code] * (cell - 1) + " "
+            segments.append(Segment(glyph * len(list(run)), styles[code]))
+        used = self._gutter + (end - start) * cell  # every glyph is one column wide
         if used < width:
             segments.append(Segment(" " * (width - used)))
         return Strip(segments, max(used, width))
