@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 ANCHOR = "kvscope::clock_anchor"
+ANCHOR_END = "kvscope::clock_anchor_end"
 PID_TORCH = 10
 
 
@@ -101,27 +102,35 @@ def _run_with_torch_profiler(session: Any) -> list[dict[str, Any]]:
         with record_function(ANCHOR):
             anchor_ns = now_ns()
         session.run()
+        with record_function(ANCHOR_END):
+            anchor_end_ns = now_ns()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "torch_trace.json"
         prof.export_chrome_trace(str(path))
         data = json.loads(path.read_text(encoding="utf-8"))
     raw = data["traceEvents"] if isinstance(data, dict) else data
-    raw.append({"name": "__kvscope_anchor_ns", "ph": "_", "ts": anchor_ns})
+    raw.append({"name": "__kvscope_anchor_ns", "ph": "_", "ts": anchor_ns, "end": anchor_end_ns})
     return raw
 
 
 def _shift_torch_events(raw: list[dict[str, Any]], t0_ns: int) -> list[dict[str, Any]]:
     """Keep torch's slices, instants, flows and names; move them onto the engine's timeline."""
-    anchor_ns = next(e["ts"] for e in raw if e.get("name") == "__kvscope_anchor_ns")
+    mark = next(e for e in raw if e.get("name") == "__kvscope_anchor_ns")
     anchor = next((e for e in raw if e.get("name") == ANCHOR and e.get("ph") == "X"), None)
+    anchor_end = next((e for e in raw if e.get("name") == ANCHOR_END and e.get("ph") == "X"), None)
     if anchor is None:
         return []
-    offset_us = float(anchor["ts"]) - (anchor_ns - t0_ns) / 1000.0
+    # two anchors map the profiler's clock onto the engine's linearly: its approximate clock can run
+    # a few percent fast or slow against perf_counter, which one offset alone would not correct
+    torch0, ours0 = float(anchor["ts"]), (mark["ts"] - t0_ns) / 1000.0
+    scale = 1.0
+    if anchor_end is not None and mark.get("end") and float(anchor_end["ts"]) > torch0:
+        scale = ((mark["end"] - mark["ts"]) / 1000.0) / (float(anchor_end["ts"]) - torch0)
     pids: dict[Any, int] = {}
     out: list[dict[str, Any]] = []
     for e in raw:
         ph = e.get("ph")
-        if ph not in ("X", "i", "s", "f", "M") or e.get("name") == ANCHOR:
+        if ph not in ("X", "i", "s", "f", "M") or e.get("name") in (ANCHOR, ANCHOR_END):
             continue
         if ph == "M" and e.get("name") not in ("thread_name", "thread_sort_index"):
             continue
@@ -129,7 +138,9 @@ def _shift_torch_events(raw: list[dict[str, Any]], t0_ns: int) -> list[dict[str,
         ev = dict(e)
         ev["pid"] = pid
         if "ts" in ev:
-            ev["ts"] = round(float(ev["ts"]) - offset_us, 3)
+            ev["ts"] = round(ours0 + (float(ev["ts"]) - torch0) * scale, 3)
+        if "dur" in ev:
+            ev["dur"] = round(float(ev["dur"]) * scale, 3)
         out.append(ev)
     for original, pid in pids.items():
         out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,

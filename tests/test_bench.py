@@ -27,15 +27,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TINY = {"source": "random", "shape": "tiny", "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads spin against each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL_RECIPE = """
 # two variants of a small synthetic workload

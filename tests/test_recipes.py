@@ -20,15 +20,7 @@ TINY = {"source": "random", "shape": "tiny", "seed": 0}
 SHRUNK_REQUESTS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads spin against each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_issue_recipes_exist():

@@ -394,3 +394,17 @@ def test_trace_with_torch_profiler_merges_cpu_ops(tmp_path, capsys):
     assert mms and not outside, f"steps span {first}..{last} us; torch mm at {outside[:5]}"  # ±1 ms
     ours = {"traceEvents": [e for e in trace["traceEvents"] if e.get("pid", 0) < 10], "otherData": {}}
     check_chrome_trace(ours)
+
+
+def test_torch_profiler_clock_running_fast_is_rescaled_by_the_end_anchor():
+    from kvscope.cli.trace import ANCHOR, ANCHOR_END, _shift_torch_events
+
+    # the profiler's clock runs 5% fast: 21 ms of its time are 20 ms of the engine's
+    raw = [
+        {"name": ANCHOR, "ph": "X", "pid": 1, "tid": 1, "ts": 0.0, "dur": 1.0},
+        {"name": "aten::mm", "ph": "X", "pid": 1, "tid": 1, "ts": 10_500.0, "dur": 2_100.0},
+        {"name": ANCHOR_END, "ph": "X", "pid": 1, "tid": 1, "ts": 21_000.0, "dur": 1.0},
+        {"name": "__kvscope_anchor_ns", "ph": "_", "ts": 1_000_000, "end": 21_000_000},
+    ]
+    mm = next(e for e in _shift_torch_events(raw, t0_ns=0) if e["name"] == "aten::mm")
+    assert mm["ts"] == pytest.approx(1_000.0 + 10_000.0) and mm["dur"] == pytest.approx(2_000.0)

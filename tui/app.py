@@ -365,6 +365,7 @@ def run_live(recipe: Any, record: str | None = None, nvtx: bool = True) -> int:
     """`kvscope run RECIPE` on a terminal. An engine error is re-raised after the UI closes."""
     from kvscope.inspector.nvtx_ranges import nvtx_range_hook
 
+    _measure_peaks_before_the_engine_starts(recipe)
     app = live_app(recipe, record=record, range_hook=nvtx_range_hook() if nvtx else None)
     try:
         app.run()
@@ -375,6 +376,22 @@ def run_live(recipe: Any, record: str | None = None, nvtx: bool = True) -> int:
     if app.exit_error is not None:
         raise app.exit_error
     return 0
+
+
+def _measure_peaks_before_the_engine_starts(recipe: Any) -> None:
+    """The roofline's measured peaks are cached on first use; measuring while the engine runs would
+    measure the engine's contention instead, so take them now (a fraction of a second, once per device)."""
+    import torch
+
+    from kvscope.inspector.peak_probe import measured_peaks
+
+    device = getattr(recipe, "device", "cpu")
+    if device in ("auto", "cuda"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        measured_peaks(device, getattr(recipe, "dtype", "float32"))
+    except Exception:  # no peaks is no reason to refuse to start; the panel falls back to presets
+        pass
 
 
 def run_replay(path: str, strict: bool = False) -> int:
