@@ -212,9 +212,17 @@ def _kernel_events(kernels: list[Any], step_end: Any, clock: _Clock) -> list[dic
     out: list[dict[str, Any]] = []
     step = kernels[0].step
     if step_end is not None:
+        # On a GPU kernel times are device times, which may run past the host's forward phase (the host
+        # only launches); the kernels track's containers stretch to hold them, forward first, then sample.
+        device_end = max((k.end for k in kernels if k.op != "sample"), default=0)
+        forward_end = 0
         for name, start, end in step_end.phases:
-            if name in ("forward", "sample"):
-                out.append(_x(name, "phase", PID_ENGINE, TID_KERNELS, start, end, clock, {"step": step}))
+            if name == "forward":
+                forward_end = max(end, device_end)
+                out.append(_x(name, "phase", PID_ENGINE, TID_KERNELS, start, forward_end, clock, {"step": step}))
+            elif name == "sample":
+                start = max(start, forward_end)
+                out.append(_x(name, "phase", PID_ENGINE, TID_KERNELS, start, max(end, start), clock, {"step": step}))
     layers: dict[int, list[int]] = {}
     for k in kernels:
         if k.layer >= 0:

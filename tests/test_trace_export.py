@@ -408,3 +408,32 @@ def test_torch_profiler_clock_running_fast_is_rescaled_by_the_end_anchor():
     ]
     mm = next(e for e in _shift_torch_events(raw, t0_ns=0) if e["name"] == "aten::mm")
     assert mm["ts"] == pytest.approx(1_000.0 + 10_000.0) and mm["dur"] == pytest.approx(2_000.0)
+
+
+def test_device_times_past_the_host_forward_phase_stay_nested_on_the_kernels_track():
+    """On a GPU the host's forward phase ends when the launches are issued; the kernels finish later."""
+    from dataclasses import replace
+
+    events = _synthetic_stream()
+    phases = {e.step: dict((n, (s, t)) for n, s, t in e.phases) for e in events if e.kind == "step_end"}
+    shifted = []
+    for e in events:
+        if e.kind == "kernel":
+            # the device finishes the last forward kernel halfway through the host's sample phase and
+            # runs the sampling kernel after it (the sampler's synchronisation bounds both)
+            fwd_end = phases[e.step]["forward"][1]
+            sample_start, sample_end = phases[e.step]["sample"]
+            late = (sample_end - sample_start) // 2
+            if e.op == "sample":
+                e = replace(e, start=fwd_end + late, end=max(e.end, fwd_end + late + 1))
+            else:
+                e = replace(e, start=e.start + late, end=max(e.end, fwd_end) + late)
+        shifted.append(e)
+    trace = json.loads(json.dumps(build_chrome_trace(shifted)))
+    check_chrome_trace(trace)  # X slices still nest on every track
+    containers = {(e["args"]["step"], e["name"]): (ns(e["ts"]), ns(e["ts"]) + ns(e["dur"]))
+                  for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 2}
+    for e in trace["traceEvents"]:
+        if e["ph"] == "X" and e.get("cat") == "kernel":
+            lo, hi = containers[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
+            assert lo <= ns(e["ts"]) and ns(e["ts"]) + ns(e["dur"]) <= hi, e
