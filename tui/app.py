@@ -9,6 +9,7 @@ Entry points: run_live(recipe, record) and run_replay(path, strict), both return
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from kvscope.tui.scheduler_panel import SchedulerPanel
 from kvscope.tui.screens import GotoScreen, HelpScreen
 
 REFRESH_HZ = 15
+STATS_REFRESH_S = 0.25  # the statistics panels (latency, roofline) while a live run streams: 4 Hz is plenty
 DELAYS_S = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 LIVE_ONLY = {"toggle_pause", "step_once", "slower", "faster", "restart"}
 REPLAY_ONLY = {"forward", "back", "goto", "first", "last", "toggle_play"}
@@ -83,6 +85,7 @@ class KVScopeApp(App[int]):
         self._dirty = True
         self._sampler: DeviceSampler | None = None
         self._peaks_key: tuple[str, str] | None = None
+        self._stats_at = 0.0
         self.exit_error: BaseException | None = None
 
     # -- the model ------------------------------------------------------------------------------
@@ -187,15 +190,27 @@ class KVScopeApp(App[int]):
         self.query_one(BlockMap).set_cells(cells_from_view(view), highlight)
         self.query_one(FragmentationMeters).update_from(view)
         self.query_one(SchedulerPanel).update_from(view, self.selected)
-        self.query_one(LatencyPanel).update_from(model.metrics, model.history)
-        self.query_one(RooflinePanel).update_from(model.history)
         finished = self._run_finished()
+        if self._stats_due(finished):
+            self.query_one(LatencyPanel).update_from(model.metrics, model.history)
+            self.query_one(RooflinePanel).update_from(model.history)
         summary = model.metrics.summary() if finished else None
         self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic)
         map_panel = self.query_one("#map-panel")
         if info is not None:
             map_panel.border_title = (f"KV blocks: {info.total_blocks} × {info.block_size} tokens"
                                       f" · {info.kv_bytes_per_block / 1024:.0f} KiB each")
+
+    def _stats_due(self, finished: bool) -> bool:
+        """Percentiles and sparklines are repainted at STATS_REFRESH_S while a live run streams (they are
+        summaries, and repainting them is a third of a frame); at once when paused, stepped or done."""
+        now = time.monotonic()
+        streaming = (self.controller is not None and self.controller.state == "running" and not finished
+                     and not self.deterministic)
+        if streaming and now - self._stats_at < STATS_REFRESH_S:
+            return False
+        self._stats_at = now
+        return True
 
     def _run_finished(self) -> bool:
         if self.controller is not None:
