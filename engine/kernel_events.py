@@ -37,18 +37,20 @@ class KernelEventBuilder:
         self.vocab = config.vocab_size
         self.hidden = config.hidden_size
 
-    def costs(self, scheduled: list[ScheduledRequest]) -> dict[str, OpCost]:
+    def costs(self, scheduled: list[ScheduledRequest], num_padding_tokens: int = 0) -> dict[str, OpCost]:
         query_lens = [s.num_tokens for s in scheduled]
         seq_lens = [s.request.num_computed_tokens for s in scheduled]  # already advanced past this step
         kw = dict(weight_bytes=self.elt, act_bytes=self.elt, kv_bytes=self.elt)
-        costs = dict(layer_op_costs(self.shape, query_lens, seq_lens, **kw))
+        # pad tokens pass through the layers' matmuls (counted as one-token requests with no context)
+        pads = [1] * num_padding_tokens
+        costs = dict(layer_op_costs(self.shape, query_lens + pads, seq_lens + pads, **kw))
         costs.update(model_op_costs(self.shape, query_lens, seq_lens, **kw))
         return costs
 
     def events(self, step: int, records: list[tuple[str, int, int, int]], scheduled: list[ScheduledRequest],
-               num_sampled: int) -> Iterator[KernelEvent]:
-        costs = self.costs(scheduled)
-        num_tokens = sum(s.num_tokens for s in scheduled)
+               num_sampled: int, num_padding_tokens: int = 0) -> Iterator[KernelEvent]:
+        costs = self.costs(scheduled, num_padding_tokens)
+        num_tokens = sum(s.num_tokens for s in scheduled) + num_padding_tokens
         sample_cost = OpCost(flops=num_sampled * self.vocab * 2, bytes=num_sampled * self.vocab * 4)
         shapes = f"T={num_tokens} B={len(scheduled)}"
         backend, backend_ops = self.backend, self.backend_ops

@@ -220,7 +220,7 @@ class LLMEngine:
         if sched.scheduled:
             if hook is not None:
                 hook.push("prepare", "phase", sched.num_tokens)
-            batch = self.runner.prepare(sched.scheduled)
+            batch = self.runner.prepare(sched.scheduled, sched.num_padding_tokens)
             t2 = now_ns()
             if hook is not None:
                 hook.pop()
@@ -256,7 +256,8 @@ class LLMEngine:
             phases += [("prepare", t1, t2), ("forward", t2, t3), ("sample", t3, t4)]
             sampled_pairs = tuple((r.request_id, 1) for r in batch.sampled)
             if active and timer is not None:
-                for ev in self.kernel_builder.events(step, timer.resolve(), sched.scheduled, len(batch.sampled)):
+                for ev in self.kernel_builder.events(step, timer.resolve(), sched.scheduled, len(batch.sampled),
+                                                     sched.num_padding_tokens):
                     bus.emit(ev)
         elif self.scheduler.has_unfinished() and not self.scheduler.running:
             finished.extend(self._abort_unservable())
@@ -272,7 +273,8 @@ class LLMEngine:
             decode = tuple(s.request.request_id for s in sched.scheduled if not s.is_prefill_step)
             bus.emit(StepEnd(now_ns(), step, t0, sched.num_tokens, self.scheduler.token_budget, prefill, decode,
                              sampled_pairs, tuple(phases), len(self.scheduler.running), len(self.scheduler.waiting),
-                             sum(1 for r in self.scheduler.waiting if r.status is RequestStatus.PREEMPTED)))
+                             sum(1 for r in self.scheduler.waiting if r.status is RequestStatus.PREEMPTED),
+                             sched.num_padding_tokens))
         self.step_id += 1
         self.finished.extend(finished)
         return [self.output(r.request_id) for r in finished]

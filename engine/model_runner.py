@@ -40,7 +40,9 @@ class ModelRunner:
         self.block_size = kv_cache.block_size
         self.scale = scale
 
-    def prepare(self, scheduled: list[ScheduledRequest]) -> PreparedBatch:
+    def prepare(self, scheduled: list[ScheduledRequest], num_padding_tokens: int = 0) -> PreparedBatch:
+        """The flat batch; `num_padding_tokens` pad tokens (id 0, slot -1: never stored, never attended to,
+        outside every request's query range) follow the real ones and go through every matmul."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -64,6 +66,10 @@ class ModelRunner:
             if end == req.num_tokens:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(req)
+        if num_padding_tokens:
+            input_ids.extend([0] * num_padding_tokens)
+            positions.extend([0] * num_padding_tokens)
+            slots.extend([-1] * num_padding_tokens)
         width = max(len(t) for t in tables)
         padded = [t + [0] * (width - len(t)) for t in tables]
         qsl = [0]

@@ -11,6 +11,9 @@ continuous: running requests first (FCFS), then waiting ones, under a token
 static: fixed batches. A batch is admitted only when the previous one has
     completely finished; each request reserves KV for the batch's longest prompt
     plus its longest output up front, and keeps it until the whole batch ends.
+    Like a padded batch, it also computes (and discards) padding: shorter prompts
+    are padded to the longest, and finished members keep decoding a pad token
+    until the batch ends.
 """
 
 from __future__ import annotations
@@ -45,8 +48,12 @@ class ScheduledRequest:
 
 @dataclass(slots=True)
 class SchedulerOutput:
+    """num_padding_tokens: extra tokens the static baseline computes and throws away (shorter prompts padded
+    to the longest; seats of finished batch members still decoding), as a padded batch does."""
+
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    num_padding_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -191,6 +198,7 @@ class StaticScheduler(Scheduler):
             return out
         for req in self.running:
             out.scheduled.append(ScheduledRequest.of(req, req.num_tokens - req.num_computed_tokens))
+        out.num_padding_tokens = len(self.batch) - len(self.running)  # finished seats still decode
         return out
 
     def _form_batch(self, out: SchedulerOutput) -> None:
@@ -208,6 +216,7 @@ class StaticScheduler(Scheduler):
             candidates.append(self.waiting.popleft())
             longest_prompt, longest_output = lp, lo
         reserve = min(longest_prompt + longest_output, self.max_model_len)
+        out.num_padding_tokens = sum(longest_prompt - r.num_prompt_tokens for r in candidates)
         for req in candidates:
             ok = self.kv.allocate(req, reserve)
             assert ok

@@ -68,6 +68,7 @@ class StepEnd:
     decode: request ids that computed decode tokens this step.
     sampled: (request id, tokens appended to its output this step).
     phases: (name, start ns, end ns) for schedule / prepare / forward / sample.
+    num_tokens counts the requests' tokens; padding_tokens the extra ones a padded batch computes.
     """
 
     kind: ClassVar[str] = "step_end"
@@ -83,6 +84,7 @@ class StepEnd:
     num_running: int = 0
     num_waiting: int = 0
     num_preempted: int = 0
+    padding_tokens: int = 0  # tokens computed and discarded (the static baseline's padding)
 
 
 # request lifecycle kinds
