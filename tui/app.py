@@ -196,10 +196,12 @@ class KVScopeApp(App[int]):
             self.query_one(RooflinePanel).update_from(model.history)
         summary = model.metrics.summary() if finished else None
         self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic)
-        map_panel = self.query_one("#map-panel")
         if info is not None:
-            map_panel.border_title = (f"KV blocks: {info.total_blocks} × {info.block_size} tokens"
-                                      f" · {info.kv_bytes_per_block / 1024:.0f} KiB each")
+            title = (f"KV blocks: {info.total_blocks} × {info.block_size} tokens"
+                     f" · {info.kv_bytes_per_block / 1024:.0f} KiB each")
+            map_panel = self.query_one("#map-panel")
+            if map_panel.border_title != title:  # setting it repaints the whole panel, so only on change
+                map_panel.border_title = title
 
     def _stats_due(self, finished: bool) -> bool:
         """Percentiles and sparklines are repainted at STATS_REFRESH_S while a live run streams (they are

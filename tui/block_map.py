@@ -133,7 +133,7 @@ class BlockMap(ScrollView, can_focus=True):
         per_row = self._per_row
         top = int(self.scroll_offset.y)
         height = self.scrollable_content_region.height
-        width = self.size.width
+        width = self.scrollable_content_region.width  # not the scrollbar column: it needs no repaint
         for row in range(top, top + height):
             lo, hi = row * per_row, (row + 1) * per_row
             if codes[lo:hi] != old_codes[lo:hi]:
