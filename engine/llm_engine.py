@@ -122,7 +122,6 @@ class LLMEngine:
         self.next_request_id = 0
         self.step_id = 0
         self.info_sent = False
-        self.finished: list[Request] = []
 
     def _announce(self) -> None:
         """RunInfo goes out once per run, before the run's first other event."""
@@ -148,6 +147,11 @@ class LLMEngine:
                                          add_bos=False)
         return [int(t) for t in items]
 
+    def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
+        """KV blocks a request holds at its longest (its output cut to what the context leaves)."""
+        out = min(max_tokens, max(self.max_model_len - num_prompt_tokens, 0))
+        return -(-(num_prompt_tokens + out) // self.block_size)
+
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> int:
         """The output limit this request gets; RequestError if it can never be served."""
         if num_prompt_tokens == 0:
@@ -156,7 +160,7 @@ class LLMEngine:
             raise RequestError(f"prompt has {num_prompt_tokens} tokens, longer than the context "
                                f"(max_model_len {self.max_model_len} leaves no room to generate)")
         max_tokens = min(max_tokens, self.max_model_len - num_prompt_tokens)
-        need = -(-(num_prompt_tokens + max_tokens) // self.block_size)
+        need = self.blocks_needed(num_prompt_tokens, max_tokens)
         if need > self.num_blocks:
             raise RequestError(f"needs {need} KV blocks ({num_prompt_tokens} prompt + {max_tokens} output "
                                f"tokens at block size {self.block_size}) but the pool has {self.num_blocks}")
@@ -276,7 +280,6 @@ class LLMEngine:
                              sum(1 for r in self.scheduler.waiting if r.status is RequestStatus.PREEMPTED),
                              sched.num_padding_tokens))
         self.step_id += 1
-        self.finished.extend(finished)
         return [self.output(r.request_id) for r in finished]
 
     def _append_token(self, req: Request, token: int) -> bool:

@@ -40,11 +40,9 @@ class RunSession:
 
     def _check_pool_holds_some_request(self) -> None:
         """A pool that can hold none of the workload's requests is a recipe error, not a per-request one."""
-        engine, needs = self.engine, []
-        for item in self.items:
-            n = len(engine.encode_prompt(item.prompt))
-            out = min(item.params.max_tokens, max(engine.max_model_len - n, 0))
-            needs.append(-(-(n + out) // engine.block_size))
+        engine = self.engine
+        needs = [engine.blocks_needed(len(engine.encode_prompt(item.prompt)), item.params.max_tokens)
+                 for item in self.items]
         if needs and min(needs) > engine.num_blocks:
             raise RecipeError(f"{self.recipe.source}: cache: a pool of {engine.num_blocks} blocks of "
                               f"{engine.block_size} tokens holds no request of this workload (the smallest needs "
