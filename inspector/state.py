@@ -71,14 +71,21 @@ class RequestView:
 
 
 class EngineView:
-    """The engine's KV pool, block tables and requests, as of the last applied event."""
+    """The engine's KV pool, block tables and requests, as of the last applied event.
+
+    `touched_blocks` collects the ids of blocks whose ref count, hash or owner may have changed; a
+    consumer that redraws the pool (the TUI's block map) empties it after each redraw and recomputes
+    only those. `generation` counts resets (a RunInfo): after one, everything has changed.
+    """
 
     def __init__(self) -> None:
         self.info: RunInfo | None = None
         self.step: int = -1
+        self.generation = 0
         self.block_refs: list[int] = []
         self.block_hash: list[int] = []
         self.block_owner: list[int] = []
+        self.touched_blocks: set[int] = set()
         self.tables: dict[int, list[int]] = {}
         self.requests: dict[int, RequestView] = {}
         self.last_step: StepEnd | None = None
@@ -144,9 +151,11 @@ class EngineView:
         n = info.total_blocks
         self.info = info
         self.step = info.step
+        self.generation += 1
         self.block_refs = [0] * n
         self.block_hash = [0] * n
         self.block_owner = [-1] * n
+        self.touched_blocks = set()
         self.tables = {}
         self.requests = {}
         self.last_step = None
@@ -189,6 +198,7 @@ class EngineView:
         ids = ev.block_ids
         for b in ids:
             self._ensure_block(b)
+        self.touched_blocks.update(ids)
         refs = ev.ref_counts if len(ev.ref_counts) == len(ids) else None
         hashes = ev.hashes if len(ev.hashes) == len(ids) else None
         if what == ALLOC or what == PREFIX_HIT:

@@ -20,21 +20,42 @@ def fraction_bar(fraction: float, width: int, colour: str, empty: str = "#3a3a3a
     return text
 
 
-def stacked_bar(parts: list[tuple[int, str]], total: int, width: int, empty: str = "#3a3a3a") -> Text:
-    """Cells split in proportion to each (value, colour) part of `total`; the rest drawn empty."""
-    text = Text()
+def bar_runs(parts: list[tuple[int, str]], total: int, width: int, empty: str = "#3a3a3a") -> list[tuple[str, str]]:
+    """Cells split in proportion to each (value, colour) part of `total`, the rest drawn empty, as
+    (text, style) runs."""
     if total <= 0:
-        return Text(" " * width, style=f"on {empty}")
+        return [(" " * width, f"on {empty}")]
+    runs = []
     used = 0
     for value, colour in parts:
         cells = min(round(value * width / total), width - used)
         if value > 0 and cells == 0 and used < width:
             cells = 1  # a non-zero part stays visible
-        text.append("█" * cells, style=colour)
+        if cells:
+            runs.append(("█" * cells, colour))
         used += cells
     if used < width:
-        text.append(" " * (width - used), style=f"on {empty}")
-    return text
+        runs.append((" " * (width - used), f"on {empty}"))
+    return runs
+
+
+def stacked_bar(parts: list[tuple[int, str]], total: int, width: int, empty: str = "#3a3a3a") -> Text:
+    """bar_runs as a Text."""
+    return Text.assemble(*bar_runs(parts, total, width, empty))
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def spark_text(values: list[float], width: int, colour: str) -> Text:
+    """The last `width` values as a one-line sparkline, one cell per value, oldest on the left,
+    scaled to the largest shown (a lone ▁ row when all are zero). One colour: one segment."""
+    values = values[-width:] if width > 0 else []
+    top = max(values, default=0.0)
+    if top <= 0:
+        return Text(_SPARKS[0] * len(values), style=colour)
+    last = len(_SPARKS) - 1
+    return Text("".join(_SPARKS[min(max(round(v / top * last), 0), last)] for v in values), style=colour)
 
 
 def percent(fraction: float) -> str:

@@ -11,10 +11,11 @@ Glyphs differ as well as colours, so the states read without colour too:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import groupby
+from typing import Sequence
 
 from rich.segment import Segment
 from rich.style import Style
+from textual.filter import ANSIToTruecolor, LineFilter
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
@@ -54,28 +55,45 @@ _CODE_STYLE = (
 )
 
 
+def _state_of_code(code: int) -> int:
+    if code < _CODE_USED:
+        return code
+    return USED if code < _CODE_SHARED else SHARED
+
+
 @dataclass(slots=True)
 class BlockCells:
-    """What the map draws: per physical block a state code (FREE/CACHED/USED/SHARED) and an owner id (-1 none)."""
+    """What the map draws: per physical block a draw code (state and owner colour, see _CODE_*) and an
+    owner id (-1 none). The codes are computed once per refresh, in one pass over the pool."""
 
-    states: list[int]
+    codes: list[int]
     owners: list[int]
 
     @classmethod
     def empty(cls) -> "BlockCells":
         return cls([], [])
 
+    @property
+    def states(self) -> list[int]:
+        """Per block FREE / CACHED / USED / SHARED."""
+        return [_state_of_code(c) for c in self.codes]
+
+
+def block_code(refs: int, hashed: int, owner: int) -> int:
+    """The draw code of one block from its ref count, chain hash (0 none) and owner."""
+    if refs > 0:
+        return (_CODE_SHARED if refs > 1 else _CODE_USED) + owner % len(OWNER_COLOURS)
+    return CACHED if hashed else FREE
+
 
 def cells_from_view(view) -> BlockCells:
     """Read the per-block state and owner out of an EngineView (kvscope.inspector.state)."""
-    refs = view.block_refs
-    hashes = view.block_hash
-    owners = list(view.block_owner)
-    states = [
-        (SHARED if r > 1 else USED) if r > 0 else (CACHED if h else FREE)
-        for r, h in zip(refs, hashes)
+    n_colours = len(OWNER_COLOURS)
+    codes = [  # block_code, inlined: this runs over the whole pool
+        ((_CODE_SHARED if r > 1 else _CODE_USED) + o % n_colours) if r > 0 else (CACHED if h else FREE)
+        for r, h, o in zip(view.block_refs, view.block_hash, view.block_owner)
     ]
-    return BlockCells(states, owners)
+    return BlockCells(codes, list(view.block_owner))
 
 
 class BlockMap(ScrollView, can_focus=True):
@@ -100,23 +118,39 @@ class BlockMap(ScrollView, can_focus=True):
         super().__init__(id=id, classes=classes)
         self.cells = BlockCells.empty()
         self.highlight: set[int] | frozenset[int] = frozenset()
-        self._codes: list[int] = []
+        self._codes: list[int] = []  # what is drawn: the cells' codes with the selection on top
+        self._view = None  # the EngineView last shown by show_view, and its generation
+        self._generation = -1
         self._per_row = 1
         self._gutter = 0
         self._cell = 1  # columns per block: wider cells when the pool is small enough to fit anyway
+        self._run_segments: dict[tuple[int, int], Segment] = {}  # (code, run length) -> its Segment
 
     # -- data ---------------------------------------------------------------------------------
+    def show_view(self, view, highlight: set[int] | frozenset[int] = frozenset()) -> None:
+        """Show an EngineView, recomputing only the blocks it touched since the last call (the whole
+        pool for a new view, after a reset or when the pool grew), so a refresh costs what the step
+        changed, not what the pool holds."""
+        touched, view.touched_blocks = view.touched_blocks, set()
+        if (view is not self._view or view.generation != self._generation
+                or len(view.block_refs) != len(self.cells.codes)):
+            self._view, self._generation = view, view.generation
+            self.set_cells(cells_from_view(view), highlight)
+            return
+        codes, owners = self.cells.codes, self.cells.owners
+        refs, hashes, view_owners = view.block_refs, view.block_hash, view.block_owner
+        for b in touched:
+            owners[b] = view_owners[b]
+            codes[b] = block_code(refs[b], hashes[b], view_owners[b])
+        self._redraw(touched | (highlight ^ self.highlight), highlight)
+
     def set_cells(self, cells: BlockCells, highlight: set[int] | frozenset[int] = frozenset()) -> None:
         """Show `cells`; blocks in `highlight` (the selected request's table) are drawn as selected.
 
         Each block becomes one small int (its glyph + colour); only rows whose ints changed are
         repainted, so a step that touches a few blocks costs a few rows, not the whole map.
         """
-        n_colours = len(OWNER_COLOURS)
-        codes = [
-            (_CODE_USED if st == USED else _CODE_SHARED) + ow % n_colours if st >= USED else st
-            for st, ow in zip(cells.states, cells.owners)
-        ]
+        codes = list(cells.codes)
         for b in highlight:
             if 0 <= b < len(codes):
                 codes[b] = _CODE_SELECTED
@@ -128,19 +162,33 @@ class BlockMap(ScrollView, can_focus=True):
             self._relayout()
             self.refresh()
             return
-        if codes == old_codes:
-            return
         per_row = self._per_row
         top = int(self.scroll_offset.y)
+        rows = range(top, top + self.scrollable_content_region.height)
+        self._refresh_rows([row for row in rows if codes[row * per_row:(row + 1) * per_row]
+                            != old_codes[row * per_row:(row + 1) * per_row]])
+
+    def _redraw(self, blocks: set[int] | frozenset[int], highlight: set[int] | frozenset[int]) -> None:
+        """Recompute the drawn code of `blocks` (cells or selection changed) and repaint their rows."""
+        self.highlight = highlight
+        drawn, codes, per_row = self._codes, self.cells.codes, self._per_row
+        n = len(drawn)
+        for b in blocks:
+            if 0 <= b < n:
+                drawn[b] = _CODE_SELECTED if b in highlight else codes[b]
+        self._refresh_rows({b // per_row for b in blocks})
+
+    def _refresh_rows(self, rows) -> None:
+        """Repaint the visible ones of these rows (not the scrollbar column: it needs no repaint)."""
+        top = int(self.scroll_offset.y)
         height = self.scrollable_content_region.height
-        width = self.scrollable_content_region.width  # not the scrollbar column: it needs no repaint
-        for row in range(top, top + height):
-            lo, hi = row * per_row, (row + 1) * per_row
-            if codes[lo:hi] != old_codes[lo:hi]:
+        width = self.scrollable_content_region.width
+        for row in rows:
+            if top <= row < top + height:
                 self.refresh(Region(0, row - top, width, 1))
 
     def _relayout(self) -> None:
-        n = len(self.cells.states)
+        n = len(self.cells.codes)
         width = max(self.scrollable_content_region.width, 4)
         height = max(self.scrollable_content_region.height, 1)
         self._gutter = len(str(max(n - 1, 0))) + 1
@@ -151,6 +199,8 @@ class BlockMap(ScrollView, can_focus=True):
             rows = (n + per_row - 1) // per_row if n else 0
             if rows <= height or cell == 1:
                 break
+        if cell != self._cell:
+            self._run_segments.clear()
         self._cell, self._per_row = cell, per_row
         self.virtual_size = Size(self._gutter + per_row * cell, rows)
 
@@ -173,7 +223,7 @@ class BlockMap(ScrollView, can_focus=True):
         if col < 0 or col >= self._per_row or row < 0:
             return None
         index = row * self._per_row + col
-        return index if index < len(self.cells.states) else None
+        return index if index < len(self.cells.codes) else None
 
     # -- rendering ----------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
@@ -185,14 +235,33 @@ class BlockMap(ScrollView, can_focus=True):
             return Strip.blank(width)
         end = min(start + self._per_row, len(codes))
         segments = [Segment(f"{start:>{self._gutter - 1}} ", _GUTTER_STYLE)]
-        glyphs, styles, cell = _CODE_GLYPH, _CODE_STYLE, self._cell
-        for code, run in groupby(codes[start:end]):
-            glyph = glyphs[code] if cell == 1 else glyphs[code] * (cell - 1) + " "
-            segments.append(Segment(glyph * len(list(run)), styles[code]))
-        used = self._gutter + (end - start) * cell  # every glyph is one column wide
+        add = segments.append
+        # run-length encode the row by hand (a third of itertools.groupby's cost at ~100 runs a row),
+        # each (code, run length) drawn by one shared Segment
+        run_segment = self._run_segment
+        cached = self._run_segments.get
+        prev, n = codes[start], 0
+        for code in codes[start:end]:
+            if code == prev:
+                n += 1
+            else:
+                add(cached((prev, n)) or run_segment(prev, n))
+                prev, n = code, 1
+        add(cached((prev, n)) or run_segment(prev, n))
+        used = self._gutter + (end - start) * self._cell  # every glyph is one column wide
         if used < width:
             segments.append(Segment(" " * (width - used)))
         return Strip(segments, max(used, width))
+
+    def _run_segment(self, code: int, n: int) -> Segment:
+        glyph = _CODE_GLYPH[code] if self._cell == 1 else _CODE_GLYPH[code] * (self._cell - 1) + " "
+        segment = self._run_segments[(code, n)] = Segment(glyph * n, _CODE_STYLE[code])
+        return segment
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        """Every style here is truecolor already, so the app's ANSI-to-truecolor pass would only rebuild
+        each row's ~100 segments unchanged; the other filters (NO_COLOR, dim) still apply."""
+        return [f for f in super().get_line_filters() if not isinstance(f, ANSIToTruecolor)]
 
     # -- input --------------------------------------------------------------------------------
     def on_click(self, event) -> None:

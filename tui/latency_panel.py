@@ -1,5 +1,6 @@
 """Latency and throughput: TTFT / ITL / E2E percentiles from the Metrics summary, and
-sparklines of output tokens per second and tokens per step over the recent steps.
+sparklines of output tokens per second and tokens per step over the recent steps (one cell per
+step, oldest on the left, as many steps as the panel is wide).
 
 In deterministic mode (snapshot tests) the wall-clock readouts are replaced by a dash and the
 tokens/s sparkline is left empty; tokens per step does not depend on time and stays.
@@ -10,10 +11,13 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from kvscope.tui.bars import update_text
-from textual.widgets import Sparkline, Static
 
-SPARK_STEPS = 60
+from kvscope.tui.bars import spark_text
+from kvscope.tui.text_lines import TextLines
+
+SPARK_STEPS = 60  # steps drawn before the panel has a width
+TPS_COLOUR = "#5fbf5f"
+TOKENS_COLOUR = "#4e9af1"
 
 
 def _lat_row(name: str, p, frozen: bool) -> Text:
@@ -33,11 +37,11 @@ class LatencyPanel(Vertical):
         self.frozen = frozen
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="latency-text")
-        yield Static("", id="tps-label")
-        yield Sparkline([], id="tps-spark")
-        yield Static("", id="tokens-label")
-        yield Sparkline([], id="tokens-spark")
+        yield TextLines(id="latency-text")
+        yield TextLines(id="tps-label")
+        yield TextLines(id="tps-spark")
+        yield TextLines(id="tokens-label")
+        yield TextLines(id="tokens-spark")
 
     def update_from(self, metrics, history) -> None:
         s = metrics.summary()
@@ -47,22 +51,24 @@ class LatencyPanel(Vertical):
         text.append_text(_lat_row("ITL", s.itl_ms, self.frozen))
         text.append("\n")
         text.append_text(_lat_row("E2E", s.e2e_ms, self.frozen))
-        update_text(self.query_one("#latency-text", Static), text)
-        records = history.last(SPARK_STEPS)
-        tokens = [float(r.num_tokens) for r in records]
+        self.query_one("#latency-text", TextLines).set_text(text)
+        tokens_spark = self.query_one("#tokens-spark", TextLines)
+        width = tokens_spark.size.width or SPARK_STEPS
+        records = history.last(width)
         label = Text("tokens/s  ", style="bold")
+        tps_spark = self.query_one("#tps-spark", TextLines)
         if self.frozen:
             label.append("—")
-            self.query_one("#tps-spark", Sparkline).data = []
+            tps_spark.set_text("")
         else:
             label.append(f"{s.throughput_tok_s:,.1f} overall", style="")
             if records:
                 label.append(f" · {records[-1].tokens_per_s:,.1f} last step", style="dim")
-            self.query_one("#tps-spark", Sparkline).data = [r.tokens_per_s for r in records]
-        update_text(self.query_one("#tps-label", Static), label)
+            tps_spark.set_text(spark_text([r.tokens_per_s for r in records], width, TPS_COLOUR))
+        self.query_one("#tps-label", TextLines).set_text(label)
         t_label = Text("tokens/step ", style="bold")
         t_label.append(f"{s.tokens_per_step_mean:.1f} mean")
         if records:
             t_label.append(f" · {records[-1].num_tokens} last · {s.steps} steps", style="dim")
-        update_text(self.query_one("#tokens-label", Static), t_label)
-        self.query_one("#tokens-spark", Sparkline).data = tokens
+        self.query_one("#tokens-label", TextLines).set_text(t_label)
+        tokens_spark.set_text(spark_text([float(r.num_tokens) for r in records], width, TOKENS_COLOUR))

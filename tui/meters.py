@@ -7,15 +7,15 @@ The numbers are exactly kvscope.inspector.metrics.fragmentation() of the last KV
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from kvscope.inspector.metrics import Fragmentation, fragmentation
-from kvscope.tui.bars import update_text, fraction_bar, percent
+from kvscope.tui.bars import fraction_bar, percent
+from kvscope.tui.text_lines import TextLines
 
 BAR_WIDTH = 18
 
 
-class FragmentationMeters(Static):
+class FragmentationMeters(TextLines):
     """Three bars and their numbers; `shown` keeps the Fragmentation last drawn (for tests)."""
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -43,4 +43,4 @@ class FragmentationMeters(Static):
         text.append_text(fraction_bar(frag.contiguous_waste, BAR_WIDTH, "#d95f5f"))
         text.append(f" {percent(frag.contiguous_waste):>6}", style="bold")
         text.append(f"  {kv.contiguous_waste_slots} empty if max-len reserved")
-        update_text(self, text)
+        self.set_text(text)

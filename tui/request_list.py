@@ -3,8 +3,9 @@ drawn). Up / down move the cursor, enter or a click selects the request under it
 
 from __future__ import annotations
 
+from rich.cells import cell_len
+from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
@@ -19,6 +20,7 @@ class RequestList(ScrollView, can_focus=True):
     RequestList {
         height: 1fr;
         overflow-x: hidden;
+        overflow-y: scroll;
     }
     """
     BINDINGS = [
@@ -33,7 +35,7 @@ class RequestList(ScrollView, can_focus=True):
             self.request_id = request_id
 
     def __init__(self, format_row, *, id: str | None = None) -> None:
-        """`format_row(request, selected: bool) -> Text` draws one row."""
+        """`format_row(request, selected: bool) -> [(text, style), ...]` draws one row."""
         super().__init__(id=id)
         self._format_row = format_row
         self.rows: list = []
@@ -45,9 +47,20 @@ class RequestList(ScrollView, can_focus=True):
         self.selected = selected
         self.cursor = min(self.cursor, max(len(rows) - 1, 0))
         width = self.scrollable_content_region.width
-        if self.virtual_size.height != len(rows) or self.virtual_size.width != width:
+        if self.virtual_size.width != width:
             self.virtual_size = Size(width, len(rows))
+        elif self.virtual_size.height != len(rows):
+            self._set_row_count(len(rows))
         self.refresh()
+
+    def _set_row_count(self, count: int) -> None:
+        """The row count changes on most steps. Assigning `virtual_size` would lay out the whole screen
+        (and repaint every scrollbar on it, a tenth of a frame); the vertical scrollbar is always shown
+        (overflow-y: scroll), so nothing else moves: update the size quietly and move the thumb."""
+        self.set_reactive(RequestList.virtual_size, Size(self.virtual_size.width, count))
+        self.vertical_scrollbar.window_virtual_size = count
+        if self.scroll_y > self.max_scroll_y:
+            self.scroll_y = self.max_scroll_y
 
     def render_line(self, y: int) -> Strip:
         index = y + int(self.scroll_offset.y)
@@ -55,8 +68,9 @@ class RequestList(ScrollView, can_focus=True):
         if index < 0 or index >= len(self.rows):
             return Strip.blank(width)
         req = self.rows[index]
-        text: Text = self._format_row(req, req.request_id == self.selected)
-        strip = Strip(list(text.render(self.app.console)), text.cell_len).adjust_cell_length(width)
+        runs = self._format_row(req, req.request_id == self.selected)
+        strip = Strip([Segment(text, Style.parse(style)) for text, style in runs],
+                      sum(cell_len(text) for text, _ in runs)).adjust_cell_length(width)
         if index == self.cursor and self.has_focus:
             strip = strip.apply_style(_CURSOR_STYLE)
         return strip

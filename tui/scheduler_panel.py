@@ -10,12 +10,12 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Static
 
 from kvscope.inspector.state import FINISHED_STATUS, PREEMPTED_STATUS, RUNNING, WAITING
-from kvscope.tui.bars import stacked_bar, update_text
+from kvscope.tui.bars import bar_runs, stacked_bar
 from kvscope.tui.block_map import owner_colour
 from kvscope.tui.request_list import RequestList
+from kvscope.tui.text_lines import TextLines
 
 PREFILL_COLOUR = "#f08c3a"
 DECODE_COLOUR = "#4e9af1"
@@ -45,34 +45,35 @@ def batch_line(last_step) -> Text:
     return text
 
 
-def format_row(req, selected: bool) -> Text:
-    """One request: id (owner colour), state, prompt length, preemptions, progress bar."""
+def format_row(req, selected: bool) -> list[tuple[str, str]]:
+    """One request as (text, style) runs: id (owner colour), state, prompt length, preemptions,
+    progress bar. Runs, not a Text: the list redraws every visible row each step."""
     status = "preempted" if req.status == PREEMPTED_STATUS else req.status
     if req.status == FINISHED_STATUS and req.finish_reason:
         status = f"done:{req.finish_reason}"
-    text = Text("▶ " if selected else "  ", style="bold #ffd700")
-    text.append(f"#{req.request_id:<4}", style=f"bold {owner_colour(req.request_id)}")
-    text.append(f" {status:<12}", style=_STATUS_STYLE.get(req.status, ""))
-    text.append(f" {req.prompt_tokens:>6}  {req.preemptions or '':>7}  ")
     total = req.prompt_tokens + max(req.max_tokens, req.output_tokens)
     prefilled = min(req.computed_tokens, req.prompt_tokens)
-    text.append_text(stacked_bar([(prefilled, PREFILL_COLOUR), (req.output_tokens, DECODE_COLOUR)], total,
-                                 PROGRESS_WIDTH))
-    text.append(f" {req.output_tokens}/{req.max_tokens or '?'}")
-    return text
+    return [
+        ("▶ " if selected else "  ", "bold #ffd700"),
+        (f"#{req.request_id:<4}", f"bold {owner_colour(req.request_id)}"),
+        (f" {status:<12}", _STATUS_STYLE.get(req.status, "")),
+        (f" {req.prompt_tokens:>6}  {req.preemptions or '':>7}  ", ""),
+        *bar_runs([(prefilled, PREFILL_COLOUR), (req.output_tokens, DECODE_COLOUR)], total, PROGRESS_WIDTH),
+        (f" {req.output_tokens}/{req.max_tokens or '?'}", ""),
+    ]
 
 
 class SchedulerPanel(Vertical):
     """Counts + batch bar on top, the request list below."""
 
     DEFAULT_CSS = """
-    SchedulerPanel > Static { height: 1; }
+    SchedulerPanel > TextLines { height: 1; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="queue-counts")
-        yield Static("", id="batch-bar")
-        yield Static(HEADER, id="request-header")
+        yield TextLines(id="queue-counts")
+        yield TextLines(id="batch-bar")
+        yield TextLines(HEADER, id="request-header")
         yield RequestList(format_row, id="request-list")
 
     def update_from(self, view, selected: int | None) -> None:
@@ -84,8 +85,8 @@ class SchedulerPanel(Vertical):
             line.append(f"{status} ", style=_STATUS_STYLE[status])
             line.append(f"{counts[status]}   ", style="bold")
         line.append(f"finished {counts[FINISHED_STATUS]}/{len(view.requests)}", style="dim")
-        update_text(self.query_one("#queue-counts", Static), line)
-        update_text(self.query_one("#batch-bar", Static), batch_line(view.last_step))
+        self.query_one("#queue-counts", TextLines).set_text(line)
+        self.query_one("#batch-bar", TextLines).set_text(batch_line(view.last_step))
         ordered = sorted(view.requests.values(), key=lambda r: (_ORDER.get(r.status, 9), r.request_id))
         live = [r for r in ordered if r.status != FINISHED_STATUS]
         done = [r for r in ordered if r.status == FINISHED_STATUS][-MAX_FINISHED_ROWS:]

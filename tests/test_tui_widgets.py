@@ -1,0 +1,159 @@
+"""The TUI's cheap paths draw what the plain paths would: the block map's incremental update (only the
+blocks an EngineView touched) against a full recompute, the request list's resize without a screen
+layout, TextLines' per-line repaint, and the sparkline."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+
+from kvscope.inspector.events import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, RunInfo
+from kvscope.inspector.state import EngineView, RequestView
+from kvscope.tui.bars import spark_text
+from kvscope.tui.block_map import SELECTED_GLYPH, BlockMap, cells_from_view
+from kvscope.tui.request_list import RequestList
+from kvscope.tui.scheduler_panel import format_row
+from kvscope.tui.text_lines import TextLines
+
+NUM_BLOCKS = 600
+
+
+def run_info(num_blocks: int) -> RunInfo:
+    return RunInfo(0, -1, "t", 2, 2, 1, 8, 16, "float32", "cpu", "torch", "continuous",
+                   num_blocks, 4, 1024, 64, 4, 256, True)
+
+
+def random_block_events(rng: random.Random, view: EngineView, n: int) -> list[BlockEvent]:
+    """Plausible alloc / prefix-hit / cache / free / evict events against the view's current pool."""
+    out = []
+    for _ in range(n):
+        free = [b for b, r in enumerate(view.block_refs) if r == 0]
+        held = [(rid, t) for rid, t in view.tables.items() if t]
+        what = rng.choice([ALLOC, ALLOC, PREFIX_HIT, CACHED, FREE, EVICT])
+        if what == ALLOC and free:
+            rid = rng.randrange(40)
+            ids = tuple(rng.sample(free, min(len(free), rng.randint(1, 12))))
+            out.append(BlockEvent(0, 0, ALLOC, rid, ids, len(view.tables.get(rid, ())), tuple(1 for _ in ids)))
+        elif what == PREFIX_HIT and held:
+            rid, table = rng.choice(held)
+            other = rng.randrange(40, 80)
+            ids = tuple(table[:2])
+            out.append(BlockEvent(0, 0, PREFIX_HIT, other, ids, len(view.tables.get(other, ())),
+                                  tuple(view.block_refs[b] + 1 for b in ids)))
+        elif what == CACHED and held:
+            rid, table = rng.choice(held)
+            out.append(BlockEvent(0, 0, CACHED, rid, tuple(table), 0, (), tuple(rng.randint(1, 99) for _ in table)))
+        elif what == FREE and held:
+            rid, table = rng.choice(held)
+            out.append(BlockEvent(0, 0, FREE, rid, tuple(table), 0, tuple(view.block_refs[b] - 1 for b in table)))
+        elif what == EVICT:
+            cached = [b for b, r in enumerate(view.block_refs) if r == 0 and view.block_hash[b]]
+            if cached:
+                out.append(BlockEvent(0, 0, EVICT, -1, (rng.choice(cached),), -1, (0,)))
+        if out:
+            view.apply(out[-1])
+    return out
+
+
+class MapApp(App):
+    def compose(self) -> ComposeResult:
+        yield BlockMap(id="incremental")
+        yield BlockMap(id="full")
+
+
+def test_block_map_incremental_update_draws_what_a_full_recompute_draws():
+    async def scenario() -> None:
+        app = MapApp()
+        async with app.run_test(size=(90, 40)) as pilot:
+            incremental = app.query_one("#incremental", BlockMap)
+            full = app.query_one("#full", BlockMap)
+            rng = random.Random(7)
+            view = EngineView()
+            view.apply(run_info(NUM_BLOCKS))
+            for step in range(40):
+                random_block_events(rng, view, rng.randint(1, 8))
+                selected = rng.choice(sorted(view.tables) or [None])
+                highlight = frozenset(view.tables.get(selected, ())) if step % 3 else frozenset()
+                incremental.show_view(view, highlight)
+                assert not view.touched_blocks  # the map took them
+                full.set_cells(cells_from_view(view), highlight)
+                assert incremental._codes == full._codes, f"step {step}"
+                assert incremental.cells.owners == view.block_owner
+                await pilot.pause()
+                rows = [incremental.render_line(y).text for y in range(incremental.size.height)]
+                assert rows == [full.render_line(y).text for y in range(full.size.height)]
+                if highlight:
+                    assert sum(r.count(SELECTED_GLYPH) for r in rows) >= min(len(highlight), 1)
+            # a reset (the next run's RunInfo) redraws everything
+            view.apply(run_info(NUM_BLOCKS))
+            incremental.show_view(view)
+            assert set(incremental._codes) == {0}
+
+    asyncio.run(scenario())
+
+
+class ListApp(App):
+    def compose(self) -> ComposeResult:
+        yield RequestList(format_row, id="list")
+
+
+def test_request_list_resizes_without_a_screen_layout():
+    async def scenario() -> None:
+        app = ListApp()
+        async with app.run_test(size=(80, 12)) as pilot:
+            lst = app.query_one(RequestList)
+            rows = [RequestView(i, "running", 10, i, 10 + i, 20) for i in range(30)]
+            lst.set_rows(rows, None)
+            await pilot.pause()
+            lst.scroll_to(y=25, animate=False)
+            await pilot.pause()
+            for count in (29, 5, 30, 0, 12):
+                lst.set_rows(rows[:count], None)
+                assert not lst._layout_required  # a row count is no reason to lay out the screen
+                assert lst.virtual_size.height == count
+                assert lst.vertical_scrollbar.window_virtual_size == count
+                assert lst.scroll_y <= lst.max_scroll_y
+                await pilot.pause()
+                top = int(lst.scroll_offset.y)
+                shown = [lst.render_line(y).text for y in range(lst.size.height)]
+                expected = ["".join(t for t, _ in format_row(r, False)) for r in rows[top:min(count, top + lst.size.height)]]
+                assert [s.rstrip() for s in shown[:len(expected)]] == [e.rstrip() for e in expected]
+                assert all(not s.strip() for s in shown[len(expected):])
+
+    asyncio.run(scenario())
+
+
+class LinesApp(App):
+    def compose(self) -> ComposeResult:
+        yield TextLines("a\nb\nc", id="lines")
+
+
+def test_text_lines_repaints_only_changed_lines_and_grows_with_its_text():
+    async def scenario() -> None:
+        app = LinesApp()
+        async with app.run_test(size=(40, 10)) as pilot:
+            w = app.query_one(TextLines)
+            await pilot.pause()
+            assert w.size.height == 3
+            strips = list(w._strips)
+            w.set_text(Text("a\nB\nc"))
+            assert w._strips[0] is strips[0] and w._strips[2] is strips[2] and w._strips[1] is None
+            await pilot.pause()
+            assert [w.render_line(y).text for y in range(3)] == ["a", "B", "c"]
+            w.set_text("one line only, cropped when it is longer than the widget is wide")
+            await pilot.pause()
+            assert w.size.height == 1
+            assert str(w.render()) == "one line only, cropped when it is longer than the widget is wide"
+
+    asyncio.run(scenario())
+
+
+def test_spark_text_scales_to_the_largest_value_and_keeps_the_last_width_values():
+    assert spark_text([0, 4, 8], 10, "red").plain == "▁▅█"
+    assert spark_text([0.0, 0.0], 5, "red").plain == "▁▁"
+    assert spark_text(list(range(100)), 8, "red").plain == spark_text(list(range(92, 100)), 8, "red").plain
+    assert len(spark_text(list(range(100)), 8, "red").plain) == 8
+    assert spark_text([], 8, "red").plain == ""
