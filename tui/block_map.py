@@ -179,13 +179,17 @@ class BlockMap(ScrollView, can_focus=True):
         self._refresh_rows({b // per_row for b in blocks})
 
     def _refresh_rows(self, rows) -> None:
-        """Repaint the visible ones of these rows (not the scrollbar column: it needs no repaint)."""
+        """Repaint the visible ones of these rows, each run of adjacent rows as one region (not the
+        scrollbar column: it needs no repaint)."""
         top = int(self.scroll_offset.y)
         height = self.scrollable_content_region.height
         width = self.scrollable_content_region.width
-        for row in rows:
-            if top <= row < top + height:
-                self.refresh(Region(0, row - top, width, 1))
+        visible = sorted(row - top for row in rows if top <= row < top + height)
+        start = 0
+        for i, y in enumerate(visible):
+            if i + 1 == len(visible) or visible[i + 1] != y + 1:
+                self.refresh(Region(0, visible[start], width, y - visible[start] + 1))
+                start = i + 1
 
     def _relayout(self) -> None:
         n = len(self.cells.codes)
