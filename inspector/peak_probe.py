@@ -31,7 +31,10 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name(torch.device(device))
     import platform
 
-    return f"cpu {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    # a CPU reaches what its torch threads reach: peaks are measured (and cached) per thread count
+    threads = torch.get_num_threads()
+    return (f"cpu {platform.processor() or platform.machine()} x{os.cpu_count()},"
+            f" {threads} thread{'s' if threads > 1 else ''}")
 
 
 def _time(fn, sync, reps: int) -> float:

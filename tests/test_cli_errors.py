@@ -83,3 +83,10 @@ def test_request_bigger_than_the_pool_is_rejected_and_others_run(tmp_path):
     proc = run(tmp_path, text, "--json")
     one_line_error(proc, "workload request 1", "needs 12 KV blocks", "the pool has 5")
     assert json.loads(proc.stdout)["finished"] == 2
+
+
+def test_threads_flag(tmp_path):
+    one_line_error(run(tmp_path, TINY, "--threads", "0"), "--threads", "at least 1")
+    proc = run(tmp_path, TINY, "--json", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["finished"] == 2

@@ -260,3 +260,28 @@ def test_roofline_bound_classification():
     assert classify(500.0, 80e12, peaks) == "compute"   # 80% of the compute roof
     assert classify(10.0, 0.5e12, peaks) == "overhead"  # 5% of what the roof allows
     assert classify(0.0, 1.0, peaks) == "-"
+
+
+def test_live_tui_leaves_the_ui_a_core_on_cpu(monkeypatch):
+    import torch
+
+    from kvscope.tui.app import _set_engine_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        _set_engine_threads("cpu", None)
+        assert torch.get_num_threads() == 1
+        _set_engine_threads("cpu", None)  # never below one
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        _set_engine_threads("cuda", None)  # the GPU does the work: the CPU threads stay
+        assert torch.get_num_threads() == 2
+        _set_engine_threads("cpu", 2)  # --threads wins
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # so does the user's environment
+        _set_engine_threads("cpu", None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -393,11 +393,13 @@ def replay_app(path: str, *, strict: bool = False, deterministic: bool = False,
                       refresh_hz=refresh_hz)
 
 
-def run_live(recipe: Any, record: str | None = None, nvtx: bool = True) -> int:
+def run_live(recipe: Any, record: str | None = None, nvtx: bool = True, threads: int | None = None) -> int:
     """`kvscope run RECIPE` on a terminal. An engine error is re-raised after the UI closes."""
     from kvscope.inspector.nvtx_ranges import nvtx_range_hook
 
-    _measure_peaks_before_the_engine_starts(recipe)
+    device = _resolved_device(recipe)
+    _set_engine_threads(device, threads)
+    _measure_peaks_before_the_engine_starts(device, getattr(recipe, "dtype", "float32"))
     app = live_app(recipe, record=record, range_hook=nvtx_range_hook() if nvtx else None)
     try:
         app.run()
@@ -410,18 +412,37 @@ def run_live(recipe: Any, record: str | None = None, nvtx: bool = True) -> int:
     return 0
 
 
-def _measure_peaks_before_the_engine_starts(recipe: Any) -> None:
-    """The roofline's measured peaks are cached on first use; measuring while the engine runs would
-    measure the engine's contention instead, so take them now (a fraction of a second, once per device)."""
+def _resolved_device(recipe: Any) -> str:
     import torch
-
-    from kvscope.inspector.peak_probe import measured_peaks
 
     device = getattr(recipe, "device", "cpu")
     if device in ("auto", "cuda"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _set_engine_threads(device: str, threads: int | None) -> None:
+    """On a CPU the engine's torch threads and the UI share the cores, and an OpenMP team with one thread
+    descheduled waits for it: on 2 cores the TUI cost the engine ~27% of its tokens/s with torch on both
+    cores, ~9% with torch on one (benchmarks/tui_overhead.py). So leave the UI a core, unless the user
+    chose (--threads, or OMP_NUM_THREADS)."""
+    import os
+
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+
+
+def _measure_peaks_before_the_engine_starts(device: str, dtype: str) -> None:
+    """The roofline's measured peaks are cached on first use; measuring while the engine runs would
+    measure the engine's contention instead, so take them now (a fraction of a second, once per device)."""
+    from kvscope.inspector.peak_probe import measured_peaks
+
     try:
-        measured_peaks(device, getattr(recipe, "dtype", "float32"))
+        measured_peaks(device, dtype)
     except Exception:  # no peaks is no reason to refuse to start; the panel falls back to presets
         pass
 

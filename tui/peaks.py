@@ -40,7 +40,7 @@ def peaks_for(device: str, dtype: str, gpu_name: str = "", measure: bool = False
             pass
         else:
             sheet = peaks_for(device, dtype, gpu_name, measure=False)
-            label = f"{m.device_name} measured" if device.startswith("cpu") else f"{sheet.name} measured"
+            label = f"{m.device_name if device.startswith('cpu') else sheet.name} · peaks measured on this machine"
             return Peaks(label, m.flops, m.bandwidth)
     preset = preset_name(device, gpu_name)
     try:

@@ -117,7 +117,7 @@ class RooflinePanel(Static):
         records = [r for r in history.last(RECENT_STEPS) if r.flops > 0]
         peaks = self.peaks
         text = Text()
-        text.append(f"{peaks.name}: ", style="bold")
+        text.append(f"{peaks.name}\n", style="bold")
         text.append(f"peak {si(peaks.flops, 'FLOP/s')} · {si(peaks.bandwidth, 'B/s')} · ridge {peaks.ridge:.0f} FLOP/B\n",
                     style="dim")
         if not records:
