@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from kvscope.engine.errors import ModelLoadError, RecipeError
-from kvscope.engine.gguf_file import GGUFFile, GGUFFormatError, read_gguf_file
+from kvscope.engine.gguf_file import GGUFFile, read_gguf_file
+from kvscope.engine.gguf_header import GGUFError
 from kvscope.engine.llama import LlamaModel
 from kvscope.engine.model_config import ModelConfig, named_shape, with_special_tokens
 from kvscope.engine.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
@@ -147,7 +148,7 @@ def read_gguf(path: Path) -> GGUFFile:
     """Metadata and tensor index of a GGUF file; ModelLoadError naming the file if unreadable."""
     try:
         return read_gguf_file(path)
-    except GGUFFormatError as exc:
+    except GGUFError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None

@@ -177,7 +177,7 @@ def shape_from_gguf(path: str) -> ModelShape:
         tokens = meta.get("tokenizer.ggml.tokens")
         vocab = tokens.length if isinstance(tokens, ArrayLength) else len(tokens) if isinstance(tokens, list) else 0
     if not vocab and "token_embd.weight" in header.tensors:
-        vocab = header.tensors["token_embd.weight"][-1]
+        vocab = header.tensors["token_embd.weight"].dims[-1]
     window = _meta_int(meta, p + "attention.sliding_window", path, 0)
     local: tuple[int, ...] | None = None
     if window and arch == "gemma2":
