@@ -140,7 +140,6 @@ class KVScopeApp(App[int]):
             self._sample_device()
             self.set_interval(1.0, self._sample_device)
         self.set_interval(1.0 / self.refresh_hz, self._tick)
-        self._freeze_long_lived()
         self.sync()
 
     def on_unmount(self) -> None:
@@ -176,9 +175,9 @@ class KVScopeApp(App[int]):
                 self.notify(f"engine stopped: {controller.error}", severity="error", timeout=30)
                 self._dirty = True
         self._update_status()
-        if controller is not None and not self._frozen_after_load and controller.state != LOADING:
-            self._frozen_after_load = True
-            self._freeze_long_lived()  # the model and its tokenizer are loaded: keep them out of collections
+        if not self._frozen_after_load and (controller is None or controller.state != LOADING):
+            self._frozen_after_load = True  # a replay's timeline, or the live model and tokenizer, are loaded
+            self._freeze_long_lived()
         if self._dirty:
             self._dirty = False
             self.refresh_panels()
@@ -413,12 +412,9 @@ def run_live(recipe: Any, record: str | None = None, nvtx: bool = True, threads:
 
 
 def _resolved_device(recipe: Any) -> str:
-    import torch
+    from kvscope.engine.llm_engine import resolve_device
 
-    device = getattr(recipe, "device", "cpu")
-    if device in ("auto", "cuda"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve_device(getattr(recipe, "device", "cpu")).type
 
 
 def _set_engine_threads(device: str, threads: int | None) -> None:

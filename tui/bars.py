@@ -77,10 +77,15 @@ def mib(n_bytes: float) -> str:
     return f"{n_bytes / (1 << 20):.1f} MiB"
 
 
+def same_text(a: Text, b: Text) -> bool:
+    """The same characters in the same styles (what a redraw would show)."""
+    return a.plain == b.plain and a.spans == b.spans and a.style == b.style
+
+
 def update_text(widget, text: Text) -> None:
     """Static.update without a relayout (every panel has a fixed size), skipped when nothing changed."""
     last = getattr(widget, "_kvscope_text", None)
-    if last is not None and last.plain == text.plain and last.spans == text.spans:
+    if last is not None and same_text(last, text):
         return
     widget._kvscope_text = text
     widget.update(text, layout=False)

@@ -55,16 +55,10 @@ _CODE_STYLE = (
 )
 
 
-def _state_of_code(code: int) -> int:
-    if code < _CODE_USED:
-        return code
-    return USED if code < _CODE_SHARED else SHARED
-
-
 @dataclass(slots=True)
 class BlockCells:
     """What the map draws: per physical block a draw code (state and owner colour, see _CODE_*) and an
-    owner id (-1 none). The codes are computed once per refresh, in one pass over the pool."""
+    owner id (-1 none)."""
 
     codes: list[int]
     owners: list[int]
@@ -72,11 +66,6 @@ class BlockCells:
     @classmethod
     def empty(cls) -> "BlockCells":
         return cls([], [])
-
-    @property
-    def states(self) -> list[int]:
-        """Per block FREE / CACHED / USED / SHARED."""
-        return [_state_of_code(c) for c in self.codes]
 
 
 def block_code(refs: int, hashed: int, owner: int) -> int:
@@ -87,12 +76,9 @@ def block_code(refs: int, hashed: int, owner: int) -> int:
 
 
 def cells_from_view(view) -> BlockCells:
-    """Read the per-block state and owner out of an EngineView (kvscope.inspector.state)."""
-    n_colours = len(OWNER_COLOURS)
-    codes = [  # block_code, inlined: this runs over the whole pool
-        ((_CODE_SHARED if r > 1 else _CODE_USED) + o % n_colours) if r > 0 else (CACHED if h else FREE)
-        for r, h, o in zip(view.block_refs, view.block_hash, view.block_owner)
-    ]
+    """Read the per-block state and owner out of an EngineView (kvscope.inspector.state): the whole pool,
+    which BlockMap.show_view needs only for a new view or after a reset."""
+    codes = [block_code(r, h, o) for r, h, o in zip(view.block_refs, view.block_hash, view.block_owner)]
     return BlockCells(codes, list(view.block_owner))
 
 

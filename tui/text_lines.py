@@ -14,9 +14,7 @@ from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.widget import Widget
 
-
-def _same(a: Text, b: Text) -> bool:
-    return a.plain == b.plain and a.spans == b.spans and a.style == b.style
+from kvscope.tui.bars import same_text
 
 
 class TextLines(Widget):
@@ -31,7 +29,7 @@ class TextLines(Widget):
     def __init__(self, text: Text | str = "", *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._lines: list[Text] = []
-        self._strips: list[Strip | None] = []
+        self._strips: list[Strip | None] = []  # rendered on first paint; None until then
         self._set_lines(text)
 
     @property
@@ -44,25 +42,32 @@ class TextLines(Widget):
         return self.text
 
     def set_text(self, text: Text | str) -> None:
-        old = self._lines
-        new = self._set_lines(text)
-        if len(new) != len(old):
+        count = len(self._lines)
+        changed = self._set_lines(text)
+        if len(self._lines) != count:
             self.refresh(layout=True)
             return
         width = self.size.width
-        for y, (a, b) in enumerate(zip(old, new)):
-            if not _same(a, b):
-                self.refresh(Region(0, y, width, 1))
+        for y in changed:
+            self.refresh(Region(0, y, width, 1))
 
-    def _set_lines(self, text: Text | str) -> list[Text]:
+    def _set_lines(self, text: Text | str) -> list[int]:
+        """Take `text`, keeping the rendered strip of every line that did not change; returns the
+        indices of the lines that did."""
         if isinstance(text, str):
             text = Text(text)
         lines = list(text.split("\n", allow_blank=True)) if text.plain else [text]
-        old = self._lines
-        strips = [old_strip if y < len(old) and _same(old[y], line) else None
-                  for y, (line, old_strip) in enumerate(zip(lines, self._strips + [None] * len(lines)))]
+        old_lines, old_strips = self._lines, self._strips
+        strips: list[Strip | None] = []
+        changed = []
+        for y, line in enumerate(lines):
+            if y < len(old_lines) and same_text(old_lines[y], line):
+                strips.append(old_strips[y])
+            else:
+                strips.append(None)
+                changed.append(y)
         self._lines, self._strips = lines, strips
-        return lines
+        return changed
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self._lines)
