@@ -1,6 +1,7 @@
 """Attention backends: the seam between the model and the paged-attention kernels.
 
 The model runner builds one AttentionMetadata per step; every attention layer
+(kvscope.engine.llama.PagedAttention, bound to its pools and the backend once)
 calls `backend.write_kv(k, v, k_cache, v_cache, meta)` to store the new K/V
 through the slot mapping, then `backend.attend(q, k_cache, v_cache, meta, scale)`
 to attend over the paged cache (two calls, so each is timed as its own kernel).
@@ -32,14 +33,6 @@ class AttentionMetadata:
     seq_lens_host: list[int]
     max_query_len: int
     max_seq_len: int
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.query_lens_host)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.slot_mapping.shape[0])
 
 
 class AttentionBackend(Protocol):

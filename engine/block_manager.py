@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
+from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request
 from kvscope.inspector.events import (
     ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, EventBus, now_ns,
@@ -54,9 +55,14 @@ class BlockManager:
     def num_used_blocks(self) -> int:
         return self.num_blocks - len(self.free_queue)
 
+    def can_allocate(self, num_blocks: int) -> bool:
+        """Whether the pool can hand out num_blocks blocks now."""
+        return num_blocks <= len(self.free_queue)
+
     def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
+        """Fresh blocks the request needs to hold num_new_tokens more tokens."""
         total = request.num_computed_tokens + num_new_tokens
-        return max(0, -(-total // self.block_size) - len(request.block_table))
+        return max(0, cdiv(total, self.block_size) - len(request.block_table))
 
     # --- prefix cache -----------------------------------------------------------------
     def find_cached_prefix(self, request: Request) -> list[int]:
@@ -76,7 +82,7 @@ class BlockManager:
             parent = h
         return hits
 
-    def take_cached_prefix(self, request: Request, blocks: list[int]) -> None:
+    def _share_prefix(self, request: Request, blocks: Sequence[int]) -> None:
         """Share `blocks` (from find_cached_prefix) with a request that holds no blocks yet."""
         assert not request.block_table
         for b in blocks:
@@ -89,7 +95,6 @@ class BlockManager:
         request.block_table = list(blocks)
         request.block_hashes = [self.block_hash[b] for b in blocks]
         request.num_computed_tokens = len(blocks) * self.block_size
-        request.num_cached_tokens = request.num_computed_tokens
         if self.bus.active and blocks:
             self._emit(PREFIX_HIT, request.request_id, blocks, 0)
 
@@ -121,13 +126,20 @@ class BlockManager:
                                          (self.ref_counts[b],), (self.block_hash[b],)))
 
     # --- allocation -------------------------------------------------------------------
-    def allocate(self, request: Request, num_new_tokens: int) -> bool:
-        """Give the request enough blocks to hold num_new_tokens more; False (and no change) if the pool can't."""
-        need = self.blocks_needed(request, num_new_tokens)
-        if need == 0:
-            return True
-        if need > len(self.free_queue):
-            return False
+    def allocate_slots(self, request: Request, num_new_tokens: int,
+                       new_computed_blocks: Sequence[int] = ()) -> list[int] | None:
+        """Room for num_new_tokens more tokens of `request`: first share new_computed_blocks (prefix-cache hits
+        from find_cached_prefix, for a request that holds no blocks yet; their tokens count as computed),
+        then take fresh blocks. Returns the fresh blocks, or None (and nothing changes) if the pool can't."""
+        hit_tokens = len(new_computed_blocks) * self.block_size
+        need = self.blocks_needed(request, hit_tokens + num_new_tokens) - len(new_computed_blocks)
+        hits_now_free = sum(1 for b in new_computed_blocks if self.ref_counts[b] == 0)  # leave the free queue
+        if need + hits_now_free > len(self.free_queue):
+            return None
+        if new_computed_blocks:
+            self._share_prefix(request, new_computed_blocks)
+        if need <= 0:
+            return []
         first_logical = len(request.block_table)
         new_blocks = [self._pop_free() for _ in range(need)]
         for b in new_blocks:
@@ -135,7 +147,7 @@ class BlockManager:
         request.block_table.extend(new_blocks)
         if self.bus.active:
             self._emit(ALLOC, request.request_id, new_blocks, first_logical)
-        return True
+        return new_blocks
 
     def free(self, request: Request) -> None:
         """Release every block the request holds (finish or preemption)."""

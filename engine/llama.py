@@ -1,40 +1,34 @@
 """A Llama-family decoder over a flat, unpadded token batch with a paged KV cache.
 
 RMSNorm, rotary embeddings (Hugging Face rotate-half layout, the model's theta), grouped-query
-attention through an AttentionBackend (kvscope.engine.attention), SwiGLU MLP, tied or untied
-embeddings. Q/K/V are one fused projection, gate/up another. Parameter names (what loaders fill):
+attention over the paged KV pools, SwiGLU MLP, tied or untied embeddings. Q/K/V are one fused
+projection, gate/up another. Parameter names (what loaders fill):
 
     embed.weight                      [vocab, hidden]
     layers.{i}.attn_norm.weight       [hidden]
     layers.{i}.qkv.weight             [(heads + 2 * kv_heads) * head_dim, hidden]   rows: q, k, v
     layers.{i}.o_proj.weight          [hidden, heads * head_dim]
     layers.{i}.mlp_norm.weight        [hidden]
-    layers.{i}.gate_up.weight         [2 * intermediate, hidden]                    rows: gate, up
-    layers.{i}.down.weight            [hidden, intermediate]
+    layers.{i}.mlp.gate_up.weight     [2 * intermediate, hidden]                    rows: gate, up
+    layers.{i}.mlp.down.weight        [hidden, intermediate]
     final_norm.weight                 [hidden]
     lm_head.weight                    [vocab, hidden]   (only when embeddings are untied)
 
-Timer protocol (kernel events): `timer.begin(op, layer)` / `timer.end()` around each op; None = off.
+`bind_kv_cache` gives every layer its K/V pools and the attention backend once (the model runner
+does it); each forward then takes only the tokens and the step's ForwardContext.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kvscope.engine.attention import AttentionBackend, AttentionMetadata
+from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.model_config import ModelConfig
-
-KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-class OpTimer(Protocol):
-    def begin(self, op: str, layer: int) -> None: ...
-
-    def end(self) -> None: ...
 
 
 class Linear(nn.Module):
@@ -60,23 +54,28 @@ class Embedding(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 like Hugging Face's LlamaRMSNorm."""
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 like Hugging Face's LlamaRMSNorm.
+
+    `fused`: the backend's fused kernels (their rms_norm), or None for this torch code."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
         self.eps = eps
+        self.fused: Any = None
 
-    def forward(self, x: torch.Tensor, ops: Any = None) -> torch.Tensor:
-        if ops is not None:
-            return ops.rms_norm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         variance = x32.pow(2).mean(-1, keepdim=True)
         return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for every position up to max_positions; applied by indexing with positions."""
+    """cos/sin tables for every position up to max_positions; applied by indexing with positions.
+
+    One instance serves every layer. `fused`: the backend's fused kernels (their rope), or None."""
 
     def __init__(self, head_dim: int, theta: float, max_positions: int) -> None:
         super().__init__()
@@ -85,19 +84,20 @@ class RotaryEmbedding(nn.Module):
         table = torch.cat((angles, angles), dim=-1)  # [max_positions, head_dim]
         self.register_buffer("cos", table.cos(), persistent=False)
         self.register_buffer("sin", table.sin(), persistent=False)
+        self.fused: Any = None
+        self._cos_sin: torch.Tensor | None = None
 
     def cos_sin(self) -> torch.Tensor:
         """[max_positions, head_dim]: cos of each frequency, then sin (the fused kernel's table)."""
-        half = self.cos.shape[-1] // 2
-        if getattr(self, "_cos_sin", None) is None:
+        if self._cos_sin is None:
+            half = self.cos.shape[-1] // 2
             self._cos_sin = torch.cat((self.cos[:, :half], self.sin[:, :half]), dim=-1).contiguous()
         return self._cos_sin
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                ops: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q [T, H, D], k [T, KVH, D] rotated by each token's position."""
-        if ops is not None:
-            return ops.rope(q, k, positions, self.cos_sin())
+        if self.fused is not None:
+            return self.fused.rope(q, k, positions, self.cos_sin())
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
@@ -108,77 +108,62 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+class PagedAttention(nn.Module):
+    """Causal attention of a layer's queries over its paged K/V pools, through the bound backend.
+
+    write_kv stores the step's new K/V at the slot mapping; forward attends. They are two calls so
+    that each can be timed as its own kernel."""
+
+    def __init__(self, head_dim: int) -> None:
         super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
-        self.head_dim = config.head_dim
-        self.q_size = config.q_size
-        self.kv_size = config.kv_size
-        self.intermediate_size = config.intermediate_size
-        self.scale = config.head_dim ** -0.5
+        self.scale = head_dim ** -0.5
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+        self.backend: AttentionBackend | None = None
+
+    def bind(self, k_cache: torch.Tensor, v_cache: torch.Tensor, backend: AttentionBackend) -> None:
+        self.k_cache, self.v_cache, self.backend = k_cache, v_cache, backend
+
+    def write_kv(self, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
+        self.backend.write_kv(k, v, self.k_cache, self.v_cache, meta)
+
+    def forward(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        return self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up as one projection."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_up = Linear(hidden_size, 2 * intermediate_size)
+        self.down = Linear(intermediate_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, rope: RotaryEmbedding) -> None:
+        super().__init__()
+        self.shape_q = (config.num_heads, config.head_dim)
+        self.shape_kv = (config.num_kv_heads, config.head_dim)
+        self.qkv_sizes = (config.q_size, config.kv_size, config.kv_size)
         self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.qkv = Linear(config.hidden_size, config.q_size + 2 * config.kv_size)
+        self.rope = rope
+        self.attn = PagedAttention(config.head_dim)
         self.o_proj = Linear(config.q_size, config.hidden_size)
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.gate_up = Linear(config.hidden_size, 2 * config.intermediate_size)
-        self.down = Linear(config.intermediate_size, config.hidden_size)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size)
 
-    def forward(
-        self,
-        layer_idx: int,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        rope: RotaryEmbedding,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
-        meta: AttentionMetadata,
-        backend: AttentionBackend,
-        timer: OpTimer | None,
-    ) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        k_cache, v_cache = kv_cache
-        ops = backend.fused_ops  # fused norm / RoPE kernels of the backend, or None for plain torch
-
-        if timer is not None:
-            timer.begin("attn_norm", layer_idx)
-        h = self.attn_norm(x, ops)
-        if timer is not None:
-            timer.end()
-            timer.begin("qkv", layer_idx)
-        qkv = self.qkv(h)
-        if timer is not None:
-            timer.end()
-            timer.begin("rope", layer_idx)
-        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = rope(q, k, positions, ops)
-        if timer is not None:
-            timer.end()
-            timer.begin("kv_write", layer_idx)
-        backend.write_kv(k, v, k_cache, v_cache, meta)
-        if timer is not None:
-            timer.end()
-            timer.begin("attention", layer_idx)
-        attn = backend.attend(q, k_cache, v_cache, meta, self.scale)
-        if timer is not None:
-            timer.end()
-            timer.begin("o_proj", layer_idx)
-        x = x + self.o_proj(attn.reshape(num_tokens, self.q_size))
-        if timer is not None:
-            timer.end()
-            timer.begin("mlp_norm", layer_idx)
-        h = self.mlp_norm(x, ops)
-        if timer is not None:
-            timer.end()
-            timer.begin("mlp", layer_idx)
-        gate, up = self.gate_up(h).split(self.intermediate_size, dim=-1)
-        x = x + self.down(F.silu(gate) * up)
-        if timer is not None:
-            timer.end()
-        return x
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        q, k, v = self.qkv(self.attn_norm(x)).split(self.qkv_sizes, dim=-1)
+        q, k = self.rope(q.unflatten(-1, self.shape_q), k.unflatten(-1, self.shape_kv), ctx.positions)
+        self.attn.write_kv(k, v.unflatten(-1, self.shape_kv), ctx.attn)
+        x = x + self.o_proj(self.attn(q, ctx.attn).flatten(1))
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class LlamaModel(nn.Module):
@@ -192,7 +177,7 @@ class LlamaModel(nn.Module):
         self.config = config
         self.embed = Embedding(config.vocab_size, config.hidden_size)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.max_position_embeddings)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, self.rope) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_embeddings else Linear(config.hidden_size, config.vocab_size)
 
@@ -219,40 +204,26 @@ class LlamaModel(nn.Module):
         model.rope.to(device=device, dtype=dtype)
         return model.eval()
 
-    @torch.inference_mode()
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: KVCaches,
-        meta: AttentionMetadata,
-        backend: AttentionBackend,
-        timer: OpTimer | None = None,
-    ) -> torch.Tensor:
-        """input_ids, positions: [T] for a flat batch of several requests -> hidden [T, hidden]."""
+    def bind_kv_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], backend: AttentionBackend) -> None:
+        """Give each layer its (K, V) pools and the backend; norms and RoPE use the backend's fused kernels."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} KV caches (one per layer), got {len(kv_caches)}")
-        if timer is not None:
-            timer.begin("embed", -1)
-        x = self.embed(input_ids)
-        if timer is not None:
-            timer.end()
-        for layer_idx, layer in enumerate(self.layers):
-            x = layer(layer_idx, x, positions, self.rope, kv_caches[layer_idx], meta, backend, timer)
-        if timer is not None:
-            timer.begin("final_norm", -1)
-        x = self.final_norm(x, backend.fused_ops)
-        if timer is not None:
-            timer.end()
-        return x
+        fused = backend.fused_ops
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
+            layer.attn.bind(k_cache, v_cache, backend)
+            layer.attn_norm.fused = layer.mlp_norm.fused = fused
+        self.final_norm.fused = self.rope.fused = fused
 
     @torch.inference_mode()
-    def compute_logits(self, hidden: torch.Tensor, timer: OpTimer | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """input_ids [T] for a flat batch of several requests -> final-normed hidden states [T, hidden]."""
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, ctx)
+        return self.final_norm(x)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
-        if timer is not None:
-            timer.begin("lm_head", -1)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight).float()
-        if timer is not None:
-            timer.end()
-        return logits
+        return F.linear(hidden, weight).float()

@@ -408,8 +408,8 @@ def _fill_layer(state: dict[str, torch.Tensor], i: int, q: torch.Tensor, k: torc
     prefix = f"layers.{i}."
     state[prefix + "qkv.weight"] = torch.cat((q, k, v), dim=0)
     state[prefix + "o_proj.weight"] = o
-    state[prefix + "gate_up.weight"] = torch.cat((gate, up), dim=0)
-    state[prefix + "down.weight"] = down
+    state[prefix + "mlp.gate_up.weight"] = torch.cat((gate, up), dim=0)
+    state[prefix + "mlp.down.weight"] = down
     state[prefix + "attn_norm.weight"] = attn_norm
     state[prefix + "mlp_norm.weight"] = mlp_norm
 

@@ -1,10 +1,12 @@
-"""The model runner: turns a SchedulerOutput into one flat, unpadded token batch and runs the model.
+"""The model runner: turns a SchedulerOutput into one flat, unpadded token batch, runs the model, samples.
 
 For each scheduled request it takes the next `num_tokens` tokens after those
 already computed, their positions, their cache slots (block_table[pos //
 block_size] * block_size + pos % block_size), and its block table. Requests
 whose computed tokens reach the end of what they hold get one logits row
 (their last token's) and are sampled.
+
+The runner binds the KV pools and the attention backend into the model once, when it is built.
 """
 
 from __future__ import annotations
@@ -14,34 +16,33 @@ from dataclasses import dataclass
 import torch
 
 from kvscope.engine.attention import AttentionBackend, AttentionMetadata
+from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.kv_cache import KVCache
-from kvscope.engine.op_timer import OpTimer
 from kvscope.engine.request import Request
-from kvscope.engine.scheduler import ScheduledRequest
+from kvscope.engine.sampling import sample
+from kvscope.engine.scheduler import SchedulerOutput
 
 
 @dataclass(slots=True)
 class PreparedBatch:
     input_ids: torch.Tensor
-    positions: torch.Tensor
-    meta: AttentionMetadata
+    ctx: ForwardContext
     logits_rows: torch.Tensor          # flat row index of each sampled request's last token
     sampled: list[Request]             # requests that get a new token this step
 
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, backend: AttentionBackend,
-                 device: torch.device, scale: float) -> None:
+                 device: torch.device) -> None:
         self.model = model
-        self.kv_cache = kv_cache
         self.kv_layers = kv_cache.layers()
         self.backend = backend
         self.device = device
         self.block_size = kv_cache.block_size
-        self.scale = scale
+        model.bind_kv_cache(self.kv_layers, backend)
 
-    def prepare(self, scheduled: list[ScheduledRequest], num_padding_tokens: int = 0) -> PreparedBatch:
-        """The flat batch; `num_padding_tokens` pad tokens (id 0, slot -1: never stored, never attended to,
+    def prepare(self, out: SchedulerOutput) -> PreparedBatch:
+        """The flat batch; `out.num_padding_tokens` pad tokens (id 0, slot -1: never stored, never attended to,
         outside every request's query range) follow the real ones and go through every matmul."""
         bs = self.block_size
         input_ids: list[int] = []
@@ -52,7 +53,7 @@ class ModelRunner:
         logits_rows: list[int] = []
         sampled: list[Request] = []
         tables: list[list[int]] = []
-        for s in scheduled:
+        for s in out.scheduled:
             req, n = s.request, s.num_tokens
             start = req.num_computed_tokens
             end = start + n
@@ -66,38 +67,46 @@ class ModelRunner:
             if end == req.num_tokens:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(req)
-        if num_padding_tokens:
-            input_ids.extend([0] * num_padding_tokens)
-            positions.extend([0] * num_padding_tokens)
-            slots.extend([-1] * num_padding_tokens)
+        pad = out.num_padding_tokens
+        if pad:
+            input_ids.extend([0] * pad)
+            positions.extend([0] * pad)
+            slots.extend([-1] * pad)
         width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
         qsl = [0]
         for n in query_lens:
             qsl.append(qsl[-1] + n)
-        dev = self.device
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64).to(dev, non_blocking=True),
-            block_tables=torch.tensor(padded, dtype=torch.int32).to(dev, non_blocking=True),
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(dev, non_blocking=True),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
+            slot_mapping=self._tensor(slots, torch.int64),
+            block_tables=self._tensor([t + [0] * (width - len(t)) for t in tables], torch.int32),
+            query_start_loc=self._tensor(qsl, torch.int32),
+            seq_lens=self._tensor(seq_lens, torch.int32),
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
         )
-        return PreparedBatch(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64).to(dev, non_blocking=True),
-            positions=torch.tensor(positions, dtype=torch.int64).to(dev, non_blocking=True),
-            meta=meta,
-            logits_rows=torch.tensor(logits_rows, dtype=torch.int64).to(dev, non_blocking=True),
-            sampled=sampled,
-        )
+        return PreparedBatch(self._tensor(input_ids, torch.int64),
+                             ForwardContext(self._tensor(positions, torch.int64), meta),
+                             self._tensor(logits_rows, torch.int64), sampled)
+
+    def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def forward(self, batch: PreparedBatch, timer: OpTimer | None) -> torch.Tensor | None:
+    def forward(self, batch: PreparedBatch) -> torch.Tensor | None:
         """Float32 logits [len(batch.sampled), vocab], or None when no request samples this step."""
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_layers, batch.meta, self.backend, timer)
+        if self.model.layers[0].attn.k_cache is not self.kv_layers[0][0]:
+            self.model.bind_kv_cache(self.kv_layers, self.backend)  # another engine on this model ran since
+        hidden = self.model(batch.input_ids, batch.ctx)
         if not batch.sampled:
             return None
-        return self.model.compute_logits(hidden[batch.logits_rows], timer)
+        return self.model.compute_logits(hidden[batch.logits_rows])
+
+    def sample(self, batch: PreparedBatch, logits: torch.Tensor | None) -> list[int]:
+        """One token per sampled request, under its own sampling parameters and generator."""
+        return [] if logits is None else self.sample_rows(logits, batch.sampled)
+
+    def sample_rows(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
+        """The sampler proper (one op on the timeline): row i of logits belongs to requests[i]."""
+        return sample(logits, [r.params for r in requests], [r.generator for r in requests])

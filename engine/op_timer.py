@@ -1,17 +1,28 @@
-"""Per-operator timing inside a step, for kernel events and live NVTX ranges.
+"""Per-operator timing attached to a model from outside it, for kernel events and live ranges.
 
-On CPU each op gets host timestamps. On CUDA each op records a pair of CUDA
-events; they are resolved after the step (when the sampler has synchronised
-anyway), so the forward pass never waits, and the device times are placed on
-the host clock relative to an anchor event recorded when the forward began.
+`OpTimer.attach(model, runner)` replaces, on those instances only, the callables a forward pass is
+made of (the embedding; each layer's norms, QKV projection, KV write, attention, output projection
+and MLP; the shared RoPE; the final norm, the LM head and the runner's sampler) by thin wrappers.
+A wrapper pushes a live range (RangeHook, e.g. NVTX) and takes a timestamp before the call, and
+after it records (op, layer, start, end) and pops the range; `detach()` puts the originals back.
+The layer of an op is the decoder layer running when it is called (-1 outside the layers), so
+modules shared by every layer (RoPE) are timed per layer too. The model's code never sees a timer.
+
+On CPU the times are host ns. On CUDA each op records a pair of CUDA events; they are resolved
+after the step (when the sampler has synchronised anyway), so the forward pass never waits, and
+placed on the host clock relative to an anchor event recorded when the step began.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
+
+from kvscope.inspector.events import RangeCategory
+
+OpRecord = tuple[str, int, int, int]  # (op, layer, start ns, end ns)
 
 
 class RangeHook(Protocol):
@@ -22,19 +33,110 @@ class RangeHook(Protocol):
     def pop(self) -> None: ...
 
 
-class OpTimer:
-    """Collects (op, layer, start_ns, end_ns) for one step; the model calls begin/end around each op."""
+def _op_sites(model: Any, runner: Any | None) -> Iterator[tuple[Any, str, str]]:
+    """(object, attribute, op name) for every callable timed as a kernel, in call order per layer."""
+    yield model.embed, "forward", "embed"
+    yield model.rope, "forward", "rope"
+    for layer in model.layers:
+        yield layer.attn_norm, "forward", "attn_norm"
+        yield layer.qkv, "forward", "qkv"
+        yield layer.attn, "write_kv", "kv_write"
+        yield layer.attn, "forward", "attention"
+        yield layer.o_proj, "forward", "o_proj"
+        yield layer.mlp_norm, "forward", "mlp_norm"
+        yield layer.mlp, "forward", "mlp"
+    yield model.final_norm, "forward", "final_norm"
+    yield model, "compute_logits", "lm_head"
+    if runner is not None:
+        yield runner, "sample_rows", "sample"
 
-    __slots__ = ("cuda", "hook", "records", "_open", "_anchor_event", "_anchor_ns")
+
+class OpTimer:
+    """Collects (op, layer, start, end) for one step from wrappers installed by attach()."""
+
+    __slots__ = ("cuda", "hook", "records", "layer", "_installed", "_anchor_event", "_anchor_ns")
 
     def __init__(self, device: torch.device, hook: RangeHook | None = None) -> None:
         self.cuda = device.type == "cuda"
         self.hook = hook
         self.records: list[tuple[str, int, Any, Any]] = []
-        self._open: tuple[str, int, Any] | None = None
+        self.layer = -1
+        self._installed: list[tuple[Any, str, Callable[..., Any]]] = []
         self._anchor_event: Any = None
         self._anchor_ns = 0
 
+    # --- installing -------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return bool(self._installed)
+
+    def attach(self, model: Any, runner: Any | None = None) -> None:
+        """Wrap the model's (and the runner's sampler) ops; a wrapper of an earlier timer is replaced."""
+        self.detach()
+        for obj, attr, op in _op_sites(model, runner):
+            self._install(obj, attr, self._timed(_original(obj, attr), op))
+        for index, layer in enumerate(model.layers):
+            self._install(layer, "forward", self._in_layer(_original(layer, "forward"), index))
+
+    def detach(self) -> None:
+        """Put the original callables back (where no other timer replaced ours meanwhile)."""
+        for obj, attr, wrapper in self._installed:
+            if obj.__dict__.get(attr) is wrapper:
+                delattr(obj, attr)
+        self._installed = []
+
+    def _install(self, obj: Any, attr: str, wrapper: Callable[..., Any]) -> None:
+        setattr(obj, attr, wrapper)  # an instance attribute: shadows the class's method for this object only
+        self._installed.append((obj, attr, wrapper))
+
+    def _in_layer(self, fn: Callable[..., Any], index: int) -> Callable[..., Any]:
+        timer = self
+
+        def in_layer(*args: Any) -> Any:
+            timer.layer = index
+            out = fn(*args)
+            timer.layer = -1
+            return out
+
+        return in_layer
+
+    def _timed(self, fn: Callable[..., Any], op: str) -> Callable[..., Any]:
+        timer, hook, clock = self, self.hook, time.perf_counter_ns
+        if self.cuda:
+            event = torch.cuda.Event
+
+            def timed(*args: Any) -> Any:
+                if hook is not None:
+                    hook.push(op, RangeCategory.KERNEL)
+                start = event(enable_timing=True)
+                start.record()
+                out = fn(*args)
+                end = event(enable_timing=True)
+                end.record()
+                timer.records.append((op, timer.layer, start, end))
+                if hook is not None:
+                    hook.pop()
+                return out
+        elif hook is None:
+            def timed(*args: Any) -> Any:
+                start = clock()
+                out = fn(*args)
+                timer.records.append((op, timer.layer, start, clock()))
+                return out
+        else:
+            push, pop = hook.push, hook.pop
+
+            def timed(*args: Any) -> Any:
+                push(op, RangeCategory.KERNEL)
+                start = clock()
+                out = fn(*args)
+                timer.records.append((op, timer.layer, start, clock()))
+                pop()
+                return out
+
+        return timed
+
+    # --- one step ---------------------------------------------------------------------
     def start_step(self) -> None:
         self.records = []
         if self.cuda:
@@ -42,29 +144,7 @@ class OpTimer:
             self._anchor_event.record()
             self._anchor_ns = time.perf_counter_ns()
 
-    def begin(self, op: str, layer: int) -> None:
-        if self.hook is not None:
-            self.hook.push(op, "kernel")
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self._open = (op, layer, ev)
-        else:
-            self._open = (op, layer, time.perf_counter_ns())
-
-    def end(self) -> None:
-        op, layer, start = self._open  # type: ignore[misc]
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self.records.append((op, layer, start, ev))
-        else:
-            self.records.append((op, layer, start, time.perf_counter_ns()))
-        self._open = None
-        if self.hook is not None:
-            self.hook.pop()
-
-    def resolve(self) -> list[tuple[str, int, int, int]]:
+    def resolve(self) -> list[OpRecord]:
         """The step's ops as (op, layer, start_ns, end_ns) on the host clock."""
         if not self.cuda:
             return self.records  # type: ignore[return-value]
@@ -72,9 +152,10 @@ class OpTimer:
             return []
         self.records[-1][3].synchronize()
         anchor, base = self._anchor_event, self._anchor_ns
-        out = []
-        for op, layer, s, e in self.records:
-            start = base + int(anchor.elapsed_time(s) * 1e6)
-            end = base + int(anchor.elapsed_time(e) * 1e6)
-            out.append((op, layer, start, end))
-        return out
+        return [(op, layer, base + int(anchor.elapsed_time(s) * 1e6), base + int(anchor.elapsed_time(e) * 1e6))
+                for op, layer, s, e in self.records]
+
+
+def _original(obj: Any, attr: str) -> Callable[..., Any]:
+    """obj.attr as its class defines it, bound to obj (whatever wrapper an earlier timer left on obj)."""
+    return getattr(type(obj), attr).__get__(obj, type(obj))

@@ -43,8 +43,6 @@ class Request:
     finish_reason: str = ""
     num_preemptions: int = 0
     generator: torch.Generator | None = None
-    text: str = ""
-    stop_text_end: int = -1  # where a stop string was found in `text` (-1: none)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -65,15 +63,6 @@ class Request:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[len(self.prompt_token_ids):]
-
-    @property
-    def max_len(self) -> int:
-        """The longest this request can become (prompt + its output limit)."""
-        return len(self.prompt_token_ids) + self.max_tokens
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status is RequestStatus.FINISHED
 
 
 @dataclass(slots=True)

@@ -20,12 +20,19 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvscope.engine.block_manager import BlockManager
+from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request, RequestStatus
+from kvscope.engine.stop_check import check_stop
 from kvscope.inspector.events import (
-    PREEMPTED, RESUMED, SCHEDULED, EventBus, RequestEvent, now_ns,
+    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, EventBus, RequestEvent, now_ns,
 )
+
+if TYPE_CHECKING:
+    from kvscope.engine.recipe import SchedulerSpec
+    from kvscope.engine.tokenizer import Tokenizer
 
 
 @dataclass(slots=True)
@@ -61,17 +68,21 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    """Continuous batching (see module docstring)."""
+    """Continuous batching (see module docstring). The engine owns the requests; the scheduler decides
+    which of them run, asks the block manager for their KV blocks, and after the forward pass advances them
+    (update), finishing those that stop."""
 
     policy = "continuous"
 
-    def __init__(self, block_manager: BlockManager, bus: EventBus, max_num_seqs: int,
-                 max_num_batched_tokens: int, chunked_prefill: bool) -> None:
-        self.kv = block_manager
+    def __init__(self, block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
+                 tokenizer: Tokenizer) -> None:
+        self.block_manager = block_manager
         self.bus = bus
-        self.max_num_seqs = max_num_seqs
-        self.token_budget = max_num_batched_tokens
-        self.chunked_prefill = chunked_prefill
+        self.max_num_seqs = spec.max_num_seqs
+        self.token_budget = spec.max_num_batched_tokens
+        self.chunked_prefill = spec.chunked_prefill
+        self.max_model_len = max_model_len
+        self.tokenizer = tokenizer
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.step = -1
@@ -87,83 +98,113 @@ class Scheduler:
     def finish(self, request: Request) -> None:
         """A request is done: drop it from the running set and free its blocks."""
         self.running.remove(request)
-        self.kv.free(request)
+        self.block_manager.free(request)
 
     def live_requests(self) -> list[Request]:
         """Requests that hold blocks now."""
         return [r for r in self.running if r.block_table]
 
+    @property
+    def num_preempted_waiting(self) -> int:
+        """Requests back in the queue after a preemption."""
+        return sum(1 for r in self.waiting if r.status is RequestStatus.PREEMPTED)
+
     # --- one step ---------------------------------------------------------------------
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, step: int) -> SchedulerOutput:
+        """Which requests run in `step` and how many tokens each computes (their blocks allocated)."""
+        self.step = self.block_manager.step = step
         out = SchedulerOutput()
         budget = self.token_budget
-        scheduled_ids: set[int] = set()
-
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            while not self.kv.allocate(req, n):
+            while self.block_manager.allocate_slots(req, n) is None:
                 victim = self.running[-1]
                 self._preempt(victim, out)
                 if victim is req:
                     break
             else:
                 out.scheduled.append(ScheduledRequest.of(req, n))
-                scheduled_ids.add(req.request_id)
                 budget -= n
                 i += 1
-                continue
-            # req itself was preempted; the list shrank, i now points past the end or at the next one
+            # when req itself was preempted the list shrank: i points past the end or at the next one
 
         if not out.preempted:
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                req = self.waiting[0]
-                if not self._admit(req, budget, out):
+                if not self._admit(self.waiting[0], budget, out):
                     break
                 budget -= out.scheduled[-1].num_tokens
         return out
 
+    def update(self, out: SchedulerOutput, sampled: list[Request], tokens: list[int]) -> list[Request]:
+        """After the forward pass (vLLM's update_from_output): every scheduled request has computed its tokens
+        (its newly full blocks join the prefix cache), each sampled request gets its token, and those that
+        stop are finished and freed. Returns the finished requests."""
+        for s in out.scheduled:
+            s.request.num_computed_tokens += s.num_tokens
+            self.block_manager.cache_full_blocks(s.request)
+        stopping: list[tuple[Request, str]] = []
+        for req, token in zip(sampled, tokens):
+            req.token_ids.append(token)
+            if req.num_output_tokens == 1:
+                req.first_token_ts = now_ns()
+                self._emit(req, FIRST_TOKEN, req.first_token_ts)
+            reason = check_stop(req, self.tokenizer)
+            if reason:
+                stopping.append((req, reason))
+        for req, reason in stopping:
+            self.finish(req)
+            self._finished(req, reason)
+        return [req for req, _ in stopping]
+
+    def abort_unservable(self) -> list[Request]:
+        """Nothing runs and the head of the queue cannot be admitted: end it (reason abort) rather than spin."""
+        if self.running or not self.waiting:
+            return []
+        req = self.waiting.popleft()
+        self._finished(req, "abort")
+        return [req]
+
+    # --- helpers ----------------------------------------------------------------------
     def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
-        hits = self.kv.find_cached_prefix(req) if req.num_computed_tokens == 0 else []
-        remaining = req.num_tokens - len(hits) * self.kv.block_size
+        hits = self.block_manager.find_cached_prefix(req) if req.num_computed_tokens == 0 else []
+        remaining = req.num_tokens - len(hits) * self.block_manager.block_size
         if not self.chunked_prefill and remaining > budget:
             return False
         n = min(remaining, budget)
-        # count blocks that leaving the cache would cost before touching anything
-        hit_free = sum(1 for b in hits if self.kv.ref_counts[b] == 0)
-        total_blocks = -(-(len(hits) * self.kv.block_size + n) // self.kv.block_size)
-        if total_blocks - len(hits) + hit_free > self.kv.num_free_blocks:
+        if self.block_manager.allocate_slots(req, n, hits) is None:
             return False
-        if hits:
-            self.kv.take_cached_prefix(req, hits)
-        else:
-            req.num_cached_tokens = 0
-        ok = self.kv.allocate(req, n)
-        assert ok
+        req.num_cached_tokens = len(hits) * self.block_manager.block_size
         self.waiting.popleft()
         was_preempted = req.status is RequestStatus.PREEMPTED
         req.status = RequestStatus.RUNNING
         self.running.append(req)
         out.scheduled.append(ScheduledRequest.of(req, n))
-        if self.bus.active:
-            self.bus.emit(RequestEvent(now_ns(), self.step, req.request_id,
-                                       RESUMED if was_preempted else SCHEDULED, req.num_prompt_tokens, req.num_output_tokens,
-                                       req.num_computed_tokens, req.max_tokens))
+        self._emit(req, RESUMED if was_preempted else SCHEDULED)
         return True
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.running.remove(req)
-        self.kv.free(req)
+        self.block_manager.free(req)
         req.num_computed_tokens = 0
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)
         out.preempted.append(req)
+        self._emit(req, PREEMPTED)
+
+    def _finished(self, req: Request, reason: str) -> None:
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        req.finished_ts = now_ns()
+        self._emit(req, FINISHED, req.finished_ts, reason)
+
+    def _emit(self, req: Request, what: str, ts: int = 0, reason: str = "") -> None:
         if self.bus.active:
-            self.bus.emit(RequestEvent(now_ns(), self.step, req.request_id, PREEMPTED, req.num_prompt_tokens,
-                                       req.num_output_tokens, 0, req.max_tokens))
+            self.bus.emit(RequestEvent(ts or now_ns(), self.step, req.request_id, what, req.num_prompt_tokens,
+                                       req.num_output_tokens, req.num_computed_tokens, req.max_tokens, reason))
 
 
 class StaticScheduler(Scheduler):
@@ -171,10 +212,9 @@ class StaticScheduler(Scheduler):
 
     policy = "static"
 
-    def __init__(self, block_manager: BlockManager, bus: EventBus, max_num_seqs: int,
-                 max_num_batched_tokens: int, chunked_prefill: bool, max_model_len: int) -> None:
-        super().__init__(block_manager, bus, max_num_seqs, max_num_batched_tokens, chunked_prefill)
-        self.max_model_len = max_model_len
+    def __init__(self, block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
+                 tokenizer: Tokenizer) -> None:
+        super().__init__(block_manager, bus, spec, max_model_len, tokenizer)
         self.batch: list[Request] = []
 
     def has_unfinished(self) -> bool:
@@ -185,13 +225,14 @@ class StaticScheduler(Scheduler):
         self.running.remove(request)
         if not self.running:
             for r in self.batch:
-                self.kv.free(r)
+                self.block_manager.free(r)
             self.batch = []
 
     def live_requests(self) -> list[Request]:
         return list(self.batch)
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, step: int) -> SchedulerOutput:
+        self.step = self.block_manager.step = step
         out = SchedulerOutput()
         if not self.batch:
             self._form_batch(out)
@@ -209,21 +250,25 @@ class StaticScheduler(Scheduler):
             req = self.waiting[0]
             lp = max(longest_prompt, req.num_prompt_tokens)
             lo = max(longest_output, req.max_tokens)
-            reserve = min(lp + lo, self.max_model_len)
-            per_req = -(-reserve // self.kv.block_size)
-            if per_req * (len(candidates) + 1) > self.kv.num_free_blocks:
+            per_req = cdiv(min(lp + lo, self.max_model_len), self.block_manager.block_size)
+            if not self.block_manager.can_allocate(per_req * (len(candidates) + 1)):
                 break
             candidates.append(self.waiting.popleft())
             longest_prompt, longest_output = lp, lo
         reserve = min(longest_prompt + longest_output, self.max_model_len)
         out.num_padding_tokens = sum(longest_prompt - r.num_prompt_tokens for r in candidates)
         for req in candidates:
-            ok = self.kv.allocate(req, reserve)
-            assert ok
+            blocks = self.block_manager.allocate_slots(req, reserve)
+            assert blocks is not None
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             self.batch.append(req)
             out.scheduled.append(ScheduledRequest.of(req, req.num_tokens - req.num_computed_tokens))
-            if self.bus.active:
-                self.bus.emit(RequestEvent(now_ns(), self.step, req.request_id, SCHEDULED, req.num_prompt_tokens,
-                                           req.num_output_tokens, 0, req.max_tokens))
+            self._emit(req, SCHEDULED)
+
+
+def make_scheduler(block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
+                   tokenizer: Tokenizer) -> Scheduler:
+    """The scheduler of the recipe's policy (continuous or static)."""
+    cls = StaticScheduler if spec.policy == "static" else Scheduler
+    return cls(block_manager, bus, spec, max_model_len, tokenizer)

@@ -22,6 +22,36 @@ now_ns = time.perf_counter_ns
 SCHEMA_VERSION = 1
 
 
+class Kind:
+    """What each record's `kind` says (the JSONL `kind` field, and a consumer's `on_<kind>` handler)."""
+
+    RUN_INFO = "run_info"
+    STEP_BEGIN = "step_begin"
+    STEP_END = "step_end"
+    REQUEST = "request"
+    BLOCK = "block"
+    KERNEL = "kernel"
+    KV = "kv"
+
+
+class Phase:
+    """The phases of a scheduler step, in order (StepEnd.phases, live ranges, trace slices)."""
+
+    SCHEDULE = "schedule"
+    PREPARE = "prepare"
+    FORWARD = "forward"
+    SAMPLE = "sample"
+    ORDER = (SCHEDULE, PREPARE, FORWARD, SAMPLE)
+
+
+class RangeCategory:
+    """Categories of the live ranges (NVTX) the engine pushes: the step, its phases, its ops."""
+
+    STEP = "step"
+    PHASE = "phase"
+    KERNEL = "kernel"
+
+
 @dataclass(slots=True)
 class RunInfo:
     """The engine's configuration, emitted before the first step of a run (and again after a reset).
@@ -29,7 +59,7 @@ class RunInfo:
     kv_bytes_per_block: bytes of K and V for one block across all layers.
     """
 
-    kind: ClassVar[str] = "run_info"
+    kind: ClassVar[str] = Kind.RUN_INFO
     ts: int
     step: int
     model: str
@@ -55,7 +85,7 @@ class RunInfo:
 class StepBegin:
     """A scheduler step starts."""
 
-    kind: ClassVar[str] = "step_begin"
+    kind: ClassVar[str] = Kind.STEP_BEGIN
     ts: int
     step: int
 
@@ -71,7 +101,7 @@ class StepEnd:
     num_tokens counts the requests' tokens; padding_tokens the extra ones a padded batch computes.
     """
 
-    kind: ClassVar[str] = "step_end"
+    kind: ClassVar[str] = Kind.STEP_END
     ts: int
     step: int
     begin_ts: int
@@ -106,7 +136,7 @@ class RequestEvent:
     max_tokens: the request's output limit (for progress bars and max-length reservations).
     """
 
-    kind: ClassVar[str] = "request"
+    kind: ClassVar[str] = Kind.REQUEST
     ts: int
     step: int
     request_id: int
@@ -139,7 +169,7 @@ class BlockEvent:
     request_id: the request, or -1 for evict.
     """
 
-    kind: ClassVar[str] = "block"
+    kind: ClassVar[str] = Kind.BLOCK
     ts: int
     step: int
     what: str
@@ -161,7 +191,7 @@ class KernelEvent:
     flops / bytes: from the analytic model (kvscope.inspector.roofline).
     """
 
-    kind: ClassVar[str] = "kernel"
+    kind: ClassVar[str] = Kind.KERNEL
     ts: int
     step: int
     op: str
@@ -188,7 +218,7 @@ class KVSnapshot:
         same live requests (sum over requests of max_len - stored tokens).
     """
 
-    kind: ClassVar[str] = "kv"
+    kind: ClassVar[str] = Kind.KV
     ts: int
     step: int
     total_blocks: int

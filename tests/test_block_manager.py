@@ -51,12 +51,14 @@ def test_random_sequences_keep_pool_consistent(ops, num_blocks, block_size, pref
             hits = bm.find_cached_prefix(req)
             need_total = -(-req.num_tokens // block_size)
             hit_free = sum(1 for b in hits if bm.ref_counts[b] == 0)
-            if need_total - len(hits) + hit_free > bm.num_free_blocks:
+            fits = need_total - len(hits) + hit_free <= bm.num_free_blocks
+            got = bm.allocate_slots(req, req.num_tokens - len(hits) * block_size, hits)
+            assert (got is not None) == fits
+            if not fits:
+                assert req.block_table == [] and req.num_computed_tokens == 0
                 continue
             if hits:
-                bm.take_cached_prefix(req, hits)
                 assert req.num_computed_tokens == len(hits) * block_size < req.num_tokens
-            assert bm.allocate(req, req.num_tokens - req.num_computed_tokens)
             req.num_computed_tokens = req.num_tokens
             bm.cache_full_blocks(req)
             live.append(req)
@@ -64,7 +66,7 @@ def test_random_sequences_keep_pool_consistent(ops, num_blocks, block_size, pref
             req = live[pick % len(live)]
             before = list(req.block_table)
             free_before = bm.num_free_blocks
-            ok = bm.allocate(req, n)
+            ok = bm.allocate_slots(req, n) is not None
             if ok:
                 req.token_ids.extend([pick % vocab] * n)
                 req.num_computed_tokens += n
@@ -88,14 +90,14 @@ def test_random_sequences_keep_pool_consistent(ops, num_blocks, block_size, pref
 def test_prefix_hit_shares_blocks_and_keeps_last_token():
     bm = BlockManager(16, 4, True, EventBus())
     a = make_request(0, list(range(10)))
-    assert bm.allocate(a, 10)
+    assert bm.allocate_slots(a, 10) is not None
     a.num_computed_tokens = 10
     bm.cache_full_blocks(a)
     assert len(bm.hash_to_block) == 2  # two full blocks of 4
     b = make_request(1, list(range(8)) + [99, 98])
     hits = bm.find_cached_prefix(b)
     assert hits == a.block_table[:2]
-    bm.take_cached_prefix(b, hits)
+    assert bm.allocate_slots(b, 2, hits) is not None
     assert bm.ref_counts[hits[0]] == 2 and b.num_computed_tokens == 8
     # a prompt that is exactly two cached blocks must still compute its last token
     c = make_request(2, list(range(8)))
@@ -108,7 +110,7 @@ def test_cached_blocks_survive_free_and_are_evicted_lru_only_when_needed():
     bus.subscribe(events)
     bm = BlockManager(4, 2, True, bus)
     a = make_request(0, [1, 2, 3, 4])
-    bm.allocate(a, 4)
+    bm.allocate_slots(a, 4)
     a.num_computed_tokens = 4
     bm.cache_full_blocks(a)
     first, second = a.block_table
@@ -116,11 +118,11 @@ def test_cached_blocks_survive_free_and_are_evicted_lru_only_when_needed():
     assert bm.cached_block_ids() == {first, second}
     # plain free blocks are used before cached ones
     b = make_request(1, [7, 7, 7, 7])
-    bm.allocate(b, 4)
+    bm.allocate_slots(b, 4)
     assert set(b.block_table).isdisjoint({first, second})
     # the next allocation must evict: the chain's tail (freed first) goes before its head
     c = make_request(2, [9, 9])
-    bm.allocate(c, 2)
+    bm.allocate_slots(c, 2)
     assert c.block_table == [second]
     assert [e.block_ids for e in events.events if e.what == "evict"] == [(second,)]
     assert bm.find_cached_prefix(make_request(3, [1, 2, 3, 4, 5])) == [first]

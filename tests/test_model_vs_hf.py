@@ -17,7 +17,9 @@ import torch
 
 from kvscope.engine.attention import AttentionMetadata, TorchAttention
 from kvscope.engine.errors import ModelLoadError, RecipeError
+from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.llama import LlamaModel
+from kvscope.engine.op_timer import OpTimer
 from kvscope.engine.loader import default_gguf_path, load_model, unpermute_rotary_rows
 from kvscope.engine.model_config import NAMED_SHAPES
 
@@ -59,7 +61,8 @@ class PagedSequences:
             seq_lens=torch.tensor(s_lens, dtype=torch.int32),
             query_lens_host=q_lens, seq_lens_host=s_lens, max_query_len=max(q_lens), max_seq_len=max(s_lens),
         )
-        hidden = self.model(torch.tensor(ids), torch.tensor(positions), self.kv, meta, TorchAttention())
+        self.model.bind_kv_cache(self.kv, TorchAttention())
+        hidden = self.model(torch.tensor(ids), ForwardContext(torch.tensor(positions), meta))
         logits = self.model.compute_logits(hidden)
         return [logits[starts[i] : starts[i + 1]] for i in range(len(q_lens))]
 
@@ -242,17 +245,17 @@ def test_untied_random_shape_has_lm_head_and_chunking_is_consistent():
     assert torch.allclose(torch.cat(parts), whole, atol=1e-5)
 
 
-class RecordingTimer:
+class RecordingHook:
+    """A range hook that records the ops the timer wraps, and fails if one nests inside another."""
+
     def __init__(self) -> None:
-        self.ops: list[tuple[str, int]] = []
         self.depth = 0
 
-    def begin(self, op: str, layer: int) -> None:
+    def push(self, name: str, category: str, payload: int = 0) -> None:
         assert self.depth == 0, "ops must not nest"
         self.depth += 1
-        self.ops.append((op, layer))
 
-    def end(self) -> None:
+    def pop(self) -> None:
         self.depth -= 1
 
 
@@ -260,13 +263,23 @@ def test_timer_sees_every_op_in_order():
     model, cfg, tok = load_model({"source": "random", "shape": "tiny", "seed": 0}, torch.float32, CPU)
     ids = tok.encode("timer")
     paged = PagedSequences(model, 8, [[0, 1, 2]])
-    timer = RecordingTimer()
-    hidden = model(torch.tensor(ids), torch.arange(len(ids)), paged.kv, _meta_for(ids), TorchAttention(), timer)
-    model.compute_logits(hidden, timer)
+    hook = RecordingHook()
+    timer = OpTimer(CPU, hook)
+    timer.attach(model)
+    timer.start_step()
+    model.bind_kv_cache(paged.kv, TorchAttention())
+    hidden = model(torch.tensor(ids), ForwardContext(torch.arange(len(ids)), _meta_for(ids)))
+    model.compute_logits(hidden)
+    timer.detach()
     per_layer = ["attn_norm", "qkv", "rope", "kv_write", "attention", "o_proj", "mlp_norm", "mlp"]
     expected = [("embed", -1)] + [(op, i) for i in range(cfg.num_layers) for op in per_layer]
     expected += [("final_norm", -1), ("lm_head", -1)]
-    assert timer.ops == expected and timer.depth == 0
+    assert [(op, layer) for op, layer, _, _ in timer.resolve()] == expected and hook.depth == 0
+    assert all(start <= end for _, _, start, end in timer.resolve())
+    # detached: the model runs untimed again
+    timer.start_step()
+    model(torch.tensor(ids), ForwardContext(torch.arange(len(ids)), _meta_for(ids)))
+    assert timer.resolve() == []
 
 
 def _meta_for(ids: list[int]) -> AttentionMetadata:

@@ -41,12 +41,12 @@ def test_ranges_are_balanced_and_nested_like_the_trace():
     assert all(parents[-1] in ("forward", "sample") and parents[0] == "step" for _, parents in kernels)
 
 
-def test_no_hook_and_no_subscriber_builds_no_timer(monkeypatch):
-    import kvscope.engine.llm_engine as llm_engine
+def test_no_hook_and_no_subscriber_times_no_op(monkeypatch):
+    from kvscope.engine.op_timer import OpTimer
 
     made = []
-    real = llm_engine.OpTimer
-    monkeypatch.setattr(llm_engine, "OpTimer", lambda *a, **k: made.append(1) or real(*a, **k))
+    real = OpTimer.attach
+    monkeypatch.setattr(OpTimer, "attach", lambda self, *a, **k: made.append(1) or real(self, *a, **k))
     recipe = Recipe.from_dict({"model": {"source": "random", "shape": "tiny", "seed": 0},
                                "cache": {"block_size": 4, "num_blocks": 64},
                                "sampling": {"max_tokens": 2, "ignore_eos": True}, "workload": {"prompts": ["ab"]}})

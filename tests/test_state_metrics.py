@@ -123,18 +123,18 @@ def _drive_block_manager(seed: int, steps: int = 300):
             next_id += 1
             hits = bm.find_cached_prefix(r)
             need = -(-len(prompt) // bs) - len(hits) + sum(1 for b in hits if bm.ref_counts[b] == 0)
-            if need > bm.num_free_blocks:
+            fits = need <= bm.num_free_blocks
+            got = bm.allocate_slots(r, len(prompt) - len(hits) * bs, hits)
+            assert (got is not None) == fits
+            if got is None:
                 continue
-            if hits:
-                bm.take_cached_prefix(r, hits)
-            assert bm.allocate(r, len(prompt) - r.num_computed_tokens)
             r.num_computed_tokens = len(prompt)
             bm.cache_full_blocks(r)
             live.append(r)
         elif op < 0.75:
             r = rng.choice(live)
             grow = rng.randrange(1, 5)
-            if not bm.allocate(r, grow):
+            if bm.allocate_slots(r, grow) is None:
                 bm.free(r)  # preemption
                 live.remove(r)
                 r.num_computed_tokens = 0

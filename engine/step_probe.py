@@ -1,0 +1,134 @@
+"""The step probe: a step's instruments, beside the engine instead of inside it.
+
+One object owns what watching a step takes: the phase times (`with probe.phase(Phase.FORWARD, n):`),
+the live ranges (a RangeHook such as NVTX) around the step, each phase and each op, the per-op
+timer (kvscope.engine.op_timer, attached to the model from outside it), and the step's events:
+StepBegin, then after the step the kernel events built from the timer's records, the KV snapshot
+and StepEnd. Request and block events come from the scheduler and the block manager as they act.
+
+`StepProbe.begin_step` hands back the probe itself when something listens (a bus subscriber or a
+range hook) and NULL_PROBE otherwise, whose calls do nothing: an engine nobody watches pays one
+check per step and a call per phase.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvscope.engine.kernel_events import KernelEventBuilder
+from kvscope.engine.op_timer import OpTimer, RangeHook
+from kvscope.inspector.events import KVSnapshot, RangeCategory, StepBegin, StepEnd, now_ns
+
+if TYPE_CHECKING:
+    from kvscope.engine.llm_engine import LLMEngine
+    from kvscope.engine.request import Request
+    from kvscope.engine.scheduler import SchedulerOutput
+
+
+class NullProbe:
+    """The probe of a step nobody watches."""
+
+    __slots__ = ()
+
+    def phase(self, name: str, tokens: int = 0) -> NullProbe:
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def end_step(self, out: SchedulerOutput, sampled: list[Request]) -> None:
+        return None
+
+
+NULL_PROBE = NullProbe()
+
+
+class StepProbe:
+    """The instruments of one engine's steps (see the module docstring). Phases do not nest."""
+
+    __slots__ = ("engine", "hook", "kernel_events", "timer", "kernel_builder", "step", "begin_ts", "phases",
+                 "_phase", "_tokens", "_start")
+
+    def __init__(self, engine: LLMEngine, hook: RangeHook | None, kernel_events: bool) -> None:
+        self.engine = engine
+        self.hook = hook
+        self.kernel_events = kernel_events
+        self.timer = OpTimer(engine.device, hook)
+        self.kernel_builder = KernelEventBuilder(engine.config, engine.loaded.dtype, engine.backend_name,
+                                                 fused_norm_rope=engine.backend.fused_ops is not None)
+        self.step = -1
+        self.begin_ts = 0
+        self.phases: list[tuple[str, int, int]] = []
+        self._phase = ""
+        self._tokens = 0
+        self._start = 0
+
+    def begin_step(self, step: int) -> StepProbe | NullProbe:
+        """Start watching `step`: this probe, or NULL_PROBE when nothing listens."""
+        bus, hook, timer = self.engine.bus, self.hook, self.timer
+        timed = (bus.active and self.kernel_events) or hook is not None
+        if timed != timer.attached:
+            timer.attach(self.engine.runner.model, self.engine.runner) if timed else timer.detach()
+        if not bus.active and hook is None:
+            return NULL_PROBE
+        self.step = step
+        self.phases = []
+        self.begin_ts = now_ns()
+        if bus.active:
+            self.engine.emit(StepBegin(self.begin_ts, step))
+        if hook is not None:
+            hook.push("step", RangeCategory.STEP, step)
+        if timed:
+            timer.start_step()
+        return self
+
+    def phase(self, name: str, tokens: int = 0) -> StepProbe:
+        """`with probe.phase(name, tokens):` times the block as phase `name` (tokens: the range's payload)."""
+        self._phase, self._tokens = name, tokens
+        return self
+
+    def __enter__(self) -> None:
+        if self.hook is not None:
+            self.hook.push(self._phase, RangeCategory.PHASE, self._tokens)
+        self._start = now_ns()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.phases.append((self._phase, self._start, now_ns()))
+        if self.hook is not None:
+            self.hook.pop()
+
+    def end_step(self, out: SchedulerOutput, sampled: list[Request]) -> None:
+        """Close the step's range and emit its kernel events, KV snapshot and StepEnd."""
+        if self.hook is not None:
+            self.hook.pop()
+        bus = self.engine.bus
+        if not bus.active:
+            return
+        step = self.step
+        if self.kernel_events and self.timer.attached:
+            for event in self.kernel_builder.events(step, self.timer.resolve(), out.scheduled, len(sampled),
+                                                    out.num_padding_tokens):
+                bus.emit(event)
+        bus.emit(self.kv_snapshot(step))
+        scheduler = self.engine.scheduler
+        bus.emit(StepEnd(
+            now_ns(), step, self.begin_ts, out.num_tokens, scheduler.token_budget,
+            tuple((s.request.request_id, s.num_tokens) for s in out.scheduled if s.is_prefill_step),
+            tuple(s.request.request_id for s in out.scheduled if not s.is_prefill_step),
+            tuple((r.request_id, 1) for r in sampled), tuple(self.phases), len(scheduler.running),
+            len(scheduler.waiting), scheduler.num_preempted_waiting, out.num_padding_tokens))
+
+    def kv_snapshot(self, step: int) -> KVSnapshot:
+        """The KV pool's occupancy now: used, cached and free blocks, stored tokens, empty reserved slots, and
+        what a contiguous max-length reservation would leave empty for the same live requests."""
+        engine = self.engine
+        bm, bs, max_len = engine.block_manager, engine.block_size, engine.max_model_len
+        live = engine.scheduler.live_requests()
+        stored = sum(min(r.num_computed_tokens, len(r.block_table) * bs) for r in live) - bm.num_shared_extra * bs
+        used = bm.num_used_blocks
+        contiguous = sum(max_len - min(r.num_computed_tokens, max_len) for r in live)
+        return KVSnapshot(now_ns(), step, bm.num_blocks, bs, used, bm.num_cached_free,
+                          bm.num_free_blocks - bm.num_cached_free, stored, used * bs - stored, contiguous)
