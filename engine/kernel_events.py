@@ -3,15 +3,13 @@ kvscope.inspector.roofline), so every KernelEvent carries its FLOPs and bytes.""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.scheduler import ScheduledRequest
 from kvscope.inspector.events import KernelEvent
 from kvscope.inspector.model_shapes import ModelShape
-from kvscope.inspector.roofline import OpCost, layer_op_costs, model_op_costs
+from kvscope.inspector.roofline import STEP_OPS, OpCost, attention_cost, layer_token_costs, model_token_costs
 
 
 def shape_of(config: ModelConfig) -> ModelShape:
@@ -30,31 +28,42 @@ class KernelEventBuilder:
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, backend: str, fused_norm_rope: bool = False) -> None:
         self.shape = shape_of(config)
-        self.elt = torch.tensor([], dtype=dtype).element_size()
-        self.backend = backend
-        self.backend_ops = {"attention", "kv_write"} | (
-            {"attn_norm", "mlp_norm", "final_norm", "rope"} if fused_norm_rope else set())
+        elt = torch.tensor([], dtype=dtype).element_size()
+        self.elt = elt
+        backend_ops = {"attention", "kv_write"} | ({"attn_norm", "mlp_norm", "final_norm", "rope"} if fused_norm_rope
+                                                    else set())
+        self.backend_of = {op: backend if op in backend_ops else "torch" for op in (*STEP_OPS, "sample")}
         self.vocab = config.vocab_size
-        self.hidden = config.hidden_size
+        self._token_costs: dict[tuple[int, int, int], dict[str, OpCost]] = {}
 
     def costs(self, scheduled: list[ScheduledRequest], num_padding_tokens: int = 0) -> dict[str, OpCost]:
+        """Each op's cost for the step. Only the attention depends on the requests' contexts; the other ops'
+        costs depend on the token and sampled-row counts alone and are kept per (tokens, pads, rows)."""
         query_lens = [s.num_tokens for s in scheduled]
         seq_lens = [s.request.num_computed_tokens for s in scheduled]  # already advanced past this step
-        kw = dict(weight_bytes=self.elt, act_bytes=self.elt, kv_bytes=self.elt)
-        # pad tokens pass through the layers' matmuls (counted as one-token requests with no context)
+        tokens, rows, elt = sum(query_lens), sum(1 for q in query_lens if q > 0), self.elt
+        key = (tokens, num_padding_tokens, rows)
+        fixed = self._token_costs.get(key)
+        if fixed is None:
+            if len(self._token_costs) >= 4096:
+                self._token_costs.clear()
+            # pad tokens pass through the layers' matmuls (one-token requests with no context), not the LM head
+            fixed = layer_token_costs(self.shape, tokens + num_padding_tokens, weight_bytes=elt, act_bytes=elt,
+                                      kv_bytes=elt)
+            fixed.update(model_token_costs(self.shape, tokens, rows, weight_bytes=elt, act_bytes=elt))
+            self._token_costs[key] = fixed
+        costs = dict(fixed)
         pads = [1] * num_padding_tokens
-        costs = dict(layer_op_costs(self.shape, query_lens + pads, seq_lens + pads, **kw))
-        costs.update(model_op_costs(self.shape, query_lens, seq_lens, **kw))
+        costs["attention"] = attention_cost(self.shape, query_lens + pads, seq_lens + pads, act_bytes=elt,
+                                            kv_bytes=elt)
         return costs
 
     def events(self, step: int, records: list[tuple[str, int, int, int]], scheduled: list[ScheduledRequest],
-               num_sampled: int, num_padding_tokens: int = 0) -> Iterator[KernelEvent]:
+               num_sampled: int, num_padding_tokens: int = 0, num_tokens: int = 0) -> list[KernelEvent]:
+        """One KernelEvent per record, with the op's FLOPs and bytes for this step's batch."""
         costs = self.costs(scheduled, num_padding_tokens)
-        num_tokens = sum(s.num_tokens for s in scheduled) + num_padding_tokens
-        sample_cost = OpCost(flops=num_sampled * self.vocab * 2, bytes=num_sampled * self.vocab * 4)
-        shapes = f"T={num_tokens} B={len(scheduled)}"
-        backend, backend_ops = self.backend, self.backend_ops
-        for op, layer, start, end in records:
-            c = sample_cost if op == "sample" else costs.get(op)
-            yield KernelEvent(end, step, op, layer, backend if op in backend_ops else "torch",
-                              start, end, shapes, c.flops if c else 0, c.bytes if c else 0)
+        costs["sample"] = OpCost(num_sampled * self.vocab * 2, num_sampled * self.vocab * 4)
+        shapes = f"T={num_tokens + num_padding_tokens} B={len(scheduled)}"
+        backend_of = self.backend_of
+        return [KernelEvent(end, step, op, layer, backend_of[op], start, end, shapes, *costs[op])
+                for op, layer, start, end in records]

@@ -101,7 +101,7 @@ class OpTimer:
         return in_layer
 
     def _timed(self, fn: Callable[..., Any], op: str) -> Callable[..., Any]:
-        timer, hook, clock = self, self.hook, time.perf_counter_ns
+        timer, hook, clock, record = self, self.hook, time.perf_counter_ns, self.records.append
         if self.cuda:
             event = torch.cuda.Event
 
@@ -113,7 +113,7 @@ class OpTimer:
                 out = fn(*args)
                 end = event(enable_timing=True)
                 end.record()
-                timer.records.append((op, timer.layer, start, end))
+                record((op, timer.layer, start, end))
                 if hook is not None:
                     hook.pop()
                 return out
@@ -121,7 +121,7 @@ class OpTimer:
             def timed(*args: Any) -> Any:
                 start = clock()
                 out = fn(*args)
-                timer.records.append((op, timer.layer, start, clock()))
+                record((op, timer.layer, start, clock()))
                 return out
         else:
             push, pop = hook.push, hook.pop
@@ -130,7 +130,7 @@ class OpTimer:
                 push(op, RangeCategory.KERNEL)
                 start = clock()
                 out = fn(*args)
-                timer.records.append((op, timer.layer, start, clock()))
+                record((op, timer.layer, start, clock()))
                 pop()
                 return out
 
@@ -138,7 +138,7 @@ class OpTimer:
 
     # --- one step ---------------------------------------------------------------------
     def start_step(self) -> None:
-        self.records = []
+        self.records.clear()  # the same list: the wrappers hold its append
         if self.cuda:
             self._anchor_event = torch.cuda.Event(enable_timing=True)
             self._anchor_event.record()
@@ -147,7 +147,7 @@ class OpTimer:
     def resolve(self) -> list[OpRecord]:
         """The step's ops as (op, layer, start_ns, end_ns) on the host clock."""
         if not self.cuda:
-            return self.records  # type: ignore[return-value]
+            return list(self.records)
         if not self.records:
             return []
         self.records[-1][3].synchronize()

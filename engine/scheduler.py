@@ -61,10 +61,12 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
     num_padding_tokens: int = 0
+    num_tokens: int = 0  # the scheduled requests' tokens
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.scheduled)
+    def add(self, request: Request, num_tokens: int) -> None:
+        """Schedule num_tokens of `request` in this step."""
+        self.scheduled.append(ScheduledRequest.of(request, num_tokens))
+        self.num_tokens += num_tokens
 
 
 class Scheduler:
@@ -125,7 +127,7 @@ class Scheduler:
                 if victim is req:
                     break
             else:
-                out.scheduled.append(ScheduledRequest.of(req, n))
+                out.add(req, n)
                 budget -= n
                 i += 1
             # when req itself was preempted the list shrank: i points past the end or at the next one
@@ -180,7 +182,7 @@ class Scheduler:
         was_preempted = req.status is RequestStatus.PREEMPTED
         req.status = RequestStatus.RUNNING
         self.running.append(req)
-        out.scheduled.append(ScheduledRequest.of(req, n))
+        out.add(req, n)
         self._emit(req, RESUMED if was_preempted else SCHEDULED)
         return True
 
@@ -238,7 +240,7 @@ class StaticScheduler(Scheduler):
             self._form_batch(out)
             return out
         for req in self.running:
-            out.scheduled.append(ScheduledRequest.of(req, req.num_tokens - req.num_computed_tokens))
+            out.add(req, req.num_tokens - req.num_computed_tokens)
         out.num_padding_tokens = len(self.batch) - len(self.running)  # finished seats still decode
         return out
 
@@ -263,7 +265,7 @@ class StaticScheduler(Scheduler):
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             self.batch.append(req)
-            out.scheduled.append(ScheduledRequest.of(req, req.num_tokens - req.num_computed_tokens))
+            out.add(req, req.num_tokens - req.num_computed_tokens)
             self._emit(req, SCHEDULED)
 
 

@@ -109,26 +109,32 @@ class StepProbe:
             return
         step = self.step
         if self.kernel_events and self.timer.attached:
-            for event in self.kernel_builder.events(step, self.timer.resolve(), out.scheduled, len(sampled),
-                                                    out.num_padding_tokens):
-                bus.emit(event)
+            bus.emit_all(self.kernel_builder.events(step, self.timer.resolve(), out.scheduled, len(sampled),
+                                                    out.num_padding_tokens, out.num_tokens))
         bus.emit(self.kv_snapshot(step))
+        prefill, decode = [], []
+        for s in out.scheduled:
+            if s.is_prefill_step:
+                prefill.append((s.request.request_id, s.num_tokens))
+            else:
+                decode.append(s.request.request_id)
         scheduler = self.engine.scheduler
-        bus.emit(StepEnd(
-            now_ns(), step, self.begin_ts, out.num_tokens, scheduler.token_budget,
-            tuple((s.request.request_id, s.num_tokens) for s in out.scheduled if s.is_prefill_step),
-            tuple(s.request.request_id for s in out.scheduled if not s.is_prefill_step),
-            tuple((r.request_id, 1) for r in sampled), tuple(self.phases), len(scheduler.running),
-            len(scheduler.waiting), scheduler.num_preempted_waiting, out.num_padding_tokens))
+        bus.emit(StepEnd(now_ns(), step, self.begin_ts, out.num_tokens, scheduler.token_budget, tuple(prefill),
+                         tuple(decode), tuple([(r.request_id, 1) for r in sampled]), tuple(self.phases),
+                         len(scheduler.running), len(scheduler.waiting), scheduler.num_preempted_waiting,
+                         out.num_padding_tokens))
 
     def kv_snapshot(self, step: int) -> KVSnapshot:
         """The KV pool's occupancy now: used, cached and free blocks, stored tokens, empty reserved slots, and
         what a contiguous max-length reservation would leave empty for the same live requests."""
         engine = self.engine
         bm, bs, max_len = engine.block_manager, engine.block_size, engine.max_model_len
-        live = engine.scheduler.live_requests()
-        stored = sum(min(r.num_computed_tokens, len(r.block_table) * bs) for r in live) - bm.num_shared_extra * bs
+        stored = contiguous = 0
+        for r in engine.scheduler.live_requests():
+            computed = r.num_computed_tokens
+            stored += min(computed, len(r.block_table) * bs)
+            contiguous += max_len - min(computed, max_len)
+        stored -= bm.num_shared_extra * bs
         used = bm.num_used_blocks
-        contiguous = sum(max_len - min(r.num_computed_tokens, max_len) for r in live)
         return KVSnapshot(now_ns(), step, bm.num_blocks, bs, used, bm.num_cached_free,
                           bm.num_free_blocks - bm.num_cached_free, stored, used * bs - stored, contiguous)

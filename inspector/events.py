@@ -296,6 +296,17 @@ class EventBus:
         for fn in self.subscribers:
             fn(event)
 
+    def emit_all(self, events: list[Any]) -> None:
+        """Emit several events (a step's kernel events) in order; a subscriber with a `take_all(events)`
+        method gets them in one call."""
+        for fn in self.subscribers:
+            take_all = getattr(fn, "take_all", None)
+            if take_all is not None:
+                take_all(events)
+            else:
+                for event in events:
+                    fn(event)
+
 
 class EventList:
     """A subscriber that keeps every event in memory (tests, trace export)."""
@@ -307,3 +318,6 @@ class EventList:
 
     def __call__(self, event: Any) -> None:
         self.events.append(event)
+
+    def take_all(self, events: list[Any]) -> None:
+        self.events.extend(events)

@@ -5,8 +5,8 @@ The engine calls hook.push(name, category, payload) / hook.pop() around the step
 each phase ("schedule", "prepare", "forward", "sample"; payload = the batch's token count) and
 each op (category "kernel"). The domain, its category ids and one EventAttributes object per
 (name, category) are created once and reused, so a push costs a dict lookup and one call.
-Without a profiler attached the nvtx package hands out a dummy domain and every call is a
-no-op; without the nvtx package, `nvtx_range_hook()` returns None (the engine's "no ranges").
+Without a tool attached the nvtx package hands out a dummy domain whose every call is a no-op;
+then, as without the nvtx package, `nvtx_range_hook()` returns None (the engine's "no ranges").
 """
 
 from __future__ import annotations
@@ -61,9 +61,15 @@ class NvtxRanges:
 
 
 def nvtx_range_hook(domain: str = DOMAIN) -> NvtxRanges | None:
-    """A live NVTX range hook, or None when the nvtx package is not installed."""
+    """A live NVTX range hook; None when the nvtx package is not installed, or when no tool (nsys, ncu)
+    is attached to record ranges: nvtx then hands out a do-nothing domain, and the engine is better
+    off not calling it at all."""
     try:
         import nvtx  # noqa: PLC0415 - optional at run time (absent on some GPU boxes)
     except ImportError:
         return None
-    return NvtxRanges(nvtx, domain)
+    ranges = NvtxRanges(nvtx, domain)
+    dummy = getattr(getattr(nvtx, "_lib", None), "DummyDomain", None)
+    if dummy is not None and isinstance(ranges.domain, dummy):
+        return None
+    return ranges

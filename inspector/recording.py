@@ -4,9 +4,9 @@ File layout: line 1 is a header object
     {"schema": 1, "kvscope": "0.1.0", "recipe": {...} | "path", "device": "cpu", "created": "<iso time>"}
 then one event a line, as kvscope.inspector.events.event_to_dict writes it (kind first).
 
-The writer formats each record with a per-class %-template built from the field types (no
-dataclasses.asdict, no json.dumps of a dict) and buffers writes, so recording stays cheap on
-the hot path.
+The writer formats each record with a per-class encoder generated from the field types (one
+%-format of the fields: no dataclasses.asdict, no json.dumps of a dict) and buffers writes, so
+recording stays cheap on the hot path.
 
 The reader is strict by default: the first bad line raises RecordingError naming
 "<file>:<line>: <what>". With strict=False it stops at the damage and returns what came
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, fields
-from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -45,62 +44,58 @@ def make_header(recipe: Any, device: str, version: str | None = None) -> dict[st
     }
 
 
-def _quote_cached(cache: dict[str, str]) -> Callable[[str], str]:
-    dumps = json.dumps
+class _Quoted(dict):
+    """str -> its JSON literal, made once per string (op names, backends, reasons and shapes repeat); a
+    subscript, so a cached string costs no Python call."""
 
-    def quote(value: str) -> str:
-        q = cache.get(value)
-        if q is None:
-            q = dumps(value)
-            if len(cache) < 4096:  # op names, backends, reasons, shapes repeat
-                cache[value] = q
-        return q
-
-    return quote
+    def __missing__(self, value: str) -> str:
+        quoted = json.dumps(value)
+        if len(self) < 4096:
+            self[value] = quoted
+        return quoted
 
 
-def _int_list(value: tuple) -> str:
-    return "[" + ", ".join(map(str, value)) + "]"
+def _int_pairs(value: tuple) -> str:
+    return "[" + ", ".join(["[%d, %d]" % pair for pair in value]) + "]"
+
+
+def _named_spans(value: tuple, quoted: _Quoted) -> str:
+    return "[" + ", ".join(["[%s, %d, %d]" % (quoted[name], a, b) for name, a, b in value]) + "]"
+
+
+# field type (as the dataclass annotation reads) -> (placeholder, expression of the value `e.<name>`)
+_FIELD_CODE = {
+    "int": ("%d", "e.{}"),
+    "str": ("%s", "Q[e.{}]"),
+    "bool": ("%s", "('true' if e.{} else 'false')"),
+    "tuple[int, ...]": ("[%s]", "', '.join(map(str, e.{}))"),
+    "tuple[tuple[int, int], ...]": ("%s", "pairs(e.{})"),
+    "tuple[tuple[str, int, int], ...]": ("%s", "spans(e.{}, Q)"),
+}
 
 
 def _encoder_for(cls: type) -> Callable[[Any], str]:
-    """A fast line encoder for one event class, built from its field types: ints through %d,
-    strings quoted once and cached, flat int tuples joined, anything else through json.dumps.
-    A value of an unexpected type falls back to json.dumps of the whole record."""
+    """A fast line encoder for one event class, generated from its field types: one %-format of the
+    fields (ints through %d, strings quoted once and cached, int tuples joined), no dict and no json.dumps
+    of the record. A value of an unexpected type falls back to json.dumps of the whole record."""
     dumps = json.dumps
-    quote = _quote_cached({})
     names = [f.name for f in fields(cls)]
-    get = attrgetter(*names)
     template = ['{"kind": ' + dumps(cls.kind)]
-    convs: list[Callable[[Any], Any] | None] = []
+    values = []
     for f in fields(cls):
-        kind = str(f.type)
-        if kind == "int":
-            template.append(f", {dumps(f.name)}: %d")
-            convs.append(None)
-        elif kind == "str":
-            template.append(f", {dumps(f.name)}: %s")
-            convs.append(quote)
-        elif kind == "tuple[int, ...]":
-            template.append(f", {dumps(f.name)}: %s")
-            convs.append(_int_list)
-        else:
-            template.append(f", {dumps(f.name)}: %s")
-            convs.append(dumps)
-    fmt = "".join(template) + "}\n"
-    pairs = list(enumerate(convs))
+        placeholder, expr = _FIELD_CODE.get(str(f.type), ("%s", "dumps(e.{})"))
+        template.append(f", {dumps(f.name)}: {placeholder}")
+        values.append(expr.format(f.name))
 
-    def encode(event: Any) -> str:
-        values = list(get(event))
-        try:
-            for i, conv in pairs:
-                if conv is not None:
-                    values[i] = conv(values[i])
-            return fmt % tuple(values)
-        except (TypeError, ValueError):
-            return dumps({"kind": cls.kind, **{n: getattr(event, n) for n in names}}) + "\n"
+    def fallback(e: Any) -> str:
+        return dumps({"kind": cls.kind, **{n: getattr(e, n) for n in names}}) + "\n"
 
-    return encode
+    env = {"FMT": "".join(template) + "}\n", "Q": _Quoted(), "pairs": _int_pairs, "spans": _named_spans,
+           "dumps": dumps, "fallback": fallback}
+    source = ("def encode(e):\n    try:\n        return FMT % (" + ", ".join(values) + ",)\n"
+              "    except (TypeError, ValueError):\n        return fallback(e)\n")
+    exec(source, env)  # noqa: S102 - the source is built above from the event class's own fields
+    return env["encode"]
 
 
 ENCODERS: dict[str, Callable[[Any], str]] = {kind: _encoder_for(cls) for kind, cls in EVENT_TYPES.items()}
@@ -112,9 +107,14 @@ def encode_event(event: Any) -> str:
 
 
 class JsonlRecorder:
-    """A bus subscriber that appends every event to a JSONL file (header written on open)."""
+    """A bus subscriber that appends every event to a JSONL file (header written on open).
 
-    __slots__ = ("path", "_file", "_buffer", "_flush_every", "count")
+    Single events are held as they come and encoded `flush_every` at a time, in one tight loop; a
+    step's kernel events (take_all) are encoded at once, while they are still warm in the CPU's
+    caches. Either way is much cheaper than encoding each event between two kernels, with the
+    code and the data cold. Events are immutable once emitted."""
+
+    __slots__ = ("path", "_file", "_pending", "_held", "_flush_every", "count")
 
     def __init__(self, path: str | Path, header: dict[str, Any], flush_every: int = 512) -> None:
         self.path = Path(path)
@@ -124,21 +124,31 @@ class JsonlRecorder:
         except OSError as exc:
             raise RecordingError(f"{self.path}: cannot write recording: {exc.strerror or exc}") from None
         self._file.write(json.dumps(header) + "\n")
-        self._buffer: list[str] = []
+        self._pending: list[Any] = []  # events, and lines already encoded
+        self._held = 0  # events in _pending
         self._flush_every = flush_every
         self.count = 0
 
     def __call__(self, event: Any) -> None:
-        buf = self._buffer
-        buf.append(ENCODERS[event.kind](event))
-        if len(buf) >= self._flush_every:
+        self._pending.append(event)
+        self._held += 1
+        if self._held >= self._flush_every:
+            self.flush()
+
+    def take_all(self, events: list[Any]) -> None:
+        encoders = ENCODERS
+        self._pending.append("".join([encoders[e.kind](e) for e in events]))
+        self._held += len(events)
+        if self._held >= self._flush_every:
             self.flush()
 
     def flush(self) -> None:
-        if self._file is not None and self._buffer:
-            self._file.write("".join(self._buffer))
-            self.count += len(self._buffer)
-            self._buffer = []
+        """Encode and write the events held so far."""
+        if self._file is not None and self._pending:
+            encoders = ENCODERS
+            self._file.write("".join([e if type(e) is str else encoders[e.kind](e) for e in self._pending]))
+            self.count += self._held
+            self._pending, self._held = [], 0
 
     def close(self) -> None:
         if self._file is not None:

@@ -25,7 +25,7 @@ Counting rules (so a hand count can check them):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kvscope.inspector.model_shapes import ModelShape
 
@@ -34,8 +34,9 @@ MODEL_OPS = ("embed", "final_norm", "lm_head")
 STEP_OPS = ("embed",) + LAYER_OPS + ("final_norm", "lm_head")
 
 
-@dataclass(frozen=True, slots=True)
-class OpCost:
+class OpCost(NamedTuple):
+    """FLOPs and bytes moved by one operator (a tuple: the engine builds a dozen a step)."""
+
     flops: int
     bytes: int
 
@@ -52,7 +53,7 @@ class OpCost:
 
 
 def _cost(flops: float, nbytes: float) -> OpCost:
-    return OpCost(int(round(flops)), int(round(nbytes)))
+    return OpCost(round(flops), round(nbytes))  # round() of a float or an int is an int
 
 
 def causal_keys(query_len: int, seq_len: int, window: int = 0) -> int:
@@ -107,8 +108,9 @@ def _mlp(shape: ModelShape, layer: int, tokens: int, weight_bytes: float, act_by
     return _cost(flops, weights + act)
 
 
-def _mla_costs(shape: ModelShape, tokens: int, keys: int, kv_read: int, weight_bytes: float,
-               act_bytes: int, kv_bytes: int) -> dict[str, OpCost]:
+def _mla_costs(shape: ModelShape, tokens: int, weight_bytes: float, act_bytes: int,
+               kv_bytes: int) -> tuple[OpCost, OpCost, OpCost, OpCost]:
+    """qkv, rope, kv_write, o_proj of an MLA layer (the attention itself: _mla_attention)."""
     h, heads = shape.hidden_size, shape.num_heads
     rank, rope, v = shape.kv_lora_rank, shape.qk_rope_head_dim, shape.v_dim
     nope = shape.head_dim - rope
@@ -121,56 +123,79 @@ def _mla_costs(shape: ModelShape, tokens: int, keys: int, kv_read: int, weight_b
     qkv_out = heads * latent + latent
     o_params = heads * rank * v + heads * v * h
     rotated = tokens * (heads + 1) * rope
-    return {
-        "qkv": _cost(2 * tokens * qkv_params, qkv_params * weight_bytes + tokens * (h + qkv_out) * act_bytes),
-        "rope": _cost(3 * rotated, 2 * rotated * act_bytes + tokens * rope * act_bytes),
-        "kv_write": _cost(0, tokens * latent * (act_bytes + kv_bytes)),
-        "attention": _cost(2 * heads * (2 * rank + rope) * keys,
-                           tokens * heads * (latent + rank) * act_bytes + kv_read * latent * kv_bytes),
-        "o_proj": _cost(2 * tokens * o_params, o_params * weight_bytes + tokens * (heads * rank + h) * act_bytes),
-    }
+    return (_cost(2 * tokens * qkv_params, qkv_params * weight_bytes + tokens * (h + qkv_out) * act_bytes),
+            _cost(3 * rotated, 2 * rotated * act_bytes + tokens * rope * act_bytes),
+            _cost(0, tokens * latent * (act_bytes + kv_bytes)),
+            _cost(2 * tokens * o_params, o_params * weight_bytes + tokens * (heads * rank + h) * act_bytes))
 
 
-def _attention_costs(shape: ModelShape, tokens: int, keys: int, kv_read: int, weight_bytes: float,
-                     act_bytes: int, kv_bytes: int) -> dict[str, OpCost]:
+def _mla_attention(shape: ModelShape, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
+    heads, rank, rope = shape.num_heads, shape.kv_lora_rank, shape.qk_rope_head_dim
+    latent = rank + rope
+    return _cost(2 * heads * (2 * rank + rope) * keys,
+                 tokens * heads * (latent + rank) * act_bytes + kv_read * latent * kv_bytes)
+
+
+def _gqa_costs(shape: ModelShape, tokens: int, weight_bytes: float, act_bytes: int,
+               kv_bytes: int) -> tuple[OpCost, OpCost, OpCost, OpCost]:
+    """qkv, rope, kv_write, o_proj of a (grouped-query) attention layer (the attention itself: _gqa_attention)."""
     h, heads, kvh = shape.hidden_size, shape.num_heads, shape.num_kv_heads
     d, v = shape.head_dim, shape.v_dim
     qkv_out = heads * d + kvh * (d + v)
     bias = qkv_out if shape.attention_bias else 0
-    kv_elems = kvh * (d + v)
     rotated = tokens * (heads + kvh) * d
-    return {
-        "qkv": _cost(2 * tokens * h * qkv_out + tokens * bias,
-                     (h * qkv_out + bias) * weight_bytes + tokens * (h + qkv_out) * act_bytes),
-        "rope": _cost(3 * rotated, 2 * rotated * act_bytes + tokens * d * act_bytes),
-        "kv_write": _cost(0, tokens * kv_elems * (act_bytes + kv_bytes)),
-        "attention": _cost(2 * heads * (d + v) * keys,
-                           tokens * heads * (d + v) * act_bytes + kv_read * kv_elems * kv_bytes),
-        "o_proj": _cost(2 * tokens * heads * v * h,
-                        heads * v * h * weight_bytes + tokens * (heads * v + h) * act_bytes),
-    }
+    return (_cost(2 * tokens * h * qkv_out + tokens * bias,
+                  (h * qkv_out + bias) * weight_bytes + tokens * (h + qkv_out) * act_bytes),
+            _cost(3 * rotated, 2 * rotated * act_bytes + tokens * d * act_bytes),
+            _cost(0, tokens * kvh * (d + v) * (act_bytes + kv_bytes)),
+            _cost(2 * tokens * heads * v * h, heads * v * h * weight_bytes + tokens * (heads * v + h) * act_bytes))
+
+
+def _gqa_attention(shape: ModelShape, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
+    heads, kvh, d, v = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.v_dim
+    return _cost(2 * heads * (d + v) * keys, tokens * heads * (d + v) * act_bytes + kv_read * kvh * (d + v) * kv_bytes)
+
+
+def layer_token_costs(shape: ModelShape, tokens: int, *, weight_bytes: float, act_bytes: int, kv_bytes: int,
+                      layer: int = 0) -> dict[str, OpCost]:
+    """Costs of a layer's ops that depend only on the step's token count: every op of LAYER_OPS but the
+    attention, whose cost depends on each request's context too (attention_cost)."""
+    build = _mla_costs if shape.is_mla else _gqa_costs
+    qkv, rope, kv_write, o_proj = build(shape, tokens, weight_bytes, act_bytes, kv_bytes)
+    norm = _norm(tokens, shape.hidden_size, act_bytes)
+    return {"attn_norm": norm, "qkv": qkv, "rope": rope, "kv_write": kv_write, "o_proj": o_proj, "mlp_norm": norm,
+            "mlp": _mlp(shape, layer, tokens, weight_bytes, act_bytes)}
+
+
+def attention_cost(shape: ModelShape, query_lens: Sequence[int], seq_lens: Sequence[int], *, act_bytes: int,
+                   kv_bytes: int, layer: int = 0) -> OpCost:
+    """The attention op of one layer for the step: the causal keys each query sees and the K/V read once."""
+    window = shape.sliding_window if shape.is_local(layer) else 0
+    keys = sum([causal_keys(q, s, window) for q, s in zip(query_lens, seq_lens)])
+    kv_read = sum([kv_tokens_read(q, s, window) for q, s in zip(query_lens, seq_lens)])
+    build = _mla_attention if shape.is_mla else _gqa_attention
+    return build(shape, sum(query_lens), keys, kv_read, act_bytes, kv_bytes)
 
 
 def layer_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Sequence[int], *,
                    weight_bytes: float, act_bytes: int, kv_bytes: int, layer: int = 0) -> dict[str, OpCost]:
     """Costs of one decoder layer's ops (LAYER_OPS) for the step; `layer` matters for sliding-window and MoE models."""
     _check(query_lens, seq_lens)
-    tokens = sum(query_lens)
-    window = shape.sliding_window if shape.is_local(layer) else 0
-    keys = sum(causal_keys(q, s, window) for q, s in zip(query_lens, seq_lens))
-    kv_read = sum(kv_tokens_read(q, s, window) for q, s in zip(query_lens, seq_lens))
-    build = _mla_costs if shape.is_mla else _attention_costs
-    attn = build(shape, tokens, keys, kv_read, weight_bytes, act_bytes, kv_bytes)
-    norm = _norm(tokens, shape.hidden_size, act_bytes)
+    costs = layer_token_costs(shape, sum(query_lens), weight_bytes=weight_bytes, act_bytes=act_bytes,
+                              kv_bytes=kv_bytes, layer=layer)
+    costs["attention"] = attention_cost(shape, query_lens, seq_lens, act_bytes=act_bytes, kv_bytes=kv_bytes,
+                                        layer=layer)
+    return {op: costs[op] for op in LAYER_OPS}
+
+
+def model_token_costs(shape: ModelShape, tokens: int, rows: int, *, weight_bytes: float,
+                      act_bytes: int) -> dict[str, OpCost]:
+    """Costs of the ops outside the layers (MODEL_OPS) for `tokens` tokens, `rows` of them sampled."""
+    h, vocab = shape.hidden_size, shape.vocab_size
     return {
-        "attn_norm": norm,
-        "qkv": attn["qkv"],
-        "rope": attn["rope"],
-        "kv_write": attn["kv_write"],
-        "attention": attn["attention"],
-        "o_proj": attn["o_proj"],
-        "mlp_norm": norm,
-        "mlp": _mlp(shape, layer, tokens, weight_bytes, act_bytes),
+        "embed": _cost(0, tokens * h * weight_bytes + tokens * h * act_bytes),
+        "final_norm": _norm(tokens, h, act_bytes),
+        "lm_head": _cost(2 * rows * h * vocab, h * vocab * weight_bytes + rows * (h + vocab) * act_bytes),
     }
 
 
@@ -178,14 +203,8 @@ def model_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Seque
                    weight_bytes: float, act_bytes: int, kv_bytes: int) -> dict[str, OpCost]:
     """Costs of the ops outside the layers (MODEL_OPS): embedding gather, final norm, LM head on one row per request."""
     _check(query_lens, seq_lens)
-    tokens = sum(query_lens)
-    rows = sum(1 for q in query_lens if q > 0)
-    h, vocab = shape.hidden_size, shape.vocab_size
-    return {
-        "embed": _cost(0, tokens * h * weight_bytes + tokens * h * act_bytes),
-        "final_norm": _norm(tokens, h, act_bytes),
-        "lm_head": _cost(2 * rows * h * vocab, h * vocab * weight_bytes + rows * (h + vocab) * act_bytes),
-    }
+    return model_token_costs(shape, sum(query_lens), sum(1 for q in query_lens if q > 0),
+                             weight_bytes=weight_bytes, act_bytes=act_bytes)
 
 
 def step_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Sequence[int], *,

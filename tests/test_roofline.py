@@ -178,3 +178,35 @@ def test_roofline_plot_places_points_on_the_roof() -> None:
                          PlotPoint("high", 1e3, peak, "b")], peak, bw, width=40, height=12).splitlines()
     rows = {ch: next(i for i, line in enumerate(mid[:12]) if ch in line.split("|", 1)[1]) for ch in "amb"}
     assert abs((rows["a"] + rows["b"]) / 2 - rows["m"]) <= 1
+
+
+def test_engine_kernel_costs_equal_the_analytic_model_step_after_step():
+    """The engine keeps the token-only costs per (tokens, pads, rows) and recomputes only the attention: every
+    step's costs must still be exactly the analytic model's for that batch (cache hits included)."""
+    import random
+
+    import torch
+
+    from kvscope.engine.kernel_events import KernelEventBuilder, shape_of
+    from kvscope.engine.model_config import named_shape
+    from kvscope.engine.request import Request
+    from kvscope.engine.sampling import SamplingParams
+    from kvscope.engine.scheduler import ScheduledRequest
+
+    cfg = named_shape("tiny-gqa3")
+    builder = KernelEventBuilder(cfg, torch.float16, "torch")
+    rng = random.Random(3)
+    for _ in range(200):
+        batch = []
+        for i in range(rng.randint(1, 6)):
+            req = Request(i, [1] * 8, SamplingParams(), 8, 0)
+            n = rng.choice([1, 1, rng.randint(1, 9)])
+            req.num_computed_tokens = n + rng.randint(0, 40)
+            batch.append(ScheduledRequest(req, n))
+        pads = rng.choice([0, 0, rng.randint(1, 4)])
+        q = [s.num_tokens for s in batch]
+        ctx = [s.request.num_computed_tokens for s in batch]
+        want = layer_op_costs(shape_of(cfg), q + [1] * pads, ctx + [1] * pads, weight_bytes=2, act_bytes=2,
+                              kv_bytes=2)
+        want.update(model_op_costs(shape_of(cfg), q, ctx, weight_bytes=2, act_bytes=2, kv_bytes=2))
+        assert builder.costs(batch, pads) == want
