@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from kvscope import __version__
+from kvscope.version import __version__
 from kvscope.engine.errors import KVScopeError
 
 COMMANDS: dict[str, tuple[str, str]] = {

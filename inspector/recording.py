@@ -34,7 +34,7 @@ class RecordingError(KVScopeError):
 def make_header(recipe: Any, device: str, version: str | None = None) -> dict[str, Any]:
     """The header line for a recording of a run of `recipe` (a dict or a path) on `device`."""
     if version is None:
-        from kvscope import __version__ as version
+        from kvscope.version import __version__ as version
     return {
         "schema": SCHEMA_VERSION,
         "kvscope": version,

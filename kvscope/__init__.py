@@ -2,6 +2,28 @@
 
 The subpackages live in top-level folders of the repository (engine/, kernels/,
 inspector/, tui/, cli/, recipes/) and are mapped into this namespace by pyproject.
+
+    from kvscope import LLM, SamplingParams      # as `from vllm import LLM, SamplingParams`
+
+The two names are imported on first use, so `import kvscope` (and the one-shot commands)
+stay free of torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import Any
+
+from kvscope.version import __version__
+__all__ = ["LLM", "SamplingParams", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LLM":
+        from kvscope.engine.llm import LLM
+
+        return LLM
+    if name == "SamplingParams":
+        from kvscope.engine.sampling_params import SamplingParams
+
+        return SamplingParams
+    raise AttributeError(f"module 'kvscope' has no attribute {name!r}")
