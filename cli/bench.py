@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE ('-' = stdout)")
     parser.add_argument("--chart", metavar="FILE.svg", help="also draw the comparison as an SVG chart")
     parser.add_argument("--model-override", metavar="NAME",
-                        help="run every variant on another model: a random shape (tiny, tiny-gqa3, "
-                             "smollm2-135m-random) or smollm2 (the real GGUF)")
+                        help="run every variant on another model: a random-weight preset (tiny, tiny-gqa3, "
+                             "smollm2-135m-random, llama-2-7b, ...) or smollm2 (the real GGUF)")
     parser.add_argument("--max-requests", metavar="N", type=int,
                         help="keep only the first N requests of the workload (quick checks)")
     parser.add_argument("--variant", metavar="NAME", action="append",
@@ -47,13 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_override(name: str) -> dict[str, Any]:
     """The recipe `model` mapping that --model-override NAME stands for (UsageError if unknown)."""
-    from kvscope.engine.model_config import NAMED_SHAPES
+    from kvscope.engine.model_support import runnable_presets
 
     if name == REAL_MODEL:
         return {"source": "gguf", "path": REAL_MODEL}
-    shape = RANDOM_ALIASES.get(name, name)
-    if shape not in NAMED_SHAPES:
-        known = ", ".join([REAL_MODEL, *sorted(NAMED_SHAPES), *sorted(RANDOM_ALIASES)])
+    shape, runnable = RANDOM_ALIASES.get(name, name), runnable_presets()
+    if shape not in runnable:
+        known = ", ".join([REAL_MODEL, *runnable, *sorted(RANDOM_ALIASES)])
         raise UsageError(f"--model-override: unknown model {name!r} (known: {known})")
     return {"source": "random", "shape": shape, "seed": 0}
 

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     shape = load_model(args.model)
     device = load_device(args)
-    context = args.context if args.context is not None else shape.max_context
+    context = args.context if args.context is not None else shape.max_position_embeddings
     try:
         est = estimate_kv(shape, device, context=context, batch=args.batch, kv_dtype=args.kv_dtype,
                           weights_dtype=args.weights_dtype, block_size=args.block_size, mem_util=args.mem_util,

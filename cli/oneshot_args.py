@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 
 from kvscope.cli.errors import UsageError
+from kvscope.engine.errors import ModelShapeError
+from kvscope.engine.model_config import ModelConfig
 from kvscope.inspector.devices import Device, DeviceError, get_device, with_memory
-from kvscope.inspector.model_shapes import ModelShape, ModelShapeError
 from kvscope.inspector.model_sources import resolve_model
 
 
@@ -28,7 +29,7 @@ def add_device_arguments(parser: argparse.ArgumentParser, default: str = "H100-8
                         help="device memory in GiB (overrides the preset's size)")
 
 
-def load_model(spec: str) -> ModelShape:
+def load_model(spec: str) -> ModelConfig:
     try:
         return resolve_model(spec)
     except ModelShapeError as exc:

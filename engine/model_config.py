@@ -1,51 +1,94 @@
-"""The shape of a Llama-family decoder, and the named shapes random models are built from.
+"""ModelConfig: the one description of a decoder-only transformer, and its parameter count.
 
-Pure python (no torch): the KV estimator and the recipes read these shapes too.
-Random models get the byte-level tokenizer, so the named shapes carry its special ids
-(kvscope.engine.tokenizer.ByteTokenizer: <s> = 256, </s> = 257, <|im_end|> = 260).
+Pure python (no torch, no numpy). The engine builds its model and KV cache from it;
+the KV estimator and the roofline cost model (kvscope.inspector) read the same record.
+It is the union of what both need: the Llama core, plus sliding windows, MLA
+(multi-head latent attention) and MoE fields that only the analytic models use
+(the engine refuses those: kvscope.engine.model_support). Presets live in
+kvscope.engine.model_presets; GGUF and config.json readers in kvscope.engine.model_formats.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from kvscope.engine.errors import ModelShapeError
+
+_POSITIVE = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+             "vocab_size", "max_position_embeddings")
+_NON_NEGATIVE = ("sliding_window", "kv_lora_rank", "qk_rope_head_dim", "q_lora_rank", "v_head_dim", "num_experts",
+                 "experts_per_token", "num_shared_experts", "moe_intermediate_size", "first_dense_layers",
+                 "num_params")
+
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Hyperparameters of one decoder: everything the forward pass and the KV cache need."""
+    """One decoder-only transformer.
+
+    head_dim: per-head width of Q and K (for MLA: nope + rope part).
+    v_head_dim: per-head width of V (0 = same as head_dim).
+    sliding_window: tokens a local layer attends to (0 = no window).
+    local_layers: indices of the layers that use the window; None = all layers (when sliding_window > 0).
+    kv_lora_rank / qk_rope_head_dim: MLA latent width and decoupled-RoPE width (0 when not MLA);
+        an MLA layer caches kv_lora_rank + qk_rope_head_dim values per token, shared by all heads.
+    q_lora_rank: MLA low-rank query projection (0 = full-rank query).
+    num_experts / experts_per_token / num_shared_experts / moe_intermediate_size / first_dense_layers:
+        MoE feed-forward (num_experts 0 = dense); the first `first_dense_layers` layers stay dense.
+    num_params: total parameters (0 = unknown; params_of() then counts them from the shape).
+    bos_token_id / eos_token_ids: the tokenizer's special ids (the loader sets the tokenizer's own).
+    """
 
     name: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
     num_layers: int
+    hidden_size: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    rope_theta: float
-    rms_norm_eps: float
-    max_position_embeddings: int
-    tie_embeddings: bool
-    bos_token_id: int | None
-    eos_token_ids: tuple[int, ...]
+    intermediate_size: int
+    vocab_size: int
+    tie_embeddings: bool = False
+    # sliding window
+    sliding_window: int = 0
+    local_layers: tuple[int, ...] | None = None
+    # MLA
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    q_lora_rank: int = 0
+    v_head_dim: int = 0
+    attention_bias: bool = False
+    # MoE
+    num_experts: int = 0
+    experts_per_token: int = 0
+    num_shared_experts: int = 0
+    moe_intermediate_size: int = 0
+    first_dense_layers: int = 0
+    # size, context, RoPE and norm
+    num_params: int = 0
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    # the tokenizer's special ids
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                    "num_kv_heads", "head_dim", "max_position_embeddings")
-        for field_name in positive:
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model {self.name!r}: {field_name} must be a positive integer, got {value!r}")
-        if self.num_heads % self.num_kv_heads != 0:
-            raise ValueError(
-                f"model {self.name!r}: num_heads ({self.num_heads}) must be a multiple of "
-                f"num_kv_heads ({self.num_kv_heads})"
-            )
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"model {self.name!r}: head_dim must be even for RoPE, got {self.head_dim}")
+        for names, least, wanted in ((_POSITIVE, 1, "a positive integer"), (_NON_NEGATIVE, 0, "an integer >= 0")):
+            for field_name in names:
+                value = getattr(self, field_name)
+                if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                    raise ModelShapeError(f"model {self.name!r}: {field_name} must be {wanted}, got {value!r}")
+        if not self.is_mla and self.num_heads % self.num_kv_heads:
+            raise ModelShapeError(
+                f"model {self.name!r}: num_heads ({self.num_heads}) is not a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})")
+        if self.local_layers is not None:
+            bad = [i for i in self.local_layers if not 0 <= i < self.num_layers]
+            if bad:
+                raise ModelShapeError(f"model {self.name!r}: local_layers {bad} outside 0..{self.num_layers - 1}")
         if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
-            raise ValueError(f"model {self.name!r}: rope_theta and rms_norm_eps must be positive")
+            raise ModelShapeError(f"model {self.name!r}: rope_theta and rms_norm_eps must be positive")
 
+    # ---- derived facts -------------------------------------------------------------------------
     @property
     def q_size(self) -> int:
         """Width of the query projection output (num_heads * head_dim)."""
@@ -56,46 +99,86 @@ class ModelConfig:
         """Width of the key (and of the value) projection output (num_kv_heads * head_dim)."""
         return self.num_kv_heads * self.head_dim
 
-    def num_parameters(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
-        attn = self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
-        mlp = 3 * self.hidden_size * self.intermediate_size
-        per_layer = attn + mlp + 2 * self.hidden_size
-        embed = self.vocab_size * self.hidden_size
-        head = 0 if self.tie_embeddings else embed
-        return embed + head + self.num_layers * per_layer + self.hidden_size
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
 
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
 
-_BYTE_BOS = 256
-_BYTE_EOS = (257, 260)
+    @property
+    def v_dim(self) -> int:
+        """Per-head width of V."""
+        return self.v_head_dim or self.head_dim
 
-NAMED_SHAPES: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(
-        name="tiny", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0, rms_norm_eps=1e-5,
-        max_position_embeddings=4096, tie_embeddings=True, bos_token_id=_BYTE_BOS, eos_token_ids=_BYTE_EOS,
-    ),
-    "tiny-gqa3": ModelConfig(
-        name="tiny-gqa3", vocab_size=512, hidden_size=96, intermediate_size=192, num_layers=2,
-        num_heads=6, num_kv_heads=2, head_dim=16, rope_theta=10000.0, rms_norm_eps=1e-5,
-        max_position_embeddings=4096, tie_embeddings=False, bos_token_id=_BYTE_BOS, eos_token_ids=_BYTE_EOS,
-    ),
-    "smollm2-135m": ModelConfig(
-        name="smollm2-135m", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
-        num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100000.0, rms_norm_eps=1e-5,
-        max_position_embeddings=8192, tie_embeddings=True, bos_token_id=_BYTE_BOS, eos_token_ids=_BYTE_EOS,
-    ),
-}
+    @property
+    def attention_kind(self) -> str:
+        """"MLA", "MQA", "GQA" or "MHA"."""
+        if self.is_mla:
+            return "MLA"
+        if self.num_kv_heads == 1:
+            return "MQA"
+        return "GQA" if self.num_kv_heads < self.num_heads else "MHA"
 
+    def is_local(self, layer: int) -> bool:
+        """Whether `layer` attends through the sliding window."""
+        if self.sliding_window <= 0:
+            return False
+        return self.local_layers is None or layer in self.local_layers
 
-def named_shape(name: str) -> ModelConfig:
-    """The named shape, or KeyError listing the known ones."""
-    try:
-        return NAMED_SHAPES[name]
-    except KeyError:
-        raise KeyError(f"unknown model shape {name!r} (known: {', '.join(sorted(NAMED_SHAPES))})") from None
+    @property
+    def num_local_layers(self) -> int:
+        return sum(1 for i in range(self.num_layers) if self.is_local(i))
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.is_moe and layer >= self.first_dense_layers
+
+    def kv_elements_per_token_layer(self) -> int:
+        """Values one layer caches per token: K and V of every KV head, or MLA's shared latent + rope key."""
+        if self.is_mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return self.num_kv_heads * (self.head_dim + self.v_dim)
+
+    def mha_kv_elements_per_token_layer(self) -> int:
+        """What one layer would cache per token with one K/V head per query head (plain multi-head attention)."""
+        return self.num_heads * (self.head_dim + self.v_dim)
 
 
 def with_special_tokens(config: ModelConfig, bos_token_id: int | None, eos_token_ids: tuple[int, ...]) -> ModelConfig:
     """A copy of config with the tokenizer's special ids."""
     return replace(config, bos_token_id=bos_token_id, eos_token_ids=tuple(eos_token_ids))
+
+
+def _attention_params(config: ModelConfig) -> int:
+    h, heads, d, v = config.hidden_size, config.num_heads, config.head_dim, config.v_dim
+    if config.is_mla:
+        rank, rope = config.kv_lora_rank, config.qk_rope_head_dim
+        q_rank = config.q_lora_rank
+        q = h * q_rank + q_rank + q_rank * heads * d if q_rank else h * heads * d
+        kv = h * (rank + rope) + rank + rank * heads * (d - rope + v)
+        return q + kv + heads * v * h
+    kvh = config.num_kv_heads
+    attn = h * heads * d + h * kvh * (d + v) + heads * v * h
+    if config.attention_bias:
+        attn += heads * d + kvh * (d + v)
+    return attn
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameters implied by the shape: embeddings, attention, (MoE) MLP, RMSNorm weights, LM head."""
+    h = config.hidden_size
+    attn = _attention_params(config)
+    dense_mlp = 3 * h * config.intermediate_size
+    moe_mlp = ((config.num_experts + config.num_shared_experts) * 3 * h * config.moe_intermediate_size
+               + h * config.num_experts)
+    total = sum(attn + (moe_mlp if config.is_moe_layer(layer) else dense_mlp) + 2 * h
+                for layer in range(config.num_layers))
+    embed = config.vocab_size * h
+    head = 0 if config.tie_embeddings else embed
+    return total + embed + head + h
+
+
+def params_of(config: ModelConfig) -> int:
+    """The model's parameter count: the recorded one, else the count implied by the architecture."""
+    return config.num_params or count_params(config)

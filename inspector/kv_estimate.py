@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kvscope.engine.model_config import ModelConfig, params_of
 from kvscope.inspector.devices import Device
-from kvscope.inspector.model_shapes import ModelShape, params_of
 
 DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 DTYPE_ALIASES: dict[str, str] = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
@@ -45,17 +45,17 @@ def canonical_dtype(name: str) -> str:
     return key
 
 
-def kv_bytes_per_token(shape: ModelShape, kv_bytes: float) -> int:
+def kv_bytes_per_token(shape: ModelConfig, kv_bytes: float) -> int:
     """Bytes one token adds to the cache across all layers (before any sliding window caps it)."""
     return int(shape.num_layers * shape.kv_elements_per_token_layer() * kv_bytes)
 
 
-def mha_bytes_per_token(shape: ModelShape, kv_bytes: float) -> int:
+def mha_bytes_per_token(shape: ModelConfig, kv_bytes: float) -> int:
     """The same with one K/V head per query head (the multi-head-attention figure)."""
     return int(shape.num_layers * shape.mha_kv_elements_per_token_layer() * kv_bytes)
 
 
-def kv_formula(shape: ModelShape, kv_bytes: float) -> str:
+def kv_formula(shape: ModelConfig, kv_bytes: float) -> str:
     """The bytes-per-token formula with the model's numbers filled in."""
     total = kv_bytes_per_token(shape, kv_bytes)
     size = f"{kv_bytes:g} B"
@@ -69,7 +69,7 @@ def kv_formula(shape: ModelShape, kv_bytes: float) -> str:
             f"x {size} = {total:,} B")
 
 
-def mha_formula(shape: ModelShape, kv_bytes: float) -> str:
+def mha_formula(shape: ModelConfig, kv_bytes: float) -> str:
     total = mha_bytes_per_token(shape, kv_bytes)
     if shape.v_dim != shape.head_dim:
         return (f"{shape.num_layers} layers x {shape.num_heads} heads x ({shape.head_dim} K + {shape.v_dim} V) "
@@ -78,12 +78,12 @@ def mha_formula(shape: ModelShape, kv_bytes: float) -> str:
             f"x {kv_bytes:g} B = {total:,} B")
 
 
-def _layer_tokens(shape: ModelShape, layer: int, context: int) -> int:
+def _layer_tokens(shape: ModelConfig, layer: int, context: int) -> int:
     """Tokens layer `layer` keeps for a request at `context`."""
     return min(context, shape.sliding_window) if shape.is_local(layer) else context
 
 
-def _layer_blocks(shape: ModelShape, layer: int, context: int, block_size: int) -> int:
+def _layer_blocks(shape: ModelConfig, layer: int, context: int, block_size: int) -> int:
     """Blocks layer `layer` needs at `context`: a window ending at context-1 may straddle one extra block."""
     if context <= 0:
         return 0
@@ -93,13 +93,13 @@ def _layer_blocks(shape: ModelShape, layer: int, context: int, block_size: int) 
     return (context - 1) // block_size - first // block_size + 1
 
 
-def request_kv_bytes(shape: ModelShape, context: int, kv_bytes: float) -> int:
+def request_kv_bytes(shape: ModelConfig, context: int, kv_bytes: float) -> int:
     """Bytes of K/V one request holds at `context` tokens (sliding-window layers capped at the window)."""
     per_layer = shape.kv_elements_per_token_layer() * kv_bytes
     return int(sum(_layer_tokens(shape, i, context) for i in range(shape.num_layers)) * per_layer)
 
 
-def request_paged_bytes(shape: ModelShape, context: int, kv_bytes: float, block_size: int) -> int:
+def request_paged_bytes(shape: ModelConfig, context: int, kv_bytes: float, block_size: int) -> int:
     """Bytes of whole blocks one request occupies at `context` tokens."""
     per_layer = shape.kv_elements_per_token_layer() * kv_bytes
     blocks = sum(_layer_blocks(shape, i, context, block_size) for i in range(shape.num_layers))
@@ -152,7 +152,7 @@ class KVEstimate:
 
 
 def estimate_kv(
-    shape: ModelShape,
+    shape: ModelConfig,
     device: Device,
     *,
     context: int,
@@ -175,7 +175,7 @@ def estimate_kv(
         raise EstimateError(f"--gpus must be a positive number, got {num_gpus}")
     if not 0 < mem_util <= 1:
         raise EstimateError(f"--mem-util must be in (0, 1], got {mem_util}")
-    max_len = max_len if max_len is not None else max(shape.max_context, context)
+    max_len = max_len if max_len is not None else max(shape.max_position_embeddings, context)
     if max_len < context:
         raise EstimateError(f"--max-len ({max_len}) is shorter than --context ({context})")
     kv_b = dtype_bytes(kv_dtype, "--kv-dtype")

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from kvscope.inspector.model_shapes import ModelShape
+from kvscope.engine.model_config import ModelConfig
 
 LAYER_OPS = ("attn_norm", "qkv", "rope", "kv_write", "attention", "o_proj", "mlp_norm", "mlp")
 MODEL_OPS = ("embed", "final_norm", "lm_head")
@@ -87,14 +87,14 @@ def _norm(tokens: int, hidden: int, act_bytes: int) -> OpCost:
     return _cost(4 * tokens * hidden, 2 * tokens * hidden * act_bytes + hidden * act_bytes)
 
 
-def _expected_experts(shape: ModelShape, tokens: int) -> float:
+def _expected_experts(shape: ModelConfig, tokens: int) -> float:
     e, k = shape.num_experts, shape.experts_per_token
     if tokens <= 0 or e <= 0:
         return 0.0
     return e * (1.0 - (1.0 - min(k, e) / e) ** tokens)
 
 
-def _mlp(shape: ModelShape, layer: int, tokens: int, weight_bytes: float, act_bytes: int) -> OpCost:
+def _mlp(shape: ModelConfig, layer: int, tokens: int, weight_bytes: float, act_bytes: int) -> OpCost:
     h = shape.hidden_size
     act = 2 * tokens * h * act_bytes
     if not shape.is_moe_layer(layer):
@@ -108,7 +108,7 @@ def _mlp(shape: ModelShape, layer: int, tokens: int, weight_bytes: float, act_by
     return _cost(flops, weights + act)
 
 
-def _mla_costs(shape: ModelShape, tokens: int, weight_bytes: float, act_bytes: int,
+def _mla_costs(shape: ModelConfig, tokens: int, weight_bytes: float, act_bytes: int,
                kv_bytes: int) -> tuple[OpCost, OpCost, OpCost, OpCost]:
     """qkv, rope, kv_write, o_proj of an MLA layer (the attention itself: _mla_attention)."""
     h, heads = shape.hidden_size, shape.num_heads
@@ -129,14 +129,14 @@ def _mla_costs(shape: ModelShape, tokens: int, weight_bytes: float, act_bytes: i
             _cost(2 * tokens * o_params, o_params * weight_bytes + tokens * (heads * rank + h) * act_bytes))
 
 
-def _mla_attention(shape: ModelShape, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
+def _mla_attention(shape: ModelConfig, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
     heads, rank, rope = shape.num_heads, shape.kv_lora_rank, shape.qk_rope_head_dim
     latent = rank + rope
     return _cost(2 * heads * (2 * rank + rope) * keys,
                  tokens * heads * (latent + rank) * act_bytes + kv_read * latent * kv_bytes)
 
 
-def _gqa_costs(shape: ModelShape, tokens: int, weight_bytes: float, act_bytes: int,
+def _gqa_costs(shape: ModelConfig, tokens: int, weight_bytes: float, act_bytes: int,
                kv_bytes: int) -> tuple[OpCost, OpCost, OpCost, OpCost]:
     """qkv, rope, kv_write, o_proj of a (grouped-query) attention layer (the attention itself: _gqa_attention)."""
     h, heads, kvh = shape.hidden_size, shape.num_heads, shape.num_kv_heads
@@ -151,12 +151,12 @@ def _gqa_costs(shape: ModelShape, tokens: int, weight_bytes: float, act_bytes: i
             _cost(2 * tokens * heads * v * h, heads * v * h * weight_bytes + tokens * (heads * v + h) * act_bytes))
 
 
-def _gqa_attention(shape: ModelShape, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
+def _gqa_attention(shape: ModelConfig, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
     heads, kvh, d, v = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.v_dim
     return _cost(2 * heads * (d + v) * keys, tokens * heads * (d + v) * act_bytes + kv_read * kvh * (d + v) * kv_bytes)
 
 
-def layer_token_costs(shape: ModelShape, tokens: int, *, weight_bytes: float, act_bytes: int, kv_bytes: int,
+def layer_token_costs(shape: ModelConfig, tokens: int, *, weight_bytes: float, act_bytes: int, kv_bytes: int,
                       layer: int = 0) -> dict[str, OpCost]:
     """Costs of a layer's ops that depend only on the step's token count: every op of LAYER_OPS but the
     attention, whose cost depends on each request's context too (attention_cost)."""
@@ -167,7 +167,7 @@ def layer_token_costs(shape: ModelShape, tokens: int, *, weight_bytes: float, ac
             "mlp": _mlp(shape, layer, tokens, weight_bytes, act_bytes)}
 
 
-def attention_cost(shape: ModelShape, query_lens: Sequence[int], seq_lens: Sequence[int], *, act_bytes: int,
+def attention_cost(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *, act_bytes: int,
                    kv_bytes: int, layer: int = 0) -> OpCost:
     """The attention op of one layer for the step: the causal keys each query sees and the K/V read once."""
     window = shape.sliding_window if shape.is_local(layer) else 0
@@ -177,7 +177,7 @@ def attention_cost(shape: ModelShape, query_lens: Sequence[int], seq_lens: Seque
     return build(shape, sum(query_lens), keys, kv_read, act_bytes, kv_bytes)
 
 
-def layer_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Sequence[int], *,
+def layer_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *,
                    weight_bytes: float, act_bytes: int, kv_bytes: int, layer: int = 0) -> dict[str, OpCost]:
     """Costs of one decoder layer's ops (LAYER_OPS) for the step; `layer` matters for sliding-window and MoE models."""
     _check(query_lens, seq_lens)
@@ -188,7 +188,7 @@ def layer_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Seque
     return {op: costs[op] for op in LAYER_OPS}
 
 
-def model_token_costs(shape: ModelShape, tokens: int, rows: int, *, weight_bytes: float,
+def model_token_costs(shape: ModelConfig, tokens: int, rows: int, *, weight_bytes: float,
                       act_bytes: int) -> dict[str, OpCost]:
     """Costs of the ops outside the layers (MODEL_OPS) for `tokens` tokens, `rows` of them sampled."""
     h, vocab = shape.hidden_size, shape.vocab_size
@@ -199,7 +199,7 @@ def model_token_costs(shape: ModelShape, tokens: int, rows: int, *, weight_bytes
     }
 
 
-def model_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Sequence[int], *,
+def model_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *,
                    weight_bytes: float, act_bytes: int, kv_bytes: int) -> dict[str, OpCost]:
     """Costs of the ops outside the layers (MODEL_OPS): embedding gather, final norm, LM head on one row per request."""
     _check(query_lens, seq_lens)
@@ -207,7 +207,7 @@ def model_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Seque
                              weight_bytes=weight_bytes, act_bytes=act_bytes)
 
 
-def step_op_costs(shape: ModelShape, query_lens: Sequence[int], seq_lens: Sequence[int], *,
+def step_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *,
                   weight_bytes: float, act_bytes: int, kv_bytes: int) -> dict[str, OpCost]:
     """Whole-step costs per op (STEP_OPS order), layer ops summed over every layer."""
     kinds: dict[tuple[bool, bool], list[int]] = {}

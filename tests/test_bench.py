@@ -18,7 +18,7 @@ import pytest
 from kvscope.cli.bench import run_variants, variant_recipes
 from kvscope.cli.main import main
 from kvscope.engine.loader import load_tokenizer
-from kvscope.engine.model_config import named_shape
+from kvscope.engine.model_presets import get_preset
 from kvscope.engine.recipe import Recipe, load_recipe
 from kvscope.engine.workload import build_workload
 from kvscope.inspector.bench_report import CHART_METRICS
@@ -63,7 +63,7 @@ def bench(name: str, max_requests: int | None = None) -> dict:
 def tiny_workload(recipe: Recipe):
     """The workload a recipe describes, built for the tiny model's vocabulary (the input, not a result)."""
     recipe = recipe.with_overrides({"model": TINY})
-    cfg = named_shape("tiny")
+    cfg = get_preset("tiny")
     tok = load_tokenizer(recipe.model.as_dict())
     special = set(tok.eos_token_ids) | {cfg.bos_token_id}
     return build_workload(recipe, cfg.vocab_size, special)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from kvscope.engine.model_presets import get_preset
 from kvscope.inspector.devices import get_device
 from kvscope.inspector.kv_estimate import estimate_kv
-from kvscope.inspector.model_shapes import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 KVSCOPE = [sys.executable, "-m", "kvscope.cli.main"]

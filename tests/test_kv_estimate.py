@@ -12,6 +12,9 @@ import random
 
 import pytest
 
+from kvscope.engine.errors import ModelShapeError
+from kvscope.engine.model_config import ModelConfig, count_params
+from kvscope.engine.model_presets import PRESETS, get_preset
 from kvscope.inspector.devices import GIB, get_device, with_memory
 from kvscope.inspector.kv_estimate import (
     EstimateError,
@@ -21,7 +24,6 @@ from kvscope.inspector.kv_estimate import (
     request_kv_bytes,
     request_paged_bytes,
 )
-from kvscope.inspector.model_shapes import PRESETS, ModelShape, ModelShapeError, count_params, get_preset
 from kvscope.inspector.model_sources import (
     packaged_smollm2_gguf,
     resolve_model,
@@ -96,8 +98,8 @@ def test_mistral_window_on_every_layer_caps_the_request() -> None:
 
 
 def test_paged_window_blocks_match_a_brute_force_count() -> None:
-    shape = ModelShape("w", num_layers=1, hidden_size=8, num_heads=1, num_kv_heads=1, head_dim=4,
-                       intermediate_size=8, vocab_size=8, sliding_window=10)
+    shape = ModelConfig("w", num_layers=1, hidden_size=8, num_heads=1, num_kv_heads=1, head_dim=4,
+                        intermediate_size=8, vocab_size=8, sliding_window=10)
     rng = random.Random(0)
     for _ in range(200):
         block, context = rng.randint(1, 9), rng.randint(1, 60)
@@ -218,7 +220,7 @@ def test_smollm2_gguf_shape_equals_preset() -> None:
     shape = shape_from_gguf(packaged_smollm2_gguf())
     preset = get_preset("smollm2-135m")
     for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-                  "vocab_size", "tie_embeddings", "num_params", "max_context", "rope_theta"):
+                  "vocab_size", "tie_embeddings", "num_params", "max_position_embeddings", "rope_theta"):
         assert getattr(shape, field) == getattr(preset, field), field
 
 

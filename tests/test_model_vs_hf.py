@@ -7,6 +7,7 @@ Paged KV caches use scattered block tables, so a wrong slot or table shows up as
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 
@@ -20,8 +21,9 @@ from kvscope.engine.errors import ModelLoadError, RecipeError
 from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.llama import LlamaModel
 from kvscope.engine.op_timer import OpTimer
-from kvscope.engine.loader import default_gguf_path, load_model, unpermute_rotary_rows
-from kvscope.engine.model_config import NAMED_SHAPES
+from kvscope.engine.loader import load_model, unpermute_rotary_rows
+from kvscope.engine.model_presets import get_preset
+from kvscope.engine.packaged_model import default_gguf_path
 
 BLOCK_SIZE = 4
 LOGIT_TOL = 2e-4
@@ -114,6 +116,18 @@ def test_config_read_from_gguf_metadata(smollm2, hf):
     assert config.tie_embeddings == ref.tie_word_embeddings
     assert config.max_position_embeddings == ref.max_position_embeddings
     assert config.bos_token_id == ref.bos_token_id and ref.eos_token_id in config.eos_token_ids
+
+
+@pytest.mark.slow
+def test_loader_and_oneshot_read_the_gguf_to_the_same_config(smollm2):
+    """One parser: the engine's config of the packaged GGUF is the shape `kvscope kv` reports for it; the
+    loader only adds the tokenizer's special ids."""
+    from kvscope.inspector.model_sources import resolve_model
+
+    _, config, tokenizer = smollm2
+    oneshot = resolve_model(str(default_gguf_path()))
+    assert (config.bos_token_id, config.eos_token_ids) == (tokenizer.bos_token_id, tokenizer.eos_token_ids)
+    assert dataclasses.replace(config, bos_token_id=None, eos_token_ids=()) == oneshot
 
 
 @pytest.mark.slow
@@ -213,7 +227,7 @@ def test_unpermute_inverts_llama_cpp_permutation():
 def test_spec_name_renames_the_model():
     model, cfg, _ = load_model({"source": "random", "shape": "tiny", "name": "my-tiny"}, torch.float32, CPU)
     assert cfg.name == model.config.name == "my-tiny"
-    assert cfg.hidden_size == NAMED_SHAPES["tiny"].hidden_size
+    assert cfg.hidden_size == get_preset("tiny").hidden_size
 
 
 def test_random_model_is_seeded_and_deterministic():
@@ -221,7 +235,7 @@ def test_random_model_is_seeded_and_deterministic():
     m1, cfg, tok = load_model(spec, torch.float32, CPU)
     m2, _, _ = load_model(dict(spec), torch.float32, CPU)
     m3, _, _ = load_model({**spec, "seed": 4}, torch.float32, CPU)
-    assert cfg == NAMED_SHAPES["tiny"]
+    assert cfg == get_preset("tiny")
     assert tok.vocab_size == cfg.vocab_size and cfg.bos_token_id == tok.bos_token_id
     ids = tok.encode("hello paged attention")
     outs = []
@@ -398,6 +412,14 @@ def _write_minimal_gguf(path, strings: dict[str, str]) -> None:
     kvs.append(s("tokenizer.ggml.tokens") + struct.pack("<I", 9) + str_array(["a", "b", "ab"]))
     kvs.append(s("tokenizer.ggml.merges") + struct.pack("<I", 9) + str_array(["a b"]))
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs))
+
+
+def test_random_weights_refuse_what_the_engine_cannot_run():
+    for shape, needle in (("deepseek-v3", "multi-head latent attention"), ("mistral-7b", "sliding-window"),
+                          ("qwen2.5-7b", "attention bias")):
+        with pytest.raises(RecipeError, match=f"model.shape: {shape} cannot run with random weights: {needle}") as err:
+            load_model({"source": "random", "shape": shape}, torch.float32, CPU)
+        assert "\n" not in str(err.value)
 
 
 def test_bad_specs_are_recipe_errors():

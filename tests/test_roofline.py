@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvscope.inspector.ascii_plot import PlotPoint, roofline_plot
+from kvscope.engine.model_config import ModelConfig
+from kvscope.engine.model_presets import get_preset
 from kvscope.inspector.devices import get_device
-from kvscope.inspector.model_shapes import ModelShape, get_preset
 from kvscope.inspector.roofline import (
     LAYER_OPS,
     MODEL_OPS,
@@ -27,8 +28,8 @@ from kvscope.inspector.roofline import (
 )
 from kvscope.inspector.roofline_report import analyze_step
 
-TINY = ModelShape("tiny", num_layers=2, hidden_size=8, num_heads=2, num_kv_heads=1, head_dim=4,
-                  intermediate_size=16, vocab_size=32, tie_embeddings=True)
+TINY = ModelConfig("tiny", num_layers=2, hidden_size=8, num_heads=2, num_kv_heads=1, head_dim=4,
+                   intermediate_size=16, vocab_size=32, tie_embeddings=True)
 BYTES = {"weight_bytes": 2, "act_bytes": 2, "kv_bytes": 2}
 
 
@@ -187,13 +188,12 @@ def test_engine_kernel_costs_equal_the_analytic_model_step_after_step():
 
     import torch
 
-    from kvscope.engine.kernel_events import KernelEventBuilder, shape_of
-    from kvscope.engine.model_config import named_shape
+    from kvscope.engine.kernel_events import KernelEventBuilder
     from kvscope.engine.request import Request
     from kvscope.engine.sampling import SamplingParams
     from kvscope.engine.scheduler import ScheduledRequest
 
-    cfg = named_shape("tiny-gqa3")
+    cfg = get_preset("tiny-gqa3")
     builder = KernelEventBuilder(cfg, torch.float16, "torch")
     rng = random.Random(3)
     for _ in range(200):
@@ -206,7 +206,7 @@ def test_engine_kernel_costs_equal_the_analytic_model_step_after_step():
         pads = rng.choice([0, 0, rng.randint(1, 4)])
         q = [s.num_tokens for s in batch]
         ctx = [s.request.num_computed_tokens for s in batch]
-        want = layer_op_costs(shape_of(cfg), q + [1] * pads, ctx + [1] * pads, weight_bytes=2, act_bytes=2,
+        want = layer_op_costs(cfg, q + [1] * pads, ctx + [1] * pads, weight_bytes=2, act_bytes=2,
                               kv_bytes=2)
-        want.update(model_op_costs(shape_of(cfg), q, ctx, weight_bytes=2, act_bytes=2, kv_bytes=2))
+        want.update(model_op_costs(cfg, q, ctx, weight_bytes=2, act_bytes=2, kv_bytes=2))
         assert builder.costs(batch, pads) == want
