@@ -181,3 +181,39 @@ def test_the_tui_imports_neither_the_engine_nor_torch():
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('kvscope.engine')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+class PickApp(App):
+    def __init__(self) -> None:
+        super().__init__()
+        self.picked: list = []
+
+    def compose(self) -> ComposeResult:
+        yield BlockMap(id="map")
+        yield RequestList(format_row, id="list")
+
+    def on_block_map_selected(self, message: BlockMap.Selected) -> None:
+        self.picked.append(message)
+
+    def on_request_list_selected(self, message: RequestList.Selected) -> None:
+        self.picked.append(message)
+
+
+def test_selection_messages_carry_the_widget_that_sent_them():
+    async def scenario() -> None:
+        app = PickApp()
+        async with app.run_test(size=(80, 20)) as pilot:
+            bmap, lst = app.query_one(BlockMap), app.query_one(RequestList)
+            view = EngineView()
+            view.apply(run_info(40))
+            view.apply(BlockEvent(0, 0, ALLOC, 3, (5, 6), 0, (1, 1)))
+            bmap.show_view(view, view.take_touched_blocks())
+            await pilot.click("#map", offset=bmap.offset_of(6))
+            lst.set_rows([RequestView(3, "running", 10, 0, 10, 20)], None)
+            lst.focus()
+            await pilot.press("enter")
+            await pilot.pause()
+            assert [(type(m), m.control, m.request_id) for m in app.picked] == [
+                (BlockMap.Selected, bmap, 3), (RequestList.Selected, lst, 3)]
+
+    asyncio.run(scenario())
