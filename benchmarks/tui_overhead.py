@@ -31,7 +31,8 @@ from instrumentation import synthetic_recipe  # noqa: E402
 from kvscope.engine.llm_engine import load_for_recipe  # noqa: E402
 from kvscope.engine.session import RunSession  # noqa: E402
 from kvscope.inspector.events import EventBus  # noqa: E402
-from kvscope.tui.app import REFRESH_HZ, _set_engine_threads, live_app  # noqa: E402
+from kvscope.cli.live import _set_engine_threads, live_app  # noqa: E402
+from kvscope.tui.app import REFRESH_HZ  # noqa: E402
 
 SIZE = (200, 60)
 

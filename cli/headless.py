@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
-from kvscope import __version__
+from kvscope.cli.recipe_args import recipe_header
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
 from kvscope.inspector.events import EventBus
 from kvscope.inspector.metrics import Metrics
 from kvscope.inspector.nvtx_ranges import nvtx_range_hook
+from kvscope.inspector.recording import attach_recorder
 
 
 def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = None,
@@ -20,9 +21,7 @@ def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = Non
     session = RunSession(recipe, bus=bus, range_hook=nvtx_range_hook() if nvtx else None)
     closer = None
     if record:
-        from kvscope.inspector.recording import attach_recorder
-
-        closer = attach_recorder(bus, record, header=recording_header(recipe, session))
+        closer = attach_recorder(bus, record, recipe_header(recipe, str(session.engine.device)))
     try:
         session.run()
     finally:
@@ -62,16 +61,3 @@ def print_outputs(session: RunSession) -> None:
         print(f"  -> {out.text.strip()}")
         print(f"     ({len(out.token_ids)} tokens, {out.finish_reason})")
     print()
-
-
-def recording_header(recipe: Recipe, session: RunSession) -> dict:
-    import datetime
-
-    return {
-        "schema": 1,
-        "kvscope": __version__,
-        "recipe": recipe.raw | {"name": recipe.name},
-        "recipe_path": recipe.source,
-        "device": str(session.engine.device),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }

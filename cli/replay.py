@@ -1,9 +1,18 @@
-"""`kvscope replay EVENTS.jsonl`: the TUI over a recording (step forward / back, jump to step N)."""
+"""`kvscope replay EVENTS.jsonl`: the TUI over a recording (step forward / back, jump to step N).
+
+replay_app() builds the app over a ReplayCursor of the recording; the TUI (imported only when there
+is a terminal to draw on) reads the cursor and moves it, nothing more.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvscope.tui.app import KVScopeApp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +34,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"kvscope: replay stopped at damage: {recording.damage}", file=sys.stderr)
         print("kvscope: standard output is not a terminal; the replay TUI needs one", file=sys.stderr)
         return 0
-    from kvscope.tui.app import run_replay
-
     return run_replay(args.events, strict=args.strict)
+
+
+def replay_app(path: str, *, strict: bool = False, deterministic: bool = False,
+               refresh_hz: float | None = None) -> KVScopeApp:
+    """The app over a recording, positioned at its last step (refresh_hz None: the app's default).
+    Raises RecordingError for a bad file."""
+    from kvscope.inspector.replay import ReplayCursor, load_timeline
+    from kvscope.tui.app import REFRESH_HZ, KVScopeApp
+    from kvscope.tui.model import UIModel
+
+    timeline = load_timeline(path, strict=strict)
+    cursor = ReplayCursor(timeline, UIModel)
+    cursor.goto(cursor.last_position)
+    return KVScopeApp(replay=cursor, title=f"replay {Path(path).name}", deterministic=deterministic,
+                      refresh_hz=refresh_hz or REFRESH_HZ)
+
+
+def run_replay(path: str, strict: bool = False) -> int:
+    """`kvscope replay EVENTS.jsonl` on a terminal. Damage in the file is shown in the status line (or,
+    strict, an error)."""
+    app = replay_app(path, strict=strict)
+    app.run()
+    damage = app.replay.timeline.damage
+    if damage:
+        print(f"kvscope: replay stopped at damage: {damage}", file=sys.stderr)
+    return 0

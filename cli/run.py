@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         raise KVScopeError(f"--threads: must be at least 1, got {args.threads}")
     if not args.headless and not args.json:
         if sys.stdout.isatty():
-            from kvscope.tui.app import run_live
+            from kvscope.cli.live import run_live
 
             return run_live(recipe, record=args.record, nvtx=not args.no_nvtx, threads=args.threads)
         print("kvscope: standard output is not a terminal; running --headless", file=sys.stderr)

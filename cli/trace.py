@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kvscope.cli.errors import UsageError
-from kvscope.cli.recipe_args import add_recipe_argument, recipe_from_args
+from kvscope.cli.recipe_args import add_recipe_argument, recipe_from_args, recipe_header
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvscope.cli.headless import recording_header
     from kvscope.engine.session import RunSession
     from kvscope.inspector.chrome_trace import trace_origin, write_chrome_trace
     from kvscope.inspector.events import EventBus, EventList
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = bus.subscribe(Metrics())
     hook = None if args.no_nvtx else nvtx_range_hook()
     session = RunSession(recipe, bus=bus, kernel_events=not args.no_kernels, range_hook=hook)
-    close_recording = attach_recorder(bus, out / "events.jsonl", recording_header(recipe, session))
+    close_recording = attach_recorder(bus, out / "events.jsonl", recipe_header(recipe, str(session.engine.device)))
     torch_events: list[dict[str, Any]] = []
     try:
         if args.torch_profiler:

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 
 from kvscope.engine.recipe import load_recipe
-from kvscope.tui.app import live_app
+from kvscope.cli.live import live_app
 from kvscope.tui.block_map import BlockMap
 
 

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kvscope.inspector.text_table import human_count
+
 
 @dataclass(frozen=True, slots=True)
 class PlotPoint:
@@ -26,13 +28,6 @@ def _span(values: Sequence[float], pad: float = 0.3) -> tuple[float, float]:
     if hi - lo < 1:
         lo, hi = lo - 0.5, hi + 0.5
     return math.floor(lo - pad), math.ceil(hi + pad)
-
-
-def _si(v: float) -> str:
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.3g}{prefix}"
-    return f"{v:.3g}"
 
 
 def _free_cell(taken: set[tuple[int, int]], r: int, c: int, width: int) -> tuple[int, int]:
@@ -82,7 +77,8 @@ def roofline_plot(points: Sequence[PlotPoint], peak_flops: float, bandwidth: flo
     lines = []
     for r in range(height):
         y = 10 ** (y_hi - r / (height - 1) * (y_hi - y_lo))
-        label = f"{_si(peak_flops)}FLOP/s" if r == row(peak_flops) else f"{_si(y)}FLOP/s" if r == height - 1 else ""
+        shown = peak_flops if r == row(peak_flops) else y if r == height - 1 else None
+        label = human_count(shown, "FLOP/s", digits=".3g", sep="") if shown is not None else ""
         lines.append(f"{label:>{y_label_w + 6}} |" + "".join(grid[r]).rstrip())
     lines.append(" " * (y_label_w + 7) + "+" + "-" * width)
     left, right = f"{10 ** x_lo:g}", f"{10 ** x_hi:g} FLOP/byte"

@@ -23,7 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from kvscope.inspector.events import ARRIVED, FINISHED, PREEMPTED, RESUMED, SCHEDULED
+from kvscope.inspector.event_fold import EventFold
+from kvscope.inspector.events import (
+    ARRIVED,
+    FINISHED,
+    PREEMPTED,
+    RESUMED,
+    SCHEDULED,
+    BlockEvent,
+    KernelEvent,
+    Kind,
+    KVSnapshot,
+    Phase,
+    RangeCategory,
+    RequestEvent,
+    RunInfo,
+    StepEnd,
+)
 from kvscope.inspector.metrics import fragmentation
 
 PID_ENGINE = 1
@@ -78,7 +94,7 @@ def trace_origin(events: list[Any]) -> int:
     """The ns timestamp that becomes ts 0 in the trace: the earliest time in the stream."""
     if not events:
         return 0
-    return min(min(e.ts for e in events), min((e.start for e in events if e.kind == "kernel"), default=events[0].ts))
+    return min(min(e.ts for e in events), min((e.start for e in events if e.kind == Kind.KERNEL), default=events[0].ts))
 
 
 def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -88,46 +104,60 @@ def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = 
         return {"traceEvents": [], "displayTimeUnit": "ns", "otherData": dict(metadata or {})}
     t0 = trace_origin(events)
     clock = _Clock(t0)
-    out: list[dict[str, Any]] = []
-    out += _metadata_events()
-    lives: dict[int, _RequestLife] = {}
-    info = None
-    kernels_by_step: dict[int, list[Any]] = {}
-    last_ts = t0
-    for e in events:
-        last_ts = max(last_ts, e.ts)
-        kind = e.kind
-        if kind == "kernel":
-            kernels_by_step.setdefault(e.step, []).append(e)
-        elif kind == "step_end":
-            out += _step_events(e, clock)
-            out += _step_counters(e, clock)
-            _note_work(e, lives)
-        elif kind == "request":
-            _note_request(e, lives)
-        elif kind == "block":
-            out.append(_block_instant(e, clock))
-        elif kind == "kv":
-            out += _kv_counters(e, clock)
-        elif kind == "run_info":
-            info = e
-            out.append({"name": "run_info", "ph": "i", "s": "p", "pid": PID_ENGINE, "tid": TID_STEPS,
-                        "ts": clock.us(e.ts), "args": _info_args(e)})
-    phases_by_step = {e.step: e for e in events if e.kind == "step_end"}
-    for step, kernels in kernels_by_step.items():
-        out += _kernel_events(kernels, phases_by_step.get(step), clock)
+    trace = _TraceBuilder(clock)
+    trace.take_all(events)
+    out = trace.out
+    for step, kernels in trace.kernels_by_step.items():
+        out += _kernel_events(kernels, trace.step_ends.get(step), clock)
+    last_ts = max(t0, max(e.ts for e in events))
     flow_id = 0
-    for life in sorted(lives.values(), key=lambda r: r.request_id):
+    for life in sorted(trace.lives.values(), key=lambda r: r.request_id):
         segments, lifetime, flows = _request_segments(life, last_ts)
         out += _request_events(life, lifetime, segments, clock)
         for ts in flows:
             flow_id += 1
             out += _flow(life.request_id, ts, flow_id, clock)
     other = {"clock": "perf_counter_ns", "t0_ns": t0}
-    if info is not None:
-        other["run_info"] = _info_args(info)
+    if trace.info is not None:
+        other["run_info"] = _info_args(trace.info)
     other.update(metadata or {})
     return {"traceEvents": _ordered(out), "displayTimeUnit": "ns", "otherData": other}
+
+
+class _TraceBuilder(EventFold):
+    """Folds the events into trace records; kernels and request lives are kept for the layout passes
+    that need a whole step or a whole request."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
+        self.out: list[dict[str, Any]] = _metadata_events()
+        self.lives: dict[int, _RequestLife] = {}
+        self.info: RunInfo | None = None
+        self.kernels_by_step: dict[int, list[KernelEvent]] = {}
+        self.step_ends: dict[int, StepEnd] = {}
+
+    def on_kernel(self, e: KernelEvent) -> None:
+        self.kernels_by_step.setdefault(e.step, []).append(e)
+
+    def on_step_end(self, e: StepEnd) -> None:
+        self.step_ends[e.step] = e
+        self.out += _step_events(e, self.clock)
+        self.out += _step_counters(e, self.clock)
+        _note_work(e, self.lives)
+
+    def on_request(self, e: RequestEvent) -> None:
+        _note_request(e, self.lives)
+
+    def on_block(self, e: BlockEvent) -> None:
+        self.out.append(_block_instant(e, self.clock))
+
+    def on_kv(self, e: KVSnapshot) -> None:
+        self.out += _kv_counters(e, self.clock)
+
+    def on_run_info(self, e: RunInfo) -> None:
+        self.info = e
+        self.out.append({"name": Kind.RUN_INFO, "ph": "i", "s": "p", "pid": PID_ENGINE, "tid": TID_STEPS,
+                         "ts": self.clock.us(e.ts), "args": _info_args(e)})
 
 
 def write_chrome_trace(path: str | Path, events: Iterable[Any], metadata: dict[str, Any] | None = None,
@@ -176,9 +206,9 @@ def _x(name: str, cat: str, pid: int, tid: int, start: int, end: int, clock: _Cl
 def _step_events(e: Any, clock: _Clock) -> list[dict[str, Any]]:
     args = {"num_tokens": e.num_tokens, "token_budget": e.token_budget, "prefill": [list(p) for p in e.prefill],
             "decode": list(e.decode), "running": e.num_running, "waiting": e.num_waiting}
-    out = [_x(f"step {e.step}", "step", PID_ENGINE, TID_STEPS, e.begin_ts, e.ts, clock, args)]
+    out = [_x(f"step {e.step}", RangeCategory.STEP, PID_ENGINE, TID_STEPS, e.begin_ts, e.ts, clock, args)]
     for name, start, end in e.phases:
-        out.append(_x(name, "phase", PID_ENGINE, TID_STEPS, start, end, clock, {"step": e.step}))
+        out.append(_x(name, RangeCategory.PHASE, PID_ENGINE, TID_STEPS, start, end, clock, {"step": e.step}))
     return out
 
 
@@ -203,7 +233,7 @@ def _kv_counters(kv: Any, clock: _Clock) -> list[dict[str, Any]]:
 
 
 def _block_instant(e: Any, clock: _Clock) -> dict[str, Any]:
-    return {"name": e.what, "cat": "block", "ph": "i", "s": "t", "pid": PID_ENGINE, "tid": TID_BLOCKS,
+    return {"name": e.what, "cat": Kind.BLOCK, "ph": "i", "s": "t", "pid": PID_ENGINE, "tid": TID_BLOCKS,
             "ts": clock.us(e.ts), "args": {"request": e.request_id, "blocks": list(e.block_ids),
                                           "logical_index": e.logical_index, "ref_counts": list(e.ref_counts)}}
 
@@ -214,22 +244,25 @@ def _kernel_events(kernels: list[Any], step_end: Any, clock: _Clock) -> list[dic
     if step_end is not None:
         # On a GPU kernel times are device times, which may run past the host's forward phase (the host
         # only launches); the kernels track's containers stretch to hold them, forward first, then sample.
-        device_end = max((k.end for k in kernels if k.op != "sample"), default=0)
+        # (the sample phase runs one op, named after it)
+        device_end = max((k.end for k in kernels if k.op != Phase.SAMPLE), default=0)
         forward_end = 0
         for name, start, end in step_end.phases:
-            if name == "forward":
+            if name == Phase.FORWARD:
                 forward_end = max(end, device_end)
-                out.append(_x(name, "phase", PID_ENGINE, TID_KERNELS, start, forward_end, clock, {"step": step}))
-            elif name == "sample":
+                out.append(_x(name, RangeCategory.PHASE, PID_ENGINE, TID_KERNELS, start, forward_end, clock,
+                              {"step": step}))
+            elif name == Phase.SAMPLE:
                 start = max(start, forward_end)
-                out.append(_x(name, "phase", PID_ENGINE, TID_KERNELS, start, max(end, start), clock, {"step": step}))
+                out.append(_x(name, RangeCategory.PHASE, PID_ENGINE, TID_KERNELS, start, max(end, start), clock,
+                              {"step": step}))
     layers: dict[int, list[int]] = {}
     for k in kernels:
         if k.layer >= 0:
             span = layers.setdefault(k.layer, [k.start, k.end])
             span[0] = min(span[0], k.start)
             span[1] = max(span[1], k.end)
-        out.append(_x(k.op, "kernel", PID_ENGINE, TID_KERNELS, k.start, k.end, clock,
+        out.append(_x(k.op, RangeCategory.KERNEL, PID_ENGINE, TID_KERNELS, k.start, k.end, clock,
                       {"step": step, "layer": k.layer, "backend": k.backend, "shapes": k.shapes,
                        "flops": k.flops, "bytes": k.bytes}))
     for layer, (start, end) in layers.items():
@@ -260,7 +293,7 @@ def _note_request(e: Any, lives: dict[int, _RequestLife]) -> None:
 def _note_work(e: Any, lives: dict[int, _RequestLife]) -> None:
     start = e.begin_ts
     for name, _, end in e.phases:
-        if name == "schedule":
+        if name == Phase.SCHEDULE:
             start = end
     for rid, n in e.prefill:
         if rid in lives:
@@ -323,19 +356,19 @@ def _request_events(life: _RequestLife, lifetime: _Segment, segments: list[_Segm
 
     def async_pair(seg: _Segment, depth: int) -> list[dict[str, Any]]:
         # "_nest" orders equal timestamps: outer b before inner b, inner e before outer e
-        b = {"name": seg.name, "cat": "request", "ph": "b", "id": rid, "pid": PID_REQUESTS, "tid": tid,
+        b = {"name": seg.name, "cat": Kind.REQUEST, "ph": "b", "id": rid, "pid": PID_REQUESTS, "tid": tid,
              "ts": clock.us(seg.start), "_nest": depth}
         if seg.args:
             b["args"] = seg.args
-        e = {"name": seg.name, "cat": "request", "ph": "e", "id": rid, "pid": PID_REQUESTS, "tid": tid,
+        e = {"name": seg.name, "cat": Kind.REQUEST, "ph": "e", "id": rid, "pid": PID_REQUESTS, "tid": tid,
              "ts": clock.us(seg.end), "_nest": -depth}
         return [b, e]
 
     out += async_pair(lifetime, 0)
-    out.append(_x(lifetime.name, "request", PID_REQUESTS, tid, lifetime.start, lifetime.end, clock, lifetime.args))
+    out.append(_x(lifetime.name, Kind.REQUEST, PID_REQUESTS, tid, lifetime.start, lifetime.end, clock, lifetime.args))
     for seg in segments:
         out += async_pair(seg, 1)
-        out.append(_x(seg.name, "request", PID_REQUESTS, tid, seg.start, seg.end, clock, seg.args or None))
+        out.append(_x(seg.name, Kind.REQUEST, PID_REQUESTS, tid, seg.start, seg.end, clock, seg.args or None))
     return out
 
 

@@ -22,14 +22,25 @@ Definitions (all times from event timestamps, ns on the engine's monotonic clock
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Iterable
 
-from kvscope.inspector.events import FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, ARRIVED, KVSnapshot
-
-HISTORY_STEPS = 512
-
+from kvscope.inspector.event_fold import EventFold
+from kvscope.inspector.events import (
+    ARRIVED,
+    FINISHED,
+    FIRST_TOKEN,
+    PREEMPTED,
+    PREFIX_HIT,
+    RESUMED,
+    SCHEDULED,
+    BlockEvent,
+    KVSnapshot,
+    RequestEvent,
+    RunInfo,
+    StepBegin,
+    StepEnd,
+)
 
 @dataclass(slots=True)
 class Percentiles:
@@ -88,21 +99,6 @@ def fragmentation(kv: KVSnapshot) -> Fragmentation:
         free_blocks=kv.free_blocks,
         total_blocks=total,
     )
-
-
-@dataclass(slots=True)
-class StepSample:
-    """One step's headline numbers, kept for sparklines."""
-
-    step: int
-    ts: int
-    num_tokens: int
-    num_running: int
-    num_waiting: int
-    used_blocks: int = 0
-    cached_blocks: int = 0
-    free_blocks: int = 0
-    duration_ns: int = 0
 
 
 @dataclass
@@ -169,24 +165,21 @@ class RunSummary:
         return "\n".join(lines)
 
 
-class Metrics:
+class Metrics(EventFold):
     """A bus subscriber that accumulates the run's metrics; `summary()` at any moment.
 
-    A RunInfo (start of a run, or after a reset) starts the accumulation afresh; arrivals seen
-    since the last step end are kept, as the engine announces them before its first step.
-    `history` holds the last HISTORY_STEPS steps for live charts.
+    A RunInfo (start of a run, or after a reset) starts the accumulation afresh (the engine emits
+    it before any other event of the run, its arrivals included).
     """
 
-    def __init__(self, history: int = HISTORY_STEPS) -> None:
-        self._history_len = history
+    def __init__(self) -> None:
         self._reset(None)
 
-    def _reset(self, info: Any) -> None:
+    def _reset(self, info: RunInfo | None) -> None:
         self.info = info
         self.block_size = info.block_size if info is not None else 0
         self.total_blocks = info.total_blocks if info is not None else 0
         self.prefix_caching = bool(info.prefix_caching) if info is not None else False
-        self.history: deque[StepSample] = deque(maxlen=self._history_len)
         self._arrived: dict[int, int] = {}
         self._last_token_ts: dict[int, int] = {}
         self._finished = 0
@@ -210,34 +203,20 @@ class Metrics:
         self.last_fragmentation: Fragmentation | None = None
         self.num_running = 0
         self.num_waiting = 0
-        self._pending: list[Any] = []  # arrivals since the last step end (they may precede a RunInfo)
 
-    def __call__(self, event: Any) -> None:
-        kind = event.kind
-        if kind == "kernel":
-            return
-        if kind == "request":
-            self._on_request(event)
-            if event.what == ARRIVED:
-                self._pending.append(event)
-        elif kind == "block":
-            if event.what == "prefix_hit":
-                self._hit_tokens += len(event.block_ids) * self.block_size
-        elif kind == "step_end":
-            self._on_step_end(event)
-        elif kind == "kv":
-            self._on_kv(event)
-        elif kind == "step_begin":
-            if self._first_step_ts is None:
-                self._first_step_ts = event.ts
-        elif kind == "run_info":
-            pending = self._pending
-            self._reset(event)
-            for ev in pending:  # arrivals announced just before the RunInfo belong to this run
-                self._on_request(ev)
-                self._pending.append(ev)
+    # ------------------------------------------------------------------ events
+    def on_run_info(self, ev: RunInfo) -> None:
+        self._reset(ev)
 
-    def _on_request(self, ev: Any) -> None:
+    def on_step_begin(self, ev: StepBegin) -> None:
+        if self._first_step_ts is None:
+            self._first_step_ts = ev.ts
+
+    def on_block(self, ev: BlockEvent) -> None:
+        if ev.what == PREFIX_HIT:
+            self._hit_tokens += len(ev.block_ids) * self.block_size
+
+    def on_request(self, ev: RequestEvent) -> None:
         what = ev.what
         rid = ev.request_id
         if what == ARRIVED:
@@ -258,9 +237,8 @@ class Metrics:
             if arrived is not None:
                 self._e2e_ns.append(ev.ts - arrived)
 
-    def _on_step_end(self, ev: Any) -> None:
+    def on_step_end(self, ev: StepEnd) -> None:
         ts = ev.ts
-        self._pending = []
         self._steps += 1
         self._last_step_ts = ts
         if ev.num_tokens > 0:
@@ -278,11 +256,8 @@ class Metrics:
             last[rid] = ts
         self.num_running = ev.num_running
         self.num_waiting = ev.num_waiting
-        self.history.append(
-            StepSample(ev.step, ts, ev.num_tokens, ev.num_running, ev.num_waiting, duration_ns=ts - ev.begin_ts)
-        )
 
-    def _on_kv(self, kv: KVSnapshot) -> None:
+    def on_kv(self, kv: KVSnapshot) -> None:
         frag = fragmentation(kv)
         self.last_fragmentation = frag
         self.total_blocks = kv.total_blocks
@@ -291,11 +266,6 @@ class Metrics:
         self._kv_count += 1
         self._internal_sum += frag.internal
         self._waste_sum += frag.contiguous_waste
-        if self.history and self.history[-1].step == kv.step:
-            sample = self.history[-1]
-            sample.used_blocks = kv.used_blocks
-            sample.cached_blocks = kv.cached_blocks
-            sample.free_blocks = kv.free_blocks
 
     def summary(self) -> RunSummary:
         """The metrics so far."""
@@ -330,9 +300,8 @@ class Metrics:
         )
 
 
-def summarize(events: Any) -> RunSummary:
+def summarize(events: Iterable[Any]) -> RunSummary:
     """Metrics of a finished event stream (a list or a replayed recording)."""
     metrics = Metrics()
-    for event in events:
-        metrics(event)
+    metrics.take_all(events)
     return metrics.summary()

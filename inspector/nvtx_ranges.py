@@ -1,9 +1,9 @@
 """Live NVTX ranges for the engine (domain "kvscope"), so `nsys profile kvscope run ...` shows
 every step, phase and kernel by the same names as the other timelines.
 
-The engine calls hook.push(name, category, payload) / hook.pop() around the step ("step"),
-each phase ("schedule", "prepare", "forward", "sample"; payload = the batch's token count) and
-each op (category "kernel"). The domain, its category ids and one EventAttributes object per
+The engine calls hook.push(name, category, payload) / hook.pop() around the step (category
+RangeCategory.STEP), each phase (Phase.ORDER, category RangeCategory.PHASE; payload = the batch's
+token count) and each op (category RangeCategory.KERNEL). The domain, its category ids and one EventAttributes object per
 (name, category) are created once and reused, so a push costs a dict lookup and one call.
 Without a tool attached the nvtx package hands out a dummy domain whose every call is a no-op;
 then, as without the nvtx package, `nvtx_range_hook()` returns None (the engine's "no ranges").
@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvscope.inspector.events import Phase, RangeCategory
+
 DOMAIN = "kvscope"
-CATEGORIES = ("step", "phase", "kernel")
+CATEGORIES = (RangeCategory.STEP, RangeCategory.PHASE, RangeCategory.KERNEL)
 COLORS = {
-    "step": 0xFF4C78A8,      # blue
-    "schedule": 0xFFF2CF5B,  # yellow
-    "prepare": 0xFF72B7B2,   # teal
-    "forward": 0xFF54A24B,   # green
-    "sample": 0xFFB279A2,    # purple
-    "kernel": 0xFF9ECAE9,    # light blue
+    RangeCategory.STEP: 0xFF4C78A8,  # blue
+    Phase.SCHEDULE: 0xFFF2CF5B,      # yellow
+    Phase.PREPARE: 0xFF72B7B2,       # teal
+    Phase.FORWARD: 0xFF54A24B,       # green
+    Phase.SAMPLE: 0xFFB279A2,        # purple
+    RangeCategory.KERNEL: 0xFF9ECAE9,  # light blue
 }
 
 
@@ -39,7 +41,7 @@ class NvtxRanges:
         self.depth = 0
 
     def _attributes(self, name: str, category: str) -> Any:
-        color = COLORS.get(name) or COLORS.get(category) or COLORS["kernel"]
+        color = COLORS.get(name) or COLORS.get(category) or COLORS[RangeCategory.KERNEL]
         attrs = self.domain.get_event_attributes(message=name, color=color,
                                                  category=self._categories.get(category, 0) or None)
         self._attrs[(name, category)] = attrs

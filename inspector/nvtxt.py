@@ -22,23 +22,37 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from kvscope.inspector.events import ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED
+from kvscope.inspector.event_fold import EventFold
+from kvscope.inspector.events import (
+    ARRIVED,
+    FINISHED,
+    FIRST_TOKEN,
+    PREEMPTED,
+    RESUMED,
+    KernelEvent,
+    Kind,
+    Phase,
+    RangeCategory,
+    RequestEvent,
+    StepEnd,
+)
 
 THREAD_STEPS = 1
 THREAD_PHASES = 2
 THREAD_KERNELS = 3
 THREAD_REQUEST_BASE = 1000
 
-# (category id, name, colour) per record group; colours per phase as in the live NVTX ranges
+MARKER = "marker"
+# record group -> (category id, colour); colours per phase as in the live NVTX ranges
 GROUPS = {
-    "step": (1, "Blue"),
-    "schedule": (2, "Yellow"),
-    "prepare": (2, "Cyan"),
-    "forward": (2, "Green"),
-    "sample": (2, "Magenta"),
-    "kernel": (3, "Green"),
-    "request": (4, "Blue"),
-    "marker": (5, "Red"),
+    RangeCategory.STEP: (1, "Blue"),
+    Phase.SCHEDULE: (2, "Yellow"),
+    Phase.PREPARE: (2, "Cyan"),
+    Phase.FORWARD: (2, "Green"),
+    Phase.SAMPLE: (2, "Magenta"),
+    RangeCategory.KERNEL: (3, "Green"),
+    Kind.REQUEST: (4, "Blue"),
+    MARKER: (5, "Red"),
 }
 
 LAYOUTS = (
@@ -56,45 +70,56 @@ def nvtxt_lines(events: Iterable[Any], process_id: int | None = None, title: str
     """The NVTXT file as lines (no newlines)."""
     events = list(events)
     pid = process_id if process_id is not None else os.getpid()
-    groups: dict[str, list[str]] = {name: [] for name in GROUPS}
-    arrived: dict[int, int] = {}
-    for e in events:
-        kind = e.kind
-        if kind == "step_end":
-            groups["step"].append(_range(e.begin_ts, e.ts, THREAD_STEPS,
-                                         f"step {e.step} ({e.num_tokens} tokens)"))
-            for name, start, end in e.phases:
-                group = name if name in groups else "forward"
-                groups[group].append(_range(start, end, THREAD_PHASES, name))
-        elif kind == "kernel":
-            where = f"L{e.layer}" if e.layer >= 0 else ""
-            label = f"{e.op} {where}".strip()
-            groups["kernel"].append(_range(e.start, e.end, THREAD_KERNELS, label))
-        elif kind == "request":
-            tid = THREAD_REQUEST_BASE + e.request_id
-            if e.what == ARRIVED:
-                arrived[e.request_id] = e.ts
-            elif e.what == FINISHED:
-                start = arrived.pop(e.request_id, e.ts)
-                groups["request"].append(_range(start, e.ts, tid, f"request {e.request_id} ({e.reason})"))
-            if e.what in (FIRST_TOKEN, PREEMPTED, RESUMED):
-                groups["marker"].append(f"Marker, {e.ts}, {tid}, {quote(f'request {e.request_id} {e.what}')}")
+    records = _NvtxtRecords()
+    records.take_all(events)
+    groups = records.groups
     last = max((e.ts for e in events), default=0)
-    for rid, start in arrived.items():  # unfinished requests end with the trace
-        groups["request"].append(_range(start, max(start, last), THREAD_REQUEST_BASE + rid,
-                                        f"request {rid} (unfinished)"))
+    for rid, start in records.arrived.items():  # unfinished requests end with the trace
+        groups[Kind.REQUEST].append(_range(start, max(start, last), THREAD_REQUEST_BASE + rid,
+                                           f"request {rid} (unfinished)"))
     title = title.replace(",", " ").replace("\n", " ") or "kvscope"
     lines = [f"# kvscope trace: {title}", "# import: ImportNvtxt --cmd create -n trace.nvtxt -o trace.nsys-rep",
              f"SetFileDisplayName, {title}"]
     lines += LAYOUTS
     lines += [f"ProcessId = {pid}", "TimeBase = Manual"]
-    for name, records in groups.items():
-        if not records:
+    for name, group in groups.items():
+        if not group:
             continue
         category, color = GROUPS[name]
         lines += [f"# {name}", f"CategoryId = {category}", f"Color = {color}"]
-        lines += records
+        lines += group
     return lines
+
+
+class _NvtxtRecords(EventFold):
+    """The records of each group, in event order; `arrived` holds the requests not finished yet."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[str]] = {name: [] for name in GROUPS}
+        self.arrived: dict[int, int] = {}
+
+    def on_step_end(self, e: StepEnd) -> None:
+        groups = self.groups
+        groups[RangeCategory.STEP].append(_range(e.begin_ts, e.ts, THREAD_STEPS,
+                                                 f"step {e.step} ({e.num_tokens} tokens)"))
+        for name, start, end in e.phases:
+            group = name if name in groups else Phase.FORWARD
+            groups[group].append(_range(start, end, THREAD_PHASES, name))
+
+    def on_kernel(self, e: KernelEvent) -> None:
+        where = f"L{e.layer}" if e.layer >= 0 else ""
+        label = f"{e.op} {where}".strip()
+        self.groups[RangeCategory.KERNEL].append(_range(e.start, e.end, THREAD_KERNELS, label))
+
+    def on_request(self, e: RequestEvent) -> None:
+        tid = THREAD_REQUEST_BASE + e.request_id
+        if e.what == ARRIVED:
+            self.arrived[e.request_id] = e.ts
+        elif e.what == FINISHED:
+            start = self.arrived.pop(e.request_id, e.ts)
+            self.groups[Kind.REQUEST].append(_range(start, e.ts, tid, f"request {e.request_id} ({e.reason})"))
+        if e.what in (FIRST_TOKEN, PREEMPTED, RESUMED):
+            self.groups[MARKER].append(f"Marker, {e.ts}, {tid}, {quote(f'request {e.request_id} {e.what}')}")
 
 
 def _range(start: int, end: int, tid: int, message: str) -> str:

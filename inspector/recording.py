@@ -2,6 +2,7 @@
 
 File layout: line 1 is a header object
     {"schema": 1, "kvscope": "0.1.0", "recipe": {...} | "path", "device": "cpu", "created": "<iso time>"}
+(and "recipe_path" when the recipe came from a file)
 then one event a line, as kvscope.inspector.events.event_to_dict writes it (kind first).
 
 The writer formats each record with a per-class encoder generated from the field types (one
@@ -31,17 +32,22 @@ class RecordingError(KVScopeError):
     """A recording that cannot be read: "<file>:<line>: <what>"."""
 
 
-def make_header(recipe: Any, device: str, version: str | None = None) -> dict[str, Any]:
-    """The header line for a recording of a run of `recipe` (a dict or a path) on `device`."""
+def make_header(recipe: Any, device: str, version: str | None = None, *,
+                recipe_path: str | None = None) -> dict[str, Any]:
+    """The header line for a recording of a run of `recipe` (a dict or a path) on `device`; `recipe_path`,
+    when given, names the file the recipe came from."""
     if version is None:
         from kvscope.version import __version__ as version
-    return {
+    header = {
         "schema": SCHEMA_VERSION,
         "kvscope": version,
         "recipe": recipe,
         "device": device,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if recipe_path is not None:
+        header["recipe_path"] = recipe_path
+    return header
 
 
 class _Quoted(dict):

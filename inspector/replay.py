@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from kvscope.inspector.events import Kind
 from kvscope.inspector.recording import RecordingError, read_recording
 
 CHECKPOINT_EVERY = 64
@@ -36,8 +37,8 @@ class Timeline:
 
     @classmethod
     def from_events(cls, events: list[Any], path: str = "<events>", damage: str = "") -> "Timeline":
-        begins = [i for i, e in enumerate(events) if e.kind == "step_begin"]
-        ends = [e.step for e in events if e.kind == "step_end"]
+        begins = [i for i, e in enumerate(events) if e.kind == Kind.STEP_BEGIN]
+        ends = [e.step for e in events if e.kind == Kind.STEP_END]
         # a step that began but has no StepEnd (truncated file) is not a position of its own
         cuts = [begins[0] if begins else len(events)]
         for k in range(len(ends)):
@@ -52,7 +53,7 @@ def load_timeline(path: str | Path, strict: bool = False) -> Timeline:
     damage = rec.damage or ""
     if not rec.events:
         raise RecordingError(f"{path}: no events to replay" + (f" ({damage})" if damage else ""))
-    if rec.events[0].kind != "run_info":
+    if rec.events[0].kind != Kind.RUN_INFO:
         raise RecordingError(f"{path}:2: a recording must start with a run_info event, found {rec.events[0].kind!r}")
     return Timeline.from_events(rec.events, str(path), damage)
 

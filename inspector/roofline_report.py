@@ -3,8 +3,9 @@
 Built on kvscope.inspector.roofline (the same cost model the engine's kernel
 events use). Decode: `batch` requests with one new token each at `context`
 tokens; prefill: `batch` requests each computing a `context`-token prompt.
-An operator's time at the peaks is max(FLOPs / peak FLOP/s, bytes / bandwidth);
-the step's lower bound adds them up (no overlap between operators).
+An operator's time at the peaks is max(FLOPs / peak FLOP/s, bytes / bandwidth), its bound the
+roof it sits under (kvscope.inspector.roofline_bound); the step's lower bound adds the times up
+(no overlap between operators).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from kvscope.engine.model_config import ModelConfig
 from kvscope.inspector.devices import Device
 from kvscope.inspector.kv_estimate import EstimateError, canonical_dtype, dtype_bytes
 from kvscope.inspector.roofline import OpCost, step_op_costs
+from kvscope.inspector.roofline_bound import Peaks, classify
 
 PHASES = ("prefill", "decode")
 
@@ -55,11 +57,10 @@ class RooflineReport:
         return asdict(self)
 
 
-def _row(op: str, cost: OpCost, peak: float, bandwidth: float) -> OpRow:
-    compute, memory = cost.flops / peak, cost.bytes / bandwidth
-    bound = "compute" if compute > memory else "memory"
-    return OpRow(op=op, flops=cost.flops, bytes=cost.bytes, intensity=cost.intensity, bound=bound,
-                 time_s=max(compute, memory))
+def _row(op: str, cost: OpCost, peaks: Peaks) -> OpRow:
+    return OpRow(op=op, flops=cost.flops, bytes=cost.bytes, intensity=cost.intensity,
+                 bound=classify(cost.intensity, None, peaks),
+                 time_s=max(cost.flops / peaks.flops, cost.bytes / peaks.bandwidth))
 
 
 def analyze_step(shape: ModelConfig, device: Device, *, batch: int, context: int, phase: str,
@@ -79,7 +80,8 @@ def analyze_step(shape: ModelConfig, device: Device, *, batch: int, context: int
     seqs = [context] * batch
     costs = step_op_costs(shape, query, seqs, weight_bytes=w_bytes, act_bytes=act_bytes, kv_bytes=kv_b)
     peak, bandwidth = device.peak_flops(canonical_dtype(dtype)), device.bandwidth
-    rows = [_row(op, cost, peak, bandwidth) for op, cost in costs.items()]
+    peaks = Peaks(device.name, peak, bandwidth)
+    rows = [_row(op, cost, peaks) for op, cost in costs.items()]
     total_flops = sum(r.flops for r in rows)
     total_bytes = sum(r.bytes for r in rows)
     step_time = sum(r.time_s for r in rows)

@@ -1,7 +1,7 @@
 """Engine state rebuilt from events alone: block pool, block tables and request lifecycles.
 
-EngineView is a bus subscriber (`view.apply(event)`) that works the same on a live
-bus and on a replayed recording. It knows nothing of the engine's objects: only
+EngineView is a bus subscriber (an EventFold: `view.apply(event)` or `view(event)`) that works the
+same on a live bus and on a replayed recording. It knows nothing of the engine's objects: only
 the records of kvscope.inspector.events. Pure python, no torch.
 
 Block semantics (see BlockEvent):
@@ -16,8 +16,8 @@ Block semantics (see BlockEvent):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
     ALLOC,
     ARRIVED,
@@ -35,6 +35,7 @@ from kvscope.inspector.events import (
     KVSnapshot,
     RequestEvent,
     RunInfo,
+    StepBegin,
     StepEnd,
 )
 
@@ -70,12 +71,13 @@ class RequestView:
     preemptions: int = 0
 
 
-class EngineView:
+class EngineView(EventFold):
     """The engine's KV pool, block tables and requests, as of the last applied event.
 
     `touched_blocks` collects the ids of blocks whose ref count, hash or owner may have changed; a
-    consumer that redraws the pool (the TUI's block map) empties it after each redraw and recomputes
-    only those. `generation` counts resets (a RunInfo): after one, everything has changed.
+    consumer that redraws the pool (the TUI's block map) takes them with `take_touched_blocks()` at
+    each redraw and recomputes only those. `generation` counts resets (a RunInfo): after one,
+    everything has changed.
     """
 
     def __init__(self) -> None:
@@ -92,85 +94,37 @@ class EngineView:
         self.last_kv: KVSnapshot | None = None
         self.last_kernels: list[KernelEvent] = []
         self._kernels_step: int = -1
-        self._pending: list[RequestEvent] = []  # arrivals since the last step end
         self._settled: set[int] = set()  # requests whose first_token / finished event already holds this step's counts
 
-    def __call__(self, event: Any) -> None:
-        self.apply(event)
+    apply = EventFold.__call__  # view.apply(event): fold one event into the view
+
+    def take_touched_blocks(self) -> set[int]:
+        """The blocks touched since the last call (and forget them): what a redraw must recompute."""
+        touched, self.touched_blocks = self.touched_blocks, set()
+        return touched
 
     # ------------------------------------------------------------------ events
-    def apply(self, event: Any) -> None:
-        """Fold one event into the view."""
-        kind = event.kind
-        if kind == "block":
-            self._apply_block(event)
-        elif kind == "kernel":
-            if event.step != self._kernels_step:
-                self.last_kernels = []
-                self._kernels_step = event.step
-            self.last_kernels.append(event)
-        elif kind == "request":
-            self._apply_request(event)
-            if event.what == ARRIVED:
-                self._pending.append(event)
-            elif event.what in (FIRST_TOKEN, FINISHED):
-                self._settled.add(event.request_id)
-        elif kind == "step_begin":
-            self.step = event.step
-            self._settled = set()
-        elif kind == "step_end":
-            self._apply_progress(event)
-            self.last_step = event
-            self._pending = []
-        elif kind == "kv":
-            self.last_kv = event
-        elif kind == "run_info":
-            pending = self._pending
-            self._reset(event)
-            for ev in pending:  # arrivals announced just before the RunInfo belong to this run
-                self._apply_request(ev)
-            self._pending = pending
+    def on_kernel(self, ev: KernelEvent) -> None:
+        if ev.step != self._kernels_step:
+            self.last_kernels = []
+            self._kernels_step = ev.step
+        self.last_kernels.append(ev)
 
-    def _apply_progress(self, ev: StepEnd) -> None:
-        """Advance computed / output counts by the step's work (request events carry them only at transitions)."""
-        settled, requests = self._settled, self.requests
-        for rid, n in ev.prefill:
-            req = requests.get(rid)
-            if req is not None and rid not in settled:
-                req.computed_tokens += n
-        for rid in ev.decode:
-            req = requests.get(rid)
-            if req is not None and rid not in settled:
-                req.computed_tokens += 1
-        for rid, n in ev.sampled:
-            req = requests.get(rid)
-            if req is not None and rid not in settled:
-                req.output_tokens += n
+    def on_step_begin(self, ev: StepBegin) -> None:
+        self.step = ev.step
+        self._settled = set()
 
-    def _reset(self, info: RunInfo) -> None:
-        n = info.total_blocks
-        self.info = info
-        self.step = info.step
-        self.generation += 1
-        self.block_refs = [0] * n
-        self.block_hash = [0] * n
-        self.block_owner = [-1] * n
-        self.touched_blocks = set()
-        self.tables = {}
-        self.requests = {}
-        self.last_step = None
-        self.last_kv = None
-        self.last_kernels = []
-        self._kernels_step = -1
+    def on_step_end(self, ev: StepEnd) -> None:
+        self._apply_progress(ev)
+        self.last_step = ev
 
-    def _ensure_block(self, block_id: int) -> None:
-        if block_id >= len(self.block_refs):
-            grow = block_id + 1 - len(self.block_refs)
-            self.block_refs.extend([0] * grow)
-            self.block_hash.extend([0] * grow)
-            self.block_owner.extend([-1] * grow)
+    def on_kv(self, ev: KVSnapshot) -> None:
+        self.last_kv = ev
 
-    def _apply_request(self, ev: RequestEvent) -> None:
+    def on_run_info(self, ev: RunInfo) -> None:
+        self._reset(ev)
+
+    def on_request(self, ev: RequestEvent) -> None:
         req = self.requests.get(ev.request_id)
         if req is None:
             req = RequestView(ev.request_id, arrived_ts=ev.ts)
@@ -187,13 +141,15 @@ class EngineView:
         elif what == FIRST_TOKEN:
             if req.first_token_ts is None:
                 req.first_token_ts = ev.ts
+            self._settled.add(ev.request_id)
         elif what == PREEMPTED:
             req.preemptions += 1
         elif what == FINISHED:
             req.finished_ts = ev.ts
             req.finish_reason = ev.reason
+            self._settled.add(ev.request_id)
 
-    def _apply_block(self, ev: BlockEvent) -> None:
+    def on_block(self, ev: BlockEvent) -> None:
         what = ev.what
         ids = ev.block_ids
         for b in ids:
@@ -250,6 +206,45 @@ class EngineView:
                 self.block_refs[b] = refs[i] if refs else 0
                 if self.block_refs[b] == 0:
                     self.block_owner[b] = -1
+
+    def _apply_progress(self, ev: StepEnd) -> None:
+        """Advance computed / output counts by the step's work (request events carry them only at transitions)."""
+        settled, requests = self._settled, self.requests
+        for rid, n in ev.prefill:
+            req = requests.get(rid)
+            if req is not None and rid not in settled:
+                req.computed_tokens += n
+        for rid in ev.decode:
+            req = requests.get(rid)
+            if req is not None and rid not in settled:
+                req.computed_tokens += 1
+        for rid, n in ev.sampled:
+            req = requests.get(rid)
+            if req is not None and rid not in settled:
+                req.output_tokens += n
+
+    def _reset(self, info: RunInfo) -> None:
+        n = info.total_blocks
+        self.info = info
+        self.step = info.step
+        self.generation += 1
+        self.block_refs = [0] * n
+        self.block_hash = [0] * n
+        self.block_owner = [-1] * n
+        self.touched_blocks = set()
+        self.tables = {}
+        self.requests = {}
+        self.last_step = None
+        self.last_kv = None
+        self.last_kernels = []
+        self._kernels_step = -1
+
+    def _ensure_block(self, block_id: int) -> None:
+        if block_id >= len(self.block_refs):
+            grow = block_id + 1 - len(self.block_refs)
+            self.block_refs.extend([0] * grow)
+            self.block_hash.extend([0] * grow)
+            self.block_owner.extend([-1] * grow)
 
     def _other_holder(self, block_id: int, not_rid: int) -> int:
         for rid, table in self.tables.items():

@@ -1,4 +1,5 @@
-"""Plain-text rendering for the one-shot commands: human byte sizes, aligned tables, titled key/value sections.
+"""Plain-text rendering for the one-shot commands: human byte sizes, SI counts and times, aligned tables,
+titled key/value sections.
 
 No dependencies (the one-shot CLI must start fast); output is plain text so it
 pipes and diffs cleanly.
@@ -20,12 +21,17 @@ def human_bytes(n: float) -> str:
     return f"{int(value)} B" if unit == 0 else f"{value:.2f} {_UNITS[unit]}"
 
 
-def human_count(n: float, unit: str = "") -> str:
-    """1.2e12 -> '1.20 T' (SI prefixes)."""
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+_SI_PREFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def human_count(n: float, unit: str = "", *, digits: str = ".2f", small: str = ".3g", sep: str = " ") -> str:
+    """n with an SI prefix: 1.2e12 -> '1.20 T' (+ unit), 512 -> '512'. The one SI formatter (one-shot
+    tables, the TUI, the ASCII plot): `digits` formats the scaled number, `small` a number under 1000
+    (no prefix), `sep` goes between the number and the prefix or unit."""
+    for scale, prefix in _SI_PREFIXES:
         if abs(n) >= scale:
-            return f"{n / scale:.2f} {prefix}{unit}"
-    return f"{n:.3g} {unit}".rstrip()
+            return f"{n / scale:{digits}}{sep}{prefix}{unit}"
+    return f"{n:{small}}{sep}{unit}" if unit else f"{n:{small}}"
 
 
 def human_seconds(s: float) -> str:

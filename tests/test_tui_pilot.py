@@ -9,13 +9,14 @@ import asyncio
 
 import pytest
 
+from kvscope.cli.live import live_app
 from kvscope.cli.main import main as cli_main
+from kvscope.cli.replay import replay_app
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
 from kvscope.inspector.metrics import fragmentation
 from kvscope.inspector.recording import JsonlRecorder, RecordingError, make_header
 from kvscope.inspector.state import EngineView
-from kvscope.tui.app import live_app, replay_app
 from kvscope.tui.bars import percent
 from kvscope.tui.block_map import BlockMap
 from kvscope.tui.info_panel import InfoPanel
@@ -253,7 +254,7 @@ def test_replay_cursor_back_across_checkpoints_matches_a_fresh_fold():
 
 
 def test_roofline_bound_classification():
-    from kvscope.tui.roofline_panel import Peaks, classify
+    from kvscope.inspector.roofline_bound import Peaks, classify
 
     peaks = Peaks("dev", 100e12, 1e12)          # ridge at 100 FLOP/B
     assert classify(10.0, 9e12, peaks) == "memory"      # 90% of 10 TFLOP/s attainable
@@ -265,7 +266,7 @@ def test_roofline_bound_classification():
 def test_live_tui_leaves_the_ui_a_core_on_cpu(monkeypatch):
     import torch
 
-    from kvscope.tui.app import _set_engine_threads
+    from kvscope.cli.live import _set_engine_threads
 
     before = torch.get_num_threads()
     try:

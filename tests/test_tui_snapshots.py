@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
+from kvscope.cli.live import live_app
+from kvscope.cli.replay import replay_app
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
 from kvscope.inspector.events import EventBus
 from kvscope.inspector.recording import JsonlRecorder, make_header
-from kvscope.tui.app import live_app, replay_app
 
 SIZE = (160, 50)
 STEPS = 6

@@ -77,7 +77,7 @@ def test_block_map_incremental_update_draws_what_a_full_recompute_draws():
                 random_block_events(rng, view, rng.randint(1, 8))
                 selected = rng.choice(sorted(view.tables) or [None])
                 highlight = frozenset(view.tables.get(selected, ())) if step % 3 else frozenset()
-                incremental.show_view(view, highlight)
+                incremental.show_view(view, view.take_touched_blocks(), highlight)  # as the app does
                 assert not view.touched_blocks  # the map took them
                 full.set_cells(cells_from_view(view), highlight)
                 assert incremental._codes == full._codes, f"step {step}"
@@ -94,7 +94,7 @@ def test_block_map_incremental_update_draws_what_a_full_recompute_draws():
                     assert sum(r.count(SELECTED_GLYPH) for r in rows) >= min(len(highlight), 1)
             # a reset (the next run's RunInfo) redraws everything
             view.apply(run_info(NUM_BLOCKS))
-            incremental.show_view(view)
+            incremental.show_view(view, view.take_touched_blocks())
             assert set(incremental._codes) == {0}
 
     asyncio.run(scenario())
@@ -162,3 +162,58 @@ def test_spark_text_scales_to_the_largest_value_and_keeps_the_last_width_values(
     assert spark_text(list(range(100)), 8, "red").plain == spark_text(list(range(92, 100)), 8, "red").plain
     assert len(spark_text(list(range(100)), 8, "red").plain) == 8
     assert spark_text([], 8, "red").plain == ""
+
+
+def test_the_tui_imports_neither_the_engine_nor_torch():
+    """The TUI only reads (events, snapshots) and steers through the controller: the cli wires the engine."""
+    import pathlib
+    import subprocess
+    import sys
+
+    import kvscope.tui
+
+    folder = pathlib.Path(kvscope.tui.__path__[0])
+    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    for path in folder.glob("*.py"):  # not even lazily, inside a function
+        source = path.read_text(encoding="utf-8")
+        assert "kvscope.engine" not in source and "import torch" not in source, path.name
+    code = (f"import sys\nfor m in {modules!r}: __import__('kvscope.tui.' + m)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('kvscope.engine')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+class PickApp(App):
+    def __init__(self) -> None:
+        super().__init__()
+        self.picked: list = []
+
+    def compose(self) -> ComposeResult:
+        yield BlockMap(id="map")
+        yield RequestList(format_row, id="list")
+
+    def on_block_map_selected(self, message: BlockMap.Selected) -> None:
+        self.picked.append(message)
+
+    def on_request_list_selected(self, message: RequestList.Selected) -> None:
+        self.picked.append(message)
+
+
+def test_selection_messages_carry_the_widget_that_sent_them():
+    async def scenario() -> None:
+        app = PickApp()
+        async with app.run_test(size=(80, 20)) as pilot:
+            bmap, lst = app.query_one(BlockMap), app.query_one(RequestList)
+            view = EngineView()
+            view.apply(run_info(40))
+            view.apply(BlockEvent(0, 0, ALLOC, 3, (5, 6), 0, (1, 1)))
+            bmap.show_view(view, view.take_touched_blocks())
+            await pilot.click("#map", offset=bmap.offset_of(6))
+            lst.set_rows([RequestView(3, "running", 10, 0, 10, 20)], None)
+            lst.focus()
+            await pilot.press("enter")
+            await pilot.pause()
+            assert [(type(m), m.control, m.request_id) for m in app.picked] == [
+                (BlockMap.Selected, bmap, 3), (RequestList.Selected, lst, 3)]
+
+    asyncio.run(scenario())

@@ -1,29 +1,28 @@
 """The kvscope Textual app: a live run (engine in a worker thread, steered by a SessionController)
-or a replay of a JSONL recording, drawn by the same panels.
+or a replay of a JSONL recording (a ReplayCursor), drawn by the same panels.
 
 The UI thread pulls events at a steady refresh rate (REFRESH_HZ), folds them into a UIModel
-(EngineView + Metrics + StepHistory) and redraws; the engine never waits for it.
-
-Entry points: run_live(recipe, record) and run_replay(path, strict), both returning an exit code.
+(EngineView + Metrics + StepHistory) and redraws; the engine never waits for it. The app only reads
+and steers: the cli builds the session or the cursor, measures the device's peaks and records
+(kvscope.cli.live, kvscope.cli.replay).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import Footer
 
-from kvscope.inspector.controller import FAILED, FINISHED, LOADING, PAUSED, SessionController
+from kvscope.inspector.controller import FAILED, FINISHED, LOADING, PAUSED, RUNNING
 from kvscope.inspector.device_stats import DeviceSampler
-from kvscope.inspector.recording import JsonlRecorder, make_header
-from kvscope.inspector.replay import ReplayCursor, load_timeline
+from kvscope.inspector.roofline_bound import Peaks
 from kvscope.tui.block_map import BlockMap
 from kvscope.tui.device_panel import DevicePanel
 from kvscope.tui.info_panel import InfoPanel
@@ -37,17 +36,33 @@ from kvscope.tui.scheduler_panel import SchedulerPanel
 from kvscope.tui.screens import GotoScreen, HelpScreen
 from kvscope.tui.text_lines import TextLines
 
+if TYPE_CHECKING:
+    from kvscope.inspector.controller import SessionController
+    from kvscope.inspector.replay import ReplayCursor
+
 REFRESH_HZ = 15
 STATS_REFRESH_S = 0.25  # the statistics panels (latency, roofline) while a live run streams: 4 Hz is plenty
 DELAYS_S = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 LIVE_ONLY = {"toggle_pause", "step_once", "slower", "faster", "restart"}
 REPLAY_ONLY = {"forward", "back", "goto", "first", "last", "toggle_play"}
-_STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "finished": "bold cyan", "failed": "bold red",
-                "loading": "bold magenta", "playing": "bold green"}
+PLAYING = "playing"  # a replay moving on by itself
+_STATE_STYLE = {RUNNING: "bold green", PAUSED: "bold yellow", FINISHED: "bold cyan", FAILED: "bold red",
+                LOADING: "bold magenta", PLAYING: "bold green"}
+
+
+def _panel(widget: Widget, title: str) -> Widget:
+    """`widget` framed as one of the screen's panels, titled."""
+    widget.add_class("panel")
+    widget.border_title = title
+    return widget
 
 
 class KVScopeApp(App[int]):
-    """One app for both sources: pass a SessionController (live) or a ReplayCursor over a UIModel (replay)."""
+    """One app for both sources: pass a SessionController (live) or a ReplayCursor over a UIModel (replay).
+
+    `peaks`: the roofs the roofline panel compares with (measured by the cli for a live run); None: the
+    datasheet preset of the run's device (named after `gpu_name`, NVML's name of the GPU).
+    """
 
     CSS_PATH = "kvscope.tcss"
     TITLE = "kvscope"
@@ -70,7 +85,7 @@ class KVScopeApp(App[int]):
 
     def __init__(self, *, controller: SessionController | None = None, replay: ReplayCursor | None = None,
                  title: str = "", deterministic: bool = False, refresh_hz: float = REFRESH_HZ,
-                 gpu_name: str = "") -> None:
+                 gpu_name: str = "", peaks: Peaks | None = None) -> None:
         super().__init__()
         if (controller is None) == (replay is None):
             raise ValueError("KVScopeApp needs exactly one of controller / replay")
@@ -80,6 +95,7 @@ class KVScopeApp(App[int]):
         self.deterministic = deterministic
         self.refresh_hz = refresh_hz
         self.gpu_name = gpu_name
+        self.peaks = peaks
         self._live_model = UIModel() if controller is not None else None
         self.selected: int | None = None
         self.playing = False
@@ -95,10 +111,6 @@ class KVScopeApp(App[int]):
     def model(self) -> UIModel:
         return self._live_model if self.replay is None else self.replay.sink
 
-    @property
-    def is_replay(self) -> bool:
-        return self.replay is not None
-
     # -- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield TextLines(id="status")
@@ -107,29 +119,14 @@ class KVScopeApp(App[int]):
                 with Vertical(id="map-panel", classes="panel") as panel:
                     panel.border_title = "KV blocks"
                     yield BlockMap(id="block-map")
-                info = InfoPanel(id="info", classes="panel")
-                info.border_title = "selection"
-                yield info
+                yield _panel(InfoPanel(id="info"), "selection")
             with VerticalScroll(id="right"):
-                meters = FragmentationMeters(id="meters")
-                meters.add_class("panel")
-                meters.border_title = "fragmentation: paged vs contiguous"
-                yield meters
-                sched = SchedulerPanel(id="scheduler", classes="panel")
-                sched.border_title = "scheduler"
-                yield sched
-                latency = LatencyPanel(frozen=self.deterministic, id="latency")
-                latency.add_class("panel")
-                latency.border_title = "latency & throughput"
-                yield latency
-                roof = RooflinePanel(peaks_for("cpu", "float32"), frozen=self.deterministic, id="roofline")
-                roof.add_class("panel")
-                roof.border_title = "roofline"
-                yield roof
-                device = DevicePanel(frozen=self.deterministic, id="device")
-                device.add_class("panel")
-                device.border_title = "device"
-                yield device
+                yield _panel(FragmentationMeters(id="meters"), "fragmentation: paged vs contiguous")
+                yield _panel(SchedulerPanel(id="scheduler"), "scheduler")
+                yield _panel(LatencyPanel(frozen=self.deterministic, id="latency"), "latency & throughput")
+                peaks = self.peaks or peaks_for("cpu", "float32")
+                yield _panel(RooflinePanel(peaks, frozen=self.deterministic, id="roofline"), "roofline")
+                yield _panel(DevicePanel(frozen=self.deterministic, id="device"), "device")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -196,12 +193,11 @@ class KVScopeApp(App[int]):
         info = view.info
         if info is not None and self._peaks_key != (info.device, info.dtype):
             self._peaks_key = (info.device, info.dtype)
-            live = self.controller is not None and not self.deterministic
-            self.query_one(RooflinePanel).peaks = peaks_for(info.device, info.dtype, self.gpu_name, measure=live)
+            self.query_one(RooflinePanel).peaks = self.peaks or peaks_for(info.device, info.dtype, self.gpu_name)
         if self.selected is not None and self.selected not in view.requests:
             self.selected = None
         highlight = frozenset(view.tables.get(self.selected, ())) if self.selected is not None else frozenset()
-        self.query_one(BlockMap).show_view(view, highlight)
+        self.query_one(BlockMap).show_view(view, view.take_touched_blocks(), highlight)
         self.query_one(FragmentationMeters).update_from(view)
         self.query_one(SchedulerPanel).update_from(view, self.selected)
         finished = self._run_finished()
@@ -221,7 +217,7 @@ class KVScopeApp(App[int]):
         """Percentiles and sparklines are repainted at STATS_REFRESH_S while a live run streams (they are
         summaries, and repainting them is a third of a frame); at once when paused, stepped or done."""
         now = time.monotonic()
-        streaming = (self.controller is not None and self.controller.state == "running" and not finished
+        streaming = (self.controller is not None and self.controller.state == RUNNING and not finished
                      and not self.deterministic)
         if streaming and now - self._stats_at < STATS_REFRESH_S:
             return False
@@ -237,7 +233,7 @@ class KVScopeApp(App[int]):
         if self.controller is not None:
             return self.controller.state
         if self.playing:
-            return "playing"
+            return PLAYING
         return FINISHED if self._run_finished() else PAUSED
 
     def _update_status(self) -> None:
@@ -352,104 +348,3 @@ class KVScopeApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(replay=self.replay is not None))
-
-
-# -- entry points ---------------------------------------------------------------------------------
-def _gpu_name() -> str:
-    sampler = DeviceSampler()
-    try:
-        return sampler.sample().name if sampler.kind == "gpu" else ""
-    finally:
-        sampler.close()
-
-
-def live_app(recipe: Any, *, record: str | None = None, start_paused: bool = False,
-             deterministic: bool = False, refresh_hz: float = REFRESH_HZ, range_hook: Any = None) -> KVScopeApp:
-    """The app over a fresh RunSession of `recipe` (built in the worker thread)."""
-    from kvscope.engine.session import RunSession
-
-    subscribers = ()
-    writer = None
-    if record:
-        recipe_desc = dict(getattr(recipe, "raw", {}) or {}) | {"name": getattr(recipe, "name", "")}
-        writer = JsonlRecorder(record, make_header(recipe_desc, getattr(recipe, "device", "cpu")))
-        subscribers = (writer,)
-    controller = SessionController(lambda bus: RunSession(recipe, bus=bus, range_hook=range_hook), start_paused=start_paused,
-                                   subscribers=subscribers)
-    app = KVScopeApp(controller=controller, title=getattr(recipe, "name", ""), deterministic=deterministic,
-                     refresh_hz=refresh_hz, gpu_name="" if deterministic else _gpu_name())
-    app.recording_writer = writer
-    return app
-
-
-def replay_app(path: str, *, strict: bool = False, deterministic: bool = False,
-               refresh_hz: float = REFRESH_HZ) -> KVScopeApp:
-    """The app over a recording, positioned at its last step. Raises RecordingError for a bad file."""
-    timeline = load_timeline(path, strict=strict)
-    cursor = ReplayCursor(timeline, UIModel)
-    cursor.goto(cursor.last_position)
-    return KVScopeApp(replay=cursor, title=f"replay {Path(path).name}", deterministic=deterministic,
-                      refresh_hz=refresh_hz)
-
-
-def run_live(recipe: Any, record: str | None = None, nvtx: bool = True, threads: int | None = None) -> int:
-    """`kvscope run RECIPE` on a terminal. An engine error is re-raised after the UI closes."""
-    from kvscope.inspector.nvtx_ranges import nvtx_range_hook
-
-    device = _resolved_device(recipe)
-    _set_engine_threads(device, threads)
-    _measure_peaks_before_the_engine_starts(device, getattr(recipe, "dtype", "float32"))
-    app = live_app(recipe, record=record, range_hook=nvtx_range_hook() if nvtx else None)
-    try:
-        app.run()
-    finally:
-        if app.recording_writer is not None:
-            app.controller.stop()
-            app.recording_writer.close()
-    if app.exit_error is not None:
-        raise app.exit_error
-    return 0
-
-
-def _resolved_device(recipe: Any) -> str:
-    from kvscope.engine.llm_engine import resolve_device
-
-    return resolve_device(getattr(recipe, "device", "cpu")).type
-
-
-def _set_engine_threads(device: str, threads: int | None) -> None:
-    """On a CPU the engine's torch threads and the UI share the cores, and an OpenMP team with one thread
-    descheduled waits for it: on 2 cores the TUI cost the engine ~27% of its tokens/s with torch on both
-    cores, ~9% with torch on one (benchmarks/tui_overhead.py). So leave the UI a core, unless the user
-    chose (--threads, or OMP_NUM_THREADS)."""
-    import os
-
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    elif device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
-
-
-def _measure_peaks_before_the_engine_starts(device: str, dtype: str) -> None:
-    """The roofline's measured peaks are cached on first use; measuring while the engine runs would
-    measure the engine's contention instead, so take them now (a fraction of a second, once per device)."""
-    from kvscope.inspector.peak_probe import measured_peaks
-
-    try:
-        measured_peaks(device, dtype)
-    except Exception:  # no peaks is no reason to refuse to start; the panel falls back to presets
-        pass
-
-
-def run_replay(path: str, strict: bool = False) -> int:
-    """`kvscope replay EVENTS.jsonl`. Damage in the file is shown in the status line (or, strict, an error)."""
-    app = replay_app(path, strict=strict)
-    app.run()
-    damage = app.replay.timeline.damage
-    if damage:
-        import sys
-
-        print(f"kvscope: replay stopped at damage: {damage}", file=sys.stderr)
-    return 0

@@ -1,4 +1,5 @@
-"""Small text-drawing helpers shared by the panels: horizontal bars and number formats."""
+"""Small text-drawing helpers shared by the panels: horizontal bars, sparklines, percent and MiB formats,
+and a Static update that skips unchanged text (SI prefixes: kvscope.inspector.text_table.human_count)."""
 
 from __future__ import annotations
 
@@ -61,14 +62,6 @@ def spark_text(values: list[float], width: int, colour: str) -> Text:
 def percent(fraction: float) -> str:
     """The one format the TUI uses for fractions: 42.2%."""
     return f"{100 * fraction:.1f}%"
-
-
-def si(value: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M' + unit."""
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.2f} {prefix}{unit}"
-    return f"{value:.2f} {unit}" if unit else f"{value:.2f}"
 
 
 def mib(n_bytes: float) -> str:

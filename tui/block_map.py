@@ -10,8 +10,9 @@ Glyphs differ as well as colours, so the states read without colour too:
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich.segment import Segment
 from rich.style import Style
@@ -20,6 +21,9 @@ from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+if TYPE_CHECKING:
+    from kvscope.inspector.state import EngineView
 
 FREE, CACHED, USED, SHARED = 0, 1, 2, 3
 STATE_CODES = {"free": FREE, "cached": CACHED, "used": USED, "shared": SHARED}
@@ -75,7 +79,7 @@ def block_code(refs: int, hashed: int, owner: int) -> int:
     return CACHED if hashed else FREE
 
 
-def cells_from_view(view) -> BlockCells:
+def cells_from_view(view: EngineView) -> BlockCells:
     """Read the per-block state and owner out of an EngineView (kvscope.inspector.state): the whole pool,
     which BlockMap.show_view needs only for a new view or after a reset."""
     codes = [block_code(r, h, o) for r, h, o in zip(view.block_refs, view.block_hash, view.block_owner)]
@@ -95,10 +99,16 @@ class BlockMap(ScrollView, can_focus=True):
     class Selected(Message):
         """A block was clicked: `request_id` is its owner (-1 for an unowned block)."""
 
-        def __init__(self, request_id: int, block_id: int) -> None:
+        def __init__(self, block_map: BlockMap, request_id: int, block_id: int) -> None:
             super().__init__()
+            self.block_map = block_map
             self.request_id = request_id
             self.block_id = block_id
+
+        @property
+        def control(self) -> BlockMap:
+            """The map that was clicked."""
+            return self.block_map
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -113,11 +123,12 @@ class BlockMap(ScrollView, can_focus=True):
         self._run_segments: dict[tuple[int, int], Segment] = {}  # (code, run length) -> its Segment
 
     # -- data ---------------------------------------------------------------------------------
-    def show_view(self, view, highlight: set[int] | frozenset[int] = frozenset()) -> None:
-        """Show an EngineView, recomputing only the blocks it touched since the last call (the whole
-        pool for a new view, after a reset or when the pool grew), so a refresh costs what the step
-        changed, not what the pool holds."""
-        touched, view.touched_blocks = view.touched_blocks, set()
+    def show_view(self, view: EngineView, touched: AbstractSet[int],
+                  highlight: set[int] | frozenset[int] = frozenset()) -> None:
+        """Show an EngineView, recomputing only the `touched` blocks (those it touched since the last
+        call: the app takes them from the view, EngineView.take_touched_blocks) or the whole pool for a
+        new view, after a reset or when the pool grew; so a refresh costs what the step changed, not
+        what the pool holds."""
         if (view is not self._view or view.generation != self._generation
                 or len(view.block_refs) != len(self.cells.codes)):
             self._view, self._generation = view, view.generation
@@ -198,10 +209,6 @@ class BlockMap(ScrollView, can_focus=True):
         self._relayout()
         self.refresh()
 
-    @property
-    def blocks_per_row(self) -> int:
-        return self._per_row
-
     def offset_of(self, block: int) -> tuple[int, int]:
         """Content offset (x, y) of a block's cell, with the map scrolled to the top."""
         return self._gutter + (block % self._per_row) * self._cell, block // self._per_row
@@ -261,4 +268,4 @@ class BlockMap(ScrollView, can_focus=True):
         block = self.block_at(offset.x, offset.y)
         if block is None:
             return
-        self.post_message(self.Selected(self.cells.owners[block], block))
+        self.post_message(self.Selected(self, self.cells.owners[block], block))

@@ -12,6 +12,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 
+from kvscope.inspector.metrics import Metrics
+from kvscope.inspector.step_history import StepHistory
 from kvscope.tui.bars import spark_text
 from kvscope.tui.text_lines import TextLines
 
@@ -43,7 +45,7 @@ class LatencyPanel(Vertical):
         yield TextLines(id="tokens-label")
         yield TextLines(id="tokens-spark")
 
-    def update_from(self, metrics, history) -> None:
+    def update_from(self, metrics: Metrics, history: StepHistory) -> None:
         s = metrics.summary()
         text = Text()
         text.append_text(_lat_row("TTFT", s.ttft_ms, self.frozen))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvscope.inspector.event_fold import fan_out
 from kvscope.inspector.metrics import Metrics
 from kvscope.inspector.state import EngineView
-from kvscope.tui.history import StepHistory
+from kvscope.inspector.step_history import StepHistory
 
 
 class UIModel:
@@ -21,9 +22,9 @@ class UIModel:
         self.metrics = Metrics()
         self.history = StepHistory()
         self.events_seen = 0
+        self._handlers = fan_out(self.view, self.metrics, self.history)
 
     def __call__(self, event: Any) -> None:
-        self.view.apply(event)
-        self.metrics(event)
-        self.history(event)
+        for handler, fold in self._handlers.get(event.kind, ()):
+            handler(fold, event)
         self.events_seen += 1

@@ -1,14 +1,20 @@
-"""Device peaks for the roofline panel.
+"""Device peaks for the roofline panel, labelled.
 
-Live runs compare against peaks measured on this device (kvscope.inspector.peak_probe), labelled
-with the datasheet preset NVML's name matches; replays and snapshot tests, which must not measure
-this machine, use the presets in kvscope.inspector.devices (the "cpu" one is a labelled placeholder).
+Live runs compare against peaks the cli measured on this device before the engine started
+(kvscope.inspector.peak_probe), labelled with the datasheet preset NVML's name matches; replays and
+snapshot tests, which must not measure this machine, use the presets in kvscope.inspector.devices
+(the "cpu" one is a labelled placeholder). Nothing here measures.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvscope.inspector.devices import DeviceError, get_device
-from kvscope.tui.roofline_panel import Peaks
+from kvscope.inspector.roofline_bound import Peaks
+
+if TYPE_CHECKING:
+    from kvscope.inspector.peak_probe import MeasuredPeaks
 
 # NVML names ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", ...) -> preset; first match wins
 _NVML_PATTERNS = (
@@ -29,19 +35,13 @@ def preset_name(device: str, gpu_name: str = "") -> str:
     return "h100"  # unknown GPU: H100 numbers, and the label says so
 
 
-def peaks_for(device: str, dtype: str, gpu_name: str = "", measure: bool = False) -> Peaks:
-    """Peak FLOP/s for `dtype` matmuls and memory bandwidth of the device a run uses."""
-    if measure:
-        from kvscope.inspector.peak_probe import measured_peaks
-
-        try:
-            m = measured_peaks(device, dtype)
-        except Exception:  # a probe that fails must not take the TUI down; fall back to the preset
-            pass
-        else:
-            sheet = peaks_for(device, dtype, gpu_name, measure=False)
-            label = f"{m.device_name if device.startswith('cpu') else sheet.name} · peaks measured on this machine"
-            return Peaks(label, m.flops, m.bandwidth)
+def peaks_for(device: str, dtype: str, gpu_name: str = "", measured: MeasuredPeaks | None = None) -> Peaks:
+    """Peak FLOP/s for `dtype` matmuls and memory bandwidth of the device a run uses: the `measured`
+    ones when given, else the datasheet preset's."""
+    if measured is not None:
+        sheet = peaks_for(device, dtype, gpu_name)
+        name = measured.device_name if device.startswith("cpu") else sheet.name
+        return Peaks(f"{name} · peaks measured on this machine", measured.flops, measured.bandwidth)
     preset = preset_name(device, gpu_name)
     try:
         spec = get_device(preset)

@@ -30,9 +30,17 @@ class RequestList(ScrollView, can_focus=True):
     ]
 
     class Selected(Message):
-        def __init__(self, request_id: int) -> None:
+        """A request row was chosen (enter or a click)."""
+
+        def __init__(self, request_list: RequestList, request_id: int) -> None:
             super().__init__()
+            self.request_list = request_list
             self.request_id = request_id
+
+        @property
+        def control(self) -> RequestList:
+            """The list the row belongs to."""
+            return self.request_list
 
     def __init__(self, format_row, *, id: str | None = None) -> None:
         """`format_row(request, selected: bool) -> [(text, style), ...]` draws one row."""
@@ -92,7 +100,7 @@ class RequestList(ScrollView, can_focus=True):
 
     def action_select(self) -> None:
         if self.rows:
-            self.post_message(self.Selected(self.rows[self.cursor].request_id))
+            self.post_message(self.Selected(self, self.rows[self.cursor].request_id))
 
     def on_click(self, event) -> None:
         offset = event.get_content_offset(self)
@@ -101,5 +109,5 @@ class RequestList(ScrollView, can_focus=True):
         index = offset.y + int(self.scroll_offset.y)
         if 0 <= index < len(self.rows):
             self.cursor = index
-            self.post_message(self.Selected(self.rows[index].request_id))
+            self.post_message(self.Selected(self, self.rows[index].request_id))
             self.refresh()

@@ -1,53 +1,34 @@
 """Roofline readout for the last steps: arithmetic intensity (analytic FLOPs / bytes summed over
 the step's KernelEvents), achieved FLOP/s and bytes/s over the measured forward time, the
-device's peaks, the bound (memory / compute / overhead), and a small log-log roofline plot.
-
-Classification: attainable = min(peak FLOP/s, intensity x peak B/s). A step that reaches less
-than OVERHEAD_FRACTION of its attainable rate is overhead-bound (launches, Python, sync
-dominate); otherwise it is memory-bound left of the ridge point and compute-bound right of it.
+device's peaks, the bound (memory / compute / overhead, kvscope.inspector.roofline_bound), and a
+small log-log roofline plot.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from functools import partial
 
 from rich.text import Text
 from textual.widgets import Static
 
-from kvscope.tui.bars import update_text, si
+from kvscope.inspector.roofline_bound import COMPUTE, MEMORY, NO_DATA, OVERHEAD, Peaks, classify
+from kvscope.inspector.step_history import StepHistory, StepRecord
+from kvscope.inspector.text_table import human_count
+from kvscope.tui.bars import update_text
 
-OVERHEAD_FRACTION = 0.10
 RECENT_STEPS = 8
 PLOT_WIDTH = 34
 PLOT_HEIGHT = 7
 AI_RANGE = (-1.0, 3.0)   # log10 FLOP/byte shown on the x axis
 DECADES_SHOWN = 4        # y axis spans peak / 10^4 .. peak
-BOUND_COLOUR = {"memory": "#4e9af1", "compute": "#5fbf5f", "overhead": "#d95f5f", "-": "dim"}
+BOUND_COLOUR = {MEMORY: "#4e9af1", COMPUTE: "#5fbf5f", OVERHEAD: "#d95f5f", NO_DATA: "dim"}
 
 
-@dataclass(slots=True)
-class Peaks:
-    name: str
-    flops: float        # FLOP/s
-    bandwidth: float    # bytes/s
-
-    @property
-    def ridge(self) -> float:
-        return self.flops / self.bandwidth if self.bandwidth else 0.0
+si = partial(human_count, small=".2f")  # the panel's SI format: two decimals under 1000 too
 
 
-def classify(intensity: float, achieved_flops: float, peaks: Peaks) -> str:
-    """'memory' | 'compute' | 'overhead' | '-' (no data) for one step."""
-    if intensity <= 0 or achieved_flops <= 0 or peaks.flops <= 0:
-        return "-"
-    attainable = min(peaks.flops, intensity * peaks.bandwidth)
-    if achieved_flops < OVERHEAD_FRACTION * attainable:
-        return "overhead"
-    return "memory" if intensity < peaks.ridge else "compute"
-
-
-def _aggregate(records) -> tuple[int, int, int]:
+def _aggregate(records: list[StepRecord]) -> tuple[int, int, int]:
     flops = sum(r.flops for r in records)
     nbytes = sum(r.bytes for r in records)
     ns = sum(r.forward_ns for r in records)
@@ -111,9 +92,9 @@ class RooflinePanel(Static):
         super().__init__("no step yet", id=id)
         self.peaks = peaks
         self.frozen = frozen
-        self.last_bound = "-"
+        self.last_bound = NO_DATA
 
-    def update_from(self, history) -> None:
+    def update_from(self, history: StepHistory) -> None:
         records = [r for r in history.last(RECENT_STEPS) if r.flops > 0]
         peaks = self.peaks
         text = Text()
@@ -143,7 +124,7 @@ class RooflinePanel(Static):
         text.append(" · ")
         text.append(f"{si(bandwidth, 'B/s')} ({100 * bandwidth / peaks.bandwidth:.1f}%)", style="bold")
         text.append("  →  ")
-        text.append(f"{bound}-bound\n" if bound != "-" else "-\n", style=f"bold {BOUND_COLOUR[bound]}")
+        text.append(f"{bound}-bound\n" if bound != NO_DATA else f"{NO_DATA}\n", style=f"bold {BOUND_COLOUR[bound]}")
         points = [(r.intensity, r.achieved_flops) for r in records]
         text.append_text(roofline_plot(peaks, points))
         update_text(self, text)
