@@ -26,8 +26,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -164,10 +164,10 @@ def make_flex(case: PagedCase, scale: float) -> Callable[[], torch.Tensor] | str
     k, v = (t.contiguous() for t in gather_dense(case))
     q = case.q.view(batch, 1, -1, case.q.shape[-1]).transpose(1, 2).contiguous()
     compiled = torch.compile(flex_attention, dynamic=False)
-    call = lambda: compiled(q, k, v, scale=scale, enable_gqa=True)  # noqa: E731
+    call = lambda: compiled(q, k, v, scale=scale, enable_gqa=True)
     try:
         call()
-    except Exception as e:  # noqa: BLE001 - report any compile failure as n/a, keep benchmarking
+    except Exception as e:
         return f"failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
     return call
 
@@ -191,13 +191,13 @@ def bench_decode(args, timer: Timer, dtype, device, free_bytes: int, rows: list[
             flops, nbytes = attention_flops_and_bytes([1] * batch, [context] * batch, args.heads,
                                                       args.kv_heads, args.head_dim, elem)
             out = torch.empty_like(case.q)
-            ours = lambda: paged_attention_triton(  # noqa: E731
+            ours = lambda case=case, out=out, context=context: paged_attention_triton(
                 case.q, case.k_cache, case.v_cache, case.block_tables, case.query_start_loc, case.seq_lens,
                 scale, max_query_len=1, max_seq_len=context, out=out)
             torch.testing.assert_close(ours().float(), gather_sdpa(case, scale, False).transpose(1, 2)
                                        .reshape_as(out).float(), rtol=2e-2, atol=2e-2)
             impls: list[tuple[str, Callable[[], object] | str]] = [
-                ("triton", ours), ("gather+sdpa", lambda: gather_sdpa(case, scale, False))]
+                ("triton", ours), ("gather+sdpa", lambda case=case: gather_sdpa(case, scale, False))]
             if flex_ok and 4 * kv_bytes <= budget:  # flex keeps its own dense copy alive
                 impls.append(("flex (dense)", make_flex(case, scale)))
             elif flex_ok:
@@ -228,12 +228,12 @@ def bench_prefill(args, timer: Timer, dtype, device, free_bytes: int, rows: list
         flops, nbytes = attention_flops_and_bytes([length] * batch, [length] * batch, args.heads,
                                                   args.kv_heads, args.head_dim, elem)
         out = torch.empty_like(case.q)
-        ours = lambda: paged_attention_triton(  # noqa: E731
+        ours = lambda case=case, out=out, length=length: paged_attention_triton(
             case.q, case.k_cache, case.v_cache, case.block_tables, case.query_start_loc, case.seq_lens,
             scale, max_query_len=length, max_seq_len=length, out=out)
         want = gather_sdpa(case, scale, True).transpose(1, 2).reshape_as(out)
         torch.testing.assert_close(ours().float(), want.float(), rtol=2e-2, atol=2e-2)
-        for name, fn in (("triton", ours), ("gather+sdpa", lambda: gather_sdpa(case, scale, True))):
+        for name, fn in (("triton", ours), ("gather+sdpa", lambda case=case: gather_sdpa(case, scale, True))):
             ms = timer(fn)
             rows.append(Row("prefill", name, batch, length, ms, nbytes / (ms * 1e-3) / 1e9,
                             flops / (ms * 1e-3) / 1e12))

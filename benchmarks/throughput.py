@@ -27,11 +27,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
+import torch
 
-from kvscope.engine.llm_engine import LLMEngine, load_for_recipe  # noqa: E402
-from kvscope.engine.recipe import Recipe  # noqa: E402
-from kvscope.engine.sampling import SamplingParams  # noqa: E402
+from kvscope.engine.llm_engine import LLMEngine, load_for_recipe
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.sampling import SamplingParams
 
 
 def make_workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:

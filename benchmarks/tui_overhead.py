@@ -6,10 +6,11 @@ terminal driver would); prints both throughputs and the ratio.
     .venv/bin/python benchmarks/tui_overhead.py --threads 2      # torch on both cores on both sides
 
 By default each side gets what `kvscope run` gives it: headless, torch's default thread count
-(every core); under the TUI on a CPU, one thread fewer (the UI's core). Both sides emit events (the headless run folds them into its summary too). Runs alternate
-headless / TUI after a warm-up; the best of each side is compared and the median ratio printed.
-Throughput is generated tokens per second of wall time from the first step to the last, polled every 0.1 s on the TUI side (model
-loading is left out on both sides). In the TUI runs the UI's own time per refresh (fold + panels
+(every core); under the TUI on a CPU, one thread fewer (the UI's core). Both sides emit events (the
+headless run folds them into its summary too). Runs alternate headless / TUI after a warm-up; the best
+of each side is compared and the median ratio printed. Throughput is generated tokens per second of
+wall time from the first step to the last, polled every 0.1 s on the TUI side (model loading is left
+out on both sides). In the TUI runs the UI's own time per refresh (fold + panels
 + Textual's paint + encode) is reported as well.
 """
 
@@ -26,13 +27,13 @@ import torch
 from textual._compositor import CompositorUpdate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from instrumentation import synthetic_recipe  # noqa: E402
+from instrumentation import synthetic_recipe
 
-from kvscope.engine.llm_engine import load_for_recipe  # noqa: E402
-from kvscope.engine.session import RunSession  # noqa: E402
-from kvscope.inspector.events import EventBus  # noqa: E402
-from kvscope.cli.live import _set_engine_threads, live_app  # noqa: E402
-from kvscope.tui.app import REFRESH_HZ  # noqa: E402
+from kvscope.cli.live import _set_engine_threads, live_app
+from kvscope.engine.llm_engine import load_for_recipe
+from kvscope.engine.session import RunSession
+from kvscope.inspector.events import EventBus
+from kvscope.tui.app import REFRESH_HZ
 
 SIZE = (200, 60)
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
           f" terminal {SIZE[0]}x{SIZE[1]}, UI at {args.refresh_hz:g} Hz")
     print(f"headless ({threads['headless']} torch threads)  {max(headless):8.1f} tok/s best"
           f"  ({', '.join(f'{x:.1f}' for x in headless)})")
-    print(f"TUI      ({threads['TUI']} torch threads)  {max(tui):8.1f} tok/s best  ({', '.join(f'{x:.1f}' for x in tui)})")
+    print(f"TUI      ({threads['TUI']} torch threads)  {max(tui):8.1f} tok/s best"
+          f"  ({', '.join(f'{x:.1f}' for x in tui)})")
     print(f"ratio TUI / headless: {max(tui) / max(headless):.3f} best, {statistics.median(ratios):.3f} median")
     if ui_ms:
         print(f"UI refresh while the engine runs: p50 {statistics.median(ui_ms):.1f} ms,"

@@ -106,8 +106,8 @@ def _write(path: str, flag: str, text: str) -> None:
 
 # --- running the variants -------------------------------------------------------------------
 
-def variant_recipes(recipe: "Recipe", model: dict[str, Any] | None = None,
-                    only: list[str] | None = None) -> list[tuple[str, dict[str, Any], "Recipe"]]:
+def variant_recipes(recipe: Recipe, model: dict[str, Any] | None = None,
+                    only: list[str] | None = None) -> list[tuple[str, dict[str, Any], Recipe]]:
     """(name, overrides, recipe) per variant; the recipe as written when it declares none."""
     declared = recipe.variants or [{"name": recipe.name, "overrides": {}}]
     if only:
@@ -129,25 +129,25 @@ def variant_recipes(recipe: "Recipe", model: dict[str, Any] | None = None,
     return out
 
 
-def _model_key(recipe: "Recipe") -> tuple[Any, ...]:
+def _model_key(recipe: Recipe) -> tuple[Any, ...]:
     return (tuple(sorted(recipe.model.as_dict().items())), recipe.dtype, recipe.device)
 
 
-def _workload_key(recipe: "Recipe") -> tuple[str, str]:
+def _workload_key(recipe: Recipe) -> tuple[str, str]:
     raw = recipe.raw
     return (json.dumps(raw.get("workload"), sort_keys=True), json.dumps(raw.get("sampling"), sort_keys=True))
 
 
-def run_variants(recipe: "Recipe", model: dict[str, Any] | None = None, max_requests: int | None = None,
-                 only: list[str] | None = None) -> "BenchReport":
+def run_variants(recipe: Recipe, model: dict[str, Any] | None = None, max_requests: int | None = None,
+                 only: list[str] | None = None) -> BenchReport:
     """Run every variant of `recipe` on one shared workload; the report holds each run's summary."""
     from kvscope.engine.llm_engine import load_for_recipe
     from kvscope.inspector.bench_report import BenchReport
 
     variants = variant_recipes(recipe, model, only)
     base = recipe.with_overrides({"model": model}) if model is not None else recipe
-    models: dict[tuple[Any, ...], "LoadedModel"] = {}
-    workloads: dict[tuple[Any, ...], list["WorkItem"]] = {}
+    models: dict[tuple[Any, ...], LoadedModel] = {}
+    workloads: dict[tuple[Any, ...], list[WorkItem]] = {}
     report: BenchReport | None = None
     for i, (name, overrides, r) in enumerate(variants):
         if sys.stderr.isatty():
@@ -166,9 +166,9 @@ def run_variants(recipe: "Recipe", model: dict[str, Any] | None = None, max_requ
     return report
 
 
-def _run_one(name: str, overrides: dict[str, Any], recipe: "Recipe", loaded: "LoadedModel",
-             workloads: dict[tuple[Any, ...], list["WorkItem"]], base: "Recipe",
-             max_requests: int | None) -> tuple["VariantResult", Any]:
+def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: LoadedModel,
+             workloads: dict[tuple[Any, ...], list[WorkItem]], base: Recipe,
+             max_requests: int | None) -> tuple[VariantResult, Any]:
     from kvscope.engine.session import RunSession
     from kvscope.inspector.bench_report import VariantResult
     from kvscope.inspector.events import EventBus

@@ -8,7 +8,8 @@ The TUI itself (kvscope.tui) imports neither the engine nor torch: everything th
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -12,8 +12,8 @@ import importlib
 import os
 import sys
 
-from kvscope.version import __version__
 from kvscope.engine.errors import KVScopeError
+from kvscope.version import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("kvscope.cli.run", "run a recipe: live TUI, or --headless summary"),

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from kvscope.engine.recipe import load_recipe
 from kvscope.cli.live import live_app
+from kvscope.engine.recipe import load_recipe
 from kvscope.tui.block_map import BlockMap
 
 

@@ -13,12 +13,19 @@ Every change is announced on the event bus as a BlockEvent.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request
 from kvscope.inspector.events import (
-    ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, EventBus, now_ns,
+    ALLOC,
+    CACHED,
+    EVICT,
+    FREE,
+    PREFIX_HIT,
+    BlockEvent,
+    EventBus,
+    now_ns,
 )
 
 _HASH_MASK = (1 << 62) - 1

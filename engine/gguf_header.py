@@ -77,7 +77,7 @@ class GGUFHeader:
 
 
 class _Cursor:
-    __slots__ = ("buf", "pos", "size", "keep_array_max")
+    __slots__ = ("buf", "keep_array_max", "pos", "size")
 
     def __init__(self, buf: Any, size: int, keep_array_max: int | None) -> None:
         self.buf, self.pos, self.size, self.keep_array_max = buf, 0, size, keep_array_max

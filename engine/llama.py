@@ -184,7 +184,7 @@ class LlamaModel(nn.Module):
     @classmethod
     def from_state_dict(
         cls, config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device
-    ) -> "LlamaModel":
+    ) -> LlamaModel:
         """Build the model around given weights (names as in the module docstring), without random init.
 
         Raises KeyError naming a missing tensor, ValueError for an unexpected one or a wrong shape.
@@ -193,7 +193,8 @@ class LlamaModel(nn.Module):
         expected = {name: p.shape for name, p in model.named_parameters()}
         missing = sorted(set(expected) - set(state))
         if missing:
-            raise KeyError(f"missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise KeyError(f"missing tensor {missing[0]}{more}")
         unexpected = sorted(set(state) - set(expected))
         if unexpected:
             raise ValueError(f"unexpected tensor {unexpected[0]}")

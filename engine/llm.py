@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel, Prompt
 from kvscope.engine.recipe import Recipe, load_recipe

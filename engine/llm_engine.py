@@ -8,8 +8,9 @@ request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

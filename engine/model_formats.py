@@ -151,6 +151,9 @@ _HF_INTS = {
     "num_shared_experts": "n_shared_experts",
     "first_dense_layers": "first_k_dense_replace",
 }
+# what transformers' LlamaConfig assumes when config.json leaves these out (the engine must match it)
+_HF_DEFAULT_EPS = 1e-6
+_HF_DEFAULT_CONTEXT = 2048
 _HF_REQUIRED = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")
 
 
@@ -220,6 +223,8 @@ def config_from_hf(config_json: Mapping[str, Any], where: str) -> ModelConfig:
     num_experts = (_cfg_int(cfg, "n_routed_experts") or _cfg_int(cfg, "num_local_experts")
                    or _cfg_int(cfg, "num_experts") or 0)
     bos, eos = _special_ids(cfg)
+    if fields["max_position_embeddings"] is None:
+        fields["max_position_embeddings"] = _HF_DEFAULT_CONTEXT
     fields.update(
         name=_hf_name(cfg, where),
         num_kv_heads=heads if mla else _cfg_int(cfg, "num_key_value_heads") or heads,
@@ -233,7 +238,7 @@ def config_from_hf(config_json: Mapping[str, Any], where: str) -> ModelConfig:
         moe_intermediate_size=_cfg_int(cfg, "moe_intermediate_size") or (
             fields["intermediate_size"] if num_experts else 0),
         rope_theta=_number(cfg.get("rope_theta", rope_parameters(cfg).get("rope_theta"))),
-        rms_norm_eps=_number(cfg.get("rms_norm_eps", cfg.get("layer_norm_eps"))),
+        rms_norm_eps=_number(cfg.get("rms_norm_eps", cfg.get("layer_norm_eps", _HF_DEFAULT_EPS))),
         bos_token_id=bos,
         eos_token_ids=eos,
     )

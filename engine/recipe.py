@@ -100,10 +100,10 @@ class Recipe:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Recipe":
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Recipe:
         return _Validator(source).recipe(data)
 
-    def with_overrides(self, overrides: dict[str, Any], name: str | None = None) -> "Recipe":
+    def with_overrides(self, overrides: dict[str, Any], name: str | None = None) -> Recipe:
         """A new recipe: this one's raw dict deep-merged with `overrides` (variants use this)."""
         merged = _deep_merge(copy.deepcopy(self.raw), overrides)
         merged.pop("variants", None)
@@ -172,7 +172,8 @@ class _Validator:
         return value
 
     def number(self, value: Any, path: str, lo: float, hi: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or (hi is not None and value > hi):
+        not_a_number = isinstance(value, bool) or not isinstance(value, (int, float))
+        if not_a_number or value < lo or (hi is not None and value > hi):
             rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
             raise self.fail(path, f"must be a number {rng}, got {_describe(value)}")
         return float(value)
@@ -212,7 +213,8 @@ class _Validator:
         r.model = self.model(d.get("model"))
         r.dtype = self.choice(d.get("dtype", r.dtype), "dtype", DTYPES)
         r.device = self.choice(d.get("device", r.device), "device", DEVICES)
-        r.attention_backend = self.choice(d.get("attention_backend", r.attention_backend), "attention_backend", BACKENDS)
+        r.attention_backend = self.choice(d.get("attention_backend", r.attention_backend), "attention_backend",
+                                          BACKENDS)
         r.cache = self.cache(d.get("cache"))
         r.scheduler = self.scheduler(d.get("scheduler"))
         r.sampling = self.sampling(d.get("sampling"), "sampling")
@@ -288,12 +290,14 @@ class _Validator:
             s.seed = self.pos_int(d["seed"], f"{path}.seed", allow_zero=True)
         if "stop" in d:
             stop = d["stop"]
-            s.stop = [self.string(stop, f"{path}.stop")] if isinstance(stop, str) else self.str_list(stop, f"{path}.stop")
+            where = f"{path}.stop"
+            s.stop = [self.string(stop, where)] if isinstance(stop, str) else self.str_list(stop, where)
         if "stop_token_ids" in d:
             ids = d["stop_token_ids"]
             if not isinstance(ids, list):
                 raise self.fail(f"{path}.stop_token_ids", f"must be a list of token ids, got {_describe(ids)}")
-            s.stop_token_ids = [self.pos_int(t, f"{path}.stop_token_ids[{i}]", allow_zero=True) for i, t in enumerate(ids)]
+            s.stop_token_ids = [self.pos_int(t, f"{path}.stop_token_ids[{i}]", allow_zero=True)
+                                for i, t in enumerate(ids)]
         if "ignore_eos" in d:
             s.ignore_eos = self.boolean(d["ignore_eos"], f"{path}.ignore_eos")
         return s

@@ -27,7 +27,14 @@ from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request, RequestStatus
 from kvscope.engine.stop_check import check_stop
 from kvscope.inspector.events import (
-    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, EventBus, RequestEvent, now_ns,
+    FINISHED,
+    FIRST_TOKEN,
+    PREEMPTED,
+    RESUMED,
+    SCHEDULED,
+    EventBus,
+    RequestEvent,
+    now_ns,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +55,7 @@ class ScheduledRequest:
     is_prefill_step: bool = False
 
     @classmethod
-    def of(cls, request: Request, num_tokens: int) -> "ScheduledRequest":
+    def of(cls, request: Request, num_tokens: int) -> ScheduledRequest:
         pending = request.num_tokens - request.num_computed_tokens
         return cls(request, num_tokens, pending > 1 or request.num_output_tokens == 0)
 

@@ -49,8 +49,19 @@ NULL_PROBE = NullProbe()
 class StepProbe:
     """The instruments of one engine's steps (see the module docstring). Phases do not nest."""
 
-    __slots__ = ("engine", "hook", "kernel_events", "timer", "kernel_builder", "step", "begin_ts", "phases",
-                 "_phase", "_tokens", "_start")
+    __slots__ = (
+        "_phase",
+        "_start",
+        "_tokens",
+        "begin_ts",
+        "engine",
+        "hook",
+        "kernel_builder",
+        "kernel_events",
+        "phases",
+        "step",
+        "timer",
+    )
 
     def __init__(self, engine: LLMEngine, hook: RangeHook | None, kernel_events: bool) -> None:
         self.engine = engine

@@ -6,7 +6,8 @@ each sampled token, and the engine cuts a finished request's text at its first s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kvscope.engine.request import Request

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kvscope.engine.chat_template import render_chat_template
 from kvscope.engine.errors import ModelLoadError
@@ -80,7 +81,7 @@ class Tokenizer:
             self.chat_template, messages, add_generation_prompt, self.bos_token, self.eos_token
         )
 
-    def incremental_detokenizer(self, skip_special_tokens: bool = True) -> "IncrementalDetokenizer":
+    def incremental_detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, skip_special_tokens)
 
 
@@ -91,7 +92,7 @@ class IncrementalDetokenizer:
     `text` is everything emitted so far.
     """
 
-    __slots__ = ("tokenizer", "skip_special_tokens", "ids", "prefix_offset", "read_offset", "text")
+    __slots__ = ("ids", "prefix_offset", "read_offset", "skip_special_tokens", "text", "tokenizer")
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
@@ -153,7 +154,7 @@ class BPETokenizer(Tokenizer):
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     @classmethod
-    def from_gguf_metadata(cls, meta: dict[str, Any], where: str) -> "BPETokenizer":
+    def from_gguf_metadata(cls, meta: dict[str, Any], where: str) -> BPETokenizer:
         """Build from GGUF `tokenizer.*` metadata (values already decoded to python). `where` names the file."""
         from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
         from tokenizers import Tokenizer as RawTokenizer
@@ -214,7 +215,8 @@ class BPETokenizer(Tokenizer):
         )
 
     @classmethod
-    def from_folder(cls, folder: Path, eos_token_ids: tuple[int, ...] = (), bos_token_id: int | None = None) -> "BPETokenizer":
+    def from_folder(cls, folder: Path, eos_token_ids: tuple[int, ...] = (),
+                    bos_token_id: int | None = None) -> BPETokenizer:
         """Build from a Hugging Face folder's tokenizer.json (+ tokenizer_config.json for template / specials).
 
         eos_token_ids / bos_token_id from config.json take precedence over the tokenizer's own tokens."""

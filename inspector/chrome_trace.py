@@ -19,9 +19,10 @@ Layout (ts in microseconds from the first event, 3 decimals = ns precision):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (

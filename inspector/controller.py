@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kvscope.inspector.events import EventBus
 
@@ -55,7 +56,7 @@ class SessionController:
         self._thread = threading.Thread(target=self._run, name="kvscope-engine", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "SessionController":
+    def start(self) -> SessionController:
         self._thread.start()
         return self
 
@@ -162,7 +163,7 @@ class SessionController:
     def _run(self) -> None:
         try:
             self.session = self._factory(self.bus)
-        except BaseException as exc:  # noqa: BLE001 - handed to the UI, which reports it and exits
+        except BaseException as exc:
             self._fail(exc)
             return
         with self._cond:
@@ -190,7 +191,7 @@ class SessionController:
                     self.session.reset()
                     continue
                 more = self.session.step()
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 self._fail(exc)
                 return
             self.steps_run += 1

@@ -10,7 +10,8 @@ folds many events in one call (EventBus.emit_all hands a step's kernel events ov
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from kvscope.inspector.events import EVENT_TYPES
 

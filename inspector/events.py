@@ -14,8 +14,9 @@ With no subscriber, emitting costs one attribute check at the call site:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 now_ns = time.perf_counter_ns
 

@@ -22,8 +22,9 @@ Definitions (all times from event timestamps, ns on the engine's monotonic clock
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable
+from typing import Any
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
@@ -42,6 +43,7 @@ from kvscope.inspector.events import (
     StepEnd,
 )
 
+
 @dataclass(slots=True)
 class Percentiles:
     """A latency distribution in milliseconds."""
@@ -52,7 +54,7 @@ class Percentiles:
     count: int = 0
 
     @classmethod
-    def of(cls, values_ms: list[float]) -> "Percentiles":
+    def of(cls, values_ms: list[float]) -> Percentiles:
         if not values_ms:
             return cls()
         xs = sorted(values_ms)

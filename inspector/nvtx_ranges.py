@@ -3,8 +3,9 @@ every step, phase and kernel by the same names as the other timelines.
 
 The engine calls hook.push(name, category, payload) / hook.pop() around the step (category
 RangeCategory.STEP), each phase (Phase.ORDER, category RangeCategory.PHASE; payload = the batch's
-token count) and each op (category RangeCategory.KERNEL). The domain, its category ids and one EventAttributes object per
-(name, category) are created once and reused, so a push costs a dict lookup and one call.
+token count) and each op (category RangeCategory.KERNEL). The domain, its category ids and one
+EventAttributes object per (name, category) are created once and reused, so a push costs a dict
+lookup and one call.
 Without a tool attached the nvtx package hands out a dummy domain whose every call is a no-op;
 then, as without the nvtx package, `nvtx_range_hook()` returns None (the engine's "no ranges").
 """
@@ -30,7 +31,7 @@ COLORS = {
 class NvtxRanges:
     """The engine's range hook backed by an nvtx.Domain (cached attributes per name)."""
 
-    __slots__ = ("domain", "_push", "_pop", "_attrs", "_categories", "depth")
+    __slots__ = ("_attrs", "_categories", "_pop", "_push", "depth", "domain")
 
     def __init__(self, nvtx_module: Any, domain: str = DOMAIN) -> None:
         self.domain = nvtx_module.get_domain(domain)
@@ -67,7 +68,7 @@ def nvtx_range_hook(domain: str = DOMAIN) -> NvtxRanges | None:
     is attached to record ranges: nvtx then hands out a do-nothing domain, and the engine is better
     off not calling it at all."""
     try:
-        import nvtx  # noqa: PLC0415 - optional at run time (absent on some GPU boxes)
+        import nvtx
     except ImportError:
         return None
     ranges = NvtxRanges(nvtx, domain)

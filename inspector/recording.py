@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 from kvscope.engine.errors import KVScopeError
 from kvscope.inspector.events import EVENT_TYPES, SCHEMA_VERSION, EventBus, EventDecodeError, event_from_dict
@@ -100,7 +101,7 @@ def _encoder_for(cls: type) -> Callable[[Any], str]:
            "dumps": dumps, "fallback": fallback}
     source = ("def encode(e):\n    try:\n        return FMT % (" + ", ".join(values) + ",)\n"
               "    except (TypeError, ValueError):\n        return fallback(e)\n")
-    exec(source, env)  # noqa: S102 - the source is built above from the event class's own fields
+    exec(source, env)
     return env["encode"]
 
 
@@ -120,7 +121,7 @@ class JsonlRecorder:
     caches. Either way is much cheaper than encoding each event between two kernels, with the
     code and the data cold. Events are immutable once emitted."""
 
-    __slots__ = ("path", "_file", "_pending", "_held", "_flush_every", "count")
+    __slots__ = ("_file", "_flush_every", "_held", "_pending", "count", "path")
 
     def __init__(self, path: str | Path, header: dict[str, Any], flush_every: int = 512) -> None:
         self.path = Path(path)

@@ -11,9 +11,10 @@ positions on the way forward) and re-applies events from there. Pure python, no 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kvscope.inspector.events import Kind
 from kvscope.inspector.recording import RecordingError, read_recording
@@ -36,7 +37,7 @@ class Timeline:
         return len(self.cuts)
 
     @classmethod
-    def from_events(cls, events: list[Any], path: str = "<events>", damage: str = "") -> "Timeline":
+    def from_events(cls, events: list[Any], path: str = "<events>", damage: str = "") -> Timeline:
         begins = [i for i, e in enumerate(events) if e.kind == Kind.STEP_BEGIN]
         ends = [e.step for e in events if e.kind == Kind.STEP_END]
         # a step that began but has no StepEnd (truncated file) is not a position of its own

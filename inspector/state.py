@@ -282,4 +282,4 @@ class EngineView(EventFold):
         return [r for r in self.requests.values() if r.status in (WAITING, PREEMPTED_STATUS)]
 
 
-__all__ = ["EngineView", "RequestView", "WAITING", "RUNNING", "PREEMPTED_STATUS", "FINISHED_STATUS"]
+__all__ = ["FINISHED_STATUS", "PREEMPTED_STATUS", "RUNNING", "WAITING", "EngineView", "RequestView"]

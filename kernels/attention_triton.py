@@ -95,7 +95,7 @@ def write_kv_cache_triton(
     num_tokens = k.shape[0]
     if num_tokens == 0:
         return
-    _, block_size, n_kv, head_dim = k_cache.shape
+    n_kv, head_dim = k_cache.shape[2:]
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
     kc = k_cache.view(-1, n_kv, head_dim)
@@ -235,11 +235,11 @@ def _decode_reduce_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     base = (seq.to(tl.int64) * N_HEADS + head) * NUM_SPLITS
     m = tl.load(part_m_ptr + base + offs_s)
-    l = tl.load(part_l_ptr + base + offs_s)
+    sums = tl.load(part_l_ptr + base + offs_s)
     acc = tl.load(part_acc_ptr + (base + offs_s)[:, None] * BLOCK_D + offs_d[None, :])
     m_max = tl.max(m, axis=0)
     w = tl.where(m == float("-inf"), 0.0, tl.math.exp2(m - m_max))
-    denom = tl.sum(l * w, axis=0)
+    denom = tl.sum(sums * w, axis=0)
     out = tl.sum(acc * w[:, None], axis=0) / tl.where(denom == 0.0, 1.0, denom)
     tl.store(out_ptr + tok.to(tl.int64) * stride_o_tok + head * stride_o_head + offs_d,
              out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
@@ -386,13 +386,13 @@ def paged_attention_triton(
     precision = _dot_precision(k_cache.dtype)
     qk_scale = float(scale) * LOG2E
     block_d = _pow2_at_least(head_dim, 16)
-    common = dict(
-        stride_c_block=k_cache.stride(0), stride_c_slot=k_cache.stride(1), stride_c_head=k_cache.stride(2),
-        stride_bt_seq=block_tables.stride(0),
-        stride_o_tok=out.stride(0), stride_o_head=out.stride(1),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
-        UPCAST=upcast, DOT_PRECISION=precision,
-    )
+    common = {
+        "stride_c_block": k_cache.stride(0), "stride_c_slot": k_cache.stride(1), "stride_c_head": k_cache.stride(2),
+        "stride_bt_seq": block_tables.stride(0),
+        "stride_o_tok": out.stride(0), "stride_o_head": out.stride(1),
+        "GROUP": group, "HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_SIZE": block_size,
+        "UPCAST": upcast, "DOT_PRECISION": precision,
+    }
     on_gpu = q.device.type == "cuda"
     # two pipeline stages of 16-bit K/V tiles fit any recent GPU's shared memory; fp32 gets one
     stages = 2 if on_gpu and k_cache.element_size() == 2 else 1
@@ -460,8 +460,8 @@ def attention_flops_and_bytes(query_lens: list[int], seq_lens: list[int], n_head
 
 
 __all__ = [
-    "write_kv_cache_triton",
-    "paged_attention_triton",
-    "choose_num_splits",
     "attention_flops_and_bytes",
+    "choose_num_splits",
+    "paged_attention_triton",
+    "write_kv_cache_triton",
 ]

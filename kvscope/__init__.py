@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvscope.version import __version__
+
 __all__ = ["LLM", "SamplingParams", "__version__"]
 
 

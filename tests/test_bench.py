@@ -8,6 +8,7 @@ policies' definitions, not from the engine's own counters.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -186,7 +187,7 @@ def test_block_size_sweep_waste_grows_from_zero():
     s = bench("block-size-sweep", max_requests=8)
     waste = [s[f"bs{n}"].internal_fragmentation_mean for n in (1, 8, 16, 32, 128)]
     assert waste[0] == 0.0
-    assert all(a < b for a, b in zip(waste, waste[1:])), waste
+    assert all(a < b for a, b in itertools.pairwise(waste)), waste
     # every variant holds the same tokens at its peak: blocks x block size never drops below block-size-1's
     peaks = [s[f"bs{n}"].peak_kv_blocks * n for n in (1, 8, 16, 32, 128)]
     assert all(p >= peaks[0] for p in peaks)

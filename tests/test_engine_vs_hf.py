@@ -10,8 +10,8 @@ and prefix caching with shared prefixes.
 from __future__ import annotations
 
 import pytest
-
 from hf_oracle import hf_greedy
+
 from kvscope.engine.llm import LLM
 from kvscope.engine.llm_engine import LoadedModel, load_for_recipe
 from kvscope.engine.recipe import Recipe
@@ -81,8 +81,8 @@ def test_one_batch(loaded, prompts, expected):
 
 
 def test_chunked_prefill_small_chunks(loaded, prompts, expected):
-    got, engine = run_engine(loaded, prompts, cache={"block_size": 16, "num_blocks": 256},
-                             scheduler={"max_num_batched_tokens": 12, "chunked_prefill": True})
+    got, _ = run_engine(loaded, prompts, cache={"block_size": 16, "num_blocks": 256},
+                        scheduler={"max_num_batched_tokens": 12, "chunked_prefill": True})
     assert_same(got, expected, prompts)
     assert max(len(p) for p in prompts) > 12  # most prompts really were cut into chunks
 

@@ -16,7 +16,8 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvscope.kernels.attention_torch import paged_attention_torch, write_kv_cache_torch
 from kvscope.kernels.attention_triton import (
@@ -32,7 +33,7 @@ from kvscope.kernels.norm_rope_torch import (
 )
 from kvscope.kernels.norm_rope_triton import add_rms_norm_triton, apply_rope_triton, rms_norm_triton
 
-TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float16: dict(rtol=2e-3, atol=2e-3)}
+TOL = {torch.float32: {"rtol": 2e-5, "atol": 2e-5}, torch.float16: {"rtol": 2e-3, "atol": 2e-3}}
 
 
 class PagedBatch:

@@ -20,9 +20,9 @@ from kvscope.engine.attention import AttentionMetadata, TorchAttention
 from kvscope.engine.errors import ModelLoadError, RecipeError
 from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.llama import LlamaModel
-from kvscope.engine.op_timer import OpTimer
 from kvscope.engine.loader import load_model, unpermute_rotary_rows
 from kvscope.engine.model_presets import get_preset
+from kvscope.engine.op_timer import OpTimer
 from kvscope.engine.packaged_model import default_gguf_path
 
 BLOCK_SIZE = 4
@@ -186,7 +186,7 @@ def test_greedy_tokens_match_hf_greedy(smollm2, hf):
                tokenizer.encode(PROMPTS[1])]
     steps = 6
     num_blocks = 64
-    paged = PagedSequences(model, num_blocks, [list(range(0, 32)), list(range(32, 64))])
+    paged = PagedSequences(model, num_blocks, [list(range(32)), list(range(32, 64))])
     outs = paged.step({0: (0, prompts[0]), 1: (0, prompts[1])})
     generated = [[int(o[-1].argmax())] for o in outs]
     for _ in range(steps - 1):
@@ -330,7 +330,7 @@ def _write_tiny_hf_folder(folder, tie: bool) -> torch.nn.Module:
 @pytest.mark.parametrize("tie", [False, True])
 def test_hf_folder_round_trip(tmp_path, tie):
     hf_model = _write_tiny_hf_folder(tmp_path, tie)
-    model, cfg, tok = load_model({"source": "hf", "path": str(tmp_path)}, torch.float32, CPU)
+    model, cfg, _ = load_model({"source": "hf", "path": str(tmp_path)}, torch.float32, CPU)
     assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta, cfg.tie_embeddings) == (6, 2, 8, 5000.0, tie)
     ids = torch.randint(0, 300, (19,), generator=torch.Generator().manual_seed(1)).tolist()
     paged = PagedSequences(model, 16, [_scattered_table(len(ids), 3, 5, 16)])
@@ -431,3 +431,19 @@ def test_bad_specs_are_recipe_errors():
         load_model({"source": "random", "shape": "tiny", "colour": "red"}, torch.float32, CPU)
     with pytest.raises(RecipeError, match="model.seed"):
         load_model({"source": "random", "shape": "tiny", "seed": "x"}, torch.float32, CPU)
+
+
+def test_hf_config_defaults_are_transformers_llama_defaults():
+    """A config.json that leaves out rms_norm_eps / max_position_embeddings / rope_theta reads as transformers
+    reads it (the model must compute what transformers computes)."""
+    from transformers import LlamaConfig
+
+    from kvscope.engine.model_formats import config_from_hf
+
+    ours = config_from_hf({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
+                           "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 300}, "config.json")
+    ref = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                      vocab_size=300)
+    assert ours.rms_norm_eps == ref.rms_norm_eps
+    assert ours.max_position_embeddings == ref.max_position_embeddings
+    assert ours.rope_theta == ref.rope_parameters["rope_theta"]

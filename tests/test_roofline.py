@@ -7,14 +7,13 @@ below is worked out by hand in the comment beside it.
 
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvscope.inspector.ascii_plot import PlotPoint, roofline_plot
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.model_presets import get_preset
+from kvscope.inspector.ascii_plot import PlotPoint, roofline_plot
 from kvscope.inspector.devices import get_device
 from kvscope.inspector.roofline import (
     LAYER_OPS,

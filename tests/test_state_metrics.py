@@ -9,8 +9,25 @@ import numpy as np
 import pytest
 
 from kvscope.inspector.events import (
-    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
-    BlockEvent, EventBus, EventList, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
+    ALLOC,
+    ARRIVED,
+    CACHED,
+    EVICT,
+    FINISHED,
+    FIRST_TOKEN,
+    FREE,
+    PREEMPTED,
+    PREFIX_HIT,
+    RESUMED,
+    SCHEDULED,
+    BlockEvent,
+    EventBus,
+    EventList,
+    KVSnapshot,
+    RequestEvent,
+    RunInfo,
+    StepBegin,
+    StepEnd,
 )
 from kvscope.inspector.metrics import Metrics, Percentiles, fragmentation, percentile, summarize
 from kvscope.inspector.state import EngineView
@@ -118,7 +135,8 @@ def _drive_block_manager(seed: int, steps: int = 300):
         bm.step = step
         op = rng.random()
         if op < 0.35 or not live:
-            prompt = rng.choice(prefixes)[: rng.randrange(4, 13)] + [rng.randrange(50) for _ in range(rng.randrange(0, 6))]
+            tail = [rng.randrange(50) for _ in range(rng.randrange(0, 6))]
+            prompt = rng.choice(prefixes)[: rng.randrange(4, 13)] + tail
             r = Request(next_id, prompt, SamplingParams(), 8, 0)
             next_id += 1
             hits = bm.find_cached_prefix(r)

@@ -8,13 +8,21 @@ import argparse
 import json
 import re
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
 from kvscope.inspector.chrome_trace import build_chrome_trace
 from kvscope.inspector.events import (
-    ARRIVED, FINISHED, PREEMPTED, EventBus, EventList, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin,
+    ARRIVED,
+    FINISHED,
+    PREEMPTED,
+    EventBus,
+    EventList,
+    KernelEvent,
+    KVSnapshot,
+    RequestEvent,
+    RunInfo,
+    StepBegin,
     StepEnd,
 )
 from kvscope.inspector.metrics import summarize
@@ -179,7 +187,8 @@ def _synthetic_stream() -> list:
            StepEnd(570, 1, 500, 1, 16, (), (0,), ((0, 1),),
                    (("schedule", 500, 510), ("prepare", 510, 515), ("forward", 515, 540), ("sample", 540, 550)), 1, 1)]
     ev += [StepBegin(600, 2), RequestEvent(605, 2, 1, "resumed", 3, 1),
-           RequestEvent(640, 2, 0, FINISHED, 5, 3, 7, 3, "length"), RequestEvent(641, 2, 1, FINISHED, 3, 2, 4, 2, "length"),
+           RequestEvent(640, 2, 0, FINISHED, 5, 3, 7, 3, "length"),
+           RequestEvent(641, 2, 1, FINISHED, 3, 2, 4, 2, "length"),
            StepEnd(650, 2, 600, 5, 16, ((1, 4),), (0,), ((0, 1), (1, 1)),
                    (("schedule", 600, 610), ("prepare", 610, 615), ("forward", 615, 630), ("sample", 630, 645)))]
     return ev
@@ -415,7 +424,7 @@ def test_device_times_past_the_host_forward_phase_stay_nested_on_the_kernels_tra
     from dataclasses import replace
 
     events = _synthetic_stream()
-    phases = {e.step: dict((n, (s, t)) for n, s, t in e.phases) for e in events if e.kind == "step_end"}
+    phases = {e.step: {n: (s, t) for n, s, t in e.phases} for e in events if e.kind == "step_end"}
     shifted = []
     for e in events:
         if e.kind == "kernel":

@@ -124,7 +124,8 @@ def test_request_list_resizes_without_a_screen_layout():
                 await pilot.pause()
                 top = int(lst.scroll_offset.y)
                 shown = [lst.render_line(y).text for y in range(lst.size.height)]
-                expected = ["".join(t for t, _ in format_row(r, False)) for r in rows[top:min(count, top + lst.size.height)]]
+                on_screen = rows[top:min(count, top + lst.size.height)]
+                expected = ["".join(t for t, _ in format_row(r, False)) for r in on_screen]
                 assert [s.rstrip() for s in shown[:len(expected)]] == [e.rstrip() for e in expected]
                 assert all(not s.strip() for s in shown[len(expected):])
 

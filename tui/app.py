@@ -30,8 +30,8 @@ from kvscope.tui.latency_panel import LatencyPanel
 from kvscope.tui.meters import FragmentationMeters
 from kvscope.tui.model import UIModel
 from kvscope.tui.peaks import peaks_for
-from kvscope.tui.roofline_panel import RooflinePanel
 from kvscope.tui.request_list import RequestList
+from kvscope.tui.roofline_panel import RooflinePanel
 from kvscope.tui.scheduler_panel import SchedulerPanel
 from kvscope.tui.screens import GotoScreen, HelpScreen
 from kvscope.tui.text_lines import TextLines

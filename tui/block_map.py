@@ -10,9 +10,10 @@ Glyphs differ as well as colours, so the states read without colour too:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from rich.segment import Segment
 from rich.style import Style
@@ -68,7 +69,7 @@ class BlockCells:
     owners: list[int]
 
     @classmethod
-    def empty(cls) -> "BlockCells":
+    def empty(cls) -> BlockCells:
         return cls([], [])
 
 

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from kvscope.inspector.device_stats import DeviceReading
-from kvscope.tui.bars import update_text, fraction_bar, mib
+from kvscope.tui.bars import fraction_bar, mib, update_text
 
 BAR_WIDTH = 20
 

@@ -77,7 +77,8 @@ def roofline_plot(peaks: Peaks, points: list[tuple[float, float]], marker_ai: fl
         styles[(r, c)] = "bold #ffd700" if last else "#c79a6b"
     text = Text()
     for r, row in enumerate(grid):
-        label = f"{si(10 ** (top - DECADES_SHOWN * r / (PLOT_HEIGHT - 1)), 'F/s'):>11}" if r in (0, PLOT_HEIGHT - 1) else " " * 11
+        on_axis = r in (0, PLOT_HEIGHT - 1)
+        label = f"{si(10 ** (top - DECADES_SHOWN * r / (PLOT_HEIGHT - 1)), 'F/s'):>11}" if on_axis else " " * 11
         text.append(label + " │", style="dim")
         for c, ch in enumerate(row):
             text.append(ch, style=styles.get((r, c), ""))
@@ -99,8 +100,8 @@ class RooflinePanel(Static):
         peaks = self.peaks
         text = Text()
         text.append(f"{peaks.name}\n", style="bold")
-        text.append(f"peak {si(peaks.flops, 'FLOP/s')} · {si(peaks.bandwidth, 'B/s')} · ridge {peaks.ridge:.0f} FLOP/B\n",
-                    style="dim")
+        text.append(f"peak {si(peaks.flops, 'FLOP/s')} · {si(peaks.bandwidth, 'B/s')}"
+                    f" · ridge {peaks.ridge:.0f} FLOP/B\n", style="dim")
         if not records:
             text.append("no step with kernel costs yet\n", style="dim")
             text.append_text(roofline_plot(peaks, []))
