@@ -32,19 +32,8 @@ from textual._compositor import CompositorUpdate
 from textual.geometry import Region
 
 from kvscope.inspector.events import (
-    ALLOC,
-    ARRIVED,
-    CACHED,
-    FINISHED,
-    FREE,
-    PREFIX_HIT,
-    SCHEDULED,
-    BlockEvent,
-    KVSnapshot,
-    RequestEvent,
-    RunInfo,
-    StepBegin,
-    StepEnd,
+    ALLOC, ARRIVED, CACHED, FINISHED, FREE, PREFIX_HIT, SCHEDULED, BlockEvent, KVSnapshot, RequestEvent, RunInfo,
+    StepBegin, StepEnd,
 )
 from kvscope.inspector.replay import ReplayCursor, Timeline
 from kvscope.tui.app import KVScopeApp

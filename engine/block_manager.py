@@ -18,14 +18,7 @@ from collections.abc import Sequence
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request
 from kvscope.inspector.events import (
-    ALLOC,
-    CACHED,
-    EVICT,
-    FREE,
-    PREFIX_HIT,
-    BlockEvent,
-    EventBus,
-    now_ns,
+    ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, EventBus, now_ns,
 )
 
 _HASH_MASK = (1 << 62) - 1

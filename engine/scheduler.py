@@ -27,14 +27,7 @@ from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request, RequestStatus
 from kvscope.engine.stop_check import check_stop
 from kvscope.inspector.events import (
-    FINISHED,
-    FIRST_TOKEN,
-    PREEMPTED,
-    RESUMED,
-    SCHEDULED,
-    EventBus,
-    RequestEvent,
-    now_ns,
+    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, EventBus, RequestEvent, now_ns,
 )
 
 if TYPE_CHECKING:

@@ -26,20 +26,8 @@ from typing import Any
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
-    ARRIVED,
-    FINISHED,
-    PREEMPTED,
-    RESUMED,
-    SCHEDULED,
-    BlockEvent,
-    KernelEvent,
-    Kind,
-    KVSnapshot,
-    Phase,
-    RangeCategory,
-    RequestEvent,
-    RunInfo,
-    StepEnd,
+    ARRIVED, FINISHED, PREEMPTED, RESUMED, SCHEDULED, BlockEvent, KernelEvent, Kind, KVSnapshot, Phase,
+    RangeCategory, RequestEvent, RunInfo, StepEnd,
 )
 from kvscope.inspector.metrics import fragmentation
 

@@ -28,19 +28,8 @@ from typing import Any
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
-    ARRIVED,
-    FINISHED,
-    FIRST_TOKEN,
-    PREEMPTED,
-    PREFIX_HIT,
-    RESUMED,
-    SCHEDULED,
-    BlockEvent,
-    KVSnapshot,
-    RequestEvent,
-    RunInfo,
-    StepBegin,
-    StepEnd,
+    ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, BlockEvent, KVSnapshot, RequestEvent,
+    RunInfo, StepBegin, StepEnd,
 )
 
 

@@ -25,16 +25,7 @@ from typing import Any
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
-    ARRIVED,
-    FINISHED,
-    FIRST_TOKEN,
-    PREEMPTED,
-    RESUMED,
-    KernelEvent,
-    Kind,
-    Phase,
-    RangeCategory,
-    RequestEvent,
+    ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, KernelEvent, Kind, Phase, RangeCategory, RequestEvent,
     StepEnd,
 )
 

@@ -19,24 +19,8 @@ from dataclasses import dataclass
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
-    ALLOC,
-    ARRIVED,
-    CACHED,
-    EVICT,
-    FINISHED,
-    FIRST_TOKEN,
-    FREE,
-    PREEMPTED,
-    PREFIX_HIT,
-    RESUMED,
-    SCHEDULED,
-    BlockEvent,
-    KernelEvent,
-    KVSnapshot,
-    RequestEvent,
-    RunInfo,
-    StepBegin,
-    StepEnd,
+    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
+    BlockEvent, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
 )
 
 WAITING = "waiting"

@@ -17,12 +17,7 @@ from kvscope.engine.model_config import ModelConfig, count_params
 from kvscope.engine.model_presets import PRESETS, get_preset
 from kvscope.inspector.devices import GIB, get_device, with_memory
 from kvscope.inspector.kv_estimate import (
-    EstimateError,
-    estimate_kv,
-    kv_bytes_per_token,
-    mha_bytes_per_token,
-    request_kv_bytes,
-    request_paged_bytes,
+    EstimateError, estimate_kv, kv_bytes_per_token, mha_bytes_per_token, request_kv_bytes, request_paged_bytes,
 )
 from kvscope.inspector.model_sources import (
     packaged_smollm2_gguf,

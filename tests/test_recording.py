@@ -9,23 +9,10 @@ import pytest
 
 from kvscope.engine.errors import KVScopeError
 from kvscope.inspector.events import (
-    BlockEvent,
-    EventBus,
-    KernelEvent,
-    KVSnapshot,
-    RequestEvent,
-    RunInfo,
-    StepBegin,
-    StepEnd,
-    event_to_dict,
+    BlockEvent, EventBus, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd, event_to_dict,
 )
 from kvscope.inspector.recording import (
-    JsonlRecorder,
-    RecordingError,
-    attach_recorder,
-    encode_event,
-    make_header,
-    read_recording,
+    JsonlRecorder, RecordingError, attach_recorder, encode_event, make_header, read_recording,
 )
 
 

@@ -16,14 +16,7 @@ from kvscope.engine.model_presets import get_preset
 from kvscope.inspector.ascii_plot import PlotPoint, roofline_plot
 from kvscope.inspector.devices import get_device
 from kvscope.inspector.roofline import (
-    LAYER_OPS,
-    MODEL_OPS,
-    OpCost,
-    causal_keys,
-    kv_tokens_read,
-    layer_op_costs,
-    model_op_costs,
-    step_op_costs,
+    LAYER_OPS, MODEL_OPS, OpCost, causal_keys, kv_tokens_read, layer_op_costs, model_op_costs, step_op_costs,
 )
 from kvscope.inspector.roofline_report import analyze_step
 

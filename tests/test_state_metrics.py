@@ -9,25 +9,8 @@ import numpy as np
 import pytest
 
 from kvscope.inspector.events import (
-    ALLOC,
-    ARRIVED,
-    CACHED,
-    EVICT,
-    FINISHED,
-    FIRST_TOKEN,
-    FREE,
-    PREEMPTED,
-    PREFIX_HIT,
-    RESUMED,
-    SCHEDULED,
-    BlockEvent,
-    EventBus,
-    EventList,
-    KVSnapshot,
-    RequestEvent,
-    RunInfo,
-    StepBegin,
-    StepEnd,
+    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
+    BlockEvent, EventBus, EventList, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
 )
 from kvscope.inspector.metrics import Metrics, Percentiles, fragmentation, percentile, summarize
 from kvscope.inspector.state import EngineView

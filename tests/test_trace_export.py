@@ -13,16 +13,7 @@ import pytest
 
 from kvscope.inspector.chrome_trace import build_chrome_trace
 from kvscope.inspector.events import (
-    ARRIVED,
-    FINISHED,
-    PREEMPTED,
-    EventBus,
-    EventList,
-    KernelEvent,
-    KVSnapshot,
-    RequestEvent,
-    RunInfo,
-    StepBegin,
+    ARRIVED, FINISHED, PREEMPTED, EventBus, EventList, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin,
     StepEnd,
 )
 from kvscope.inspector.metrics import summarize

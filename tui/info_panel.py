@@ -8,16 +8,7 @@ from textual.widgets import Static
 
 from kvscope.tui.bars import percent, update_text
 from kvscope.tui.block_map import (
-    _CACHED_STYLE,
-    _FREE_STYLE,
-    _SELECTED_STYLE,
-    CACHED,
-    FREE,
-    GLYPH,
-    SELECTED_GLYPH,
-    SHARED,
-    USED,
-    owner_colour,
+    _CACHED_STYLE, _FREE_STYLE, _SELECTED_STYLE, CACHED, FREE, GLYPH, SELECTED_GLYPH, SHARED, USED, owner_colour,
 )
 
 MAX_TABLE_ENTRIES = 96
