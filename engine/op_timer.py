@@ -67,27 +67,28 @@ class OpTimer:
         self._anchor_ns = 0
 
     # --- installing -------------------------------------------------------------------
-    @property
-    def attached(self) -> bool:
-        return bool(self._installed)
+    def attached_to(self, model: Any) -> bool:
+        """Whether this timer's wrappers are the ones on `model` now (engines may share a model)."""
+        return bool(self._installed) and model.embed.__dict__.get("forward") is self._installed[0][2]
 
     def attach(self, model: Any, runner: Any | None = None) -> None:
-        """Wrap the model's (and the runner's sampler) ops; a wrapper of an earlier timer is replaced."""
-        self.detach()
+        """Wrap the model's (and the runner's sampler) ops, replacing any timer's wrappers on them."""
+        strip_op_timers(model, runner)
+        self._installed = []
         for obj, attr, op in _op_sites(model, runner):
-            self._install(obj, attr, self._timed(_original(obj, attr), op))
+            self._install(obj, attr, self._timed(getattr(obj, attr), op))
         for index, layer in enumerate(model.layers):
-            self._install(layer, "forward", self._in_layer(_original(layer, "forward"), index))
+            self._install(layer, "forward", self._in_layer(layer.forward, index))
 
     def detach(self) -> None:
         """Put the original callables back (where no other timer replaced ours meanwhile)."""
         for obj, attr, wrapper in self._installed:
             if obj.__dict__.get(attr) is wrapper:
-                delattr(obj, attr)
+                del obj.__dict__[attr]
         self._installed = []
 
     def _install(self, obj: Any, attr: str, wrapper: Callable[..., Any]) -> None:
-        setattr(obj, attr, wrapper)  # an instance attribute: shadows the class's method for this object only
+        obj.__dict__[attr] = wrapper  # an instance attribute: shadows the class's method for this object only
         self._installed.append((obj, attr, wrapper))
 
     def _in_layer(self, fn: Callable[..., Any], index: int) -> Callable[..., Any]:
@@ -157,6 +158,9 @@ class OpTimer:
                 for op, layer, s, e in self.records]
 
 
-def _original(obj: Any, attr: str) -> Callable[..., Any]:
-    """obj.attr as its class defines it, bound to obj (whatever wrapper an earlier timer left on obj)."""
-    return getattr(type(obj), attr).__get__(obj, type(obj))
+def strip_op_timers(model: Any, runner: Any | None = None) -> None:
+    """Take every timer's wrappers off `model` (and the runner): its ops run untimed again."""
+    for obj, attr, _ in _op_sites(model, runner):
+        obj.__dict__.pop(attr, None)
+    for layer in model.layers:
+        layer.__dict__.pop("forward", None)

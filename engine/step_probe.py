@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kvscope.engine.kernel_events import KernelEventBuilder
-from kvscope.engine.op_timer import OpTimer, RangeHook
+from kvscope.engine.op_timer import OpTimer, RangeHook, strip_op_timers
 from kvscope.inspector.events import KVSnapshot, RangeCategory, StepBegin, StepEnd, now_ns
 
 if TYPE_CHECKING:
@@ -49,25 +49,15 @@ NULL_PROBE = NullProbe()
 class StepProbe:
     """The instruments of one engine's steps (see the module docstring). Phases do not nest."""
 
-    __slots__ = (
-        "_phase",
-        "_start",
-        "_tokens",
-        "begin_ts",
-        "engine",
-        "hook",
-        "kernel_builder",
-        "kernel_events",
-        "phases",
-        "step",
-        "timer",
-    )
+    __slots__ = ("_model", "_phase", "_start", "_tokens", "begin_ts", "engine", "hook", "kernel_builder",
+                 "kernel_events", "phases", "step", "timer")
 
     def __init__(self, engine: LLMEngine, hook: RangeHook | None, kernel_events: bool) -> None:
         self.engine = engine
         self.hook = hook
         self.kernel_events = kernel_events
         self.timer = OpTimer(engine.device, hook)
+        self._model = engine.runner.model
         self.kernel_builder = KernelEventBuilder(engine.config, engine.loaded.dtype, engine.backend_name,
                                                  fused_norm_rope=engine.backend.fused_ops is not None)
         self.step = -1
@@ -79,10 +69,13 @@ class StepProbe:
 
     def begin_step(self, step: int) -> StepProbe | NullProbe:
         """Start watching `step`: this probe, or NULL_PROBE when nothing listens."""
-        bus, hook, timer = self.engine.bus, self.hook, self.timer
+        bus, hook, timer, model = self.engine.bus, self.hook, self.timer, self._model
         timed = (bus.active and self.kernel_events) or hook is not None
-        if timed != timer.attached:
-            timer.attach(self.engine.runner.model, self.engine.runner) if timed else timer.detach()
+        if timed:
+            if not timer.attached_to(model):
+                timer.attach(model, self.engine.runner)
+        elif "forward" in model.embed.__dict__:  # a timer is on the model still: ours, or an earlier engine's
+            strip_op_timers(model, self.engine.runner)
         if not bus.active and hook is None:
             return NULL_PROBE
         self.step = step
@@ -119,7 +112,7 @@ class StepProbe:
         if not bus.active:
             return
         step = self.step
-        if self.kernel_events and self.timer.attached:
+        if self.kernel_events and self.timer.attached_to(self._model):
             bus.emit_all(self.kernel_builder.events(step, self.timer.resolve(), out.scheduled, len(sampled),
                                                     out.num_padding_tokens, out.num_tokens))
         bus.emit(self.kv_snapshot(step))

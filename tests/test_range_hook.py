@@ -52,3 +52,30 @@ def test_no_hook_and_no_subscriber_times_no_op(monkeypatch):
                                "sampling": {"max_tokens": 2, "ignore_eos": True}, "workload": {"prompts": ["ab"]}})
     RunSession(recipe).run()
     assert made == []
+
+
+def test_an_engine_that_times_nothing_leaves_no_timer_on_a_shared_model():
+    """Engines may share a loaded model (bench, benchmarks): a timed run's wrappers must not stay on it and keep
+    recording (into a dead timer) under the next, untimed engine; a timed engine puts its own on."""
+    from kvscope.engine.llm_engine import LLMEngine, load_for_recipe
+
+    recipe = Recipe.from_dict({"model": {"source": "random", "shape": "tiny", "seed": 0},
+                               "cache": {"block_size": 4, "num_blocks": 64},
+                               "sampling": {"max_tokens": 2, "ignore_eos": True}, "workload": {"prompts": ["ab"]}})
+    loaded = load_for_recipe(recipe)
+    timed_bus = EventBus()
+    events = timed_bus.subscribe(EventList())
+    first = RunSession(recipe, bus=timed_bus, loaded=loaded)
+    first.run()
+    first_timer = first.engine.probe.timer
+    assert any(e.kind == "kernel" for e in events.events) and first_timer.attached_to(loaded.model)
+    untimed = LLMEngine(recipe, loaded=loaded)
+    untimed.add_request("abc")
+    while untimed.has_unfinished():
+        untimed.step()
+    assert not first_timer.attached_to(loaded.model)
+    assert "forward" not in loaded.model.embed.__dict__ and "forward" not in loaded.model.layers[0].__dict__
+    second_bus = EventBus()
+    again = second_bus.subscribe(EventList())
+    RunSession(recipe, bus=second_bus, loaded=loaded).run()
+    assert [e.op for e in again.events if e.kind == "kernel"][:2] == ["embed", "attn_norm"]
