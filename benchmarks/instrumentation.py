@@ -1,5 +1,7 @@
 """The cost of instrumentation: one workload run with events and NVTX off, and with events +
-NVTX ranges + JSONL recording on; prints both throughputs and the ratio (goal: on / off >= 0.97).
+NVTX ranges + JSONL recording on; prints both throughputs and the ratio (goal: on / off >= 0.98 on the
+SmolLM2 shape, >= 0.95 on tiny). Without a tool (nsys) attached, nvtx hands out a do-nothing domain and
+the engine makes no NVTX calls at all; under nsys the ranges are live.
 
     .venv/bin/python benchmarks/instrumentation.py                 # random smollm2-135m shape
     .venv/bin/python benchmarks/instrumentation.py --shape tiny    # worst case: tiny steps
@@ -115,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['tokens_per_run']} tokens, {result['events_per_run']} events per instrumented run, "
               f"{args.repeats} runs per side")
         print(f"off (no events, no NVTX)          {result['off_tok_s']:10.2f} tok/s (best)")
-        print(f"on  (events + NVTX + JSONL)       {result['on_tok_s']:10.2f} tok/s (best)")
+        nvtx = "NVTX ranges" if result["nvtx"] else "no NVTX (no tool attached)"
+        print(f"on  (events + JSONL, {nvtx})  {result['on_tok_s']:10.2f} tok/s (best)")
         print(f"ratio on/off: {result['ratio_wall_best']:.4f} wall best-of-{args.repeats}, "
               f"{result['ratio_wall_median']:.4f} wall median, {result['ratio_cpu_best']:.4f} CPU time best"
-              f"  (goal >= 0.97)")
+              f"  (goal >= 0.98 on the SmolLM2 shape, >= 0.95 on tiny)")
     return 0
 
 

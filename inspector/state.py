@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
     ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
-    BlockEvent, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
+    BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
 )
 
 WAITING = "waiting"
@@ -76,8 +76,6 @@ class EngineView(EventFold):
         self.requests: dict[int, RequestView] = {}
         self.last_step: StepEnd | None = None
         self.last_kv: KVSnapshot | None = None
-        self.last_kernels: list[KernelEvent] = []
-        self._kernels_step: int = -1
         self._settled: set[int] = set()  # requests whose first_token / finished event already holds this step's counts
 
     apply = EventFold.__call__  # view.apply(event): fold one event into the view
@@ -88,12 +86,6 @@ class EngineView(EventFold):
         return touched
 
     # ------------------------------------------------------------------ events
-    def on_kernel(self, ev: KernelEvent) -> None:
-        if ev.step != self._kernels_step:
-            self.last_kernels = []
-            self._kernels_step = ev.step
-        self.last_kernels.append(ev)
-
     def on_step_begin(self, ev: StepBegin) -> None:
         self.step = ev.step
         self._settled = set()
@@ -220,8 +212,6 @@ class EngineView(EventFold):
         self.requests = {}
         self.last_step = None
         self.last_kv = None
-        self.last_kernels = []
-        self._kernels_step = -1
 
     def _ensure_block(self, block_id: int) -> None:
         if block_id >= len(self.block_refs):
