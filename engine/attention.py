@@ -13,6 +13,7 @@ Backends: `torch` (reference kernels, the CPU default) and `triton`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -97,6 +98,14 @@ class TritonFusedOps:
     def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
              cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._kernels.apply_rope_triton(q, k, positions, cos_sin)
+
+
+def backend_refusal(name: str, device: torch.device) -> str | None:
+    """Why backend `name` cannot run on `device` (None: it can): Triton needs CUDA, or its interpreter on a CPU."""
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return (f"triton runs on a CUDA device, or on a CPU under TRITON_INTERPRET=1 (the Triton interpreter); "
+                f"this run is on {device.type}: use torch or auto")
+    return None
 
 
 def resolve_backend_name(name: str, device: torch.device) -> str:

@@ -5,6 +5,21 @@ from __future__ import annotations
 import torch
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new pool on `device` now: CUDA's free memory, or MemAvailable on a Linux CPU (None when
+    it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class KVCache:
     """Per-layer paged K/V pools. Slot s of a layer lives at pool.view(-1, n_kv, d)[s]."""
 

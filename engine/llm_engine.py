@@ -8,16 +8,17 @@ request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from kvscope.engine.attention import make_attention_backend, resolve_backend_name
+from kvscope.engine.attention import backend_refusal, make_attention_backend, resolve_backend_name
 from kvscope.engine.block_manager import BlockManager
 from kvscope.engine.errors import RecipeError, RequestError
-from kvscope.engine.kv_cache import KVCache
+from kvscope.engine.kv_cache import KVCache, available_memory
 from kvscope.engine.loader import load_model
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.model_config import ModelConfig
@@ -63,6 +64,9 @@ def load_for_recipe(recipe: Recipe) -> LoadedModel:
     return LoadedModel(model, config, tokenizer, dtype, device)
 
 
+MEMORY_FRACTION = 0.9  # of the device's free memory a KV pool may take
+
+
 class LLMEngine:
     """Step-level API: add_request, step, has_unfinished (plus reset for a fresh run on the same model)."""
 
@@ -80,13 +84,18 @@ class LLMEngine:
         self.bytes_per_block = KVCache.bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads,
                                                        cfg.head_dim, self.loaded.dtype)
         self.num_blocks = self._pool_blocks()
+        self._check_pool_fits_memory()
         self.kv_cache = KVCache(cfg.num_layers, self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim,
                                 self.loaded.dtype, self.device)
         self.backend_name = resolve_backend_name(recipe.attention_backend, self.device)
+        refusal = backend_refusal(self.backend_name, self.device)
+        if refusal is not None:
+            raise RecipeError(f"{recipe.source}: attention_backend: {refusal}")
         self.backend = make_attention_backend(self.backend_name, self.device)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.backend, self.device)
         self.probe = StepProbe(self, range_hook, kernel_events)
         self.generator = torch.Generator().manual_seed(recipe.sampling.seed or 0)
+        self._lock = threading.RLock()  # add_request / abort from other threads wait for the step in progress
         self.reset()
 
     # --- set-up -----------------------------------------------------------------------
@@ -102,6 +111,15 @@ class LLMEngine:
             return n
         s = self.recipe.scheduler
         return cdiv(s.max_num_seqs * min(self.max_model_len, 512), self.block_size)
+
+    def _check_pool_fits_memory(self) -> None:
+        """Refuse, before allocating it, a pool larger than MEMORY_FRACTION of the device's free memory."""
+        available = available_memory(self.device)
+        pool = self.num_blocks * self.bytes_per_block
+        if available is not None and pool > MEMORY_FRACTION * available:
+            raise RecipeError(f"{self.recipe.source}: cache: a pool of {self.num_blocks} blocks of "
+                              f"{self.bytes_per_block} bytes is {pool / 2**30:.1f} GiB, more than "
+                              f"{MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB free on {self.device}")
 
     def reset(self) -> None:
         """Forget every request and block; the model and the pools stay."""
@@ -132,13 +150,22 @@ class LLMEngine:
 
     # --- requests ---------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt given as text, token ids or chat messages; RequestError naming what is wrong."""
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
-        items = list(prompt)
-        if items and isinstance(items[0], dict):
-            return self.tokenizer.encode(self.tokenizer.apply_chat_template(items, add_generation_prompt=True),
-                                         add_bos=False)
-        return [int(t) for t in items]
+        if not isinstance(prompt, (list, tuple)):
+            raise RequestError(f"prompt: expected text, a list of token ids or a list of chat messages, "
+                               f"got {type(prompt).__name__}")
+        if prompt and all(isinstance(m, dict) for m in prompt):
+            text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_bos=False)
+        vocab = self.config.vocab_size
+        for i, token in enumerate(prompt):
+            if not isinstance(token, int) or isinstance(token, bool):
+                raise RequestError(f"prompt[{i}]: token id {token!r} is not an integer")
+            if not 0 <= token < vocab:
+                raise RequestError(f"prompt[{i}]: token id {token} outside the vocabulary (0..{vocab - 1})")
+        return list(prompt)
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
         """KV blocks a request holds at its longest (its output cut to what the context leaves)."""
@@ -152,6 +179,11 @@ class LLMEngine:
         if num_prompt_tokens >= self.max_model_len:
             raise RequestError(f"prompt has {num_prompt_tokens} tokens, longer than the context "
                                f"(max_model_len {self.max_model_len} leaves no room to generate)")
+        s = self.recipe.scheduler
+        if s.policy == "continuous" and not s.chunked_prefill and num_prompt_tokens > s.max_num_batched_tokens:
+            raise RequestError(f"prompt has {num_prompt_tokens} tokens, more than a step's token budget "
+                               f"(max_num_batched_tokens {s.max_num_batched_tokens}) with chunked prefill off: "
+                               f"it could never be scheduled")
         max_tokens = min(max_tokens, self.max_model_len - num_prompt_tokens)
         need = self.blocks_needed(num_prompt_tokens, max_tokens)
         if need > self.num_blocks:
@@ -160,22 +192,31 @@ class LLMEngine:
         return max_tokens
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
-        """Queue a request; returns its id. RequestError if it can never be served."""
-        params = params or SamplingParams()
+        """Queue a request; returns its id. RequestError naming the field if it can never be served (nothing of
+        it stays in the engine then). Safe to call from another thread: it waits for a step in progress."""
+        if params is None:
+            params = SamplingParams()
+        elif not isinstance(params, SamplingParams):
+            raise RequestError(f"params: expected SamplingParams, got {type(params).__name__}")
+        params.validate()
         ids = self.encode_prompt(prompt)
-        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
-        if bad:
-            raise RequestError(f"token id {bad[0]} outside the vocabulary (0..{self.config.vocab_size - 1})")
         max_tokens = self.check_fits(len(ids), params.max_tokens)
-        rid = self.next_request_id
-        self.next_request_id += 1
-        req = Request(rid, ids, params, max_tokens, now_ns())
-        req.generator = self.generator if params.seed is None else torch.Generator().manual_seed(params.seed)
-        self.requests[rid] = req
-        self.scheduler.add(req)
-        if self.bus.active:
-            self.emit(RequestEvent(req.arrival_ts, self.step_id, rid, ARRIVED, len(ids), 0, 0, max_tokens))
+        generator = self.generator if params.seed is None else torch.Generator().manual_seed(params.seed)
+        with self._lock:
+            rid = self.next_request_id
+            self.next_request_id += 1
+            req = Request(rid, ids, params, max_tokens, now_ns(), generator=generator)
+            self.requests[rid] = req
+            self.scheduler.add(req)
+            if self.bus.active:
+                self.emit(RequestEvent(req.arrival_ts, self.step_id, rid, ARRIVED, len(ids), 0, 0, max_tokens))
         return rid
+
+    def abort(self, request_id: int) -> bool:
+        """End a request now (reason "abort"), freeing its blocks; False if it is unknown or already finished."""
+        with self._lock:
+            req = self.requests.get(request_id)
+            return req is not None and self.scheduler.abort(req)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -188,24 +229,25 @@ class LLMEngine:
     # --- one step ---------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; returns the requests that finished in it."""
-        probe = self.probe.begin_step(self.step_id)
-        with probe.phase(Phase.SCHEDULE):
-            out = self.scheduler.schedule(self.step_id)
-        sampled: list[Request] = []
-        if out.scheduled:
-            with probe.phase(Phase.PREPARE, out.num_tokens):
-                batch = self.runner.prepare(out)
-            with probe.phase(Phase.FORWARD, out.num_tokens):
-                logits = self.runner.forward(batch)
-            sampled = batch.sampled
-            with probe.phase(Phase.SAMPLE, len(sampled)):
-                tokens = self.runner.sample(batch, logits)
-                finished = self.scheduler.update(out, sampled, tokens)
-        else:
-            finished = self.scheduler.abort_unservable()
-        probe.end_step(out, sampled)
-        self.step_id += 1
-        return [self.output(r.request_id) for r in finished]
+        with self._lock:
+            probe = self.probe.begin_step(self.step_id)
+            with probe.phase(Phase.SCHEDULE):
+                out = self.scheduler.schedule(self.step_id)
+            sampled: list[Request] = []
+            if out.scheduled:
+                with probe.phase(Phase.PREPARE, out.num_tokens):
+                    batch = self.runner.prepare(out)
+                with probe.phase(Phase.FORWARD, out.num_tokens):
+                    logits = self.runner.forward(batch)
+                sampled = batch.sampled
+                with probe.phase(Phase.SAMPLE, len(sampled)):
+                    tokens = self.runner.sample(batch, logits)
+                    finished = self.scheduler.update(out, sampled, tokens)
+            else:
+                finished = self.scheduler.abort_unservable()
+            probe.end_step(out, sampled)
+            self.step_id += 1
+            return [self.output(r.request_id) for r in finished]
 
     # --- engine truth for cross-checks --------------------------------------------------
     def block_tables(self) -> dict[int, list[int]]:

@@ -66,6 +66,8 @@ def _meta_int(meta: Mapping[str, Any], key: str, where: str, required: bool = Fa
     if isinstance(value, list) and value:  # per-layer arrays (e.g. head_count_kv): take the first
         value = value[0]
     if _is_int(value):
+        if required and value <= 0:
+            raise ModelShapeError(f"{where}: GGUF metadata {key!r} must be a positive integer (got {value})")
         return value
     if required or value is not None:
         raise ModelShapeError(f"{where}: GGUF metadata {key!r} missing or not an integer")
@@ -167,6 +169,8 @@ def _need_int(cfg: Mapping[str, Any], key: str, where: str) -> int:
     value = cfg.get(key)
     if not _is_int(value):
         raise ModelShapeError(f"{where}: field {key!r} missing or not an integer (got {value!r})")
+    if value <= 0:
+        raise ModelShapeError(f"{where}: field {key!r} must be a positive integer (got {value!r})")
     return value
 
 

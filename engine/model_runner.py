@@ -103,10 +103,10 @@ class ModelRunner:
             return None
         return self.model.compute_logits(hidden[batch.logits_rows])
 
-    def sample(self, batch: PreparedBatch, logits: torch.Tensor | None) -> list[int]:
+    def sample(self, batch: PreparedBatch, logits: torch.Tensor | None) -> list[int | None]:
         """One token per sampled request, under its own sampling parameters and generator."""
         return [] if logits is None else self.sample_rows(logits, batch.sampled)
 
-    def sample_rows(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
+    def sample_rows(self, logits: torch.Tensor, requests: list[Request]) -> list[int | None]:
         """The sampler proper (one op on the timeline): row i of logits belongs to requests[i]."""
         return sample(logits, [r.params for r in requests], [r.generator for r in requests])

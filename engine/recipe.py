@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto")
 BACKENDS = ("torch", "triton", "auto")
 POLICIES = ("continuous", "static")
+MAX_WORKLOAD_REQUESTS = 100_000  # every request's prompt is built up front
 MODEL_SOURCES = ("random", "gguf", "hf")
 
 
@@ -172,11 +174,16 @@ class _Validator:
         return value
 
     def number(self, value: Any, path: str, lo: float, hi: float | None = None) -> float:
-        not_a_number = isinstance(value, bool) or not isinstance(value, (int, float))
+        not_a_number = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
         if not_a_number or value < lo or (hi is not None and value > hi):
             rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise self.fail(path, f"must be a number {rng}, got {_describe(value)}")
+            raise self.fail(path, f"must be a finite number {rng}, got {_describe(value)}")
         return float(value)
+
+    def at_most(self, value: int, limit: int, path: str, what: str) -> int:
+        if value > limit:
+            raise self.fail(path, f"{value} is more than {limit}, {what}")
+        return value
 
     def boolean(self, value: Any, path: str) -> bool:
         if not isinstance(value, bool):
@@ -218,10 +225,15 @@ class _Validator:
         r.cache = self.cache(d.get("cache"))
         r.scheduler = self.scheduler(d.get("scheduler"))
         r.sampling = self.sampling(d.get("sampling"), "sampling")
-        r.workload = self.workload(d.get("workload"))
+        r.workload = self.workload(d.get("workload"), r.scheduler.max_model_len)
         r.variants = self.variants(d.get("variants"))
         if r.cache.block_size * (r.cache.num_blocks or 1) < 1:
             raise self.fail("cache", "pool must hold at least one token")
+        for v in r.variants:  # a variant is a recipe too: check it now, not when bench runs it
+            try:
+                r.with_overrides(v["overrides"])
+            except RecipeError as exc:
+                raise RecipeError(f"{exc} (in variant {v['name']!r})") from None
         return r
 
     def model(self, value: Any) -> ModelSpec:
@@ -315,25 +327,31 @@ class _Validator:
             raise self.fail(path, f"max ({hi}) must be >= min ({lo})")
         return LengthSpec(lo, hi)
 
-    def synthetic(self, value: Any, path: str) -> SyntheticSpec:
+    def synthetic(self, value: Any, path: str, max_model_len: int) -> SyntheticSpec:
         known = ("num_requests", "prompt_len", "output_len", "arrival_rate", "shared_prefix", "seed")
         d = self.mapping(value, path, known)
         s = SyntheticSpec()
         if "num_requests" in d:
-            s.num_requests = self.pos_int(d["num_requests"], f"{path}.num_requests")
+            s.num_requests = self.at_most(self.pos_int(d["num_requests"], f"{path}.num_requests"),
+                                          MAX_WORKLOAD_REQUESTS, f"{path}.num_requests",
+                                          "the most requests a workload holds (every prompt is built up front)")
         if "prompt_len" in d:
             s.prompt_len = self.length(d["prompt_len"], f"{path}.prompt_len")
+            self.at_most(s.prompt_len.max, max_model_len - 1, f"{path}.prompt_len",
+                         f"the longest prompt scheduler.max_model_len {max_model_len} leaves room to generate after")
         if "output_len" in d:
             s.output_len = self.length(d["output_len"], f"{path}.output_len")
         if "arrival_rate" in d:
             s.arrival_rate = self.number(d["arrival_rate"], f"{path}.arrival_rate", 0.0)
         if "shared_prefix" in d:
-            s.shared_prefix = self.pos_int(d["shared_prefix"], f"{path}.shared_prefix", allow_zero=True)
+            s.shared_prefix = self.at_most(self.pos_int(d["shared_prefix"], f"{path}.shared_prefix", allow_zero=True),
+                                           max_model_len - 2, f"{path}.shared_prefix",
+                                           f"the longest shared prefix scheduler.max_model_len {max_model_len} allows")
         if "seed" in d:
             s.seed = self.pos_int(d["seed"], f"{path}.seed", allow_zero=True)
         return s
 
-    def workload(self, value: Any) -> WorkloadSpec:
+    def workload(self, value: Any, max_model_len: int) -> WorkloadSpec:
         d = self.mapping(value, "workload", ("prompts", "chat", "synthetic", "repeat", "arrival_rate"))
         w = WorkloadSpec()
         if "prompts" in d:
@@ -341,9 +359,11 @@ class _Validator:
         if "chat" in d:
             w.chat = self.chat(d["chat"], "workload.chat")
         if "synthetic" in d:
-            w.synthetic = self.synthetic(d["synthetic"], "workload.synthetic")
+            w.synthetic = self.synthetic(d["synthetic"], "workload.synthetic", max_model_len)
         if "repeat" in d:
             w.repeat = self.pos_int(d["repeat"], "workload.repeat")
+            self.at_most((len(w.prompts) + len(w.chat)) * w.repeat, MAX_WORKLOAD_REQUESTS, "workload.repeat",
+                         "the most requests (prompts and chats times repeat) a workload holds")
         if "arrival_rate" in d:
             w.arrival_rate = self.number(d["arrival_rate"], "workload.arrival_rate", 0.0)
         if not (w.prompts or w.chat or w.synthetic):

@@ -13,18 +13,26 @@ def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
-) -> list[int]:
-    """One token per row of `logits` ([N, vocab], float32) under each row's parameters."""
-    if all(p.greedy for p in params):
-        return logits.argmax(dim=-1).tolist()
-    out: list[int] = []
+) -> list[int | None]:
+    """One token per row of `logits` ([N, vocab], float32) under each row's parameters; None for a row
+    whose parameters give no distribution to sample from (say a NaN temperature set after admission):
+    that request ends with an error, the others get their tokens."""
+    try:
+        if all(p.greedy for p in params):
+            return logits.argmax(dim=-1).tolist()
+    except TypeError:  # a poisoned row's temperature: sorted out row by row below
+        pass
     greedy_ids = logits.argmax(dim=-1).tolist()
-    for row, (p, gen) in enumerate(zip(params, generators)):
-        if p.greedy:
-            out.append(greedy_ids[row])
-            continue
-        out.append(_sample_row(logits[row], p, gen))
-    return out
+    return [_sample_or_none(logits, row, greedy_ids[row], p, gen)
+            for row, (p, gen) in enumerate(zip(params, generators))]
+
+
+def _sample_or_none(logits: torch.Tensor, row: int, greedy_id: int, p: SamplingParams,
+                    gen: torch.Generator | None) -> int | None:
+    try:
+        return greedy_id if p.greedy else _sample_row(logits[row], p, gen)
+    except Exception:  # one request's bad parameters must not stop the others
+        return None
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:

@@ -139,15 +139,19 @@ class Scheduler:
                 budget -= out.scheduled[-1].num_tokens
         return out
 
-    def update(self, out: SchedulerOutput, sampled: list[Request], tokens: list[int]) -> list[Request]:
+    def update(self, out: SchedulerOutput, sampled: list[Request], tokens: list[int | None]) -> list[Request]:
         """After the forward pass (vLLM's update_from_output): every scheduled request has computed its tokens
         (its newly full blocks join the prefix cache), each sampled request gets its token, and those that
-        stop are finished and freed. Returns the finished requests."""
+        stop are finished and freed; one whose sampling failed (None) ends with reason "error". Returns the
+        finished requests."""
         for s in out.scheduled:
             s.request.num_computed_tokens += s.num_tokens
             self.block_manager.cache_full_blocks(s.request)
         stopping: list[tuple[Request, str]] = []
         for req, token in zip(sampled, tokens):
+            if token is None:  # its sampling failed (parameters poisoned after admission)
+                stopping.append((req, "error"))
+                continue
             req.token_ids.append(token)
             if req.num_output_tokens == 1:
                 req.first_token_ts = now_ns()
@@ -159,6 +163,17 @@ class Scheduler:
             self.finish(req)
             self._finished(req, reason)
         return [req for req, _ in stopping]
+
+    def abort(self, request: Request) -> bool:
+        """End a queued or running request at the caller's wish (reason "abort"); False if it already ended."""
+        if request.status is RequestStatus.FINISHED:
+            return False
+        if request in self.running:
+            self.finish(request)
+        else:
+            self.waiting.remove(request)
+        self._finished(request, "abort")
+        return True
 
     def abort_unservable(self) -> list[Request]:
         """Nothing runs and the head of the queue cannot be admitted: end it (reason abort) rather than spin."""
@@ -172,7 +187,8 @@ class Scheduler:
     def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
         hits = self.block_manager.find_cached_prefix(req) if req.num_computed_tokens == 0 else []
         remaining = req.num_tokens - len(hits) * self.block_manager.block_size
-        if not self.chunked_prefill and remaining > budget:
+        resumed = req.status is RequestStatus.PREEMPTED  # recomputed in chunks even when prompts are not (vLLM)
+        if not self.chunked_prefill and not resumed and remaining > budget:
             return False
         n = min(remaining, budget)
         if self.block_manager.allocate_slots(req, n, hits) is None:

@@ -132,7 +132,8 @@ REQUEST_KINDS = (ARRIVED, SCHEDULED, FIRST_TOKEN, PREEMPTED, RESUMED, FINISHED)
 class RequestEvent:
     """A request changes state. `what` is one of REQUEST_KINDS.
 
-    reason: for `finished`, one of "stop", "length", "abort"; empty otherwise.
+    reason: for `finished`, one of "stop", "length", "abort" (by the caller), "error" (its sampling failed); empty
+        otherwise.
     prompt_tokens / output_tokens / computed_tokens: the request's counts at that moment.
     max_tokens: the request's output limit (for progress bars and max-length reservations).
     """

@@ -6,17 +6,22 @@ File layout: line 1 is a header object
 then one event a line, as kvscope.inspector.events.event_to_dict writes it (kind first).
 
 The writer formats each record with a per-class encoder generated from the field types (one
-%-format of the fields: no dataclasses.asdict, no json.dumps of a dict) and buffers writes, so
-recording stays cheap on the hot path.
+%-format of the fields: no dataclasses.asdict, no json.dumps of a dict) and writes each step's
+events at the step's end, in one system call, so recording stays cheap on the hot path and a
+killed run keeps every finished step.
 
 The reader is strict by default: the first bad line raises RecordingError naming
-"<file>:<line>: <what>". With strict=False it stops at the damage and returns what came
-before it, with the message in `Recording.damage` (a truncated recording still replays).
+"<file>:<line>: <what>" (lines are decoded one by one, so that is the damaged line), and so does
+an event out of place in the stream (kvscope.inspector.stream_check: a duplicated block of
+events, a step that ends twice, a request that arrives twice). With strict=False it stops at the
+damage and returns what came before it, with the message in `Recording.damage` (a truncated
+recording still replays).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -24,7 +29,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from kvscope.engine.errors import KVScopeError
-from kvscope.inspector.events import EVENT_TYPES, SCHEMA_VERSION, EventBus, EventDecodeError, event_from_dict
+from kvscope.inspector.events import EVENT_TYPES, SCHEMA_VERSION, EventBus, EventDecodeError, Kind, event_from_dict
+from kvscope.inspector.stream_check import StreamCheck
+
+STEP_END = Kind.STEP_END
 
 HEADER_KEYS = ("schema", "kvscope", "recipe", "device", "created")
 
@@ -116,52 +124,61 @@ def encode_event(event: Any) -> str:
 class JsonlRecorder:
     """A bus subscriber that appends every event to a JSONL file (header written on open).
 
-    Single events are held as they come and encoded `flush_every` at a time, in one tight loop; a
-    step's kernel events (take_all) are encoded at once, while they are still warm in the CPU's
-    caches. Either way is much cheaper than encoding each event between two kernels, with the
-    code and the data cold. Events are immutable once emitted."""
+    Events are held as they come and encoded and written at each step's end (a killed run loses at
+    most the step in progress) or every `flush_every` events, in one unbuffered write: encoding them
+    in one loop, with the code warm, is much cheaper than one at a time between two kernels. A step's kernel events
+    (take_all) are encoded at once, while they are still in the CPU's caches. Events are immutable
+    once emitted. Thread-safe: one lock around holding and writing (the TUI closes the recorder
+    from its own thread while the engine's may still emit)."""
 
-    __slots__ = ("_file", "_flush_every", "_held", "_pending", "count", "path")
+    __slots__ = ("_file", "_flush_every", "_held", "_lock", "_pending", "count", "path")
 
     def __init__(self, path: str | Path, header: dict[str, Any], flush_every: int = 512) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: IO[str] | None = open(self.path, "w", encoding="utf-8")
+            self._file: IO[bytes] | None = open(self.path, "wb", buffering=0)  # a write is one system call
         except OSError as exc:
             raise RecordingError(f"{self.path}: cannot write recording: {exc.strerror or exc}") from None
-        self._file.write(json.dumps(header) + "\n")
+        self._file.write((json.dumps(header) + "\n").encode())
         self._pending: list[Any] = []  # events, and lines already encoded
         self._held = 0  # events in _pending
         self._flush_every = flush_every
+        self._lock = threading.Lock()
         self.count = 0
 
     def __call__(self, event: Any) -> None:
-        self._pending.append(event)
-        self._held += 1
-        if self._held >= self._flush_every:
-            self.flush()
+        with self._lock:
+            self._pending.append(event)
+            self._held += 1
+            if event.kind == STEP_END or self._held >= self._flush_every:
+                self._write()
 
     def take_all(self, events: list[Any]) -> None:
         encoders = ENCODERS
-        self._pending.append("".join([encoders[e.kind](e) for e in events]))
-        self._held += len(events)
-        if self._held >= self._flush_every:
-            self.flush()
+        lines = "".join([encoders[e.kind](e) for e in events])
+        with self._lock:
+            self._pending.append(lines)
+            self._held += len(events)
 
     def flush(self) -> None:
         """Encode and write the events held so far."""
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
         if self._file is not None and self._pending:
             encoders = ENCODERS
-            self._file.write("".join([e if type(e) is str else encoders[e.kind](e) for e in self._pending]))
+            self._file.write("".join([e if type(e) is str else encoders[e.kind](e) for e in self._pending]).encode())
             self.count += self._held
             self._pending, self._held = [], 0
 
     def close(self) -> None:
-        if self._file is not None:
-            self.flush()
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._write()
+                self._file.close()
+                self._file = None
 
 
 def attach_recorder(bus: EventBus, path: str | Path, header: dict[str, Any]) -> Callable[[], None]:
@@ -188,47 +205,56 @@ class Recording:
 
 def iter_recording(path: str | Path, strict: bool = True) -> Iterator[Any]:
     """Yield the header dict first, then each event. A bad line raises RecordingError (strict)
-    or ends the iteration after yielding a final RecordingError instance (not raised)."""
+    or ends the iteration after yielding a final RecordingError instance (not raised). Strict, an
+    event out of place in the stream (kvscope.inspector.stream_check) is an error too.
+
+    Lines are decoded one by one, so damage is reported at the line that holds it."""
     p = Path(path)
     try:
-        f = open(p, encoding="utf-8")
+        f = open(p, "rb")
     except OSError as exc:
         raise RecordingError(f"{p}: cannot read recording: {exc.strerror or exc}") from None
+    check = StreamCheck() if strict else None
     with f:
         first = f.readline()
         if not first:
             raise RecordingError(f"{p}:1: empty file, expected a kvscope recording header")
-        yield _parse_header(p, first)
-        lineno = 1
-        while True:
+        try:
+            header_line = first.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecordingError(f"{p}:1: not UTF-8 text; not a kvscope recording") from None
+        yield _parse_header(p, header_line)
+        for lineno, raw in enumerate(f, 2):
             try:
-                line = f.readline()
-            except UnicodeDecodeError as exc:
-                err = RecordingError(f"{p}:{lineno + 1}: not UTF-8 text ({exc.reason})")
-                if strict:
-                    raise err from None
-                yield err
-                return
-            if not line:
-                return
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                if not line.endswith("\n"):
-                    raise ValueError("truncated line (no newline at the end of the file)")
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
-                event = event_from_dict(data)
+                event = _parse_event(raw)
+                problem = check.problem(event) if check is not None and event is not None else None
+                if problem is not None:
+                    raise ValueError(problem)
             except (ValueError, EventDecodeError) as exc:
                 err = RecordingError(f"{p}:{lineno}: {exc}")
                 if strict:
                     raise err from None
                 yield err
                 return
-            yield event
+            if event is not None:
+                yield event
+
+
+def _parse_event(raw: bytes) -> Any:
+    """The event on one line (None for a blank line); ValueError / EventDecodeError saying what is wrong."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not line.strip():
+        return None
+    if not line.endswith("\n"):
+        raise ValueError("truncated line (no newline at the end of the file)")
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+    return event_from_dict(data)
 
 
 def _parse_header(p: Path, line: str) -> dict[str, Any]:
