@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import re
 from collections import defaultdict
 
@@ -75,34 +77,40 @@ def check_chrome_trace(trace: dict) -> dict:
     assert not any(open_b.values()), "B without E"
     assert not any(async_open.values()), "async b without e"
     for track, evs in by_track.items():
-        times = [ns(e["ts"]) for e in evs]
+        times = [e["ts"] for e in evs]
         assert times == sorted(times), f"timestamps go back on {track}"
-        stack: list[tuple[int, int]] = []
-        for e in evs:
-            if e["ph"] != "X":
-                continue
-            start, end = ns(e["ts"]), ns(e["ts"]) + ns(e["dur"])
-            while stack and stack[-1][1] <= start and not (stack[-1][0] == stack[-1][1] == start):
-                stack.pop()
-            if stack:
-                assert end <= stack[-1][1], f"X slice {e['name']} overlaps its parent on {track}"
-            stack.append((start, end))
+        check_float_nesting([e for e in evs if e["ph"] == "X"], track)
     for fid, pair in flows.items():
         assert set(pair) == {"s", "f"}, f"flow {fid} is missing an end"
         assert pair["f"].get("bp") in ("e", "t")
     return {"events": events, "flows": flows}
 
 
+def check_float_nesting(slices: list[dict], track: tuple = ()) -> None:
+    """X slices of one track nest as a strict viewer (speedscope) nests them: by the float `ts + dur` the
+    viewer computes, with no tolerance. A slice that starts at or after the end of the slice on top of the
+    stack is not its child (touching siblings), otherwise it must end no later than that parent."""
+    stack: list[float] = []
+    for e in slices:
+        start, end = e["ts"], e["ts"] + e["dur"]
+        while stack and stack[-1] <= start:
+            stack.pop()
+        if stack:
+            assert end <= stack[-1], (f"X slice {e['name']} at {start} ends at {end!r}, after its parent"
+                                      f" ({stack[-1]!r}) on {track}")
+        stack.append(end)
+
+
 def check_kernels_inside_forward(trace: dict) -> int:
     phases = {}
     for e in trace["traceEvents"]:
         if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 1:
-            phases[(e["args"]["step"], e["name"])] = (ns(e["ts"]), ns(e["ts"]) + ns(e["dur"]))
+            phases[(e["args"]["step"], e["name"])] = (e["ts"], e["ts"] + e["dur"])
     count = 0
     for e in trace["traceEvents"]:
         if e["ph"] == "X" and e.get("cat") == "kernel":
             lo, hi = phases[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
-            assert lo <= ns(e["ts"]) and ns(e["ts"]) + ns(e["dur"]) <= hi, e
+            assert lo <= e["ts"] and e["ts"] + e["dur"] <= hi, e
             count += 1
     return count
 
@@ -199,6 +207,62 @@ def test_synthetic_stream_makes_a_valid_trace():
     assert len(layer) == 1 and ns(layer[0]["ts"]) == 312 - 100 and ns(layer[0]["dur"]) == 380 - 312
     counters = {e["name"] for e in trace["traceEvents"] if e["ph"] == "C"}
     assert counters == {"KV blocks", "KV waste %", "requests", "tokens per step"}
+
+
+def _touching_steps(num_steps: int, seed: int) -> list:
+    """Steps whose four phases touch (each starts at the ns the previous one ends) and fill the step, at
+    times up to a minute into the run: where float `ts + dur` rounds past the next `ts` if left alone."""
+    rng = random.Random(seed)
+    info = RunInfo(0, -1, "tiny", 1, 2, 1, 4, 8, "float32", "cpu", "torch", "continuous", 8, 4, 64, 16, 4, 64)
+    events: list = [info]
+    t = rng.randrange(10**9)
+    for step in range(num_steps):
+        begin = t
+        bounds = [begin]
+        for _ in range(4):
+            bounds.append(bounds[-1] + rng.randrange(1, 5_000_000))
+        phases = tuple((name, a, b) for name, a, b in zip(("schedule", "prepare", "forward", "sample"), bounds,
+                                                             bounds[1:]))
+        events += [StepBegin(begin, step), StepEnd(bounds[-1], step, begin, 1, 16, phases=phases)]
+        t = bounds[-1] + rng.choice((0, 0, rng.randrange(1, 1000)))  # often the next step starts at once
+    return events
+
+
+def test_touching_slices_nest_exactly_in_float_arithmetic():
+    events = _touching_steps(400, seed=3)
+    trace = json.loads(json.dumps(build_chrome_trace(events)))
+    steps_track = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["tid"] == 1]
+    assert len(steps_track) == 400 * 5
+    check_float_nesting(steps_track)
+    # every slice ends exactly where its rounded end time is: touching siblings meet, nothing sticks out
+    t0 = trace["otherData"]["t0_ns"]
+    ends = {(e.step, name): end for e in events if e.kind == "step_end" for name, _, end in e.phases}
+    ends.update({(e.step, f"step {e.step}"): e.ts for e in events if e.kind == "step_end"})
+    for e in steps_track:
+        step = e["args"]["step"] if "step" in e["args"] else int(e["name"].split()[1])
+        assert e["ts"] + e["dur"] == round((ends[(step, e["name"])] - t0) / 1000, 3), e
+    # the same times written the naive way (ts and dur each rounded on their own) do stick out
+    naive = []
+    for e in events:
+        if e.kind == "step_end":
+            for name, a, b in ((f"step {e.step}", e.begin_ts, e.ts), *e.phases):
+                naive.append({"name": name, "ts": round((a - t0) / 1000, 3), "dur": round((b - a) / 1000, 3)})
+    with pytest.raises(AssertionError):
+        check_float_nesting(naive)
+
+
+def test_fit_duration_lands_on_the_end_or_just_below():
+    from kvscope.inspector.trace_clock import fit_duration
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        ts = round(rng.uniform(0, 1e8), 3)
+        end = round(ts + rng.uniform(0, 1e4), 3)
+        dur = fit_duration(ts, round(end - ts, 3), end)
+        assert dur >= 0 and ts + dur <= end
+        assert ts + dur == end or math.nextafter(ts + dur, math.inf) >= end
+    assert fit_duration(5.0, 3.0, 7.5) == 2.5  # clamped to a parent that ends earlier
+    assert fit_duration(5.0, 3.0, 5.0) == 0.0
 
 
 def test_synthetic_stream_makes_a_valid_nvtxt():
@@ -431,9 +495,9 @@ def test_device_times_past_the_host_forward_phase_stay_nested_on_the_kernels_tra
         shifted.append(e)
     trace = json.loads(json.dumps(build_chrome_trace(shifted)))
     check_chrome_trace(trace)  # X slices still nest on every track
-    containers = {(e["args"]["step"], e["name"]): (ns(e["ts"]), ns(e["ts"]) + ns(e["dur"]))
+    containers = {(e["args"]["step"], e["name"]): (e["ts"], e["ts"] + e["dur"])
                   for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 2}
     for e in trace["traceEvents"]:
         if e["ph"] == "X" and e.get("cat") == "kernel":
             lo, hi = containers[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
-            assert lo <= ns(e["ts"]) and ns(e["ts"]) + ns(e["dur"]) <= hi, e
+            assert lo <= e["ts"] and e["ts"] + e["dur"] <= hi, e
