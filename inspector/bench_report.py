@@ -1,4 +1,5 @@
-"""The `kvscope bench` report: one row per recipe variant, as a text table, a JSON document and an SVG chart.
+"""The `kvscope bench` report: one row per recipe variant, as table columns (kvscope.cli.bench_table prints
+them), a JSON document and an SVG chart.
 
 Every number comes from a variant's RunSummary (kvscope.inspector.metrics, the one place
 metrics are defined); this module only chooses columns, formats them and draws them.
@@ -13,7 +14,6 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from kvscope.inspector.metrics import RunSummary
-from kvscope.inspector.text_table import format_table
 
 JSON_SCHEMA = 1
 
@@ -68,7 +68,7 @@ def _ms(x: float) -> str:
     return f"{x:.1f}"
 
 
-# (header, cell) for the comparison table; latencies in ms, fractions as percentages.
+# (header, cell) for the comparison table (kvscope.cli.bench_table); latencies in ms, fractions as percentages.
 TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
     ("done", lambda s: f"{s.finished}/{s.requests}"),
     ("tok/s", lambda s: f"{s.throughput_tok_s:.1f}"),
@@ -89,20 +89,6 @@ TABLE_NOTES = (
     "TTFT / ITL in ms. waste: reserved-but-empty KV slots in the pool (mean over steps);"
     " contig waste: what a max_model_len contiguous reservation would leave empty for the same requests."
 )
-
-
-def format_report(report: BenchReport) -> str:
-    """The header lines and the comparison table that `kvscope bench` prints."""
-    head = [
-        f"recipe: {report.recipe} ({report.source})  model: {report.model}  device: {report.device}"
-        f"  backend: {report.backend}",
-        f"workload: {report.num_requests} requests, the same for every variant",
-    ]
-    if report.description:
-        head.append(f"look at: {report.description.strip()}")
-    headers = ["variant"] + [h for h, _ in TABLE_COLUMNS]
-    rows = [[v.name] + [cell(v.summary) for _, cell in TABLE_COLUMNS] for v in report.variants]
-    return "\n".join(head) + "\n\n" + format_table(headers, rows) + "\n" + TABLE_NOTES
 
 
 @dataclass(frozen=True, slots=True)

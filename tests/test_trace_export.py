@@ -4,7 +4,6 @@ alone rebuilding the engine's final block tables and free pool after a run with 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -13,6 +12,9 @@ from collections import defaultdict
 
 import pytest
 
+from kvscope.cli.console import plain_text
+from kvscope.cli.main import main
+from kvscope.cli.summary_table import summary_table
 from kvscope.inspector.chrome_trace import build_chrome_trace
 from kvscope.inspector.events import (
     ARRIVED, FINISHED, PREEMPTED, EventBus, EventList, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin,
@@ -290,20 +292,16 @@ def traced(tmp_path_factory):
     """One `kvscope trace` run of a tiny random model with a pool small enough to preempt."""
     import yaml
 
-    from kvscope.cli import trace as trace_cmd
-
     tmp = tmp_path_factory.mktemp("trace")
     recipe_path = tmp / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(TINY_RECIPE))
     out = tmp / "out"
-    args = argparse.Namespace(recipe=str(recipe_path), out=str(out), torch_profiler=False, no_kernels=False,
-                              no_nvtx=False)
-    return trace_cmd, args, out
+    return ["trace", str(recipe_path), "-o", str(out)], out
 
 
 def test_trace_command_writes_valid_files(traced, capsys):
-    trace_cmd, args, out = traced
-    assert trace_cmd.run(args) == 0
+    argv, out = traced
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     trace = json.loads((out / "trace.json").read_text())
     recording = read_recording(out / "events.jsonl")
@@ -316,7 +314,7 @@ def test_trace_command_writes_valid_files(traced, capsys):
     assert any(e.kind == "request" and e.what == PREEMPTED for e in recording.events)
     # replaying the recording gives exactly the summary the command printed
     replayed = summarize(recording.events)
-    assert replayed.format_text() in printed
+    assert plain_text(summary_table(replayed)) in printed
     assert replayed.finished == replayed.requests == 6
 
 
@@ -441,13 +439,9 @@ def test_torch_profiler_events_are_shifted_onto_the_engine_clock():
 def test_trace_with_torch_profiler_merges_cpu_ops(tmp_path, capsys):
     import yaml
 
-    from kvscope.cli import trace as trace_cmd
-
     recipe = dict(TINY_RECIPE, workload={"synthetic": dict(TINY_RECIPE["workload"]["synthetic"], num_requests=2)})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    args = argparse.Namespace(recipe=str(tmp_path / "r.yaml"), out=str(tmp_path / "o"), torch_profiler=True,
-                              no_kernels=False, no_nvtx=False)
-    assert trace_cmd.run(args) == 0
+    assert main(["trace", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "o"), "--torch-profiler"]) == 0
     trace = json.loads((tmp_path / "o" / "trace.json").read_text())
     torch_ops = [e for e in trace["traceEvents"] if e.get("pid", 0) >= 10 and e["ph"] == "X"]
     assert torch_ops and any(e["name"].startswith("aten::") for e in torch_ops)

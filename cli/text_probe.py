@@ -1,0 +1,65 @@
+"""The text probe: TokenText events (kvscope.inspector.events) for a running session's requests.
+
+The engine's events carry token counts, not text; the TUI's token stream and a recording that replays it
+need the text. The probe sits beside the engine as a bus subscriber: when a request arrives it decodes the
+prompt, and after each step it decodes the tokens the step appended (incrementally, holding back an
+incomplete UTF-8 character) and emits the new text on the same bus. It reads the engine's requests and
+tokenizer, so it lives in the cli, which may import the engine; the TUI only folds the events.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvscope.inspector.event_fold import EventFold
+from kvscope.inspector.events import ARRIVED, FINISHED, RequestEvent, RunInfo, StepEnd, TokenText, now_ns
+
+if TYPE_CHECKING:
+    from kvscope.engine.session import RunSession
+
+
+class TextProbe(EventFold):
+    """Subscribe it last (`attach_text_probe`): the events it emits reach the subscribers before it at once,
+    and those after it before the event that caused them."""
+
+    def __init__(self, session: RunSession) -> None:
+        self.session = session
+        self.bus = session.bus
+        self._detokenizers: dict[int, Any] = {}
+        self._finished: list[int] = []  # their detokenizers go once the step's last text is out
+
+    def on_run_info(self, ev: RunInfo) -> None:  # a new run (a restart): new requests, new ids
+        self._detokenizers.clear()
+        self._finished.clear()
+
+    def on_request(self, ev: RequestEvent) -> None:
+        if ev.what == ARRIVED:
+            request = self.session.engine.requests.get(ev.request_id)
+            if request is not None:
+                prompt = self.session.tokenizer.decode(request.prompt_token_ids)
+                self.bus.emit(TokenText(now_ns(), ev.step, ev.request_id, "", prompt, 0))
+        elif ev.what == FINISHED:
+            self._finished.append(ev.request_id)
+
+    def on_step_end(self, ev: StepEnd) -> None:
+        requests = self.session.engine.requests
+        for rid, _ in ev.sampled:
+            request = requests.get(rid)
+            if request is None:
+                continue
+            detok = self._detokenizers.get(rid)
+            if detok is None:
+                detok = self._detokenizers[rid] = self.session.tokenizer.incremental_detokenizer()
+            new_ids = request.output_token_ids[len(detok.ids):]
+            if new_ids:
+                self.bus.emit(TokenText(now_ns(), ev.step, rid, detok.push(new_ids), "", len(new_ids)))
+        for rid in self._finished:
+            self._detokenizers.pop(rid, None)
+        self._finished.clear()
+
+
+def attach_text_probe(session: RunSession) -> TextProbe:
+    """Subscribe a TextProbe to the session's bus (after everything else already on it)."""
+    probe = TextProbe(session)
+    session.bus.subscribe(probe)
+    return probe
