@@ -166,12 +166,14 @@ def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: Loade
              workloads: dict[tuple[Any, ...], list[WorkItem]], base: Recipe, max_requests: int | None,
              bars: ProgressBars, label: str) -> tuple[VariantResult, Any]:
     from kvscope.engine.session import RunSession
+    from kvscope.inspector.batch_timeline import BatchTimeline
     from kvscope.inspector.bench_report import VariantResult
     from kvscope.inspector.events import EventBus
     from kvscope.inspector.metrics import Metrics
 
     bus = EventBus()
     metrics = bus.subscribe(Metrics())
+    timeline = bus.subscribe(BatchTimeline(keep_steps=None))
     session = RunSession(recipe, bus=bus, kernel_events=False, loaded=loaded)
     # the workload of the recipe as written (same vocabulary), unless this variant changes it
     own = _workload_key(recipe) != _workload_key(base)
@@ -184,4 +186,4 @@ def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: Loade
     session.run()
     wall = time.perf_counter() - t0
     label = f"{name} (own workload)" if own else name
-    return VariantResult(label, overrides, metrics.summary(), wall, list(session.rejected)), session
+    return VariantResult(label, overrides, metrics.summary(), wall, list(session.rejected), timeline), session

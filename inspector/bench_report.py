@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
+from kvscope.inspector.batch_timeline import BatchTimeline
 from kvscope.inspector.metrics import RunSummary
+from kvscope.inspector.timeline_svg import timeline_section
 
 JSON_SCHEMA = 1
 
@@ -27,6 +29,7 @@ class VariantResult:
     summary: RunSummary
     wall_s: float = 0.0
     rejected: list[str] = field(default_factory=list)
+    timeline: BatchTimeline | None = None  # the run's batch timeline, for the chart (not in the JSON)
 
 
 @dataclass(slots=True)
@@ -132,13 +135,17 @@ def render_svg(report: BenchReport, metrics: Sequence[ChartMetric] = CHART_METRI
 
     Each panel is a <g class="panel" data-metric=...>; every bar in it is a <rect class="bar">
     carrying data-variant and data-value, so the chart can be checked without parsing geometry.
+    Under the bars, each variant's batch timeline (kvscope.inspector.timeline_svg), when the report has them.
     """
     n = len(report.variants)
     panel_h = _PANEL_PAD + n * (_BAR_H + _BAR_GAP) + 10
     rows = -(-len(metrics) // _COLUMNS)
     width = _MARGIN * 2 + _COLUMNS * _PANEL_W
     title = f"kvscope bench: {report.recipe}  ({report.model}, {report.device}, {report.num_requests} requests)"
-    height = _TITLE_H + rows * panel_h + _MARGIN
+    timelines = [(v.name, v.timeline) for v in report.variants if v.timeline is not None]
+    section, section_h = timeline_section(timelines, _MARGIN, _TITLE_H + rows * panel_h + 10, width - 2 * _MARGIN,
+                                          columns=_COLUMNS)
+    height = _TITLE_H + rows * panel_h + _MARGIN + (section_h + 10 if section else 0)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
@@ -163,6 +170,7 @@ def render_svg(report: BenchReport, metrics: Sequence[ChartMetric] = CHART_METRI
             out.append(f'<text x="{x0 + _LABEL_W + length + 4:.2f}" y="{y + _BAR_H - 3}">'
                        f'{escape(metric.fmt(value))}</text>')
         out.append("</g>")
+    out += section
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
