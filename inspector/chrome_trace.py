@@ -1,7 +1,8 @@
 """Chrome Trace Event export (Perfetto, chrome://tracing) of a recorded event stream.
 
-Layout (ts in microseconds from the first event, 3 decimals = ns precision; every slice's float ts + dur
-ends exactly where its rounded end time is and never past its parent's: kvscope.inspector.trace_clock):
+Layout (ts in microseconds from the first event, in exact binary fractions of 1/1024 µs, so that every
+viewer's float arithmetic on ts and dur is exact and slices nest as their nanoseconds say:
+kvscope.inspector.trace_clock):
     pid 1 "kvscope engine"
         tid 1 "steps"    X "step N" > X schedule / prepare / forward / sample
         tid 2 "kernels"  X forward > X "layer L" > X op; X sample > X sample op
@@ -181,7 +182,7 @@ def _info_args(info: Any) -> dict[str, Any]:
 def _x(name: str, cat: str, pid: int, tid: int, start: int, end: int, clock: TraceClock,
        args: dict[str, Any] | None = None) -> dict[str, Any]:
     ev = {"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid, "ts": clock.us(start), "dur": _dur(start, end),
-          START_NS: start, END_NS: end}  # the exact times, until fit_slices sets the final dur
+          START_NS: start, END_NS: end}  # the exact times, until fit_slices sets the final ts and dur
     if args:
         ev["args"] = args
     return ev

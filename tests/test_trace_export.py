@@ -5,7 +5,6 @@ alone rebuilding the engine's final block tables and free pool after a run with 
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from collections import defaultdict
@@ -81,7 +80,10 @@ def check_chrome_trace(trace: dict) -> dict:
     for track, evs in by_track.items():
         times = [e["ts"] for e in evs]
         assert times == sorted(times), f"timestamps go back on {track}"
-        check_float_nesting([e for e in evs if e["ph"] == "X"], track)
+        slices = [e for e in evs if e["ph"] == "X"]
+        check_float_nesting(slices, track)
+        if slices:
+            check_float_nesting(rebased(slices), track)  # as speedscope computes them
     for fid, pair in flows.items():
         assert set(pair) == {"s", "f"}, f"flow {fid} is missing an end"
         assert pair["f"].get("bp") in ("e", "t")
@@ -230,41 +232,51 @@ def _touching_steps(num_steps: int, seed: int) -> list:
     return events
 
 
+def rebased(slices: list[dict]) -> list[dict]:
+    """The slices as speedscope reads them: every ts rebased on the track's first one, before ts + dur."""
+    first = min(e["ts"] for e in slices)
+    return [dict(e, ts=e["ts"] - first) for e in slices]
+
+
 def test_touching_slices_nest_exactly_in_float_arithmetic():
+    from kvscope.inspector.trace_clock import TraceClock
+
     events = _touching_steps(400, seed=3)
     trace = json.loads(json.dumps(build_chrome_trace(events)))
     steps_track = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["tid"] == 1]
     assert len(steps_track) == 400 * 5
     check_float_nesting(steps_track)
-    # every slice ends exactly where its rounded end time is: touching siblings meet, nothing sticks out
-    t0 = trace["otherData"]["t0_ns"]
+    check_float_nesting(rebased(steps_track))
+    # every slice ends exactly where its rounded end time is, so touching siblings meet exactly
+    clock = TraceClock(trace["otherData"]["t0_ns"])
     ends = {(e.step, name): end for e in events if e.kind == "step_end" for name, _, end in e.phases}
     ends.update({(e.step, f"step {e.step}"): e.ts for e in events if e.kind == "step_end"})
     for e in steps_track:
         step = e["args"]["step"] if "step" in e["args"] else int(e["name"].split()[1])
-        assert e["ts"] + e["dur"] == round((ends[(step, e["name"])] - t0) / 1000, 3), e
-    # the same times written the naive way (ts and dur each rounded on their own) do stick out
+        assert e["ts"] + e["dur"] == clock.us(ends[(step, e["name"])]), e
+        assert round(e["ts"] * 1000) == ns(e["ts"])  # the nanosecond comes back from the float
+    # the same times written the naive way (ts and dur each rounded to three decimals on their own) stick
+    # out, as they are written or once a viewer rebases them
     naive = []
     for e in events:
         if e.kind == "step_end":
             for name, a, b in ((f"step {e.step}", e.begin_ts, e.ts), *e.phases):
-                naive.append({"name": name, "ts": round((a - t0) / 1000, 3), "dur": round((b - a) / 1000, 3)})
-    with pytest.raises(AssertionError):
-        check_float_nesting(naive)
+                naive.append({"name": name, "ts": round((a - clock.t0) / 1000, 3), "dur": round((b - a) / 1000, 3)})
+    for written in (naive, rebased(naive)):
+        with pytest.raises(AssertionError):
+            check_float_nesting(written)
 
 
-def test_fit_duration_lands_on_the_end_or_just_below():
-    from kvscope.inspector.trace_clock import fit_duration
+def test_trace_clock_rounds_nanoseconds_once_and_gives_them_back():
+    from kvscope.inspector.trace_clock import TraceClock
 
     rng = random.Random(0)
+    clock = TraceClock(rng.randrange(10**12))
     for _ in range(5000):
-        ts = round(rng.uniform(0, 1e8), 3)
-        end = round(ts + rng.uniform(0, 1e4), 3)
-        dur = fit_duration(ts, round(end - ts, 3), end)
-        assert dur >= 0 and ts + dur <= end
-        assert ts + dur == end or math.nextafter(ts + dur, math.inf) >= end
-    assert fit_duration(5.0, 3.0, 7.5) == 2.5  # clamped to a parent that ends earlier
-    assert fit_duration(5.0, 3.0, 5.0) == 0.0
+        t = clock.t0 + rng.randrange(10**14)  # up to a day into the run
+        us = clock.us(t)
+        assert round(us * 1000) == t - clock.t0  # within half a nanosecond
+        assert (us * 1024).is_integer()  # an exact binary fraction: viewers' sums and differences are exact
 
 
 def test_synthetic_stream_makes_a_valid_nvtxt():
