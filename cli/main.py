@@ -21,9 +21,14 @@ class OutputError(KVScopeError):
     """Standard output cannot be written (a full disk, `> /dev/full`, a closed terminal)."""
 
 
+class ReaderLeft(Exception):
+    """Standard output's reader went away (EPIPE: `kvscope ... | head`). Not an OSError, so that nothing on
+    the way up (typer turns an EPIPE into exit code 1) takes it for something else."""
+
+
 class _GuardedStdout:
-    """sys.stdout while a command runs: a failed write or flush becomes an OutputError naming standard output
-    (a reader that left, EPIPE, stays a BrokenPipeError); everything else is the stream's own."""
+    """sys.stdout while a command runs: a failed write or flush becomes an OutputError naming standard output,
+    or ReaderLeft when the reader has gone; everything else is the stream's own."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -44,9 +49,9 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
-def _output_error(exc: OSError) -> OSError | OutputError:
+def _output_error(exc: OSError) -> ReaderLeft | OutputError:
     if exc.errno == errno.EPIPE:
-        return exc
+        return ReaderLeft()
     return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
 
 
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         _silence_stdout()  # what is left in the buffer would fail again at exit
         return _error(str(exc))
+    except ReaderLeft:  # the reader left; say nothing more
+        _silence_stdout()
+        return 0
     except KVScopeError as exc:
         return _error(str(exc))
     except KeyboardInterrupt:

@@ -124,3 +124,23 @@ def test_run_tracker_counts_finished_requests_and_tokens() -> None:
     task = progress.tasks[0]
     assert (tracker.done, tracker.tokens, task.completed, task.total) == (1, 4, 1, 2)
     assert task.fields["detail"].startswith("1/2 requests")
+
+
+class GoneReader(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_reader_that_left_ends_quietly_and_a_full_disk_is_one_line(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    monkeypatch.setattr("kvscope.cli.main._silence_stdout", lambda: None)  # leave the test's real fd 1 alone
+    assert main(["kv", "llama-2-7b"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert main(["roofline", "llama-2-7b", "--json"]) == 2
+    assert capsys.readouterr().err == "kvscope: error: cannot write to standard output: No space left on device\n"
