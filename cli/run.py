@@ -18,7 +18,8 @@ def run_recipe(recipe_path: str, *, headless: bool = False, as_json: bool = Fals
             from kvscope.cli.live import run_live
 
             return run_live(recipe, record=record, nvtx=nvtx, threads=threads)
-        print("kvscope: standard output is not a terminal; running --headless", file=sys.stderr)
+        if sys.stderr.isatty():  # a note for the person at the terminal, not for a log or a pipeline
+            print("kvscope: standard output is not a terminal; running --headless", file=sys.stderr)
     from kvscope.cli.headless import run_headless
 
     if threads is not None:
