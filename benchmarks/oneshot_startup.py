@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/oneshot_startup.py [--runs N]
 Prints the median and best wall time of each command over N runs (default 15)
-next to a bare `python -c pass`, and exits 1 if the kv median is over 0.5 s.
+next to a bare `python -c pass`, and exits 1 if the kv median is over 0.3 s.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-BUDGET_S = 0.5
+BUDGET_S = 0.3
 
 
 def _kvscope() -> list[str]:

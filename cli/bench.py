@@ -10,7 +10,6 @@ A recipe without variants runs once, as written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -18,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvscope.cli.errors import UsageError
-from kvscope.cli.recipe_args import add_recipe_argument, recipe_from_args
+from kvscope.cli.progress import ProgressBars
+from kvscope.cli.recipe_args import model_label
 from kvscope.engine.errors import RecipeError
+from kvscope.engine.recipe import load_recipe
 
 if TYPE_CHECKING:
     from kvscope.engine.llm_engine import LoadedModel
@@ -30,19 +31,6 @@ if TYPE_CHECKING:
 # --model-override names: a random-weight shape (fast, for tests) or the real SmolLM2 GGUF.
 REAL_MODEL = "smollm2"
 RANDOM_ALIASES = {"smollm2-135m-random": "smollm2-135m"}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_argument(parser)
-    parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE ('-' = stdout)")
-    parser.add_argument("--chart", metavar="FILE.svg", help="also draw the comparison as an SVG chart")
-    parser.add_argument("--model-override", metavar="NAME",
-                        help="run every variant on another model: a random-weight preset (tiny, tiny-gqa3, "
-                             "smollm2-135m-random, llama-2-7b, ...) or smollm2 (the real GGUF)")
-    parser.add_argument("--max-requests", metavar="N", type=int,
-                        help="keep only the first N requests of the workload (quick checks)")
-    parser.add_argument("--variant", metavar="NAME", action="append",
-                        help="run only this variant (repeatable; default: all)")
 
 
 def model_override(name: str) -> dict[str, Any]:
@@ -58,42 +46,48 @@ def model_override(name: str) -> dict[str, Any]:
     return {"source": "random", "shape": shape, "seed": 0}
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    if args.max_requests is not None and args.max_requests < 1:
-        raise UsageError(f"--max-requests: must be a positive integer, got {args.max_requests}")
-    if args.chart:
-        suffix = Path(args.chart).suffix.lower()
+def _check_outputs(json_out: str | None, chart: str | None, max_requests: int | None) -> None:
+    if max_requests is not None and max_requests < 1:
+        raise UsageError(f"--max-requests: must be a positive integer, got {max_requests}")
+    if chart:
+        suffix = Path(chart).suffix.lower()
         if suffix == ".png":
-            raise UsageError(f"--chart {args.chart}: PNG needs an image library kvscope does not depend on; "
+            raise UsageError(f"--chart {chart}: PNG needs an image library kvscope does not depend on; "
                              f"write .svg (any browser shows it, `rsvg-convert` turns it into PNG)")
         if suffix != ".svg":
-            raise UsageError(f"--chart {args.chart}: expected a file name ending in .svg")
-    for flag, path in (("--json", args.json), ("--chart", args.chart)):
+            raise UsageError(f"--chart {chart}: expected a file name ending in .svg")
+    for flag, path in (("--json", json_out), ("--chart", chart)):
         if path and path != "-" and not Path(path).parent.is_dir():
             raise UsageError(f"{flag} {path}: folder {Path(path).parent} does not exist")
 
 
-def run(args: argparse.Namespace) -> int:
-    _check_outputs(args)
-    recipe = recipe_from_args(args)
-    model = model_override(args.model_override) if args.model_override else None
-    report = run_variants(recipe, model=model, max_requests=args.max_requests, only=args.variant)
-    from kvscope.inspector.bench_report import format_report, render_svg
+def run_bench(recipe_path: str, *, json_out: str | None = None, chart: str | None = None,
+              model: str | None = None, max_requests: int | None = None, variants: list[str] | None = None) -> int:
+    """`kvscope bench`: run the variants, print the comparison (a rich table, or JSON with --json -), write
+    --json / --chart files; exit code 2 if a variant rejected requests."""
+    _check_outputs(json_out, chart, max_requests)
+    recipe = load_recipe(recipe_path)
+    model_spec = model_override(model) if model else None
+    report = run_variants(recipe, model=model_spec, max_requests=max_requests, only=variants, progress=True)
+    from kvscope.inspector.bench_report import render_svg
 
     rejected = [line for v in report.variants for line in v.rejected]
     for line in rejected:
         print(f"kvscope: error: {line}", file=sys.stderr)
-    if args.json == "-":
+    if json_out == "-":
         print(json.dumps(report.to_dict()))
     else:
-        print(format_report(report))
-        if args.json:
-            _write(args.json, "--json", json.dumps(report.to_dict(), indent=2) + "\n")
-            print(f"wrote {args.json}")
-    if args.chart:
-        _write(args.chart, "--chart", render_svg(report))
-        if args.json != "-":
-            print(f"wrote {args.chart}")
+        from kvscope.cli.bench_table import bench_renderable
+        from kvscope.cli.console import emit
+
+        emit(bench_renderable(report))
+        if json_out:
+            _write(json_out, "--json", json.dumps(report.to_dict(), indent=2) + "\n")
+            print(f"wrote {json_out}")
+    if chart:
+        _write(chart, "--chart", render_svg(report))
+        if json_out != "-":
+            print(f"wrote {chart}")
     return 2 if rejected else 0
 
 
@@ -139,8 +133,9 @@ def _workload_key(recipe: Recipe) -> tuple[str, str]:
 
 
 def run_variants(recipe: Recipe, model: dict[str, Any] | None = None, max_requests: int | None = None,
-                 only: list[str] | None = None) -> BenchReport:
-    """Run every variant of `recipe` on one shared workload; the report holds each run's summary."""
+                 only: list[str] | None = None, progress: bool = False) -> BenchReport:
+    """Run every variant of `recipe` on one shared workload; the report holds each run's summary.
+    `progress`: a bar per model load and per variant on standard error, when it is a terminal."""
     from kvscope.engine.llm_engine import load_for_recipe
     from kvscope.inspector.bench_report import BenchReport
 
@@ -149,33 +144,36 @@ def run_variants(recipe: Recipe, model: dict[str, Any] | None = None, max_reques
     models: dict[tuple[Any, ...], LoadedModel] = {}
     workloads: dict[tuple[Any, ...], list[WorkItem]] = {}
     report: BenchReport | None = None
-    for i, (name, overrides, r) in enumerate(variants):
-        if sys.stderr.isatty():
-            print(f"kvscope bench: variant {i + 1}/{len(variants)}: {name}", file=sys.stderr)
-        key = _model_key(r)
-        if key not in models:
-            models[key] = load_for_recipe(r)
-        loaded = models[key]
-        result, session = _run_one(name, overrides, r, loaded, workloads, base, max_requests)
-        if report is None:
-            engine = session.engine
-            report = BenchReport(recipe.name, recipe.source, engine.config.name, str(engine.device),
-                                 engine.backend_name, len(session.items), recipe.description)
-        report.variants.append(result)
+    with ProgressBars(None if progress else False) as bars:
+        for i, (name, overrides, r) in enumerate(variants):
+            key = _model_key(r)
+            if key not in models:
+                with bars.loading(model_label(r)):
+                    models[key] = load_for_recipe(r)
+            loaded = models[key]
+            label = f"variant {i + 1}/{len(variants)}: {name}"
+            result, session = _run_one(name, overrides, r, loaded, workloads, base, max_requests, bars, label)
+            if report is None:
+                engine = session.engine
+                report = BenchReport(recipe.name, recipe.source, engine.config.name, str(engine.device),
+                                     engine.backend_name, len(session.items), recipe.description)
+            report.variants.append(result)
     assert report is not None
     return report
 
 
 def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: LoadedModel,
-             workloads: dict[tuple[Any, ...], list[WorkItem]], base: Recipe,
-             max_requests: int | None) -> tuple[VariantResult, Any]:
+             workloads: dict[tuple[Any, ...], list[WorkItem]], base: Recipe, max_requests: int | None,
+             bars: ProgressBars, label: str) -> tuple[VariantResult, Any]:
     from kvscope.engine.session import RunSession
+    from kvscope.inspector.batch_timeline import BatchTimeline
     from kvscope.inspector.bench_report import VariantResult
     from kvscope.inspector.events import EventBus
     from kvscope.inspector.metrics import Metrics
 
     bus = EventBus()
     metrics = bus.subscribe(Metrics())
+    timeline = bus.subscribe(BatchTimeline(keep_steps=None))
     session = RunSession(recipe, bus=bus, kernel_events=False, loaded=loaded)
     # the workload of the recipe as written (same vocabulary), unless this variant changes it
     own = _workload_key(recipe) != _workload_key(base)
@@ -183,8 +181,9 @@ def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: Loade
     if key not in workloads:
         workloads[key] = session.items[:max_requests] if max_requests else list(session.items)
     session.items = workloads[key]
+    bars.track_run(bus, label, len(session.items))
     t0 = time.perf_counter()
     session.run()
     wall = time.perf_counter() - t0
     label = f"{name} (own workload)" if own else name
-    return VariantResult(label, overrides, metrics.summary(), wall, list(session.rejected)), session
+    return VariantResult(label, overrides, metrics.summary(), wall, list(session.rejected), timeline), session

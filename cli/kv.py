@@ -1,54 +1,42 @@
 """`kvscope kv MODEL`: one-shot KV-memory estimate (bytes per token, per request, per batch, what fits).
 
-Pure python and fast (no torch). Text by default, `--json` for the same numbers as JSON.
+Pure python and fast (no torch; rich only to print the answer). A rich table by default, `--json` for the
+same numbers as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from typing import TYPE_CHECKING
 
 from kvscope.cli.errors import UsageError
-from kvscope.cli.oneshot_args import add_device_arguments, add_model_argument, load_device, load_model
-from kvscope.inspector.kv_estimate import DTYPE_BYTES, EstimateError, KVEstimate, estimate_kv
-from kvscope.inspector.text_table import format_sections, human_bytes, human_count
+from kvscope.cli.oneshot_args import load_device, load_model
+from kvscope.inspector.human_units import human_bytes, human_count
+from kvscope.inspector.kv_estimate import EstimateError, KVEstimate, estimate_kv
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_argument(parser)
-    parser.add_argument("--context", type=int, default=None, metavar="TOKENS",
-                        help="tokens per request (default: the model's maximum context)")
-    parser.add_argument("--batch", "--requests", dest="batch", type=int, default=1, metavar="N",
-                        help="concurrent requests (default 1)")
-    parser.add_argument("--kv-dtype", default="fp16", metavar="DTYPE",
-                        help=f"KV cache dtype: {', '.join(DTYPE_BYTES)} (default fp16)")
-    parser.add_argument("--weights-dtype", default="fp16", metavar="DTYPE",
-                        help=f"weights dtype: {', '.join(DTYPE_BYTES)} (default fp16)")
-    parser.add_argument("--block-size", type=int, default=16, metavar="TOKENS", help="tokens per KV block (default 16)")
-    add_device_arguments(parser)
-    parser.add_argument("--gpus", type=int, default=1, metavar="N",
-                        help="GPUs sharing weights and KV (tensor parallel; default 1)")
-    parser.add_argument("--mem-util", type=float, default=0.9, metavar="FRACTION",
-                        help="fraction of device memory the engine may use (default 0.9)")
-    parser.add_argument("--max-len", type=int, default=None, metavar="TOKENS",
-                        help="length a contiguous reservation holds per request (default: the model's max context)")
-    parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    shape = load_model(args.model)
-    device = load_device(args)
-    context = args.context if args.context is not None else shape.max_position_embeddings
+def run_kv(model: str, *, context: int | None = None, batch: int = 1, kv_dtype: str = "fp16",
+           weights_dtype: str = "fp16", block_size: int = 16, gpu: str = "H100-80GB", gpu_mem: float | None = None,
+           gpus: int = 1, mem_util: float = 0.9, max_len: int | None = None, as_json: bool = False) -> int:
+    """Estimate and print; a bad model, device or size is a UsageError (one line, exit code 2)."""
+    shape = load_model(model)
+    device = load_device(gpu, gpu_mem)
+    context = context if context is not None else shape.max_position_embeddings
     try:
-        est = estimate_kv(shape, device, context=context, batch=args.batch, kv_dtype=args.kv_dtype,
-                          weights_dtype=args.weights_dtype, block_size=args.block_size, mem_util=args.mem_util,
-                          max_len=args.max_len, num_gpus=args.gpus)
+        est = estimate_kv(shape, device, context=context, batch=batch, kv_dtype=kv_dtype,
+                          weights_dtype=weights_dtype, block_size=block_size, mem_util=mem_util,
+                          max_len=max_len, num_gpus=gpus)
     except EstimateError as exc:
         raise UsageError(str(exc)) from None
-    if args.json:
+    if as_json:
         print(json.dumps(est.to_dict(), indent=2))
     else:
-        print(render_estimate(est, shape.num_heads, shape.num_kv_heads))
+        from kvscope.cli.console import emit
+
+        emit(render_estimate(est, shape.num_heads, shape.num_kv_heads))
     return 0
 
 
@@ -62,8 +50,8 @@ def _applies_note(est: KVEstimate, heads: int, kv_heads: int) -> str:
             f"{est.bytes_per_token:,} B applies")
 
 
-def render_estimate(est: KVEstimate, heads: int, kv_heads: int) -> str:
-    """The estimate as titled, aligned text sections."""
+def render_estimate(est: KVEstimate, heads: int, kv_heads: int) -> RenderableType:
+    """The estimate as titled sections of label / value / note rows."""
     title = (f"kvscope kv  {est.model}  ({est.attention}, {est.num_layers} layers)  KV {est.kv_dtype}  "
              f"weights {est.weights_dtype}  on {est.device}")
     per_token = [("bytes per token", f"{est.bytes_per_token:,} B", est.formula)]
@@ -106,10 +94,30 @@ def render_estimate(est: KVEstimate, heads: int, kv_heads: int) -> str:
          f"vs {est.max_requests:,} paged"),
         ("wasted at this context", f"{est.contiguous_waste_fraction:.2%}", "of each reservation never written"),
     ]
-    return title + "\n\n" + format_sections([
+    return sections_renderable(title, [
         ("KV per token", per_token),
         (f"Per request and batch (context {est.context:,})", request),
         (f"Memory on {est.num_gpus} x {est.device}" if est.num_gpus > 1 else f"Memory on {est.device}", memory),
         (f"Internal fragmentation (block size {est.block_size})", frag),
         ("Contiguous max-length reservation (no paging)", contiguous),
     ])
+
+
+def sections_renderable(title: str, sections: list[tuple[str, list[tuple[str, str, str]]]]) -> RenderableType:
+    """The title, then each section's heading over its (label, value, note) rows, labels and values lined
+    up across all sections."""
+    from rich.console import Group
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from kvscope.cli.console import key_value_table
+
+    label_w = max((len(label) for _, rows in sections for label, _, _ in rows), default=0)
+    value_w = max((len(value) for _, rows in sections for _, value, _ in rows), default=0)
+    parts: list[RenderableType] = [Text(title, style="bold")]
+    for heading, rows in sections:
+        table = key_value_table(label_w, value_w, notes=True)
+        for label, value, note in rows:
+            table.add_row(Text(label), Text(value), Text(note))
+        parts += [Text(""), Text(heading, style="bold cyan"), Padding(table, (0, 0, 0, 2))]
+    return Group(*parts)

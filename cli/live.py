@@ -14,11 +14,13 @@ from typing import Any
 import torch
 
 from kvscope.cli.recipe_args import recipe_header
+from kvscope.cli.text_probe import attach_text_probe
 from kvscope.engine.llm_engine import resolve_device
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
 from kvscope.inspector.controller import SessionController
 from kvscope.inspector.device_stats import DeviceSampler
+from kvscope.inspector.events import EventBus
 from kvscope.inspector.recording import JsonlRecorder
 from kvscope.inspector.roofline_bound import Peaks
 from kvscope.tui.app import REFRESH_HZ, KVScopeApp
@@ -35,8 +37,12 @@ def live_app(recipe: Recipe, *, subscribers: tuple[Callable[[Any], None], ...] =
     if not deterministic:
         gpu_name = _gpu_name()
         peaks = _measure_peaks_before_the_engine_starts(_resolved_device(recipe), recipe.dtype, gpu_name)
-    controller = SessionController(lambda bus: RunSession(recipe, bus=bus, range_hook=range_hook),
-                                   start_paused=start_paused, subscribers=subscribers)
+    def session(bus: EventBus) -> RunSession:
+        run = RunSession(recipe, bus=bus, range_hook=range_hook)
+        attach_text_probe(run)  # the token stream: prompt and generated text, for the panel and the recording
+        return run
+
+    controller = SessionController(session, start_paused=start_paused, subscribers=subscribers)
     return KVScopeApp(controller=controller, title=recipe.name, deterministic=deterministic, refresh_hz=refresh_hz,
                       gpu_name=gpu_name, peaks=peaks)
 

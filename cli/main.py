@@ -1,64 +1,125 @@
-"""`kvscope` command line: a dispatcher that imports each subcommand's module only when it runs.
+"""`kvscope`: the entry point. Runs the typer app (kvscope.cli.app) and keeps the command line's contract:
+bad input of any kind ends in one line on stderr, `kvscope: error: ...`, and exit code 2, never a
+traceback. That covers typer's own usage errors (unknown option, missing argument, a value of the wrong
+type), every KVScopeError (bad recipe, model file, sizes, recording) and output that cannot be written
+(a full disk, `> /dev/full`). A reader that leaves early (`kvscope ... | head`) ends the command quietly.
 
-Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`.
-Any KVScopeError (bad recipe, bad model file, bad arguments) becomes one line on
-stderr, `kvscope: error: ...`, and exit code 2.
+`main(argv)` is also the programmatic entry point (tests call it) and returns the exit code.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
+import errno
 import os
 import sys
+from typing import Any
 
 from kvscope.engine.errors import KVScopeError
-from kvscope.version import __version__
-
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("kvscope.cli.run", "run a recipe: live TUI, or --headless summary"),
-    "trace": ("kvscope.cli.trace", "run a recipe and write Perfetto / Nsight / JSONL timelines"),
-    "replay": ("kvscope.cli.replay", "open the TUI over a recorded events.jsonl"),
-    "kv": ("kvscope.cli.kv", "one-shot KV-cache memory estimate for a model"),
-    "roofline": ("kvscope.cli.roofline", "one-shot roofline table for a model on a GPU"),
-    "bench": ("kvscope.cli.bench", "run a recipe's variants and compare them"),
-}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
-        self.exit(2, f"kvscope: error: {message}\n")
+class OutputError(KVScopeError):
+    """Standard output cannot be written (a full disk, `> /dev/full`, a closed terminal)."""
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = _Parser(prog="kvscope", description="See what an LLM inference engine does with memory and time.")
-    parser.add_argument("--version", action="version", version=f"kvscope {__version__}")
-    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    wanted = next((a for a in argv if a in COMMANDS), None)
-    for name, (module, help_text) in COMMANDS.items():
-        sub = subs.add_parser(name, help=help_text, description=help_text)
-        if name == wanted:
-            importlib.import_module(module).add_arguments(sub)
-    return parser
+class ReaderLeft(Exception):
+    """Standard output's reader went away (EPIPE: `kvscope ... | head`). Not an OSError, so that nothing on
+    the way up (typer turns an EPIPE into exit code 1) takes it for something else."""
+
+
+class _GuardedStdout:
+    """sys.stdout while a command runs: a failed write or flush becomes an OutputError naming standard output,
+    or ReaderLeft when the reader has gone; everything else is the stream's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _output_error(exc: OSError) -> ReaderLeft | OutputError:
+    if exc.errno == errno.EPIPE:
+        return ReaderLeft()
+    return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
+    stdout = sys.stdout
+    guarded = sys.stdout = _GuardedStdout(stdout)
     try:
-        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        code = _run(argv)
+        sys.stdout.flush()  # a write error surfaces here, while it can still be reported
+        return code
+    except OutputError as exc:
+        _silence_stdout()  # what is left in the buffer would fail again at exit
+        return _error(str(exc))
+    except ReaderLeft:  # the reader left; say nothing more
+        _silence_stdout()
+        return 0
     except KVScopeError as exc:
-        print(f"kvscope: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `kvscope ... | head`: the reader left; say nothing more
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # the reader left; say nothing more
+            _silence_stdout()
+            return 0
+        return _error(f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc))
+    finally:
+        if sys.stdout is guarded:
+            sys.stdout = stdout
+
+
+def _run(argv: list[str]) -> int:
+    import typer
+    from typer.main import get_command
+
+    from kvscope.cli.app import app
+
+    command = get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="kvscope", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's (click's) own usage errors
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see `{ctx.command_path} --help`)"
+        return _error(exc.format_message() + hint)
+    except typer.Abort:
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    return int(result or 0)
+
+
+def _error(message: str) -> int:
+    line = " ".join(message.split())  # one line, whatever the message held
+    try:
+        print(f"kvscope: error: {line}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+    return 2
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush at exit has nothing to fail on."""
+    try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

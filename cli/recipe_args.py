@@ -1,21 +1,18 @@
-"""Shared CLI plumbing for commands that take a recipe: the argument, its loading, and the header of a
-recording of its run."""
+"""What the commands that take a recipe share: a label for its model, and the header of a recording of its
+run. (The recipe itself is read by kvscope.engine.recipe.load_recipe: every problem one line.)"""
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from kvscope.engine.recipe import Recipe, load_recipe
+from kvscope.engine.recipe import Recipe
 from kvscope.inspector.recording import make_header
 
 
-def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML (see recipes/)")
-
-
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    return load_recipe(args.recipe)
+def model_label(recipe: Recipe) -> str:
+    """What a progress bar calls the recipe's model while it loads: 'smollm2', 'random tiny', ..."""
+    model = recipe.model
+    return f"random {model.shape}" if model.source == "random" else model.path
 
 
 def recipe_header(recipe: Recipe, device: str) -> dict[str, Any]:

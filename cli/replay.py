@@ -6,7 +6,6 @@ is a terminal to draw on) reads the cursor and moves it, nothing more.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,26 +14,20 @@ if TYPE_CHECKING:
     from kvscope.tui.app import KVScopeApp
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("events", metavar="EVENTS.jsonl", help="a recording from `kvscope run --record` or trace")
-    parser.add_argument("--strict", action="store_true",
-                        help="fail on the first corrupt line instead of replaying up to it")
-
-
-def run(args: argparse.Namespace) -> int:
+def run_replay_command(events: str, *, strict: bool = False) -> int:
+    """`kvscope replay`: the TUI on a terminal; otherwise check the file and say what it holds."""
     from kvscope.inspector.replay import load_timeline
 
     if not sys.stdout.isatty():
-        # no terminal to draw on: check the file and say what it holds
-        recording = load_timeline(args.events, strict=args.strict)
+        recording = load_timeline(events, strict=strict)
         steps = recording.steps
         span = f"steps {steps[0]}..{steps[-1]}" if steps else "no complete step"
-        print(f"{args.events}: {len(recording.events)} events, {len(steps)} steps ({span})")
+        print(f"{events}: {len(recording.events)} events, {len(steps)} steps ({span})")
         if recording.damage:
             print(f"kvscope: replay stopped at damage: {recording.damage}", file=sys.stderr)
         print("kvscope: standard output is not a terminal; the replay TUI needs one", file=sys.stderr)
         return 0
-    return run_replay(args.events, strict=args.strict)
+    return run_replay(events, strict=strict)
 
 
 def replay_app(path: str, *, strict: bool = False, deterministic: bool = False,

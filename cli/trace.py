@@ -10,29 +10,24 @@ CUDA kernels on a GPU) into trace.json, shifted onto the engine's clock.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from kvscope.cli.errors import UsageError
-from kvscope.cli.recipe_args import add_recipe_argument, recipe_from_args, recipe_header
+from kvscope.cli.progress import ProgressBars
+from kvscope.cli.recipe_args import model_label, recipe_header
+from kvscope.cli.text_probe import attach_text_probe
+from kvscope.engine.recipe import load_recipe
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_argument(parser)
-    parser.add_argument("-o", "--out", metavar="DIR", default=None,
-                        help="output folder (default: trace-<recipe name>)")
-    parser.add_argument("--torch-profiler", action="store_true",
-                        help="also merge torch.profiler's CPU ops / CUDA kernels into trace.json")
-    parser.add_argument("--no-nvtx", action="store_true", help="no live NVTX ranges while tracing")
-    parser.add_argument("--no-kernels", action="store_true",
-                        help="leave out per-op kernel events (smaller files)")
-
-
-def run(args: argparse.Namespace) -> int:
+def run_trace(recipe_path: str, *, out: str | None = None, torch_profiler: bool = False, nvtx: bool = True,
+              kernels: bool = True) -> int:
+    """Run the recipe (a progress bar on a terminal) and write the three files; exit code 2 if requests were
+    rejected."""
     from kvscope.engine.session import RunSession
     from kvscope.inspector.chrome_trace import trace_origin, write_chrome_trace
     from kvscope.inspector.events import EventBus, EventList
@@ -41,44 +36,60 @@ def run(args: argparse.Namespace) -> int:
     from kvscope.inspector.nvtxt import write_nvtxt
     from kvscope.inspector.recording import attach_recorder
 
-    recipe = recipe_from_args(args)
-    out = Path(args.out if args.out else f"trace-{recipe.name}")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out}: exists and is not a folder")
+    recipe = load_recipe(recipe_path)
+    folder = Path(out if out else f"trace-{recipe.name}")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"-o {folder}: exists and is not a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"-o {out}: cannot create folder: {exc.strerror or exc}") from None
+        raise UsageError(f"-o {folder}: cannot create folder: {exc.strerror or exc}") from None
 
     bus = EventBus()
     events = bus.subscribe(EventList())
     metrics = bus.subscribe(Metrics())
-    hook = None if args.no_nvtx else nvtx_range_hook()
-    session = RunSession(recipe, bus=bus, kernel_events=not args.no_kernels, range_hook=hook)
-    close_recording = attach_recorder(bus, out / "events.jsonl", recipe_header(recipe, str(session.engine.device)))
+    hook = nvtx_range_hook() if nvtx else None
     torch_events: list[dict[str, Any]] = []
-    try:
-        if args.torch_profiler:
-            torch_events = _run_with_torch_profiler(session)
-        else:
-            session.run()
-    finally:
-        close_recording()
+    with ProgressBars() as bars:
+        with bars.loading(model_label(recipe)):
+            session = RunSession(recipe, bus=bus, kernel_events=kernels, range_hook=hook)
+        bars.track_run(bus, f"tracing {recipe.name}", len(session.items))
+        close_recording = attach_recorder(bus, folder / "events.jsonl",
+                                          recipe_header(recipe, str(session.engine.device)))
+        attach_text_probe(session)  # the recording replays with each request's text
+        try:
+            if torch_profiler:
+                torch_events = _run_with_torch_profiler(session)
+            else:
+                session.run()
+        finally:
+            close_recording()
 
     meta = {"recipe": recipe.name, "recipe_path": recipe.source, "device": str(session.engine.device)}
     if torch_events:
         torch_events = _shift_torch_events(torch_events, trace_origin(events.events))
-    trace = write_chrome_trace(out / "trace.json", events.events, meta, torch_events)
-    records = write_nvtxt(out / "trace.nvtxt", events.events, os.getpid(), recipe.name)
+    trace = write_chrome_trace(folder / "trace.json", events.events, meta, torch_events)
+    records = write_nvtxt(folder / "trace.nvtxt", events.events, os.getpid(), recipe.name)
 
     for line in session.rejected:
-        print(f"kvscope: error: {line}")
-    print(metrics.summary().format_text())
-    print(f"wrote {out / 'trace.json'} ({len(trace['traceEvents'])} trace events"
-          f"{f', {len(torch_events)} from torch.profiler' if torch_events else ''})")
-    print(f"wrote {out / 'trace.nvtxt'} ({records} records; "
-          f"ImportNvtxt --cmd create -n {out / 'trace.nvtxt'} -o {out / 'trace.nsys-rep'})")
-    print(f"wrote {out / 'events.jsonl'} ({len(events.events)} events; kvscope replay {out / 'events.jsonl'})")
+        print(f"kvscope: error: {line}", file=sys.stderr)
+    from rich.text import Text
+
+    from kvscope.cli.console import emit
+    from kvscope.cli.summary_table import summary_table
+
+    wrote = Text()
+    for path, what in (
+        (folder / "trace.json", f"{len(trace['traceEvents'])} trace events"
+                                f"{f', {len(torch_events)} from torch.profiler' if torch_events else ''}"),
+        (folder / "trace.nvtxt", f"{records} records; ImportNvtxt --cmd create -n {folder / 'trace.nvtxt'}"
+                                 f" -o {folder / 'trace.nsys-rep'}"),
+        (folder / "events.jsonl", f"{len(events.events)} events; kvscope replay {folder / 'events.jsonl'}"),
+    ):
+        wrote.append("\nwrote " if wrote else "wrote ")
+        wrote.append(str(path), style="bold")
+        wrote.append(f" ({what})")
+    emit(summary_table(metrics.summary()), wrote)
     return 2 if session.rejected else 0
 
 

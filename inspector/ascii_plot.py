@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvscope.inspector.text_table import human_count
+from kvscope.inspector.human_units import human_count
 
 
 @dataclass(frozen=True, slots=True)

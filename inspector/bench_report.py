@@ -1,4 +1,5 @@
-"""The `kvscope bench` report: one row per recipe variant, as a text table, a JSON document and an SVG chart.
+"""The `kvscope bench` report: one row per recipe variant, as table columns (kvscope.cli.bench_table prints
+them), a JSON document and an SVG chart.
 
 Every number comes from a variant's RunSummary (kvscope.inspector.metrics, the one place
 metrics are defined); this module only chooses columns, formats them and draws them.
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
+from kvscope.inspector.batch_timeline import BatchTimeline
 from kvscope.inspector.metrics import RunSummary
-from kvscope.inspector.text_table import format_table
+from kvscope.inspector.timeline_svg import timeline_section
 
 JSON_SCHEMA = 1
 
@@ -27,6 +29,7 @@ class VariantResult:
     summary: RunSummary
     wall_s: float = 0.0
     rejected: list[str] = field(default_factory=list)
+    timeline: BatchTimeline | None = None  # the run's batch timeline, for the chart (not in the JSON)
 
 
 @dataclass(slots=True)
@@ -68,7 +71,7 @@ def _ms(x: float) -> str:
     return f"{x:.1f}"
 
 
-# (header, cell) for the comparison table; latencies in ms, fractions as percentages.
+# (header, cell) for the comparison table (kvscope.cli.bench_table); latencies in ms, fractions as percentages.
 TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
     ("done", lambda s: f"{s.finished}/{s.requests}"),
     ("tok/s", lambda s: f"{s.throughput_tok_s:.1f}"),
@@ -89,20 +92,6 @@ TABLE_NOTES = (
     "TTFT / ITL in ms. waste: reserved-but-empty KV slots in the pool (mean over steps);"
     " contig waste: what a max_model_len contiguous reservation would leave empty for the same requests."
 )
-
-
-def format_report(report: BenchReport) -> str:
-    """The header lines and the comparison table that `kvscope bench` prints."""
-    head = [
-        f"recipe: {report.recipe} ({report.source})  model: {report.model}  device: {report.device}"
-        f"  backend: {report.backend}",
-        f"workload: {report.num_requests} requests, the same for every variant",
-    ]
-    if report.description:
-        head.append(f"look at: {report.description.strip()}")
-    headers = ["variant"] + [h for h, _ in TABLE_COLUMNS]
-    rows = [[v.name] + [cell(v.summary) for _, cell in TABLE_COLUMNS] for v in report.variants]
-    return "\n".join(head) + "\n\n" + format_table(headers, rows) + "\n" + TABLE_NOTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +135,17 @@ def render_svg(report: BenchReport, metrics: Sequence[ChartMetric] = CHART_METRI
 
     Each panel is a <g class="panel" data-metric=...>; every bar in it is a <rect class="bar">
     carrying data-variant and data-value, so the chart can be checked without parsing geometry.
+    Under the bars, each variant's batch timeline (kvscope.inspector.timeline_svg), when the report has them.
     """
     n = len(report.variants)
     panel_h = _PANEL_PAD + n * (_BAR_H + _BAR_GAP) + 10
     rows = -(-len(metrics) // _COLUMNS)
     width = _MARGIN * 2 + _COLUMNS * _PANEL_W
     title = f"kvscope bench: {report.recipe}  ({report.model}, {report.device}, {report.num_requests} requests)"
-    height = _TITLE_H + rows * panel_h + _MARGIN
+    timelines = [(v.name, v.timeline) for v in report.variants if v.timeline is not None]
+    section, section_h = timeline_section(timelines, _MARGIN, _TITLE_H + rows * panel_h + 10, width - 2 * _MARGIN,
+                                          columns=_COLUMNS)
+    height = _TITLE_H + rows * panel_h + _MARGIN + (section_h + 10 if section else 0)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
@@ -177,6 +170,7 @@ def render_svg(report: BenchReport, metrics: Sequence[ChartMetric] = CHART_METRI
             out.append(f'<text x="{x0 + _LABEL_W + length + 4:.2f}" y="{y + _BAR_H - 3}">'
                        f'{escape(metric.fmt(value))}</text>')
         out.append("</g>")
+    out += section
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

@@ -1,6 +1,8 @@
 """Chrome Trace Event export (Perfetto, chrome://tracing) of a recorded event stream.
 
-Layout (ts in microseconds from the first event, 3 decimals = ns precision):
+Layout (ts in microseconds from the first event, in exact binary fractions of 1/1024 µs, so that every
+viewer's float arithmetic on ts and dur is exact and slices nest as their nanoseconds say:
+kvscope.inspector.trace_clock):
     pid 1 "kvscope engine"
         tid 1 "steps"    X "step N" > X schedule / prepare / forward / sample
         tid 2 "kernels"  X forward > X "layer L" > X op; X sample > X sample op
@@ -30,6 +32,7 @@ from kvscope.inspector.events import (
     RangeCategory, RequestEvent, RunInfo, StepEnd,
 )
 from kvscope.inspector.metrics import fragmentation
+from kvscope.inspector.trace_clock import END_NS, START_NS, TraceClock, fit_slices
 
 PID_ENGINE = 1
 PID_REQUESTS = 2
@@ -65,16 +68,6 @@ class _RequestLife:
     work: list[tuple[int, str, int, int, int]] = field(default_factory=list)
 
 
-class _Clock:
-    __slots__ = ("t0",)
-
-    def __init__(self, t0: int) -> None:
-        self.t0 = t0
-
-    def us(self, ns: int) -> float:
-        return round((ns - self.t0) / 1000.0, 3)
-
-
 def _dur(start: int, end: int) -> float:
     return round(max(end - start, 0) / 1000.0, 3)
 
@@ -92,7 +85,7 @@ def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = 
     if not events:
         return {"traceEvents": [], "displayTimeUnit": "ns", "otherData": dict(metadata or {})}
     t0 = trace_origin(events)
-    clock = _Clock(t0)
+    clock = TraceClock(t0)
     trace = _TraceBuilder(clock)
     trace.take_all(events)
     out = trace.out
@@ -110,14 +103,16 @@ def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = 
     if trace.info is not None:
         other["run_info"] = _info_args(trace.info)
     other.update(metadata or {})
-    return {"traceEvents": _ordered(out), "displayTimeUnit": "ns", "otherData": other}
+    ordered = _ordered(out)
+    fit_slices(ordered, clock)
+    return {"traceEvents": ordered, "displayTimeUnit": "ns", "otherData": other}
 
 
 class _TraceBuilder(EventFold):
     """Folds the events into trace records; kernels and request lives are kept for the layout passes
     that need a whole step or a whole request."""
 
-    def __init__(self, clock: _Clock) -> None:
+    def __init__(self, clock: TraceClock) -> None:
         self.clock = clock
         self.out: list[dict[str, Any]] = _metadata_events()
         self.lives: dict[int, _RequestLife] = {}
@@ -184,15 +179,16 @@ def _info_args(info: Any) -> dict[str, Any]:
             "token_budget": info.token_budget, "prefix_caching": info.prefix_caching}
 
 
-def _x(name: str, cat: str, pid: int, tid: int, start: int, end: int, clock: _Clock,
+def _x(name: str, cat: str, pid: int, tid: int, start: int, end: int, clock: TraceClock,
        args: dict[str, Any] | None = None) -> dict[str, Any]:
-    ev = {"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid, "ts": clock.us(start), "dur": _dur(start, end)}
+    ev = {"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid, "ts": clock.us(start), "dur": _dur(start, end),
+          START_NS: start, END_NS: end}  # the exact times, until fit_slices sets the final ts and dur
     if args:
         ev["args"] = args
     return ev
 
 
-def _step_events(e: Any, clock: _Clock) -> list[dict[str, Any]]:
+def _step_events(e: Any, clock: TraceClock) -> list[dict[str, Any]]:
     args = {"num_tokens": e.num_tokens, "token_budget": e.token_budget, "prefill": [list(p) for p in e.prefill],
             "decode": list(e.decode), "running": e.num_running, "waiting": e.num_waiting}
     out = [_x(f"step {e.step}", RangeCategory.STEP, PID_ENGINE, TID_STEPS, e.begin_ts, e.ts, clock, args)]
@@ -201,7 +197,7 @@ def _step_events(e: Any, clock: _Clock) -> list[dict[str, Any]]:
     return out
 
 
-def _step_counters(e: Any, clock: _Clock) -> list[dict[str, Any]]:
+def _step_counters(e: Any, clock: TraceClock) -> list[dict[str, Any]]:
     ts = clock.us(e.ts)
     return [
         {"name": "requests", "ph": "C", "pid": PID_ENGINE, "ts": ts,
@@ -210,7 +206,7 @@ def _step_counters(e: Any, clock: _Clock) -> list[dict[str, Any]]:
     ]
 
 
-def _kv_counters(kv: Any, clock: _Clock) -> list[dict[str, Any]]:
+def _kv_counters(kv: Any, clock: TraceClock) -> list[dict[str, Any]]:
     frag = fragmentation(kv)
     ts = clock.us(kv.ts)
     return [
@@ -221,13 +217,13 @@ def _kv_counters(kv: Any, clock: _Clock) -> list[dict[str, Any]]:
     ]
 
 
-def _block_instant(e: Any, clock: _Clock) -> dict[str, Any]:
+def _block_instant(e: Any, clock: TraceClock) -> dict[str, Any]:
     return {"name": e.what, "cat": Kind.BLOCK, "ph": "i", "s": "t", "pid": PID_ENGINE, "tid": TID_BLOCKS,
             "ts": clock.us(e.ts), "args": {"request": e.request_id, "blocks": list(e.block_ids),
                                           "logical_index": e.logical_index, "ref_counts": list(e.ref_counts)}}
 
 
-def _kernel_events(kernels: list[Any], step_end: Any, clock: _Clock) -> list[dict[str, Any]]:
+def _kernel_events(kernels: list[Any], step_end: Any, clock: TraceClock) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     step = kernels[0].step
     if step_end is not None:
@@ -335,7 +331,7 @@ def _request_segments(life: _RequestLife, trace_end: int) -> tuple[list[_Segment
 
 
 def _request_events(life: _RequestLife, lifetime: _Segment, segments: list[_Segment],
-                    clock: _Clock) -> list[dict[str, Any]]:
+                    clock: TraceClock) -> list[dict[str, Any]]:
     rid = life.request_id
     tid = request_tid(rid)
     out: list[dict[str, Any]] = [
@@ -361,7 +357,7 @@ def _request_events(life: _RequestLife, lifetime: _Segment, segments: list[_Segm
     return out
 
 
-def _flow(rid: int, ts: int, flow_id: int, clock: _Clock) -> list[dict[str, Any]]:
+def _flow(rid: int, ts: int, flow_id: int, clock: TraceClock) -> list[dict[str, Any]]:
     t = clock.us(ts)
     return [
         {"name": "served by", "cat": "flow", "ph": "s", "id": flow_id, "pid": PID_REQUESTS,

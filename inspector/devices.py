@@ -9,6 +9,7 @@ The "cpu" entry is a rough, labelled placeholder, with this machine's RAM size.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 
@@ -122,6 +123,6 @@ def get_device(name: str) -> Device:
 
 def with_memory(device: Device, memory_gib: float) -> Device:
     """The device with a different memory size (--gpu-mem)."""
-    if not memory_gib > 0:
-        raise DeviceError(f"--gpu-mem must be a positive number of GiB, got {memory_gib!r}")
+    if not (memory_gib > 0 and math.isfinite(memory_gib)):
+        raise DeviceError(f"--gpu-mem must be a positive, finite number of GiB, got {memory_gib!r}")
     return replace(device, name=f"{device.name} ({memory_gib:g} GiB)", memory_gib=memory_gib)

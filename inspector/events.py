@@ -33,6 +33,7 @@ class Kind:
     BLOCK = "block"
     KERNEL = "kernel"
     KV = "kv"
+    TEXT = "text"
 
 
 class Phase:
@@ -233,9 +234,30 @@ class KVSnapshot:
     contiguous_waste_slots: int = 0
 
 
-Event = RunInfo | StepBegin | StepEnd | RequestEvent | BlockEvent | KernelEvent | KVSnapshot
+@dataclass(slots=True)
+class TokenText:
+    """A request's text, as its tokenizer decodes it: the prompt once, on arrival, then the output text that
+    each step completed. The engine does not emit these: a probe beside it does (kvscope.cli.text_probe),
+    when something shows or records the text (the TUI's token stream, a recording for replay).
+
+    prompt: the whole prompt (on arrival; "" after). text: the output text this step completed ("" on
+    arrival; it may lag a token behind while a multi-byte character is incomplete). tokens: the output
+    tokens it covers.
+    """
+
+    kind: ClassVar[str] = Kind.TEXT
+    ts: int
+    step: int
+    request_id: int
+    text: str = ""
+    prompt: str = ""
+    tokens: int = 0
+
+
+Event = RunInfo | StepBegin | StepEnd | RequestEvent | BlockEvent | KernelEvent | KVSnapshot | TokenText
 EVENT_TYPES: dict[str, type] = {
-    cls.kind: cls for cls in (RunInfo, StepBegin, StepEnd, RequestEvent, BlockEvent, KernelEvent, KVSnapshot)
+    cls.kind: cls
+    for cls in (RunInfo, StepBegin, StepEnd, RequestEvent, BlockEvent, KernelEvent, KVSnapshot, TokenText)
 }
 
 

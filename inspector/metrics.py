@@ -94,7 +94,7 @@ def fragmentation(kv: KVSnapshot) -> Fragmentation:
 
 @dataclass
 class RunSummary:
-    """The numbers of one run; `to_dict()` is the --json output, `format_text()` the headless block."""
+    """The numbers of one run; `to_dict()` is the --json output (kvscope.cli.summary_table prints it for people)."""
 
     requests: int = 0
     finished: int = 0
@@ -126,34 +126,6 @@ class RunSummary:
             value = getattr(self, f.name)
             out[f.name] = asdict(value) if isinstance(value, Percentiles) else value
         return out
-
-    def format_text(self) -> str:
-        """The headless summary block."""
-
-        def lat(p: Percentiles) -> str:
-            return f"p50 {p.p50:9.2f}  p99 {p.p99:9.2f}  mean {p.mean:9.2f} ms  (n={p.count})"
-
-        lines = [
-            f"requests        {self.finished}/{self.requests} finished",
-            f"tokens          {self.prompt_tokens} prompt, {self.generated_tokens} generated"
-            f" in {self.steps} steps",
-            f"duration        {self.duration_s:.3f} s",
-            f"throughput      {self.throughput_tok_s:.1f} tok/s",
-            f"TTFT            {lat(self.ttft_ms)}",
-            f"ITL             {lat(self.itl_ms)}",
-            f"E2E             {lat(self.e2e_ms)}",
-            f"tokens/step     {self.tokens_per_step_mean:.1f}",
-            f"KV peak         {self.peak_kv_blocks}/{self.total_kv_blocks} blocks"
-            f" ({100 * self.peak_kv_usage:.1f}%)",
-            f"preemptions     {self.preemptions}",
-            f"prefix hits     {self.prefix_hit_tokens}/{self.prefix_lookup_tokens} tokens"
-            f" ({100 * self.prefix_hit_rate:.1f}%)",
-            f"internal frag   {100 * self.internal_fragmentation_mean:.1f}% mean,"
-            f" {100 * self.internal_fragmentation:.1f}% at end",
-            f"contig. waste   {100 * self.contiguous_waste_mean:.1f}% mean,"
-            f" {100 * self.contiguous_waste:.1f}% at end",
-        ]
-        return "\n".join(lines)
 
 
 class Metrics(EventFold):

@@ -90,3 +90,15 @@ def test_threads_flag(tmp_path):
     proc = run(tmp_path, TINY, "--json", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["finished"] == 2
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("extra", [(), ("--headless",), ("--headless", "--json")])
+def test_output_that_cannot_be_written_is_one_line(tmp_path, extra):
+    """`kvscope run ... > /dev/full`: the run completes, printing its answer fails, and that is one line."""
+    path = tmp_path / "r.yaml"
+    path.write_text(TINY)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(KVSCOPE + ["run", str(path), *extra], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    one_line_error(proc, "cannot write to standard output", "No space left on device")

@@ -89,6 +89,14 @@ def test_roofline_json() -> None:
     (["roofline", "llama-2-7b", "--phase", "train"], "--phase must be prefill or decode"),
     (["roofline", "llama-2-7b", "--batch", "0"], "--batch must be a positive"),
     (["roofline", "nosuch"], "unknown model 'nosuch'"),
+    (["kv", "llama-2-7b", "--gpu-mem", "inf"], "--gpu-mem must be a positive, finite number"),
+    (["kv", "llama-2-7b", "--gpu-mem", "nan"], "--gpu-mem must be a positive, finite number"),
+    # typer's own usage errors keep the same contract
+    (["kv", "llama-2-7b", "--bogus"], "No such option: --bogus"),
+    (["kv"], "Missing argument 'MODEL'"),
+    (["roofline", "llama-2-7b", "--batch"], "--batch"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["bench"], "Missing argument 'RECIPE'"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(args: list[str], needle: str) -> None:
     out = kvscope(*args)

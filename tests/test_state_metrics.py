@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pytest
 
+from kvscope.cli.console import plain_text
+from kvscope.cli.summary_table import summary_table
 from kvscope.inspector.events import (
     ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
     BlockEvent, EventBus, EventList, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
@@ -244,7 +246,7 @@ def test_metrics_restart_on_run_info_and_summary_round_trips():
     assert first["ttft_ms"]["count"] == 2
     m(run_info())
     assert m.summary().requests == 0 and m.summary().generated_tokens == 0
-    text = summarize(_two_request_stream()).format_text()
+    text = plain_text(summary_table(summarize(_two_request_stream())))
     assert "2/2 finished" in text and "preemptions     1" in text
 
 

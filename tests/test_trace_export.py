@@ -4,13 +4,16 @@ alone rebuilding the engine's final block tables and free pool after a run with 
 
 from __future__ import annotations
 
-import argparse
 import json
+import random
 import re
 from collections import defaultdict
 
 import pytest
 
+from kvscope.cli.console import plain_text
+from kvscope.cli.main import main
+from kvscope.cli.summary_table import summary_table
 from kvscope.inspector.chrome_trace import build_chrome_trace
 from kvscope.inspector.events import (
     ARRIVED, FINISHED, PREEMPTED, EventBus, EventList, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin,
@@ -75,34 +78,43 @@ def check_chrome_trace(trace: dict) -> dict:
     assert not any(open_b.values()), "B without E"
     assert not any(async_open.values()), "async b without e"
     for track, evs in by_track.items():
-        times = [ns(e["ts"]) for e in evs]
+        times = [e["ts"] for e in evs]
         assert times == sorted(times), f"timestamps go back on {track}"
-        stack: list[tuple[int, int]] = []
-        for e in evs:
-            if e["ph"] != "X":
-                continue
-            start, end = ns(e["ts"]), ns(e["ts"]) + ns(e["dur"])
-            while stack and stack[-1][1] <= start and not (stack[-1][0] == stack[-1][1] == start):
-                stack.pop()
-            if stack:
-                assert end <= stack[-1][1], f"X slice {e['name']} overlaps its parent on {track}"
-            stack.append((start, end))
+        slices = [e for e in evs if e["ph"] == "X"]
+        check_float_nesting(slices, track)
+        if slices:
+            check_float_nesting(rebased(slices), track)  # as speedscope computes them
     for fid, pair in flows.items():
         assert set(pair) == {"s", "f"}, f"flow {fid} is missing an end"
         assert pair["f"].get("bp") in ("e", "t")
     return {"events": events, "flows": flows}
 
 
+def check_float_nesting(slices: list[dict], track: tuple = ()) -> None:
+    """X slices of one track nest as a strict viewer (speedscope) nests them: by the float `ts + dur` the
+    viewer computes, with no tolerance. A slice that starts at or after the end of the slice on top of the
+    stack is not its child (touching siblings), otherwise it must end no later than that parent."""
+    stack: list[float] = []
+    for e in slices:
+        start, end = e["ts"], e["ts"] + e["dur"]
+        while stack and stack[-1] <= start:
+            stack.pop()
+        if stack:
+            assert end <= stack[-1], (f"X slice {e['name']} at {start} ends at {end!r}, after its parent"
+                                      f" ({stack[-1]!r}) on {track}")
+        stack.append(end)
+
+
 def check_kernels_inside_forward(trace: dict) -> int:
     phases = {}
     for e in trace["traceEvents"]:
         if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 1:
-            phases[(e["args"]["step"], e["name"])] = (ns(e["ts"]), ns(e["ts"]) + ns(e["dur"]))
+            phases[(e["args"]["step"], e["name"])] = (e["ts"], e["ts"] + e["dur"])
     count = 0
     for e in trace["traceEvents"]:
         if e["ph"] == "X" and e.get("cat") == "kernel":
             lo, hi = phases[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
-            assert lo <= ns(e["ts"]) and ns(e["ts"]) + ns(e["dur"]) <= hi, e
+            assert lo <= e["ts"] and e["ts"] + e["dur"] <= hi, e
             count += 1
     return count
 
@@ -201,6 +213,72 @@ def test_synthetic_stream_makes_a_valid_trace():
     assert counters == {"KV blocks", "KV waste %", "requests", "tokens per step"}
 
 
+def _touching_steps(num_steps: int, seed: int) -> list:
+    """Steps whose four phases touch (each starts at the ns the previous one ends) and fill the step, at
+    times up to a minute into the run: where float `ts + dur` rounds past the next `ts` if left alone."""
+    rng = random.Random(seed)
+    info = RunInfo(0, -1, "tiny", 1, 2, 1, 4, 8, "float32", "cpu", "torch", "continuous", 8, 4, 64, 16, 4, 64)
+    events: list = [info]
+    t = rng.randrange(10**9)
+    for step in range(num_steps):
+        begin = t
+        bounds = [begin]
+        for _ in range(4):
+            bounds.append(bounds[-1] + rng.randrange(1, 5_000_000))
+        phases = tuple((name, a, b) for name, a, b in zip(("schedule", "prepare", "forward", "sample"), bounds,
+                                                             bounds[1:]))
+        events += [StepBegin(begin, step), StepEnd(bounds[-1], step, begin, 1, 16, phases=phases)]
+        t = bounds[-1] + rng.choice((0, 0, rng.randrange(1, 1000)))  # often the next step starts at once
+    return events
+
+
+def rebased(slices: list[dict]) -> list[dict]:
+    """The slices as speedscope reads them: every ts rebased on the track's first one, before ts + dur."""
+    first = min(e["ts"] for e in slices)
+    return [dict(e, ts=e["ts"] - first) for e in slices]
+
+
+def test_touching_slices_nest_exactly_in_float_arithmetic():
+    from kvscope.inspector.trace_clock import TraceClock
+
+    events = _touching_steps(400, seed=3)
+    trace = json.loads(json.dumps(build_chrome_trace(events)))
+    steps_track = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["tid"] == 1]
+    assert len(steps_track) == 400 * 5
+    check_float_nesting(steps_track)
+    check_float_nesting(rebased(steps_track))
+    # every slice ends exactly where its rounded end time is, so touching siblings meet exactly
+    clock = TraceClock(trace["otherData"]["t0_ns"])
+    ends = {(e.step, name): end for e in events if e.kind == "step_end" for name, _, end in e.phases}
+    ends.update({(e.step, f"step {e.step}"): e.ts for e in events if e.kind == "step_end"})
+    for e in steps_track:
+        step = e["args"]["step"] if "step" in e["args"] else int(e["name"].split()[1])
+        assert e["ts"] + e["dur"] == clock.us(ends[(step, e["name"])]), e
+        assert round(e["ts"] * 1000) == ns(e["ts"])  # the nanosecond comes back from the float
+    # the same times written the naive way (ts and dur each rounded to three decimals on their own) stick
+    # out, as they are written or once a viewer rebases them
+    naive = []
+    for e in events:
+        if e.kind == "step_end":
+            for name, a, b in ((f"step {e.step}", e.begin_ts, e.ts), *e.phases):
+                naive.append({"name": name, "ts": round((a - clock.t0) / 1000, 3), "dur": round((b - a) / 1000, 3)})
+    for written in (naive, rebased(naive)):
+        with pytest.raises(AssertionError):
+            check_float_nesting(written)
+
+
+def test_trace_clock_rounds_nanoseconds_once_and_gives_them_back():
+    from kvscope.inspector.trace_clock import TraceClock
+
+    rng = random.Random(0)
+    clock = TraceClock(rng.randrange(10**12))
+    for _ in range(5000):
+        t = clock.t0 + rng.randrange(10**14)  # up to a day into the run
+        us = clock.us(t)
+        assert round(us * 1000) == t - clock.t0  # within half a nanosecond
+        assert (us * 1024).is_integer()  # an exact binary fraction: viewers' sums and differences are exact
+
+
 def test_synthetic_stream_makes_a_valid_nvtxt():
     lines = nvtxt_lines(_synthetic_stream(), process_id=42, title="synthetic, test")
     assert check_nvtxt(lines) == 3 + 3 * 4 + 5 + 2 + 4  # steps, phases, kernels, requests, markers
@@ -226,20 +304,16 @@ def traced(tmp_path_factory):
     """One `kvscope trace` run of a tiny random model with a pool small enough to preempt."""
     import yaml
 
-    from kvscope.cli import trace as trace_cmd
-
     tmp = tmp_path_factory.mktemp("trace")
     recipe_path = tmp / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(TINY_RECIPE))
     out = tmp / "out"
-    args = argparse.Namespace(recipe=str(recipe_path), out=str(out), torch_profiler=False, no_kernels=False,
-                              no_nvtx=False)
-    return trace_cmd, args, out
+    return ["trace", str(recipe_path), "-o", str(out)], out
 
 
 def test_trace_command_writes_valid_files(traced, capsys):
-    trace_cmd, args, out = traced
-    assert trace_cmd.run(args) == 0
+    argv, out = traced
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     trace = json.loads((out / "trace.json").read_text())
     recording = read_recording(out / "events.jsonl")
@@ -252,7 +326,7 @@ def test_trace_command_writes_valid_files(traced, capsys):
     assert any(e.kind == "request" and e.what == PREEMPTED for e in recording.events)
     # replaying the recording gives exactly the summary the command printed
     replayed = summarize(recording.events)
-    assert replayed.format_text() in printed
+    assert plain_text(summary_table(replayed)) in printed
     assert replayed.finished == replayed.requests == 6
 
 
@@ -377,13 +451,9 @@ def test_torch_profiler_events_are_shifted_onto_the_engine_clock():
 def test_trace_with_torch_profiler_merges_cpu_ops(tmp_path, capsys):
     import yaml
 
-    from kvscope.cli import trace as trace_cmd
-
     recipe = dict(TINY_RECIPE, workload={"synthetic": dict(TINY_RECIPE["workload"]["synthetic"], num_requests=2)})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    args = argparse.Namespace(recipe=str(tmp_path / "r.yaml"), out=str(tmp_path / "o"), torch_profiler=True,
-                              no_kernels=False, no_nvtx=False)
-    assert trace_cmd.run(args) == 0
+    assert main(["trace", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "o"), "--torch-profiler"]) == 0
     trace = json.loads((tmp_path / "o" / "trace.json").read_text())
     torch_ops = [e for e in trace["traceEvents"] if e.get("pid", 0) >= 10 and e["ph"] == "X"]
     assert torch_ops and any(e["name"].startswith("aten::") for e in torch_ops)
@@ -431,9 +501,9 @@ def test_device_times_past_the_host_forward_phase_stay_nested_on_the_kernels_tra
         shifted.append(e)
     trace = json.loads(json.dumps(build_chrome_trace(shifted)))
     check_chrome_trace(trace)  # X slices still nest on every track
-    containers = {(e["args"]["step"], e["name"]): (ns(e["ts"]), ns(e["ts"]) + ns(e["dur"]))
+    containers = {(e["args"]["step"], e["name"]): (e["ts"], e["ts"] + e["dur"])
                   for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 2}
     for e in trace["traceEvents"]:
         if e["ph"] == "X" and e.get("cat") == "kernel":
             lo, hi = containers[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
-            assert lo <= ns(e["ts"]) and ns(e["ts"]) + ns(e["dur"]) <= hi, e
+            assert lo <= e["ts"] and e["ts"] + e["dur"] <= hi, e

@@ -286,3 +286,39 @@ def test_live_tui_leaves_the_ui_a_core_on_cpu(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_selection_panel_streams_the_selected_requests_text():
+    from kvscope.tui.batch_timeline import BatchTimelineView
+    from kvscope.tui.info_panel import one_line
+
+    words = dict(RECIPE, workload={"prompts": ["hello there", "general kenobi"]},
+                 sampling={"max_tokens": 6, "ignore_eos": True})
+
+    async def scenario():
+        app = live_app(Recipe.from_dict(words, source="<pilot>"), start_paused=True, deterministic=True)
+        async with app.run_test(size=SIZE) as pilot:
+            c = app.controller
+            await settle(app)
+            for _ in range(3):
+                assert c.step_once()
+                await settle(app)
+            timeline = app.query_one(BatchTimelineView)
+            inside = timeline.content_region.offset - timeline.region.offset  # past the panel's border
+            await pilot.click("#timeline", offset=(inside.x + 1, inside.y + timeline.row_of(1)))  # selects it
+            await pilot.pause()
+            assert app.selected == 1
+            request = c.session.engine.requests[1]
+            tok = c.session.tokenizer
+            shown = panel_text(app.query_one(InfoPanel))
+            assert "general kenobi" in shown
+            output = one_line(tok.decode(request.output_token_ids, skip_special_tokens=False))
+            assert output and output in shown  # the text generated so far, live
+            c.resume()
+            await settle(app)
+            await pilot.pause()
+            final = one_line(tok.decode(request.output_token_ids, skip_special_tokens=False))
+            assert len(final) > len(output) and final in panel_text(app.query_one(InfoPanel))
+            await pilot.press("q")
+
+    asyncio.run(scenario())

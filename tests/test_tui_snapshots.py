@@ -1,6 +1,8 @@
 """Snapshot tests (pytest-textual-snapshot) of the main screen at a fixed step of a seeded tiny
-run, and of the replay screen. Deterministic mode hides every wall-clock readout (latencies,
-achieved FLOP/s, device), so only the engine's seeded state is drawn.
+run, and of the replay screen, each with a request selected: the block map, the batch timeline (ending at
+the live step, or at the replay cursor's) and the selected request's token stream. Deterministic mode
+hides every wall-clock readout (latencies, achieved FLOP/s, device), so only the engine's seeded state is
+drawn.
 
 Update the stored SVGs after an intended change with: pytest tests/test_tui_snapshots.py --snapshot-update
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from kvscope.cli.live import live_app
+from kvscope.cli.text_probe import attach_text_probe
 from kvscope.cli.replay import replay_app
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
@@ -55,7 +58,9 @@ def test_replay_screen(snap_compare, tmp_path):
     recorder = JsonlRecorder(path, make_header(RECIPE, "cpu"))
     bus = EventBus()
     bus.subscribe(recorder)
-    RunSession(recipe(), bus=bus).run()
+    session = RunSession(recipe(), bus=bus)
+    attach_text_probe(session)  # as `kvscope trace` and `run --record` do: the recording carries the text
+    session.run()
     recorder.close()
     app = replay_app(str(path), deterministic=True)
 
@@ -64,5 +69,8 @@ def test_replay_screen(snap_compare, tmp_path):
         await pilot.press("4", "enter")
         await pilot.pause()
         assert app.model.view.step == 4
+        assert app.model.timeline.last_step == 4  # the timeline follows the cursor
+        app.select_request(1)
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -13,6 +13,7 @@ from textual.app import App, ComposeResult
 from kvscope.inspector.events import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, RunInfo
 from kvscope.inspector.state import EngineView, RequestView
 from kvscope.tui.bars import spark_text
+from kvscope.tui.batch_timeline import CELL, LABEL, BatchTimelineView, cell, chunk_label
 from kvscope.tui.block_map import SELECTED_GLYPH, BlockMap, cells_from_view
 from kvscope.tui.request_list import RequestList
 from kvscope.tui.scheduler_panel import format_row
@@ -218,3 +219,58 @@ def test_selection_messages_carry_the_widget_that_sent_them():
                 (BlockMap.Selected, bmap, 3), (RequestList.Selected, lst, 3)]
 
     asyncio.run(scenario())
+
+
+class TimelineApp(App):
+    def __init__(self) -> None:
+        super().__init__()
+        self.picked: list[int] = []
+
+    def compose(self) -> ComposeResult:
+        yield BatchTimelineView(id="timeline")
+
+    def on_batch_timeline_view_selected(self, message: BatchTimelineView.Selected) -> None:
+        self.picked.append(message.request_id)
+
+
+def test_batch_timeline_draws_each_cell_and_scrolls_with_the_run():
+    from test_batch_timeline import stream
+
+    from kvscope.inspector.batch_timeline import BatchTimeline
+    from kvscope.inspector.events import ARRIVED, FINISHED, RequestEvent, StepBegin, StepEnd
+
+    async def scenario() -> None:
+        app = TimelineApp()
+        async with app.run_test(size=(60, 8)) as pilot:
+            view = app.query_one(BatchTimelineView)
+            timeline = BatchTimeline()
+            timeline.take_all(stream())
+            view.show(timeline, selected=1)
+            await pilot.pause()
+            lines = [view.render_line(y).text for y in range(4)]
+            assert lines[0].startswith("step   0") and " 5 " in lines[0]
+            assert lines[1].rstrip() == "#0     16  4━━━ ✕  ~  22━━✓"
+            assert lines[2].rstrip() == "#1        ·   8━━━━━✓"
+            assert lines[3].rstrip() == "#2              ·  ✓"
+            assert next(iter(view.render_line(2))).style.reverse  # the selected request's label
+            await pilot.click("#timeline", offset=(2, 3))
+            await pilot.pause()
+            assert app.picked == [2]
+            # a long run: the columns end at the newest step
+            for n in range(7, 40):
+                timeline.take_all([RequestEvent(10 * n, n, n, ARRIVED), StepBegin(10 * n, n),
+                                   RequestEvent(10 * n + 4, n, n, FINISHED, reason="stop"),
+                                   StepEnd(10 * n + 5, n, 10 * n, 1, 16, ((n, 3),))])
+            view.show(timeline)
+            await pilot.pause()
+            columns = (60 - LABEL) // CELL
+            assert (view.first, view.last) == (39 - columns + 1, 39)
+            assert " 35 " in view.render_line(0).text and " 5 " not in view.render_line(0).text
+            assert view.lanes[0].request_id == view.first and view.lanes[-1].request_id == 39
+
+    asyncio.run(scenario())
+
+
+def test_prefill_chunk_labels_fit_three_columns():
+    assert [chunk_label(n) for n in (7, 512, 2500, 16_384, 250_000)] == ["  7", "512", "2k5", "16k", "≫"]
+    assert all(len(cell(code)[0]) == CELL for code in range(64))

@@ -1,9 +1,9 @@
 """The kvscope Textual app: a live run (engine in a worker thread, steered by a SessionController)
 or a replay of a JSONL recording (a ReplayCursor), drawn by the same panels.
 
-The UI thread pulls events at a steady refresh rate (REFRESH_HZ), folds them into a UIModel
-(EngineView + Metrics + StepHistory) and redraws; the engine never waits for it. The app only reads
-and steers: the cli builds the session or the cursor, measures the device's peaks and records
+The UI thread pulls events at a steady refresh rate (REFRESH_HZ), folds them into a UIModel (EngineView,
+Metrics, StepHistory, BatchTimeline, TokenStream) and redraws; the engine never waits for it. The app only
+reads and steers: the cli builds the session or the cursor, measures the device's peaks and records
 (kvscope.cli.live, kvscope.cli.replay).
 """
 
@@ -23,6 +23,7 @@ from textual.widgets import Footer
 from kvscope.inspector.controller import FAILED, FINISHED, LOADING, PAUSED, RUNNING
 from kvscope.inspector.device_stats import DeviceSampler
 from kvscope.inspector.roofline_bound import Peaks
+from kvscope.tui.batch_timeline import LEGEND, BatchTimelineView
 from kvscope.tui.block_map import BlockMap
 from kvscope.tui.device_panel import DevicePanel
 from kvscope.tui.info_panel import InfoPanel
@@ -119,6 +120,9 @@ class KVScopeApp(App[int]):
                 with Vertical(id="map-panel", classes="panel") as panel:
                     panel.border_title = "KV blocks"
                     yield BlockMap(id="block-map")
+                timeline = _panel(BatchTimelineView(id="timeline"), "batch timeline: requests × steps")
+                timeline.border_subtitle = LEGEND
+                yield timeline
                 yield _panel(InfoPanel(id="info"), "selection")
             with VerticalScroll(id="right"):
                 yield _panel(FragmentationMeters(id="meters"), "fragmentation: paged vs contiguous")
@@ -198,6 +202,7 @@ class KVScopeApp(App[int]):
             self.selected = None
         highlight = frozenset(view.tables.get(self.selected, ())) if self.selected is not None else frozenset()
         self.query_one(BlockMap).show_view(view, view.take_touched_blocks(), highlight)
+        self.query_one(BatchTimelineView).show(model.timeline, self.selected)
         self.query_one(FragmentationMeters).update_from(view)
         self.query_one(SchedulerPanel).update_from(view, self.selected)
         finished = self._run_finished()
@@ -205,7 +210,7 @@ class KVScopeApp(App[int]):
             self.query_one(LatencyPanel).update_from(model.metrics, model.history)
             self.query_one(RooflinePanel).update_from(model.history)
         summary = model.metrics.summary() if finished else None
-        self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic)
+        self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic, text=model.text)
         if info is not None:
             title = (f"KV blocks: {info.total_blocks} × {info.block_size} tokens"
                      f" · {info.kv_bytes_per_block / 1024:.0f} KiB each")
@@ -274,6 +279,9 @@ class KVScopeApp(App[int]):
         self.select_request(message.request_id if message.request_id >= 0 else None)
 
     def on_request_list_selected(self, message: RequestList.Selected) -> None:
+        self.select_request(message.request_id)
+
+    def on_batch_timeline_view_selected(self, message: BatchTimelineView.Selected) -> None:
         self.select_request(message.request_id)
 
     def action_deselect(self) -> None:

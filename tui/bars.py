@@ -1,5 +1,5 @@
 """Small text-drawing helpers shared by the panels: horizontal bars, sparklines, percent and MiB formats,
-and a Static update that skips unchanged text (SI prefixes: kvscope.inspector.text_table.human_count)."""
+and a Static update that skips unchanged text (SI prefixes: kvscope.inspector.human_units.human_count)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The panel under the block map: the legend, then the selected request's logical → physical
-block table, or (when nothing is selected and the run is over) the run summary."""
+"""The selection panel under the block map: the legend, then the selected request's logical → physical
+block table and its token stream (the prompt's end and the text generated so far, live or as of the
+replay cursor), or (when nothing is selected and the run is over) the run summary."""
 
 from __future__ import annotations
 
@@ -12,6 +13,39 @@ from kvscope.tui.block_map import (
 )
 
 MAX_TABLE_ENTRIES = 96
+PROMPT_LINES = 2   # the prompt's last lines; the output gets what is left of the panel
+_CONTROL = dict.fromkeys([*range(32), *range(127, 160)], "·") | {10: "↵", 13: None, 9: " "}
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: newlines as ↵, tabs as spaces, other control characters as ·."""
+    return text.translate(_CONTROL)
+
+
+def tail(text: str, chars: int) -> str:
+    """The last `chars` characters of `text` (with … before them when cut)."""
+    if chars <= 1 or len(text) <= chars:
+        return text if chars > 1 else ""
+    return "…" + text[-(chars - 1):]
+
+
+def token_stream_text(text, request_id: int, width: int, lines: int) -> Text:
+    """The request's prompt (its end, dim) and output so far (bold) from a TokenStream, in `lines` lines of
+    `width` columns; the newest text always shows."""
+    out = Text()
+    if text is None or not text.has(request_id):
+        out.append("no text for this request (the run or recording carries no token text)", style="dim")
+        return out
+    prompt = one_line(text.prompt(request_id))
+    output = one_line(text.output(request_id))
+    width = max(width, 20)
+    out.append("prompt ", style="bold dim")
+    out.append(tail(prompt, PROMPT_LINES * width - 7), style="dim")
+    out.append("\n")
+    out.append("output ", style="bold green")
+    shown = max(lines - PROMPT_LINES, 1) * width - 7
+    out.append(tail(output, shown) if output else "(nothing yet)", style="bold" if output else "dim")
+    return out
 
 
 def legend() -> Text:
@@ -73,13 +107,21 @@ def summary_text(summary, frozen: bool) -> Text:
 
 
 class InfoPanel(Static):
-    def show(self, view, selected: int | None, summary=None, frozen: bool = False) -> None:
-        text = legend()
-        text.append("\n")
+    def show(self, view, selected: int | None, summary=None, frozen: bool = False, text=None) -> None:
+        """`text`: a TokenStream (kvscope.inspector.token_stream) for the selected request's text."""
+        out = legend()
+        out.append("\n")
         if selected is not None:
-            text.append_text(request_table_text(view, selected))
+            out.append_text(request_table_text(view, selected))
+            out.append("\n")
+            width = max(self.content_region.width, 20)
+            used = sum(-(-max(len(line), 1) // width) for line in out.plain.split("\n")[:-1])
+            # word wrapping takes a few columns a line: aim a little short, so the newest text stays in view
+            room = max(self.content_region.height - used, 2)
+            out.append_text(token_stream_text(text, selected, width - 4, room))
         elif summary is not None:
-            text.append_text(summary_text(summary, frozen))
+            out.append_text(summary_text(summary, frozen))
         else:
-            text.append("click a block or a request row (enter) to see its block table", style="dim")
-        update_text(self, text)
+            out.append("click a block, a timeline row or a request row (enter) to see its block table and text",
+                       style="dim")
+        update_text(self, out)

@@ -14,7 +14,7 @@ from textual.widgets import Static
 
 from kvscope.inspector.roofline_bound import COMPUTE, MEMORY, NO_DATA, OVERHEAD, Peaks, classify
 from kvscope.inspector.step_history import StepHistory, StepRecord
-from kvscope.inspector.text_table import human_count
+from kvscope.inspector.human_units import human_count
 from kvscope.tui.bars import update_text
 
 RECENT_STEPS = 8

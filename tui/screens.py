@@ -21,7 +21,8 @@ g       jump to step N          home / end   first / last step
 space   play / pause
 """
 COMMON_KEYS = """\
-click   a block (or enter on a request row) selects its request
+click   a block or a batch-timeline row (or enter on a request row) selects its request:
+        its block table and its text (prompt, output so far) show under the map
 escape  clear the selection
 ?       this help               q   quit
 """

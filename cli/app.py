@@ -1,0 +1,211 @@
+"""The `kvscope` command's surface: one typed function per subcommand (typer), with its options, help and
+examples. Each function only hands its arguments to the module that does the work, imported when the
+command runs, so `kvscope kv` never imports what `kvscope run` needs (torch, the engine, textual).
+
+Shell completion comes with typer: `kvscope --install-completion` (bash, zsh, fish, PowerShell).
+kvscope.cli.main runs this app and turns every error into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kvscope.version import __version__
+
+RECIPE_HELP = "recipe YAML (see recipes/)"
+MODEL_HELP = ("a preset (llama-2-7b, llama-3.1-8b, mistral-7b, qwen2.5-7b, gemma-2-9b, deepseek-v3, smollm2-135m, "
+              "...), a Hugging Face config.json or folder, a .gguf file or a recipe .yaml")
+GPU_HELP = ("device preset: H100-80GB, H100-PCIe, H200, A100-80GB, A100-40GB, L4, L40S, RTX-4090, B200, MI300X, "
+            "cpu")
+
+app = typer.Typer(
+    name="kvscope",
+    help="See what an LLM inference engine does with memory and time: a live TUI, Perfetto / Nsight "
+         "timelines and one-shot answers about KV memory and rooflines.",
+    epilog="Bad input ends in one line on stderr, `kvscope: error: ...`, and exit code 2.",
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Recipe = Annotated[str, typer.Argument(metavar="RECIPE", help=RECIPE_HELP, show_default=False)]
+Model = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
+Gpu = Annotated[str, typer.Option("--gpu", metavar="NAME", help=GPU_HELP)]
+GpuMem = Annotated[float | None, typer.Option("--gpu-mem", metavar="GIB",
+                                              help="device memory in GiB (overrides the preset's size)")]
+NoNvtx = Annotated[bool, typer.Option("--no-nvtx", help="no live NVTX ranges (domain 'kvscope', on by default: "
+                                                        "`nsys profile kvscope run ...`)")]
+
+
+def _examples(*lines: str) -> str:
+    return "[bold]Examples[/bold]\n\n" + "\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
+
+
+@app.callback(invoke_without_command=True)
+def kvscope(ctx: typer.Context,
+            version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False) -> None:
+    if version:
+        typer.echo(f"kvscope {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+
+
+@app.command(epilog=_examples(
+    "kvscope run recipes/quickstart.yaml",
+    "kvscope run recipes/quickstart.yaml --headless",
+    "kvscope run recipes/preemption.yaml --headless --json",
+    "kvscope run recipes/quickstart.yaml --record run.jsonl",
+))
+def run(
+    recipe: Recipe,
+    headless: Annotated[bool, typer.Option("--headless", help="no TUI: run to the end and print a summary")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the summary as one JSON object (implies --headless)")]
+    = False,
+    record: Annotated[str | None, typer.Option("--record", metavar="FILE",
+                                               help="write every event to FILE (JSONL) while running")] = None,
+    no_nvtx: NoNvtx = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", metavar="N", help="torch intra-op threads on a CPU (default: every core headless; all but "
+                                       "one under the TUI, which needs a core of its own)")] = None,
+    show_outputs: Annotated[bool | None, typer.Option(
+        "--show-outputs/--no-show-outputs", show_default=False,
+        help="print each request's generated text (default: on for prompt/chat workloads)")] = None,
+) -> int:
+    """Run a recipe: the live TUI, or with --headless (or no terminal) a run and its summary."""
+    from kvscope.cli.run import run_recipe
+
+    return run_recipe(recipe, headless=headless, as_json=as_json, record=record, nvtx=not no_nvtx, threads=threads,
+                      show_outputs=show_outputs)
+
+
+@app.command(epilog=_examples(
+    "kvscope trace recipes/quickstart.yaml -o out/",
+    "kvscope trace recipes/quickstart.yaml -o out/ --torch-profiler",
+    "ImportNvtxt --cmd create -n out/trace.nvtxt -o out/trace.nsys-rep",
+))
+def trace(
+    recipe: Recipe,
+    out: Annotated[str | None, typer.Option("-o", "--out", metavar="DIR",
+                                            help="output folder (default: trace-<recipe name>)")] = None,
+    torch_profiler: Annotated[bool, typer.Option(
+        "--torch-profiler", help="also merge torch.profiler's CPU ops / CUDA kernels into trace.json")] = False,
+    no_nvtx: NoNvtx = False,
+    no_kernels: Annotated[bool, typer.Option("--no-kernels", help="leave out per-op kernel events (smaller files)")]
+    = False,
+) -> int:
+    """Run a recipe and write its timelines: trace.json (Perfetto, speedscope), trace.nvtxt (Nsight Systems),
+    events.jsonl (kvscope replay)."""
+    from kvscope.cli.trace import run_trace
+
+    return run_trace(recipe, out=out, torch_profiler=torch_profiler, nvtx=not no_nvtx, kernels=not no_kernels)
+
+
+@app.command(epilog=_examples(
+    "kvscope replay out/events.jsonl",
+    "kvscope replay out/events.jsonl --strict",
+))
+def replay(
+    events: Annotated[str, typer.Argument(metavar="EVENTS.jsonl", show_default=False,
+                                          help="a recording from `kvscope run --record` or `kvscope trace`")],
+    strict: Annotated[bool, typer.Option("--strict", help="fail on the first corrupt line instead of replaying "
+                                                          "up to it")] = False,
+) -> int:
+    """Open the TUI over a recording: step back and forward, jump to step N."""
+    from kvscope.cli.replay import run_replay_command
+
+    return run_replay_command(events, strict=strict)
+
+
+@app.command(epilog=_examples(
+    "kvscope kv llama-2-7b --context 4096",
+    "kvscope kv llama-2-70b --context 8192 --batch 32 --gpu H200 --gpus 2 --kv-dtype fp8",
+    "kvscope kv path/to/config.json --gpu-mem 24 --json",
+))
+def kv(
+    model: Model,
+    context: Annotated[int | None, typer.Option("--context", metavar="TOKENS",
+                                                help="tokens per request (default: the model's maximum context)")]
+    = None,
+    batch: Annotated[int, typer.Option("--batch", "--requests", metavar="N", help="concurrent requests")] = 1,
+    kv_dtype: Annotated[str, typer.Option("--kv-dtype", metavar="DTYPE",
+                                          help="KV cache dtype: fp32, fp16, bf16, fp8, int8, ...")] = "fp16",
+    weights_dtype: Annotated[str, typer.Option("--weights-dtype", metavar="DTYPE", help="weights dtype")] = "fp16",
+    block_size: Annotated[int, typer.Option("--block-size", metavar="TOKENS", help="tokens per KV block")] = 16,
+    gpu: Gpu = "H100-80GB",
+    gpu_mem: GpuMem = None,
+    gpus: Annotated[int, typer.Option("--gpus", metavar="N",
+                                      help="GPUs sharing weights and KV (tensor parallel)")] = 1,
+    mem_util: Annotated[float, typer.Option("--mem-util", metavar="FRACTION",
+                                            help="fraction of device memory the engine may use")] = 0.9,
+    max_len: Annotated[int | None, typer.Option(
+        "--max-len", metavar="TOKENS",
+        help="length a contiguous reservation holds per request (default: the model's max context)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
+) -> int:
+    """One-shot KV-cache memory estimate: bytes per token, per request and batch, what fits on the GPU."""
+    from kvscope.cli.kv import run_kv
+
+    return run_kv(model, context=context, batch=batch, kv_dtype=kv_dtype, weights_dtype=weights_dtype,
+                  block_size=block_size, gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, mem_util=mem_util, max_len=max_len,
+                  as_json=as_json)
+
+
+@app.command(epilog=_examples(
+    "kvscope roofline llama-3.1-8b --gpu H100-80GB --phase decode --batch 16 --context 4096",
+    "kvscope roofline deepseek-v3 --gpu H200 --phase prefill --context 2048 --dtype fp8",
+))
+def roofline(
+    model: Model,
+    gpu: Gpu = "H100-80GB",
+    gpu_mem: GpuMem = None,
+    phase: Annotated[str, typer.Option("--phase", metavar="PHASE",
+                                       help="decode: one new token per request at --context; prefill: a "
+                                            "--context-token prompt per request")] = "decode",
+    batch: Annotated[int, typer.Option("--batch", metavar="N", help="requests in the step")] = 1,
+    context: Annotated[int, typer.Option("--context", metavar="TOKENS", help="tokens of context per request")]
+    = 4096,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="weights / matmul dtype")] = "bf16",
+    kv_dtype: Annotated[str | None, typer.Option("--kv-dtype", metavar="DTYPE",
+                                                 help="KV cache dtype (default: --dtype)")] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="skip the terminal roofline plot")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the analysis as JSON")] = False,
+) -> int:
+    """One-shot roofline: per-operator FLOPs, bytes, intensity and bound for a step on a GPU."""
+    from kvscope.cli.roofline import run_roofline
+
+    return run_roofline(model, gpu=gpu, gpu_mem=gpu_mem, phase=phase, batch=batch, context=context, dtype=dtype,
+                        kv_dtype=kv_dtype, plot=not no_plot, as_json=as_json)
+
+
+@app.command(epilog=_examples(
+    "kvscope bench recipes/prefix-cache.yaml",
+    "kvscope bench recipes/static-vs-continuous.yaml --json out.json --chart out.svg",
+    "kvscope bench recipes/preemption.yaml --model-override tiny --max-requests 8",
+))
+def bench(
+    recipe: Recipe,
+    json_out: Annotated[str | None, typer.Option("--json", metavar="FILE",
+                                                 help="also write the comparison as JSON to FILE ('-' = stdout)")]
+    = None,
+    chart: Annotated[str | None, typer.Option(
+        "--chart", metavar="FILE.svg", help="also draw the comparison, and each variant's batch timeline, as SVG")]
+    = None,
+    model_override: Annotated[str | None, typer.Option(
+        "--model-override", metavar="NAME",
+        help="run every variant on another model: a random-weight preset (tiny, tiny-gqa3, smollm2-135m-random, "
+             "llama-2-7b, ...) or smollm2 (the real GGUF)")] = None,
+    max_requests: Annotated[int | None, typer.Option(
+        "--max-requests", metavar="N", help="keep only the first N requests of the workload (quick checks)")]
+    = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        "--variant", metavar="NAME", help="run only this variant (repeatable; default: all)")] = None,
+) -> int:
+    """Run a recipe's variants on the same workload and compare them in one table."""
+    from kvscope.cli.bench import run_bench
+
+    return run_bench(recipe, json_out=json_out, chart=chart, model=model_override, max_requests=max_requests,
+                     variants=variant)

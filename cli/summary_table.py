@@ -1,0 +1,53 @@
+"""The run summary that `kvscope run --headless` and `kvscope trace` print: a RunSummary
+(kvscope.inspector.metrics, where every number is defined) as a label / value table.
+
+Piped, it reads as it always did: `requests        6/6 finished`, one metric a line.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvscope.inspector.metrics import Percentiles, RunSummary
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+LABEL_WIDTH = 14  # + two spaces of padding: values start in column 16
+
+
+def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
+    """(label, value) per line of the summary."""
+
+    def lat(p: Percentiles) -> str:
+        return f"p50 {p.p50:9.2f}  p99 {p.p99:9.2f}  mean {p.mean:9.2f} ms  (n={p.count})"
+
+    return [
+        ("requests", f"{s.finished}/{s.requests} finished"),
+        ("tokens", f"{s.prompt_tokens} prompt, {s.generated_tokens} generated in {s.steps} steps"),
+        ("duration", f"{s.duration_s:.3f} s"),
+        ("throughput", f"{s.throughput_tok_s:.1f} tok/s"),
+        ("TTFT", lat(s.ttft_ms)),
+        ("ITL", lat(s.itl_ms)),
+        ("E2E", lat(s.e2e_ms)),
+        ("tokens/step", f"{s.tokens_per_step_mean:.1f}"),
+        ("KV peak", f"{s.peak_kv_blocks}/{s.total_kv_blocks} blocks ({100 * s.peak_kv_usage:.1f}%)"),
+        ("preemptions", f"{s.preemptions}"),
+        ("prefix hits", f"{s.prefix_hit_tokens}/{s.prefix_lookup_tokens} tokens ({100 * s.prefix_hit_rate:.1f}%)"),
+        ("internal frag", f"{100 * s.internal_fragmentation_mean:.1f}% mean,"
+                          f" {100 * s.internal_fragmentation:.1f}% at end"),
+        ("contig. waste", f"{100 * s.contiguous_waste_mean:.1f}% mean, {100 * s.contiguous_waste:.1f}% at end"),
+    ]
+
+
+def summary_table(s: RunSummary) -> Table:
+    """The summary as a headless rich table: labels in cyan, values as they are."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, show_header=False, show_edge=False, pad_edge=False)
+    table.add_column(min_width=LABEL_WIDTH, style="cyan", no_wrap=True)
+    table.add_column(no_wrap=True)
+    for label, value in summary_rows(s):
+        table.add_row(Text(label), Text(value))
+    return table
