@@ -2,17 +2,15 @@
 
 The engine's events carry token counts, not text; the TUI's token stream and a recording that replays it
 need the text. The probe sits beside the engine as a bus subscriber: when a request arrives it decodes the
-prompt, and after each step it decodes the tokens the step appended (TextDecoder: incrementally, holding
-back a character whose bytes are not all there yet) and emits the new text on the same bus. Special tokens
-are kept (`<|im_start|>`, an end-of-sequence token): the stream shows what the model read and wrote. It reads the
-engine's requests and tokenizer, so it lives in the cli, which may import the engine; the TUI only folds
-the events.
+prompt, and after each step it decodes the tokens the step appended (the tokenizer's incremental
+detokenizer, which holds back a character whose bytes are not all there yet) and emits the new text on
+the same bus. Special tokens are kept (`<|im_start|>`, an end-of-sequence token): the stream shows what
+the model read and wrote. It reads the engine's requests and tokenizer, so it lives in the cli, which may
+import the engine; the TUI only folds the events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kvscope.inspector.event_fold import EventFold
@@ -20,44 +18,6 @@ from kvscope.inspector.events import ARRIVED, FINISHED, RequestEvent, RunInfo, S
 
 if TYPE_CHECKING:
     from kvscope.engine.session import RunSession
-
-
-REPLACEMENT = "\ufffd"
-MAX_HELD_TOKENS = 4  # a UTF-8 character is at most 4 bytes: text still undecodable after 4 tokens is shown as is
-
-
-class TextDecoder:
-    """One request's output ids to text, a few at a time. Each push decodes only a window: the ids since the
-    text last grew, plus a few before them for context (tokenizers decode a token differently at the start of
-    a text). New text ending in an undecodable character (U+FFFD: a multi-byte character cut between tokens)
-    is held back until the character completes, or until MAX_HELD_TOKENS tokens came without completing it
-    (a model that emits invalid UTF-8: it is shown, replacement characters and all)."""
-
-    __slots__ = ("decode", "ids", "prefix", "read")
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.decode = partial(tokenizer.decode, skip_special_tokens=False)
-        self.ids: list[int] = []
-        self.prefix = 0  # window start: context before the text not yet shown
-        self.read = 0    # ids up to here are shown
-
-    def push(self, new_ids: Sequence[int]) -> str:
-        """Append ids; the text they complete ("" while held back)."""
-        self.ids.extend(new_ids)
-        shown = self.decode(self.ids[self.prefix:self.read])
-        text = self.decode(self.ids[self.prefix:])
-        held_too_long = len(self.ids) - self.read >= MAX_HELD_TOKENS
-        if len(text) <= len(shown) or (text.endswith(REPLACEMENT) and not held_too_long):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return text[len(shown):]
-
-    def flush(self) -> str:
-        """The text still held back (the request ended): shown as it decodes."""
-        shown = self.decode(self.ids[self.prefix:self.read])
-        text = self.decode(self.ids[self.prefix:])
-        self.prefix = self.read = len(self.ids)
-        return text[len(shown):] if len(text) > len(shown) else ""
 
 
 class TextProbe(EventFold):
@@ -91,7 +51,8 @@ class TextProbe(EventFold):
                 continue
             decoder = self._decoders.get(rid)
             if decoder is None:
-                decoder = self._decoders[rid] = TextDecoder(self.session.tokenizer)
+                decoder = self._decoders[rid] = self.session.tokenizer.incremental_detokenizer(
+                    skip_special_tokens=False)
             new_ids = request.output_token_ids[len(decoder.ids):]
             if new_ids:
                 self.bus.emit(TokenText(now_ns(), ev.step, rid, decoder.push(new_ids), "", len(new_ids)))

@@ -88,8 +88,10 @@ class Tokenizer:
 class IncrementalDetokenizer:
     """Feed ids one batch at a time, get back the new text; holds back incomplete UTF-8 sequences.
 
-    Decodes only a short window (from the last emitted boundary), so each call costs O(window).
-    `text` is everything emitted so far.
+    Decodes only a short window (from the last emitted boundary), so each call costs O(window). New text
+    ending in an undecodable character (U+FFFD: a multi-byte character cut between tokens, or invalid
+    UTF-8) is held back until decodable text follows it. `text` is everything emitted so far; `flush()`
+    gives what is still held when the request ends.
     """
 
     __slots__ = ("ids", "prefix_offset", "read_offset", "skip_special_tokens", "text", "tokenizer")
@@ -108,13 +110,22 @@ class IncrementalDetokenizer:
         decode = self.tokenizer.decode
         before = decode(self.ids[self.prefix_offset : self.read_offset], self.skip_special_tokens)
         after = decode(self.ids[self.prefix_offset :], self.skip_special_tokens)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            delta = after[len(before) :]
-            self.prefix_offset = self.read_offset
-            self.read_offset = len(self.ids)
-            self.text += delta
-            return delta
-        return ""
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        return self._emit(after[len(before) :])
+
+    def flush(self) -> str:
+        """The text still held back (the request ended), as it decodes."""
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_offset : self.read_offset], self.skip_special_tokens)
+        after = decode(self.ids[self.prefix_offset :], self.skip_special_tokens)
+        return self._emit(after[len(before) :]) if len(after) > len(before) else ""
+
+    def _emit(self, delta: str) -> str:
+        self.prefix_offset = self.read_offset
+        self.read_offset = len(self.ids)
+        self.text += delta
+        return delta
 
 
 def _byte_alphabet() -> dict[int, str]:

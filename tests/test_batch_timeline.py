@@ -9,7 +9,7 @@ from functools import cache
 
 import pytest
 
-from kvscope.cli.text_probe import TextDecoder, attach_text_probe
+from kvscope.cli.text_probe import attach_text_probe
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
 from kvscope.engine.tokenizer import ByteTokenizer
@@ -171,15 +171,17 @@ def test_timeline_svg_panels_share_one_scale_and_match_the_folds() -> None:
 
 def test_text_decoder_holds_back_a_split_character_until_it_completes() -> None:
     tok = ByteTokenizer()
-    decoder = TextDecoder(tok)
+    decoder = tok.incremental_detokenizer(skip_special_tokens=False)
     e_acute = list("é".encode())
     assert decoder.push([ord("h"), ord("i")]) == "hi"
     assert decoder.push(e_acute[:1]) == ""          # half a character: held back
     assert decoder.push(e_acute[1:]) == "é"
     assert decoder.push([0xFF]) == ""               # invalid UTF-8 ...
     assert decoder.push([0xFF, 0xFF]) == ""
-    assert decoder.push([0xFF]) == "\ufffd" * 4     # ... shown once four tokens could not complete it
-    assert decoder.push([tok.eos_token_ids[0]]) == "</s>"  # special tokens are part of the stream
+    assert decoder.push([0xFF]) == ""
+    # ... shown once decodable text follows it; special tokens are part of the stream
+    assert decoder.push([tok.eos_token_ids[0]]) == "\ufffd" * 4 + "</s>"
+    assert decoder.push([ord("!")]) == "!"
     decoder.push([0xC3])
     assert decoder.flush() == "\ufffd" and decoder.flush() == ""
 
