@@ -221,7 +221,7 @@ def test_bad_recipes_answer_in_one_line_fast(tmp_path, old, new, needles):
     t0 = time.perf_counter()
     proc = subprocess.run(KVSCOPE + ["run", str(path), "--headless"], capture_output=True, text=True, timeout=120,
                           env=env)
-    assert time.perf_counter() - t0 < 30  # answered, not allocating or generating for ever
+    assert time.perf_counter() - t0 < 15  # answered in seconds, not allocating or generating for ever
     one_line_error(proc, "r.yaml", *needles)
 
 
