@@ -30,8 +30,8 @@ from kvscope.engine.session import RunSession
 from kvscope.inspector.events import EventBus, EventList
 from kvscope.inspector.recording import JsonlRecorder, RecordingError, make_header, read_recording
 from kvscope.inspector.replay import load_timeline
+from test_cli_errors import KVSCOPE, one_line_error
 
-KVSCOPE = [sys.executable, "-m", "kvscope.cli.main"]
 TINY = {"model": {"source": "random", "shape": "tiny", "seed": 0}, "cache": {"block_size": 4, "num_blocks": 64}}
 
 
@@ -180,16 +180,6 @@ def test_a_request_poisoned_after_admission_ends_alone(loaded):
 
 
 # ------------------------------------------------------------------------ 4. bad input at the command line
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kvscope: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 RECIPE = """
