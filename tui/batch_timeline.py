@@ -21,7 +21,6 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.filter import ANSIToTruecolor, LineFilter
 from textual.geometry import Size
-from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
@@ -30,6 +29,7 @@ from kvscope.inspector.batch_timeline import (
     mark_tokens,
 )
 from kvscope.tui.block_map import owner_colour
+from kvscope.tui.request_selected import RequestSelected
 
 if TYPE_CHECKING:
     from kvscope.inspector.batch_timeline import BatchTimeline
@@ -88,17 +88,8 @@ class BatchTimelineView(ScrollView):
     }
     """
 
-    class Selected(Message):
+    class Selected(RequestSelected):
         """A row was clicked: `request_id` is its request."""
-
-        def __init__(self, view: BatchTimelineView, request_id: int) -> None:
-            super().__init__()
-            self.view = view
-            self.request_id = request_id
-
-        @property
-        def control(self) -> BatchTimelineView:
-            return self.view
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)

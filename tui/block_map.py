@@ -19,9 +19,10 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.filter import ANSIToTruecolor, LineFilter
 from textual.geometry import Region, Size
-from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+from kvscope.tui.request_selected import RequestSelected
 
 if TYPE_CHECKING:
     from kvscope.inspector.state import EngineView
@@ -97,19 +98,12 @@ class BlockMap(ScrollView, can_focus=True):
     }
     """
 
-    class Selected(Message):
+    class Selected(RequestSelected):
         """A block was clicked: `request_id` is its owner (-1 for an unowned block)."""
 
         def __init__(self, block_map: BlockMap, request_id: int, block_id: int) -> None:
-            super().__init__()
-            self.block_map = block_map
-            self.request_id = request_id
+            super().__init__(block_map, request_id)
             self.block_id = block_id
-
-        @property
-        def control(self) -> BlockMap:
-            """The map that was clicked."""
-            return self.block_map
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)

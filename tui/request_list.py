@@ -8,9 +8,10 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
 from textual.geometry import Size
-from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+from kvscope.tui.request_selected import RequestSelected
 
 _CURSOR_STYLE = Style(bgcolor="#303a4a")
 
@@ -29,18 +30,8 @@ class RequestList(ScrollView, can_focus=True):
         Binding("enter", "select", "select", show=False),
     ]
 
-    class Selected(Message):
+    class Selected(RequestSelected):
         """A request row was chosen (enter or a click)."""
-
-        def __init__(self, request_list: RequestList, request_id: int) -> None:
-            super().__init__()
-            self.request_list = request_list
-            self.request_id = request_id
-
-        @property
-        def control(self) -> RequestList:
-            """The list the row belongs to."""
-            return self.request_list
 
     def __init__(self, format_row, *, id: str | None = None) -> None:
         """`format_row(request, selected: bool) -> [(text, style), ...]` draws one row."""
