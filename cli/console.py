@@ -33,10 +33,11 @@ def stderr_console() -> Console:
 def _console(file: Any) -> Console:
     from rich.console import Console
 
-    return Console(file=file, width=None if _isatty(file) else PIPE_WIDTH, highlight=False, soft_wrap=False)
+    return Console(file=file, width=None if is_terminal(file) else PIPE_WIDTH, highlight=False, soft_wrap=False)
 
 
-def _isatty(file: Any) -> bool:
+def is_terminal(file: Any) -> bool:
+    """Whether `file` is a terminal (False for a closed or fake stream)."""
     try:
         return bool(file.isatty())
     except (AttributeError, ValueError):  # closed or not a real stream

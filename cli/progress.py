@@ -13,8 +13,9 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from kvscope.cli.console import is_terminal
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import FINISHED, RequestEvent, RunInfo, StepEnd
 
@@ -29,7 +30,7 @@ class ProgressBars:
 
     def __init__(self, enabled: bool | None = None) -> None:
         if enabled is None:
-            enabled = _stderr_is_terminal()
+            enabled = is_terminal(sys.stderr)
         self.enabled = enabled
         self._progress: Progress | None = None
 
@@ -122,11 +123,3 @@ def _clock(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds or 0), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _stderr_is_terminal() -> bool:
-    stream: Any = sys.stderr
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False

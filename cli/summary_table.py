@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvscope.inspector.human_units import percent
 from kvscope.inspector.metrics import Percentiles, RunSummary
 
 if TYPE_CHECKING:
@@ -31,12 +32,11 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ("ITL", lat(s.itl_ms)),
         ("E2E", lat(s.e2e_ms)),
         ("tokens/step", f"{s.tokens_per_step_mean:.1f}"),
-        ("KV peak", f"{s.peak_kv_blocks}/{s.total_kv_blocks} blocks ({100 * s.peak_kv_usage:.1f}%)"),
+        ("KV peak", f"{s.peak_kv_blocks}/{s.total_kv_blocks} blocks ({percent(s.peak_kv_usage)})"),
         ("preemptions", f"{s.preemptions}"),
-        ("prefix hits", f"{s.prefix_hit_tokens}/{s.prefix_lookup_tokens} tokens ({100 * s.prefix_hit_rate:.1f}%)"),
-        ("internal frag", f"{100 * s.internal_fragmentation_mean:.1f}% mean,"
-                          f" {100 * s.internal_fragmentation:.1f}% at end"),
-        ("contig. waste", f"{100 * s.contiguous_waste_mean:.1f}% mean, {100 * s.contiguous_waste:.1f}% at end"),
+        ("prefix hits", f"{s.prefix_hit_tokens}/{s.prefix_lookup_tokens} tokens ({percent(s.prefix_hit_rate)})"),
+        ("internal frag", f"{percent(s.internal_fragmentation_mean)} mean, {percent(s.internal_fragmentation)} at end"),
+        ("contig. waste", f"{percent(s.contiguous_waste_mean)} mean, {percent(s.contiguous_waste)} at end"),
     ]
 
 

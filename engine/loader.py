@@ -107,15 +107,15 @@ def _load_random_shape(spec: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
     shape = spec.get("shape", "tiny")
     if not isinstance(shape, str):
         raise RecipeError(f"model.shape: expected a shape name, got {shape!r}")
-    runnable = ", ".join(runnable_presets())
     try:
         config = get_preset(shape)
     except ModelShapeError:
-        raise RecipeError(f"model.shape: unknown model shape {shape!r} (known: {runnable})") from None
+        raise RecipeError(f"model.shape: unknown model shape {shape!r} "
+                          f"(known: {', '.join(runnable_presets())})") from None
     refusal = config_refusal(config)
     if refusal is not None:
         raise RecipeError(f"model.shape: {config.name} cannot run with random weights: {refusal} "
-                          f"(runnable shapes: {runnable})")
+                          f"(runnable shapes: {', '.join(runnable_presets())})")
     tokenizer = ByteTokenizer(config.vocab_size)
     return with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids), tokenizer
 

@@ -14,6 +14,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from kvscope.inspector.batch_timeline import BatchTimeline
+from kvscope.inspector.human_units import percent
 from kvscope.inspector.metrics import RunSummary
 from kvscope.inspector.timeline_svg import timeline_section
 
@@ -63,10 +64,6 @@ class BenchReport:
         }
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def _ms(x: float) -> str:
     return f"{x:.1f}"
 
@@ -81,10 +78,10 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
     ("TTFT p99", lambda s: _ms(s.ttft_ms.p99)),
     ("ITL p50", lambda s: _ms(s.itl_ms.p50)),
     ("ITL p99", lambda s: _ms(s.itl_ms.p99)),
-    ("peak KV", lambda s: f"{s.peak_kv_blocks}/{s.total_kv_blocks} ({_pct(s.peak_kv_usage)})"),
-    ("waste", lambda s: _pct(s.internal_fragmentation_mean)),
-    ("contig waste", lambda s: _pct(s.contiguous_waste_mean)),
-    ("hit rate", lambda s: _pct(s.prefix_hit_rate)),
+    ("peak KV", lambda s: f"{s.peak_kv_blocks}/{s.total_kv_blocks} ({percent(s.peak_kv_usage)})"),
+    ("waste", lambda s: percent(s.internal_fragmentation_mean)),
+    ("contig waste", lambda s: percent(s.contiguous_waste_mean)),
+    ("hit rate", lambda s: percent(s.prefix_hit_rate)),
     ("preempt", lambda s: str(s.preemptions)),
 )
 

@@ -1,6 +1,6 @@
-"""Numbers for people: byte sizes (KiB, MiB, ...), SI counts (k, M, G, ...) and durations. The one
-implementation of each, shared by the command line, the TUI and the roofline plot. No dependencies (the
-one-shot commands must start fast).
+"""Numbers for people: byte sizes (KiB, MiB, ...), SI counts (k, M, G, ...), durations and fractions as
+percentages. The one implementation of each, shared by the command line, the TUI and the roofline
+plot. No dependencies (the one-shot commands must start fast).
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ def human_count(n: float, unit: str = "", *, digits: str = ".2f", small: str = "
         if abs(n) >= scale:
             return f"{n / scale:{digits}}{sep}{prefix}{unit}"
     return f"{n:{small}}{sep}{unit}" if unit else f"{n:{small}}"
+
+
+def percent(fraction: float) -> str:
+    """0.4217 -> '42.2%': the one format for fractions (the TUI, bench tables, the headless summary)."""
+    return f"{100 * fraction:.1f}%"
 
 
 def human_seconds(s: float) -> str:

@@ -17,7 +17,7 @@ from kvscope.engine.session import RunSession
 from kvscope.inspector.metrics import fragmentation
 from kvscope.inspector.recording import JsonlRecorder, RecordingError, make_header
 from kvscope.inspector.state import EngineView
-from kvscope.tui.bars import percent
+from kvscope.inspector.human_units import percent
 from kvscope.tui.block_map import BlockMap
 from kvscope.tui.info_panel import InfoPanel
 from kvscope.tui.meters import FragmentationMeters

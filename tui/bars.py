@@ -1,5 +1,5 @@
-"""Small text-drawing helpers shared by the panels: horizontal bars, sparklines, percent and MiB formats,
-and a Static update that skips unchanged text (SI prefixes: kvscope.inspector.human_units.human_count)."""
+"""Small text-drawing helpers shared by the panels: horizontal bars, sparklines, the MiB format, and a Static
+update that skips unchanged text (SI prefixes and percentages: kvscope.inspector.human_units)."""
 
 from __future__ import annotations
 
@@ -57,11 +57,6 @@ def spark_text(values: list[float], width: int, colour: str) -> Text:
         return Text(_SPARKS[0] * len(values), style=colour)
     last = len(_SPARKS) - 1
     return Text("".join(_SPARKS[min(max(round(v / top * last), 0), last)] for v in values), style=colour)
-
-
-def percent(fraction: float) -> str:
-    """The one format the TUI uses for fractions: 42.2%."""
-    return f"{100 * fraction:.1f}%"
 
 
 def mib(n_bytes: float) -> str:

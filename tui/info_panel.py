@@ -7,7 +7,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from kvscope.tui.bars import percent, update_text
+from kvscope.inspector.human_units import percent
+from kvscope.tui.bars import update_text
 from kvscope.tui.block_map import (
     _CACHED_STYLE, _FREE_STYLE, _SELECTED_STYLE, CACHED, FREE, GLYPH, SELECTED_GLYPH, SHARED, USED, owner_colour,
 )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from kvscope.inspector.human_units import percent
 from kvscope.inspector.metrics import Fragmentation, fragmentation
-from kvscope.tui.bars import fraction_bar, percent
+from kvscope.tui.bars import fraction_bar
 from kvscope.tui.text_lines import TextLines
 
 BAR_WIDTH = 18
