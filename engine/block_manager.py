@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request
 from kvscope.inspector.events import (
-    ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, EventBus, now_ns,
+    ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, EventBus,
 )
 
 _HASH_MASK = (1 << 62) - 1
@@ -120,7 +120,7 @@ class BlockManager:
                 self.block_hash[b] = h
                 newly.append((i, b))
         if self.bus.active and newly:
-            ts = now_ns()
+            ts = self.bus.clock()
             for i, b in newly:
                 self.bus.emit(BlockEvent(ts, self.step, CACHED, request.request_id, (b,), i,
                                          (self.ref_counts[b],), (self.block_hash[b],)))
@@ -177,12 +177,12 @@ class BlockManager:
             self.block_hash[b] = 0
             self.num_cached_free -= 1
             if self.bus.active:
-                self.bus.emit(BlockEvent(now_ns(), self.step, EVICT, -1, (b,), -1, (0,), (h,)))
+                self.bus.emit(BlockEvent(self.bus.clock(), self.step, EVICT, -1, (b,), -1, (0,), (h,)))
         return b
 
     def _emit(self, what: str, request_id: int, blocks: Sequence[int], logical_index: int) -> None:
         self.bus.emit(BlockEvent(
-            now_ns(), self.step, what, request_id, tuple(blocks), logical_index,
+            self.bus.clock(), self.step, what, request_id, tuple(blocks), logical_index,
             tuple(self.ref_counts[b] for b in blocks), tuple(self.block_hash[b] for b in blocks),
         ))
 

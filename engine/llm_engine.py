@@ -31,7 +31,7 @@ from kvscope.engine.scheduler import Scheduler, make_scheduler
 from kvscope.engine.step_probe import StepProbe
 from kvscope.engine.stop_check import output_text
 from kvscope.engine.tokenizer import Tokenizer
-from kvscope.inspector.events import ARRIVED, EventBus, Phase, RequestEvent, RunInfo, now_ns
+from kvscope.inspector.events import ARRIVED, EventBus, Phase, RequestEvent, RunInfo
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -142,7 +142,7 @@ class LLMEngine:
 
     def run_info(self) -> RunInfo:
         cfg, s = self.config, self.recipe.scheduler
-        return RunInfo(now_ns(), self.step_id, cfg.name, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
+        return RunInfo(self.bus.clock(), self.step_id, cfg.name, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
                        cfg.head_dim, cfg.hidden_size, str(self.loaded.dtype).removeprefix("torch."),
                        str(self.device), self.backend_name, s.policy, self.num_blocks, self.block_size,
                        self.bytes_per_block, s.max_num_batched_tokens, s.max_num_seqs, self.max_model_len,
@@ -205,7 +205,7 @@ class LLMEngine:
         with self._lock:
             rid = self.next_request_id
             self.next_request_id += 1
-            req = Request(rid, ids, params, max_tokens, now_ns(), generator=generator)
+            req = Request(rid, ids, params, max_tokens, self.bus.clock(), generator=generator)
             self.requests[rid] = req
             self.scheduler.add(req)
             if self.bus.active:

@@ -27,7 +27,7 @@ from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request, RequestStatus
 from kvscope.engine.stop_check import check_stop
 from kvscope.inspector.events import (
-    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, EventBus, RequestEvent, now_ns,
+    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, EventBus, RequestEvent,
 )
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class Scheduler:
                 continue
             req.token_ids.append(token)
             if req.num_output_tokens == 1:
-                req.first_token_ts = now_ns()
+                req.first_token_ts = self.bus.clock()
                 self._emit(req, FIRST_TOKEN, req.first_token_ts)
             reason = check_stop(req, self.tokenizer)
             if reason:
@@ -216,12 +216,12 @@ class Scheduler:
     def _finished(self, req: Request, reason: str) -> None:
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
-        req.finished_ts = now_ns()
+        req.finished_ts = self.bus.clock()
         self._emit(req, FINISHED, req.finished_ts, reason)
 
     def _emit(self, req: Request, what: str, ts: int = 0, reason: str = "") -> None:
         if self.bus.active:
-            self.bus.emit(RequestEvent(ts or now_ns(), self.step, req.request_id, what, req.num_prompt_tokens,
+            self.bus.emit(RequestEvent(ts or self.bus.clock(), self.step, req.request_id, what, req.num_prompt_tokens,
                                        req.num_output_tokens, req.num_computed_tokens, req.max_tokens, reason))
 
 

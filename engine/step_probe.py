@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvscope.engine.kernel_events import KernelEventBuilder
 from kvscope.engine.op_timer import OpTimer, RangeHook, strip_op_timers
-from kvscope.inspector.events import KVSnapshot, RangeCategory, StepBegin, StepEnd, now_ns
+from kvscope.inspector.events import KVSnapshot, RangeCategory, StepBegin, StepEnd
 
 if TYPE_CHECKING:
     from kvscope.engine.llm_engine import LLMEngine
@@ -80,7 +80,7 @@ class StepProbe:
             return NULL_PROBE
         self.step = step
         self.phases = []
-        self.begin_ts = now_ns()
+        self.begin_ts = bus.clock()
         if bus.active:
             self.engine.emit(StepBegin(self.begin_ts, step))
         if hook is not None:
@@ -97,10 +97,10 @@ class StepProbe:
     def __enter__(self) -> None:
         if self.hook is not None:
             self.hook.push(self._phase, RangeCategory.PHASE, self._tokens)
-        self._start = now_ns()
+        self._start = self.engine.bus.clock()
 
     def __exit__(self, *exc: Any) -> None:
-        self.phases.append((self._phase, self._start, now_ns()))
+        self.phases.append((self._phase, self._start, self.engine.bus.clock()))
         if self.hook is not None:
             self.hook.pop()
 
@@ -123,7 +123,7 @@ class StepProbe:
             else:
                 decode.append(s.request.request_id)
         scheduler = self.engine.scheduler
-        bus.emit(StepEnd(now_ns(), step, self.begin_ts, out.num_tokens, scheduler.token_budget, tuple(prefill),
+        bus.emit(StepEnd(bus.clock(), step, self.begin_ts, out.num_tokens, scheduler.token_budget, tuple(prefill),
                          tuple(decode), tuple([(r.request_id, 1) for r in sampled]), tuple(self.phases),
                          len(scheduler.running), len(scheduler.waiting), scheduler.num_preempted_waiting,
                          out.num_padding_tokens))
@@ -140,5 +140,5 @@ class StepProbe:
             contiguous += max_len - min(computed, max_len)
         stored -= bm.num_shared_extra * bs
         used = bm.num_used_blocks
-        return KVSnapshot(now_ns(), step, bm.num_blocks, bs, used, bm.num_cached_free,
+        return KVSnapshot(engine.bus.clock(), step, bm.num_blocks, bs, used, bm.num_cached_free,
                           bm.num_free_blocks - bm.num_cached_free, stored, used * bs - stored, contiguous)

@@ -301,10 +301,12 @@ Subscriber = Callable[[Any], None]
 
 @dataclass(slots=True)
 class EventBus:
-    """Fan-out of events to subscribers. `active` is the one check callers make before building an event."""
+    """Fan-out of events to subscribers. `active` is the one check callers make before building an event.
+    `clock` stamps the engine's events: the monotonic clock, or a simulated device's virtual one."""
 
     subscribers: list[Subscriber] = field(default_factory=list)
     active: bool = False
+    clock: Callable[[], int] = now_ns
 
     def subscribe(self, fn: Subscriber) -> Subscriber:
         self.subscribers.append(fn)
