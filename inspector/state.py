@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
-    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
+    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, SPEC_ALLOC,
+    SPEC_ROLLBACK,
     BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
 )
 
@@ -133,7 +134,7 @@ class EngineView(EventFold):
         self.touched_blocks.update(ids)
         refs = ev.ref_counts if len(ev.ref_counts) == len(ids) else None
         hashes = ev.hashes if len(ev.hashes) == len(ids) else None
-        if what == ALLOC or what == PREFIX_HIT:
+        if what == ALLOC or what == PREFIX_HIT or what == SPEC_ALLOC:
             table = self.tables.setdefault(ev.request_id, [])
             start = max(ev.logical_index, 0)
             for i, b in enumerate(ids):
@@ -146,11 +147,11 @@ class EngineView(EventFold):
                 self.block_refs[b] = refs[i] if refs else self.block_refs[b] + 1
                 if hashes:
                     self.block_hash[b] = hashes[i]
-                elif what == ALLOC:
+                elif what != PREFIX_HIT:
                     self.block_hash[b] = 0
                 if self.block_owner[b] < 0:
                     self.block_owner[b] = ev.request_id
-        elif what == FREE:
+        elif what == FREE or what == SPEC_ROLLBACK:
             table = self.tables.get(ev.request_id)
             for i, b in enumerate(ids):
                 self.block_refs[b] = refs[i] if refs else max(self.block_refs[b] - 1, 0)
@@ -190,10 +191,11 @@ class EngineView(EventFold):
             req = requests.get(rid)
             if req is not None and rid not in settled:
                 req.computed_tokens += n
-        for rid in ev.decode:
+        emitted = dict(ev.sampled) if ev.sampled else {}
+        for rid in ev.decode:  # a decode computes its newest token and the drafts it kept (one per emitted token)
             req = requests.get(rid)
             if req is not None and rid not in settled:
-                req.computed_tokens += 1
+                req.computed_tokens += emitted.get(rid, 1)
         for rid, n in ev.sampled:
             req = requests.get(rid)
             if req is not None and rid not in settled:
