@@ -82,6 +82,14 @@ class ModelRunner:
             input_ids.extend([0] * pad)
             positions.extend([0] * pad)
             slots.extend([-1] * pad)
+        return PreparedBatch(self._tensor(input_ids, torch.int64),
+                             self.context(positions, slots, query_lens, seq_lens, tables),
+                             self._tensor(logits_rows, torch.int64), sampled, num_verified)
+
+    def context(self, positions: list[int], slots: list[int], query_lens: list[int], seq_lens: list[int],
+                tables: list[list[int]]) -> ForwardContext:
+        """The forward context of a flat batch: per token its position and slot, per request its query and
+        context lengths and block table."""
         width = max(len(t) for t in tables)
         qsl = [0]
         for n in query_lens:
@@ -96,9 +104,7 @@ class ModelRunner:
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
         )
-        return PreparedBatch(self._tensor(input_ids, torch.int64),
-                             ForwardContext(self._tensor(positions, torch.int64), meta),
-                             self._tensor(logits_rows, torch.int64), sampled, num_verified)
+        return ForwardContext(self._tensor(positions, torch.int64), meta)
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)

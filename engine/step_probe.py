@@ -101,6 +101,8 @@ class StepProbe:
 
     def __exit__(self, *exc: Any) -> None:
         self.phases.append((self._phase, self._start, self.engine.bus.clock()))
+        if self._phase == Phase.DRAFT:  # a drafter's passes are the draft phase's slice, not the step's ops
+            self.timer.records.clear()
         if self.hook is not None:
             self.hook.pop()
 

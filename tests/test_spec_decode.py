@@ -213,3 +213,54 @@ def test_prompt_lookup_finds_the_latest_longest_match():
     assert lookup([5, 5, 5], 4, 2, 2) == [5]       # the continuation may run into the suffix itself
     assert lookup([1, 2, 1, 3, 1], 2, 2, 3) == []  # no 2-gram suffix occurred before
     assert lookup([1, 2, 1, 3, 1], 2, 1, 3) == [3, 1]
+
+
+@pytest.mark.parametrize("config", ["block size 1", "block size 4", "preempting pool"])
+def test_layerskip_outputs_kv_and_tables_match(loaded, references, config):
+    batch, refs = references
+    expected, ref_kv, _ = refs[config]
+    rec = recipe(**CONFIGS[config], spec={"method": "layerskip", "num_layers": 1, "num_speculative_tokens": 3})
+    got, _, events = run(loaded, rec, batch, reference_kv=ref_kv)
+    assert got == expected
+    assert any(e.kind == "spec_decode" and e.method == "layerskip" for e in events.events)
+
+
+def test_layerskip_sampled_requests_keep_their_draft_distributions(loaded):
+    rec = recipe(block_size=4, num_blocks=128, spec={"method": "layerskip", "num_layers": 1,
+                                                     "num_speculative_tokens": 2})
+    engine = LLMEngine(rec, loaded=loaded)
+    seen = []
+    propose = engine.drafter.propose
+
+    def watch(drafting):
+        propose(drafting)
+        seen.extend(s.request.draft_probs for s in drafting)
+
+    engine.drafter.propose = watch
+    engine.add_request([3, 4, 5], SamplingParams(max_tokens=8, temperature=0.8, seed=1))
+    while engine.has_unfinished():
+        engine.step()
+    assert seen and all(q is not None and q.shape[1] == loaded.config.vocab_size for q in seen)
+    assert all(torch.allclose(q.sum(-1), torch.ones(len(q))) for q in seen)
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+@pytest.mark.parametrize("draft_seed", [3, 11])
+def test_draft_model_outputs_kv_and_tables_match(loaded, references, draft_seed):
+    """A draft model with its own pool: the target's own weights (seed 3) accept every draft; other weights
+    (seed 11) accept fewer. Either way the output is the target's."""
+    batch, refs = references
+    expected, ref_kv, _ = refs["preempting pool"]
+    spec = {"method": "draft_model", "num_speculative_tokens": 3,
+            "model": {"source": "random", "shape": "tiny", "seed": draft_seed}}
+    got, engine, events = run(loaded, recipe(**CONFIGS["preempting pool"], spec=spec), batch, reference_kv=ref_kv)
+    assert got == expected
+    specs = [e for e in events.events if e.kind == "spec_decode"]
+    accepted = sum(e.num_accepted for e in specs) / sum(e.num_draft_tokens for e in specs)
+    if draft_seed == 3:
+        assert accepted == 1.0
+    else:
+        assert accepted < 1.0
+    drafter = engine.drafter
+    drafter.propose([])  # frees the shadows of finished requests
+    assert drafter.blocks.num_free_blocks == drafter.blocks.num_blocks
