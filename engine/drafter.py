@@ -44,15 +44,23 @@ class NgramDrafter:
 
 
 def lookup(tokens: list[int], k: int, n_min: int, n_max: int) -> list[int]:
-    """Up to k tokens that followed the latest earlier occurrence of the longest suffix of `tokens` whose
-    length is in n_min..n_max; [] when no such suffix occurred before."""
+    """Up to k tokens that followed an earlier occurrence of the longest suffix of `tokens` whose length is in
+    n_min..n_max: the latest occurrence followed by k tokens, else the one followed by the most (an occurrence
+    that overlaps the suffix is followed by fewer); [] when no such suffix occurred before."""
     size = len(tokens)
     for n in range(min(n_max, size - 1), n_min - 1, -1):
         suffix = tokens[size - n:]
         first = suffix[0]
+        best: list[int] = []
         for i in range(size - n - 1, -1, -1):
             if tokens[i] == first and tokens[i:i + n] == suffix:
-                return tokens[i + n:i + n + k]
+                follow = tokens[i + n:i + n + k]
+                if len(follow) == k:
+                    return follow
+                if len(follow) > len(best):
+                    best = follow
+        if best:
+            return best
     return []
 
 

@@ -211,6 +211,7 @@ def test_prompt_lookup_finds_the_latest_longest_match():
     assert lookup([1, 2, 3, 4, 5, 2, 3], 3, 1, 3) == [4, 5, 2]
     assert lookup([4, 1, 8, 2], 3, 1, 3) == []
     assert lookup([5, 5, 5], 4, 2, 2) == [5]       # the continuation may run into the suffix itself
+    assert lookup([7, 7, 7, 7, 7, 7], 3, 1, 1) == [7, 7, 7]  # the latest occurrence followed by k tokens
     assert lookup([1, 2, 1, 3, 1], 2, 2, 3) == []  # no 2-gram suffix occurred before
     assert lookup([1, 2, 1, 3, 1], 2, 1, 3) == [3, 1]
 
