@@ -237,12 +237,15 @@ class Metrics(EventFold):
         self._internal_sum += frag.internal
         self._waste_sum += frag.contiguous_waste
 
+    def duration_s(self) -> float:
+        """First StepBegin to last StepEnd so far."""
+        if self._first_step_ts is None or self._last_step_ts is None:
+            return 0.0
+        return max(self._last_step_ts - self._first_step_ts, 0) / 1e9
+
     def summary(self) -> RunSummary:
         """The metrics so far."""
-        duration_ns = 0
-        if self._first_step_ts is not None and self._last_step_ts is not None:
-            duration_ns = max(self._last_step_ts - self._first_step_ts, 0)
-        duration_s = duration_ns / 1e9
+        duration_s = self.duration_s()
         frag = self.last_fragmentation
         return RunSummary(
             requests=len(self._arrived),

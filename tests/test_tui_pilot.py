@@ -322,3 +322,38 @@ def test_selection_panel_streams_the_selected_requests_text():
             await pilot.press("q")
 
     asyncio.run(scenario())
+
+
+def test_spec_panel_shows_the_recordings_acceptance(tmp_path):
+    """The speculative-decoding panel is hidden for a run without drafts and, over a recording with prompt
+    lookup, shows the acceptance the recording's own events give."""
+    from kvscope.inspector.events import EventBus
+    from kvscope.inspector.metrics import summarize
+    from kvscope.tui.spec_panel import SpecDecodePanel
+
+    data = dict(RECIPE, speculative={"method": "ngram", "num_speculative_tokens": 3})
+    path = tmp_path / "spec.jsonl"
+    rec = JsonlRecorder(path, make_header(data, "cpu"))
+    events: list = []
+    bus = EventBus()
+    bus.subscribe(rec)
+    bus.subscribe(events.append)
+    RunSession(Recipe.from_dict(data, source="<pilot>"), bus=bus).run()
+    rec.close()
+    spec = summarize(events).spec_decode
+    assert spec is not None and spec.num_drafts > 0
+    plain = tmp_path / "plain.jsonl"
+    record_run(plain)
+
+    async def scenario(recording: str, shown: bool):
+        app = replay_app(recording, deterministic=True)
+        async with app.run_test(size=SIZE):
+            panel = app.query_one(SpecDecodePanel)
+            assert panel.display is shown
+            if shown:
+                text = panel.text.plain
+                assert f"{spec.num_accepted_tokens}/{spec.num_draft_tokens} accepted" in text
+                assert f"{spec.mean_acceptance_length:.2f}" in text
+
+    asyncio.run(scenario(str(path), True))
+    asyncio.run(scenario(str(plain), False))
