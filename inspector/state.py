@@ -62,7 +62,8 @@ class EngineView(EventFold):
     `touched_blocks` collects the ids of blocks whose ref count, hash or owner may have changed; a
     consumer that redraws the pool (the TUI's block map) takes them with `take_touched_blocks()` at
     each redraw and recomputes only those. `generation` counts resets (a RunInfo): after one,
-    everything has changed.
+    everything has changed. `rolled_back` holds the blocks speculative decoding handed back in the
+    current step (the block map flashes them until the next step begins).
     """
 
     def __init__(self) -> None:
@@ -73,6 +74,7 @@ class EngineView(EventFold):
         self.block_hash: list[int] = []
         self.block_owner: list[int] = []
         self.touched_blocks: set[int] = set()
+        self.rolled_back: set[int] = set()
         self.tables: dict[int, list[int]] = {}
         self.requests: dict[int, RequestView] = {}
         self.last_step: StepEnd | None = None
@@ -90,6 +92,9 @@ class EngineView(EventFold):
     def on_step_begin(self, ev: StepBegin) -> None:
         self.step = ev.step
         self._settled = set()
+        if self.rolled_back:  # last step's rollbacks stop flashing
+            self.touched_blocks |= self.rolled_back
+            self.rolled_back = set()
 
     def on_step_end(self, ev: StepEnd) -> None:
         self._apply_progress(ev)
@@ -152,6 +157,8 @@ class EngineView(EventFold):
                 if self.block_owner[b] < 0:
                     self.block_owner[b] = ev.request_id
         elif what == FREE or what == SPEC_ROLLBACK:
+            if what == SPEC_ROLLBACK:
+                self.rolled_back.update(ids)
             table = self.tables.get(ev.request_id)
             for i, b in enumerate(ids):
                 self.block_refs[b] = refs[i] if refs else max(self.block_refs[b] - 1, 0)
@@ -210,6 +217,7 @@ class EngineView(EventFold):
         self.block_hash = [0] * n
         self.block_owner = [-1] * n
         self.touched_blocks = set()
+        self.rolled_back = set()
         self.tables = {}
         self.requests = {}
         self.last_step = None
