@@ -246,7 +246,7 @@ class TokenText:
 
     prompt: the whole prompt (on arrival; "" after). text: the output text this step completed ("" on
     arrival; it may lag a token behind while a multi-byte character is incomplete). tokens: the output
-    tokens it covers.
+    tokens it covers. drafted: the tokens are draft tokens the target accepted (speculative decoding).
     """
 
     kind: ClassVar[str] = Kind.TEXT
@@ -256,6 +256,7 @@ class TokenText:
     text: str = ""
     prompt: str = ""
     tokens: int = 0
+    drafted: bool = False
 
 
 @dataclass(slots=True)
