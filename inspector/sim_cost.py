@@ -2,8 +2,9 @@
 
 Pure python. For one scheduler step (request i brings query_lens[i] tokens and has seq_lens[i] of context)
 each operator's FLOPs and bytes come from kvscope.inspector.roofline (the model `kvscope roofline`
-prints), its time from roof_time at the device's peaks (kvscope.inspector.devices), scaled by the
-profile's efficiency for the op's class plus a fixed cost per call (kvscope.inspector.sim_profile).
+prints), its time from roof_time at the device's peaks (kvscope.inspector.devices), each roof derated
+by the profile's compute and memory efficiency for the op's class, plus a fixed cost per call
+(kvscope.inspector.sim_profile).
 
 With tensor parallelism over `tp` GPUs the projections, RoPE, the KV write, the attention and the LM head
 are split evenly (FLOPs and bytes / tp; Megatron-style column/row splits) while the norms and the
@@ -60,6 +61,9 @@ class StepCostModel:
         self.kv_bytes = int(max(self.weight_bytes, 1))
         self.peak = device.peak_flops(self.dtype)
         self.bandwidth = device.bandwidth
+        # per op class: (fixed s per call, derated peak FLOP/s, derated bytes/s)
+        self.roofs = {c: (profile.op_overhead_s[c], self.peak * profile.compute_efficiency[c],
+                          self.bandwidth * profile.memory_efficiency[c]) for c in profile.op_overhead_s}
         # layers of the same kind (local window, MoE) cost the same: one representative each, and a count
         kinds: dict[tuple[bool, bool], list[int]] = {}
         for layer in range(shape.num_layers):
@@ -72,9 +76,8 @@ class StepCostModel:
         """Seconds of `calls` launches of `op` doing `cost` in all (per GPU under tensor parallelism)."""
         if self.tp > 1 and op in SHARDED_OPS:
             cost = OpCost(cost.flops // self.tp, cost.bytes // self.tp)
-        cls = OP_CLASS[op]
-        p = self.profile
-        return calls * p.op_overhead_s[cls] + roof_time(cost, self.peak, self.bandwidth) / p.efficiency[cls]
+        fixed, peak, bandwidth = self.roofs[OP_CLASS[op]]
+        return calls * fixed + roof_time(cost, peak, bandwidth)
 
     def _token_times(self, tokens: int, rows: int) -> dict[str, float]:
         """Every op but the attention, whole step (all layers), the all-reduces ("comm") and their sum ("fixed"):

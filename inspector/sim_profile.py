@@ -1,15 +1,18 @@
 """Simulator profiles: the efficiency factors `kvscope calibrate` measures and the simulator applies.
 
 Pure python. A profile says, per operator class (matmul, attention, elementwise), what fraction of the
-device's roofline time an op really reaches (efficiency: measured = calls x op_overhead_s + roof time /
-efficiency) and what a step costs outside the forward pass (step_overhead_s + per_seq_s x requests +
-per_token_s x tokens + per_sample_s x sampled rows: scheduling, batch preparation, sampling). The factors
+device's peak compute and of its peak bandwidth an op really reaches, and its fixed cost per call:
+measured = calls x op_overhead_s + max(FLOPs / (peak x compute_efficiency), bytes / (bandwidth x
+memory_efficiency)), the roofline with two derated roofs; and what a step costs outside the forward
+pass (step_overhead_s + per_seq_s x requests + per_token_s x tokens + per_sample_s x sampled rows:
+scheduling, batch preparation, sampling). The factors
 are relative to the peaks of the device preset named in `relative_to` (kvscope.inspector.devices); the
 simulator applies them to whatever GPU it models. IDEAL (every efficiency 1, no overheads) is what the
 simulator uses without a profile: the roofline's own times, an upper bound on speed.
 
     {"kvscope_profile": 1, "measured_on": "...", "relative_to": "cpu",
-     "efficiency": {"matmul": 0.4, "attention": 0.2, "elementwise": 0.1},
+     "compute_efficiency": {"matmul": 0.04, "attention": 0.02, "elementwise": 0.1},
+     "memory_efficiency": {"matmul": 0.2, "attention": 0.1, "elementwise": 0.1},
      "op_overhead_s": {"matmul": 1e-5, ...},
      "step_overhead_s": 2e-4, "per_seq_s": 1e-5, "per_token_s": 1e-6, "per_sample_s": 5e-4}
 """
@@ -39,7 +42,8 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class SimProfile:
-    efficiency: dict[str, float] = field(default_factory=lambda: dict.fromkeys(OP_CLASSES, 1.0))
+    compute_efficiency: dict[str, float] = field(default_factory=lambda: dict.fromkeys(OP_CLASSES, 1.0))
+    memory_efficiency: dict[str, float] = field(default_factory=lambda: dict.fromkeys(OP_CLASSES, 1.0))
     op_overhead_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(OP_CLASSES, 0.0))
     step_overhead_s: float = 0.0
     per_seq_s: float = 0.0
@@ -71,14 +75,20 @@ def profile_from_dict(data: Any, where: str) -> SimProfile:
     if not isinstance(data, dict) or data.get("kvscope_profile") != PROFILE_VERSION:
         raise ProfileError(f"{where}: not a kvscope profile (expected a JSON object with "
                            f"\"kvscope_profile\": {PROFILE_VERSION}; write one with `kvscope calibrate -o`)")
-    eff_raw, over_raw = data.get("efficiency"), data.get("op_overhead_s", {})
-    if not isinstance(eff_raw, dict) or not isinstance(over_raw, dict):
-        raise ProfileError(f"{where}: efficiency and op_overhead_s must be objects keyed by {', '.join(OP_CLASSES)}")
-    efficiency = {c: _number(eff_raw.get(c), f"{where}: efficiency.{c}", 0.0, lo_open=True) for c in OP_CLASSES}
+    tables = {}
+    for key in ("compute_efficiency", "memory_efficiency", "op_overhead_s"):
+        table = data.get(key, {} if key == "op_overhead_s" else None)
+        if not isinstance(table, dict):
+            raise ProfileError(f"{where}: {key} must be an object keyed by {', '.join(OP_CLASSES)}")
+        tables[key] = table
+    compute, memory = (
+        {c: _number(tables[key].get(c), f"{where}: {key}.{c}", 0.0, lo_open=True) for c in OP_CLASSES}
+        for key in ("compute_efficiency", "memory_efficiency"))
+    over_raw = tables["op_overhead_s"]
     overhead = {c: _number(over_raw.get(c, 0.0), f"{where}: op_overhead_s.{c}", 0.0) for c in OP_CLASSES}
     terms = {t: _number(data.get(t, 0.0), f"{where}: {t}", 0.0) for t in STEP_TERMS}
     fit = data.get("fit", {})
-    return SimProfile(efficiency, overhead, relative_to=str(data.get("relative_to", "")),
+    return SimProfile(compute, memory, overhead, relative_to=str(data.get("relative_to", "")),
                       measured_on=str(data.get("measured_on", where)), fit=fit if isinstance(fit, dict) else {},
                       **terms)
 
