@@ -1,11 +1,12 @@
 """How fast the simulator is: 10,000 chat-like requests through a simulated Llama-3.1-70B on 8 x H100.
 
-Events off (no subscriber), as a capacity search runs them. Prompts ~1k tokens (512..1536), outputs ~250
-(128..384), Poisson arrivals at --rate requests/s. Prints the wall time of each part (building the
-workload, the run), the simulated time and the run's speed against the simulated device's own
-(simulated seconds per wall second), and the goal: the whole simulation under 60 s of wall time.
+Events off (no subscriber) by default; --events subscribes the metrics, as `kvscope bench` runs.
+Prompts ~1k tokens (512..1536), outputs ~250 (128..384), Poisson arrivals at --rate requests/s. Prints
+the wall time of each part (building the workload, the run), the simulated time and the run's speed
+against the simulated device's own (simulated seconds per wall second), and the goal: the whole
+simulation under 60 s of wall time.
 
-    .venv/bin/python benchmarks/sim_speed.py [--requests 10000] [--rate 20] [--profile]
+    .venv/bin/python benchmarks/sim_speed.py [--requests 10000] [--rate 20] [--events] [--profile]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
+from kvscope.inspector.events import EventBus
+from kvscope.inspector.metrics import Metrics
 
 GOAL_S = 60.0
 
@@ -37,9 +40,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--rate", type=float, default=20.0, help="Poisson arrivals per second")
     ap.add_argument("--profile", action="store_true", help="cProfile the run; print the top 25 functions")
+    ap.add_argument("--events", action="store_true", help="events on: a Metrics subscriber (as kvscope bench runs)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    session = RunSession(recipe(args.requests, args.rate))
+    bus = EventBus()
+    if args.events:
+        bus.subscribe(Metrics())
+    session = RunSession(recipe(args.requests, args.rate), bus=bus, kernel_events=False)
     build_s = time.perf_counter() - t0
     prof = cProfile.Profile() if args.profile else None
     t1 = time.perf_counter()

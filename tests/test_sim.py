@@ -162,3 +162,42 @@ def test_bad_simulation_is_one_line_and_exit_2(tmp_path, capsys, model, sim, nee
 def test_preset_model_needs_a_simulated_device():
     with pytest.raises(Exception, match="model.source: a preset has no weights"):
         Recipe.from_dict({"model": {"source": "preset", "name": "llama-3.1-8b"}, "workload": {"prompts": ["x"]}})
+
+
+def test_tui_header_says_simulated():
+    """The live TUI over a simulated 70B node: the status line names the simulated device, the roofline panel
+    its datasheet peaks, and a few steps' estimated kernels come through."""
+    import asyncio
+
+    from kvscope.cli.live import live_app
+    from kvscope.tui.roofline_panel import RooflinePanel
+
+    recipe = Recipe.from_dict({
+        "name": "sim-tui", "device": "sim", "dtype": "bfloat16", "model": {"source": "preset", "name": "llama-3.1-70b"},
+        "sim": {"gpu": "H100-80GB", "num_gpus": 8, "tp": 8},
+        "workload": {"synthetic": {"num_requests": 4, "prompt_len": 64, "output_len": 4}}}, source="<sim>")
+
+    async def scenario():
+        app = live_app(recipe, start_paused=True, deterministic=True)
+        async with app.run_test(size=(160, 50)) as pilot:
+            assert await asyncio.to_thread(app.controller.wait_idle, 60)
+            for _ in range(3):
+                await pilot.press("n")
+                assert await asyncio.to_thread(app.controller.wait_idle, 60)
+            app.sync()
+            status = str(app.query_one("#status").render())
+            assert "simulated 8xH100-80GB tp8/cost-model" in status and "step 2" in status
+            assert "simulated" in app.query_one(RooflinePanel).peaks.name
+
+    asyncio.run(scenario())
+
+
+def test_pool_is_what_kvscope_kv_computes(capsys):
+    assert main(["kv", "llama-3.1-70b", "--gpu", "H100-80GB", "--gpus", "8", "--json"]) == 0
+    blocks = json.loads(capsys.readouterr().out)["num_blocks"]
+    recipe = Recipe.from_dict({"device": "sim", "dtype": "bfloat16", "model": {"source": "preset",
+                               "name": "llama-3.1-70b"}, "sim": {"gpu": "H100-80GB", "num_gpus": 8},
+                               "workload": {"prompts": ["x"]}})
+    engine = LLMEngine(recipe)
+    assert engine.num_blocks == blocks == 91050 and engine.kv_cache is None and engine.loaded.model is None
+    assert engine.run_info().device == "simulated 8xH100-80GB tp8"
