@@ -243,8 +243,12 @@ def calibrate(
     = 20,
     threads: Annotated[int, typer.Option("--threads", metavar="N", help="torch threads while measuring (the "
                                                                         "profile describes the engine at N)")] = 1,
+    cpu_time: Annotated[bool, typer.Option("--cpu-time", help="time steps by the engine thread's CPU time, not the "
+                                                               "wall clock (immune to other jobs; CPU only)")]
+    = False,
 ) -> int:
     """Measure this machine's operators and per-step overhead; write the simulator's efficiency factors."""
     from kvscope.cli.calibrate import run_calibrate
 
-    return run_calibrate(out, device=device, model=model_override, requests=requests, threads=threads)
+    return run_calibrate(out, device=device, model=model_override, requests=requests, threads=threads,
+                         cpu_time=cpu_time)

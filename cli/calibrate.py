@@ -8,7 +8,9 @@ machine with `sim: {gpu: cpu, profile: profile.json}` (or the GPU's preset name)
 
 On a CPU the engine runs with one torch thread unless --threads says otherwise: on a shared machine an
 OpenMP team waiting for a descheduled thread makes step times erratic (30x slower on this 2-core one
-while another process ran), and a profile only describes the engine at its own thread count.
+while another process ran), and a profile only describes the engine at its own thread count. With
+--cpu-time the steps are timed by the engine thread's CPU time instead of the wall clock: what a quiet
+machine would show, whatever else runs (sim_fidelity compares real runs timed the same way).
 """
 
 from __future__ import annotations
@@ -45,8 +47,12 @@ def reference_device(device: str) -> str:
     return preset_name("cuda", torch.cuda.get_device_name(0))
 
 
-def calibrate(recipe_data: dict[str, Any], reference: str) -> Any:
-    """Run the recipe twice (kernel events on, then off) and fit a SimProfile to the two runs."""
+def calibrate(recipe_data: dict[str, Any], reference: str, cpu_time: bool = False) -> Any:
+    """Run the recipe twice (kernel events on, then off) and fit a SimProfile to the two runs. `cpu_time`: the
+    steps are timed by this thread's CPU time, not the wall clock (the ops still by the wall clock; the
+    untimed run's forward phases rescale them)."""
+    import time
+
     import platform
 
     from kvscope.engine.llm_engine import load_for_recipe
@@ -62,17 +68,24 @@ def calibrate(recipe_data: dict[str, Any], reference: str) -> Any:
     ref = get_device(reference)
     samples = []
     for kernels in (True, False):
-        bus = EventBus()
+        bus = EventBus(clock=time.thread_time_ns) if cpu_time else EventBus()
         recorder = bus.subscribe(StepRecorder())
         RunSession(recipe, bus=bus, kernel_events=kernels, loaded=loaded).run()
         samples.append(recorder.samples())
-    where = f"{platform.node() or 'this machine'} ({recipe.device}, {loaded.config.name}, {recipe.dtype})"
+    where = (f"{platform.node() or 'this machine'} ({recipe.device}, {loaded.config.name}, {recipe.dtype}, "
+             f"{torch_threads()} thread(s){', CPU time' if cpu_time else ''})")
     return fit_profile(samples[0], samples[1], ref, canonical_dtype(recipe.dtype), relative_to=reference,
                        measured_on=where)
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_calibrate(out: str, *, device: str = "cpu", model: str | None = None, requests: int = 20,
-                  threads: int = 1) -> int:
+                  threads: int = 1, cpu_time: bool = False) -> int:
     """`kvscope calibrate`: measure, fit, write the profile and print its factors."""
     import torch
 
@@ -83,6 +96,8 @@ def run_calibrate(out: str, *, device: str = "cpu", model: str | None = None, re
     if threads < 1:
         raise UsageError(f"--threads: must be a positive integer, got {threads}")
     if device == "cuda":
+        if cpu_time:
+            raise UsageError("--cpu-time: a GPU's work is not this thread's CPU time; time CUDA by the wall clock")
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available here")
     if requests < 2:
@@ -94,7 +109,7 @@ def run_calibrate(out: str, *, device: str = "cpu", model: str | None = None, re
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the profile describes the engine at this thread count
     try:
-        profile = calibrate(calibration_recipe(spec, device, requests), reference_device(device))
+        profile = calibrate(calibration_recipe(spec, device, requests), reference_device(device), cpu_time)
     finally:
         torch.set_num_threads(before)
     try:

@@ -2,9 +2,9 @@
 
 The session feeds requests to the engine as they arrive. Arrival offsets are
 measured on the session's own clock, which advances by the time spent inside
-steps and jumps over idle gaps, so pausing (the TUI) or slow steps never make
-requests pile up and a run never sleeps. On a simulated device (`device: sim`) the time
-spent inside a step is the virtual clock's, and an idle gap moves the virtual clock too.
+steps (on the bus's clock: the monotonic one, or a simulated device's virtual one) and
+jumps over idle gaps, so pausing (the TUI) or slow steps never make requests pile up and
+a run never sleeps. On a simulated device an idle gap moves the virtual clock too.
 
 A request the engine cannot serve (prompt longer than the context, more KV
 than the pool) is rejected with a one-line message in `rejected`; the others run.
@@ -89,13 +89,12 @@ class RunSession:
         self._admit_due()
         if not self.engine.has_unfinished():
             return not self.done
-        t0 = time.perf_counter()
+        clock = self.bus.clock  # the engine's clock: monotonic, virtual on a simulated device, or the caller's
+        c0, t0 = clock(), time.perf_counter()
         for out in self.engine.step():
             self.outputs[out.request_id] = out
-        dt = time.perf_counter() - t0
-        sim = self.engine.sim
-        self.clock_s = (sim.clock() - self._origin_ns) / 1e9 if sim is not None else self.clock_s + dt
-        self.wall_s += dt
+        self.clock_s += (clock() - c0) / 1e9
+        self.wall_s += time.perf_counter() - t0
         self.steps += 1
         return not self.done
 
