@@ -82,7 +82,9 @@ def _resolved_device(recipe: Recipe) -> str:
 
 
 def simulated_peaks(recipe: Recipe) -> Peaks | None:
-    """The simulated GPU's datasheet peaks (one GPU's; None for a GPU name the engine will refuse anyway)."""
+    """The simulated GPUs' datasheet peaks, all of them together (a step's events count the whole model's
+    FLOPs and bytes, which tensor parallelism spreads over the GPUs); None for a GPU name the engine will
+    refuse anyway."""
     from kvscope.inspector.devices import DeviceError, get_device
 
     assert recipe.sim is not None
@@ -90,7 +92,8 @@ def simulated_peaks(recipe: Recipe) -> Peaks | None:
         gpu = get_device(recipe.sim.gpu)
     except DeviceError:
         return None
-    return Peaks(f"{gpu.name} (simulated, datasheet)", gpu.peak_flops(recipe.dtype), gpu.bandwidth)
+    n = recipe.sim.num_gpus
+    return Peaks(f"{n}x{gpu.name} (simulated, datasheet)", n * gpu.peak_flops(recipe.dtype), n * gpu.bandwidth)
 
 
 def _set_engine_threads(device: str, threads: int | None) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from kvscope.engine.request import Request
     from kvscope.engine.scheduler import SchedulerOutput
     from kvscope.engine.sim_runner import SimBatch
+    from kvscope.inspector.sim_cost import StepCostModel
 
 ESTIMATED = "estimated"
 
@@ -66,20 +67,16 @@ class SimStepProbe(StepProbe):
             self.engine.bus.emit_all(self.kernel_builder.events(
                 self.step, estimated_records(batch, runner.cost, self.engine.config.num_layers), out.scheduled,
                 len(sampled), out.num_padding_tokens, out.num_tokens))
-        self.timer_free_end(out, sampled)
-
-    def timer_free_end(self, out: SchedulerOutput, sampled: list[Request]) -> None:
-        """StepProbe.end_step without its timed kernels (the op timer has nothing attached here)."""
-        kernels, self.kernel_events = self.kernel_events, False
+        kernels, self.kernel_events = self.kernel_events, False  # StepProbe's own kernels come from a timer
         try:
             StepProbe.end_step(self, out, sampled)
         finally:
             self.kernel_events = kernels
 
 
-def estimated_records(batch: SimBatch, cost: object, num_layers: int) -> list[tuple[str, int, int, int]]:
+def estimated_records(batch: SimBatch, cost: StepCostModel, num_layers: int) -> list[tuple[str, int, int, int]]:
     """(op, layer, start ns, end ns) for every op of the step, back to back from the forward's start."""
-    times = cost.op_times(batch.query_lens, batch.seq_lens)  # type: ignore[attr-defined]
+    times = cost.op_times(batch.query_lens, batch.seq_lens)
     t = float(batch.forward_start)
     records: list[tuple[str, int, int, int]] = []
 
