@@ -201,3 +201,17 @@ def test_pool_is_what_kvscope_kv_computes(capsys):
     engine = LLMEngine(recipe)
     assert engine.num_blocks == blocks == 91050 and engine.kv_cache is None and engine.loaded.model is None
     assert engine.run_info().device == "simulated 8xH100-80GB tp8"
+
+
+def test_trace_says_simulated(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(BAD.replace("MODEL", "llama-3.1-8b").replace("SIM", "{gpu: H200}"))
+    assert main(["trace", str(path), "-o", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    trace = json.loads((tmp_path / "t" / "trace.json").read_text())
+    assert trace["otherData"]["device"] == "simulated 1xH200"
+    assert trace["otherData"]["clock"].startswith("virtual ns of a simulated device")
+    names = [e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "process_name"]
+    assert "kvscope engine (simulated 1xH200)" in names
+    header = json.loads((tmp_path / "t" / "events.jsonl").read_text().splitlines()[0])
+    assert "simulated 1xH200" in json.dumps(header)
