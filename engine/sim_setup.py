@@ -18,13 +18,10 @@ from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.sim_runner import SimClock, SimRunner
 from kvscope.engine.tokenizer import Tokenizer
-from kvscope.inspector.devices import DeviceError, get_device
-from kvscope.inspector.kv_estimate import estimate_kv
+from kvscope.inspector.devices import GIB, DeviceError, get_device
+from kvscope.inspector.kv_estimate import canonical_dtype, estimate_kv
 from kvscope.inspector.sim_cost import StepCostModel
 from kvscope.inspector.sim_profile import IDEAL, ProfileError, load_profile
-
-GIB = 1 << 30
-_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +82,7 @@ def build_simulation(recipe: Recipe, config: ModelConfig, tokenizer: Tokenizer) 
             profile = load_profile(spec.profile)
         except ProfileError as exc:
             raise RecipeError(f"{src}: sim.profile: {exc}") from None
-    dtype = _DTYPES[recipe.dtype]
+    dtype = canonical_dtype(recipe.dtype)
     block_size = recipe.cache.block_size
     est = estimate_kv(config, device, context=1, kv_dtype=dtype, weights_dtype=dtype, block_size=block_size,
                       mem_util=spec.mem_util, num_gpus=spec.num_gpus)

@@ -9,11 +9,13 @@ from kvscope.cli.main import main
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
+from kvscope.engine.model_presets import get_preset
 from kvscope.engine.workload import build_workload
+from kvscope.inspector.devices import get_device
 from kvscope.inspector.events import EventBus, EventList, KernelEvent, StepEnd
 from kvscope.inspector.roofline_report import analyze_step
-from kvscope.engine.model_presets import get_preset
-from kvscope.inspector.devices import get_device
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the real tiny runs: steady on a shared machine
 
 TINY = {
     "model": {"source": "random", "shape": "tiny", "seed": 0},
