@@ -185,6 +185,7 @@ def roofline(
     "kvscope bench recipes/prefix-cache.yaml",
     "kvscope bench recipes/static-vs-continuous.yaml --json out.json --chart out.svg",
     "kvscope bench recipes/preemption.yaml --model-override tiny --max-requests 8",
+    "kvscope bench recipes/sim-llama70b-h100.yaml --max-rate --slo ttft_p90:2000 --slo tbt_p99:200",
 ))
 def bench(
     recipe: Recipe,
@@ -203,9 +204,51 @@ def bench(
     = None,
     variant: Annotated[list[str] | None, typer.Option(
         "--variant", metavar="NAME", help="run only this variant (repeatable; default: all)")] = None,
+    max_rate: Annotated[bool, typer.Option(
+        "--max-rate", help="capacity search (device: sim): per variant, the highest request rate meeting the SLOs")]
+    = False,
+    slo: Annotated[list[str] | None, typer.Option(
+        "--slo", metavar="METRIC_pNN:MS", help="with --max-rate: a latency SLO, e.g. ttft_p90:2000 or tbt_p99:200 "
+                                              "(repeatable; default: both of those)")] = None,
+    start_rate: Annotated[float, typer.Option(
+        "--start-rate", metavar="REQ/S", help="with --max-rate: the first rate tried")] = 1.0,
 ) -> int:
     """Run a recipe's variants on the same workload and compare them in one table."""
+    if max_rate:
+        from kvscope.cli.capacity import run_capacity
+
+        return run_capacity(recipe, slo, json_out=json_out, chart=chart, max_requests=max_requests,
+                            variants=variant, start_rate=start_rate)
+    if slo:
+        from kvscope.cli.errors import UsageError
+
+        raise UsageError("--slo: only a capacity search reads SLOs (add --max-rate)")
     from kvscope.cli.bench import run_bench
 
     return run_bench(recipe, json_out=json_out, chart=chart, model=model_override, max_requests=max_requests,
                      variants=variant)
+
+
+@app.command(epilog=_examples(
+    "kvscope calibrate -o profile.json",
+    "kvscope calibrate --device cuda -o h100.json",
+))
+def calibrate(
+    out: Annotated[str, typer.Option("-o", "--out", metavar="FILE", help="where to write the profile (JSON)")],
+    device: Annotated[str, typer.Option("--device", metavar="cpu|cuda", help="the device to measure")] = "cpu",
+    model_override: Annotated[str | None, typer.Option(
+        "--model", metavar="NAME", help="the model to run: smollm2 (the real GGUF, default) or a random-weight "
+                                        "preset (tiny, smollm2-135m-random, ...)")] = None,
+    requests: Annotated[int, typer.Option("--requests", metavar="N", help="requests in the calibration workload")]
+    = 20,
+    threads: Annotated[int, typer.Option("--threads", metavar="N", help="torch threads while measuring (the "
+                                                                        "profile describes the engine at N)")] = 1,
+    cpu_time: Annotated[bool, typer.Option("--cpu-time", help="time steps by the engine thread's CPU time, not the "
+                                                               "wall clock (immune to other jobs; CPU only)")]
+    = False,
+) -> int:
+    """Measure this machine's operators and per-step overhead; write the simulator's efficiency factors."""
+    from kvscope.cli.calibrate import run_calibrate
+
+    return run_calibrate(out, device=device, model=model_override, requests=requests, threads=threads,
+                         cpu_time=cpu_time)

@@ -34,7 +34,9 @@ def live_app(recipe: Recipe, *, subscribers: tuple[Callable[[Any], None], ...] =
     the engine starts; a deterministic app (snapshot tests) looks at nothing of this machine and shows the
     datasheet preset."""
     gpu_name, peaks = "", None
-    if not deterministic:
+    if recipe.sim is not None:  # a simulated device: the roofline panel shows its datasheet peaks
+        peaks = simulated_peaks(recipe)
+    elif not deterministic:
         gpu_name = _gpu_name()
         peaks = _measure_peaks_before_the_engine_starts(_resolved_device(recipe), recipe.dtype, gpu_name)
     def session(bus: EventBus) -> RunSession:
@@ -76,7 +78,22 @@ def _gpu_name() -> str:
 
 
 def _resolved_device(recipe: Recipe) -> str:
-    return resolve_device(recipe.device).type
+    return "sim" if recipe.sim is not None else resolve_device(recipe.device).type
+
+
+def simulated_peaks(recipe: Recipe) -> Peaks | None:
+    """The simulated GPUs' datasheet peaks, all of them together (a step's events count the whole model's
+    FLOPs and bytes, which tensor parallelism spreads over the GPUs); None for a GPU name the engine will
+    refuse anyway."""
+    from kvscope.inspector.devices import DeviceError, get_device
+
+    assert recipe.sim is not None
+    try:
+        gpu = get_device(recipe.sim.gpu)
+    except DeviceError:
+        return None
+    n = recipe.sim.num_gpus
+    return Peaks(f"{n}x{gpu.name} (simulated, datasheet)", n * gpu.peak_flops(recipe.dtype), n * gpu.bandwidth)
 
 
 def _set_engine_threads(device: str, threads: int | None) -> None:

@@ -12,6 +12,8 @@ from kvscope.inspector.recording import make_header
 def model_label(recipe: Recipe) -> str:
     """What a progress bar calls the recipe's model while it loads: 'smollm2', 'random tiny', ..."""
     model = recipe.model
+    if model.source == "preset":
+        return f"{model.name} (simulated: no weights)"
     return f"random {model.shape}" if model.source == "random" else model.path
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +20,7 @@ from kvscope.engine.block_manager import BlockManager
 from kvscope.engine.drafter import Drafter, make_drafter
 from kvscope.engine.errors import RecipeError, RequestError
 from kvscope.engine.kv_cache import KVCache, available_memory
-from kvscope.engine.loader import load_model
+from kvscope.engine.loader import load_model, load_shape
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.model_runner import ModelRunner
@@ -34,6 +34,9 @@ from kvscope.engine.stop_check import output_text
 from kvscope.engine.tokenizer import Tokenizer
 from kvscope.inspector.events import ARRIVED, EventBus, Phase, RequestEvent, RunInfo
 
+if TYPE_CHECKING:
+    from kvscope.engine.sim_setup import Simulation
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 Prompt = str | Sequence[int] | Sequence[dict[str, str]]
@@ -43,7 +46,7 @@ Prompt = str | Sequence[int] | Sequence[dict[str, str]]
 class LoadedModel:
     """A model with its config and tokenizer, loaded once and reused across engine resets."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None on a simulated device
     config: ModelConfig
     tokenizer: Tokenizer
     dtype: torch.dtype
@@ -59,8 +62,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_for_recipe(recipe: Recipe) -> LoadedModel:
-    device = resolve_device(recipe.device)
     dtype = _DTYPES[recipe.dtype]
+    if recipe.device == "sim":  # a simulated device: the shape and the tokenizer, no weights
+        config, tokenizer = load_shape(recipe.model.as_dict())
+        return LoadedModel(None, config, tokenizer, dtype, torch.device("cpu"))
+    device = resolve_device(recipe.device)
     model, config, tokenizer = load_model(recipe.model.as_dict(), dtype, device)
     return LoadedModel(model, config, tokenizer, dtype, device)
 
@@ -82,6 +88,10 @@ class LLMEngine:
         self.device = self.loaded.device
         self.max_model_len = min(recipe.scheduler.max_model_len, cfg.max_position_embeddings)
         self.block_size = recipe.cache.block_size
+        self.sim: Simulation | None = None
+        if recipe.device == "sim":  # the forward pass by the cost model on a virtual clock (kvscope.engine.sim_*)
+            self._set_up_simulation(range_hook, kernel_events)
+            return
         self.bytes_per_block = KVCache.bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads,
                                                        cfg.head_dim, self.loaded.dtype)
         self.num_blocks = self._pool_blocks()
@@ -101,6 +111,25 @@ class LLMEngine:
         self.reset()
 
     # --- set-up -----------------------------------------------------------------------
+    def _set_up_simulation(self, range_hook: RangeHook | None, kernel_events: bool) -> None:
+        """The rest of __init__ on a simulated device: no weights, no KV tensors; a SimRunner, the virtual
+        clock on the bus, the pool as `kvscope kv` sizes it (unless the recipe gives one)."""
+        from kvscope.engine.sim_probe import SimStepProbe
+        from kvscope.engine.sim_setup import build_simulation
+
+        self.sim = sim = build_simulation(self.recipe, self.config, self.tokenizer)
+        self.device = sim.label
+        self.bytes_per_block = sim.bytes_per_block
+        self.num_blocks = self._pool_blocks()
+        self.kv_cache = None
+        self.backend_name, self.backend = "cost-model", None
+        self.runner = sim.runner
+        self.bus.clock = sim.clock
+        self.probe = SimStepProbe(self, range_hook, kernel_events)
+        self.generator = torch.Generator().manual_seed(self.recipe.sampling.seed or 0)
+        self._lock = threading.RLock()
+        self.reset()
+
     def _pool_blocks(self) -> int:
         c = self.recipe.cache
         if c.num_blocks is not None:
@@ -111,6 +140,8 @@ class LLMEngine:
                 raise RecipeError(f"{self.recipe.source}: cache.memory_gib: {c.memory_gib} GiB holds no block "
                                   f"of {self.bytes_per_block} bytes")
             return n
+        if self.sim is not None:
+            return self.sim.num_blocks
         s = self.recipe.scheduler
         return cdiv(s.max_num_seqs * min(self.max_model_len, 512), self.block_size)
 

@@ -75,6 +75,33 @@ def load_tokenizer(spec: dict[str, Any]) -> Tokenizer:
     raise RecipeError(f"model.source: expected one of random, gguf, hf, got {source!r}")
 
 
+def load_shape(spec: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
+    """The config and tokenizer of a model spec, no weights read (what a simulated device runs on). Source
+    "preset" names any published shape (kvscope.engine.model_presets), with the byte tokenizer."""
+    source = spec.get("source") if isinstance(spec, dict) else None
+    if source == "preset":
+        try:
+            config = get_preset(str(spec.get("name")))
+        except ModelShapeError as exc:
+            raise RecipeError(f"model.name: {exc}") from None
+        tokenizer: Tokenizer = ByteTokenizer(max(config.vocab_size, 256 + len(ByteTokenizer.SPECIALS)))
+    elif source == "random":
+        return _load_random_shape(spec)
+    elif source == "gguf":
+        path = _resolve_gguf_path(spec)
+        gguf_file = read_gguf(path)
+        tokenizer = BPETokenizer.from_gguf_metadata(gguf_file.metadata, str(path))
+        with _load_errors():
+            config = config_from_gguf(gguf_file.metadata, gguf_file.tensors, str(path))
+    elif source == "hf":
+        folder = _hf_folder(spec)
+        config = _hf_config(folder)
+        tokenizer = _hf_tokenizer(folder, config)
+    else:
+        raise RecipeError(f"model.source: expected one of random, gguf, hf, preset, got {source!r}")
+    return with_special_tokens(config, tokenizer.bos_token_id, tokenizer.eos_token_ids), tokenizer
+
+
 def _refuse(where: Path, reason: str | None) -> None:
     """ModelLoadError naming the file when the engine cannot run what it describes."""
     if reason is not None:

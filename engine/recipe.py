@@ -16,29 +16,48 @@ from typing import Any
 
 import yaml
 
-from kvscope.engine.errors import RecipeError
+from kvscope.engine.errors import ModelShapeError, RecipeError
+from kvscope.engine.model_presets import get_preset, preset_names
 from kvscope.engine.sampling_params import SamplingParams
 
 DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("cpu", "cuda", "auto", "sim")
 BACKENDS = ("torch", "triton", "auto")
 POLICIES = ("continuous", "static")
 MAX_WORKLOAD_REQUESTS = 100_000  # every request's prompt is built up front
-MODEL_SOURCES = ("random", "gguf", "hf")
+MODEL_SOURCES = ("random", "gguf", "hf", "preset")
 
 
 @dataclass(slots=True)
 class ModelSpec:
+    """source preset: a published shape by name (kvscope.engine.model_presets), for `device: sim` only."""
+
     source: str = "gguf"
     path: str = "smollm2"
     shape: str = "tiny"
     seed: int = 0
+    name: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The loader's spec: only the keys that matter for this source."""
         if self.source == "random":
             return {"source": "random", "shape": self.shape, "seed": self.seed}
+        if self.source == "preset":
+            return {"source": "preset", "name": self.name}
         return {"source": self.source, "path": self.path}
+
+
+@dataclass(slots=True)
+class SimSpec:
+    """A simulated device (`device: sim`): `num_gpus` x `gpu` (a kvscope.inspector.devices preset) with
+    tensor parallelism `tp` (= num_gpus), a calibration `profile` (None: the ideal roofline) and the share
+    of GPU memory the weights and the KV pool may take."""
+
+    gpu: str = "H100-80GB"
+    num_gpus: int = 1
+    tp: int = 1
+    profile: str | None = None
+    mem_util: float = 0.9
 
 
 @dataclass(slots=True)
@@ -123,6 +142,7 @@ class Recipe:
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     speculative: SpeculativeSpec | None = None
     variants: list[dict[str, Any]] = field(default_factory=list)
+    sim: SimSpec | None = None  # set exactly when device is "sim"
     source: str = "<dict>"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -233,7 +253,7 @@ class _Validator:
     # --- sections ---------------------------------------------------------------------
     def recipe(self, data: Any) -> Recipe:
         known = ("name", "description", "model", "dtype", "device", "attention_backend", "cache",
-                 "scheduler", "sampling", "workload", "speculative", "variants")
+                 "scheduler", "sampling", "workload", "speculative", "variants", "sim")
         d = self.mapping(data, "", known)
         r = Recipe(source=self.source, raw=copy.deepcopy(d))
         if "name" in d:
@@ -247,6 +267,13 @@ class _Validator:
         r.device = self.choice(d.get("device", r.device), "device", DEVICES)
         r.attention_backend = self.choice(d.get("attention_backend", r.attention_backend), "attention_backend",
                                           BACKENDS)
+        if r.device == "sim":
+            r.sim = self.sim(d.get("sim"))
+        elif "sim" in d:
+            raise self.fail("sim", f"only a simulated device reads it (device: sim), but device is {r.device}")
+        elif r.model.source == "preset":
+            raise self.fail("model.source", "a preset has no weights: it runs on a simulated device only "
+                                            "(device: sim), or use source: random with shape")
         r.cache = self.cache(d.get("cache"))
         r.scheduler = self.scheduler(d.get("scheduler"))
         r.sampling = self.sampling(d.get("sampling"), "sampling")
@@ -255,6 +282,9 @@ class _Validator:
             r.speculative = self.speculative(d["speculative"])
             if r.scheduler.policy == "static":
                 raise self.fail("speculative", "needs scheduler.policy continuous (the static baseline has no drafts)")
+            if r.device == "sim":
+                raise self.fail("speculative", "is not simulated yet: a simulated device has no draft tokens to "
+                                               "verify (drop speculative, or run on cpu / cuda)")
         r.variants = self.variants(d.get("variants"))
         if r.cache.block_size * (r.cache.num_blocks or 1) < 1:
             raise self.fail("cache", "pool must hold at least one token")
@@ -266,9 +296,20 @@ class _Validator:
         return r
 
     def model(self, value: Any, path: str = "model") -> ModelSpec:
-        d = self.mapping(value, path, ("source", "path", "shape", "seed"))
+        d = self.mapping(value, path, ("source", "path", "shape", "seed", "name"))
         m = ModelSpec()
         m.source = self.choice(d.get("source", m.source), f"{path}.source", MODEL_SOURCES)
+        if m.source == "preset":
+            if "name" not in d:
+                raise self.fail(f"{path}.name", "a preset model needs a name (e.g. llama-3.1-70b)")
+            m.name = self.string(d["name"], f"{path}.name")
+            try:
+                get_preset(m.name)
+            except ModelShapeError:
+                raise self.fail(f"{path}.name", f"unknown model {m.name!r} (presets: {', '.join(preset_names())})"
+                                ) from None
+        elif "name" in d:
+            raise self.fail(f"{path}.name", f"only a preset model takes a name (source: preset), not {m.source}")
         if "path" in d:
             m.path = self.string(d["path"], f"{path}.path")
             if m.source != "random" and m.path != "smollm2" and self.source != "<dict>":
@@ -311,6 +352,30 @@ class _Validator:
             s.model = self.model(d["model"], "speculative.model")
         if not s.max_speculative_tokens:
             s.max_speculative_tokens = 4 * s.num_speculative_tokens
+        return s
+
+    def sim(self, value: Any) -> SimSpec:
+        d = self.mapping(value, "sim", ("gpu", "num_gpus", "tp", "profile", "mem_util"))
+        s = SimSpec()
+        if "gpu" in d:
+            s.gpu = self.string(d["gpu"], "sim.gpu")
+        if "num_gpus" in d:
+            s.num_gpus = self.pos_int(d["num_gpus"], "sim.num_gpus")
+        s.tp = self.pos_int(d["tp"], "sim.tp") if "tp" in d else s.num_gpus
+        if "num_gpus" not in d:
+            s.num_gpus = s.tp
+        if s.tp != s.num_gpus:
+            raise self.fail("sim.tp", f"must equal sim.num_gpus ({s.num_gpus}): one engine spans all the GPUs "
+                                      f"(data parallelism is not simulated), got {s.tp}")
+        if d.get("profile") is not None:
+            s.profile = self.string(d["profile"], "sim.profile")
+            p = Path(s.profile)
+            if not p.is_absolute() and not p.exists() and self.source != "<dict>":
+                alt = Path(self.source).parent / p
+                if alt.exists():
+                    s.profile = str(alt)
+        if "mem_util" in d:
+            s.mem_util = self.number(d["mem_util"], "sim.mem_util", 0.01, 1.0)
         return s
 
     def cache(self, value: Any) -> CacheSpec:
@@ -458,7 +523,7 @@ class _Validator:
             name = self.string(d.get("name"), f"variants[{i}].name")
             over = self.mapping(d.get("overrides", {}), f"variants[{i}].overrides",
                                 ("model", "dtype", "device", "attention_backend", "cache", "scheduler",
-                                 "sampling", "workload", "speculative"))
+                                 "sampling", "workload", "speculative", "sim"))
             out.append({"name": name, "overrides": over})
         return out
 

@@ -2,8 +2,9 @@
 
 The session feeds requests to the engine as they arrive. Arrival offsets are
 measured on the session's own clock, which advances by the time spent inside
-steps and jumps over idle gaps, so pausing (the TUI) or slow steps never make
-requests pile up and a run never sleeps.
+steps (on the bus's clock: the monotonic one, or a simulated device's virtual one) and
+jumps over idle gaps, so pausing (the TUI) or slow steps never make requests pile up and
+a run never sleeps. On a simulated device an idle gap moves the virtual clock too.
 
 A request the engine cannot serve (prompt longer than the context, more KV
 than the pool) is rejected with a one-line message in `rejected`; the others run.
@@ -53,6 +54,8 @@ class RunSession:
         if not first:
             self.engine.reset()
         self.clock_s = 0.0
+        sim = self.engine.sim
+        self._origin_ns = sim.clock() if sim is not None else 0  # virtual ns at the session's time 0
         self.next_item = 0
         self.outputs: dict[int, RequestOutput] = {}
         self.rejected: list[str] = []
@@ -68,6 +71,8 @@ class RunSession:
         items = self.items
         if not self.engine.has_unfinished() and self.next_item < len(items):
             self.clock_s = max(self.clock_s, items[self.next_item].arrival_s)
+            if self.engine.sim is not None:
+                self.engine.sim.clock.advance_to(self._origin_ns + round(self.clock_s * 1e9))
         while self.next_item < len(items) and items[self.next_item].arrival_s <= self.clock_s:
             item = items[self.next_item]
             index = self.next_item
@@ -84,12 +89,12 @@ class RunSession:
         self._admit_due()
         if not self.engine.has_unfinished():
             return not self.done
-        t0 = time.perf_counter()
+        clock = self.bus.clock  # the engine's clock: monotonic, virtual on a simulated device, or the caller's
+        c0, t0 = clock(), time.perf_counter()
         for out in self.engine.step():
             self.outputs[out.request_id] = out
-        dt = time.perf_counter() - t0
-        self.clock_s += dt
-        self.wall_s += dt
+        self.clock_s += (clock() - c0) / 1e9
+        self.wall_s += time.perf_counter() - t0
         self.steps += 1
         return not self.done
 

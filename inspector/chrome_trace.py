@@ -108,6 +108,11 @@ def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = 
     other = {"clock": "perf_counter_ns", "t0_ns": t0}
     if trace.info is not None:
         other["run_info"] = _info_args(trace.info)
+        if trace.info.device.startswith("simulated"):  # kvscope.engine.sim_setup's label: say so everywhere
+            other["clock"] = "virtual ns of a simulated device (kernel times estimated by the cost model)"
+            for e in out:
+                if e.get("name") == "process_name" and e.get("pid") == PID_ENGINE:
+                    e["args"] = {"name": f"kvscope engine ({trace.info.device})"}
     other.update(metadata or {})
     ordered = _ordered(out)
     fit_slices(ordered, clock)

@@ -5,6 +5,12 @@ often print the 2:4-sparse figure; those are halved here). Memory sizes are the
 datasheet capacity read as GiB, which is close to what the driver reports
 (e.g. an H100 80GB shows 81559 MiB, an A100 80GB 81920 MiB, an H200 143771 MiB).
 The "cpu" entry is a rough, labelled placeholder, with this machine's RAM size.
+
+Each GPU also carries its interconnect for tensor-parallel all-reduces (the simulator,
+kvscope.inspector.sim_cost): link_gbps is the per-GPU bandwidth in one direction (datasheets print
+the bidirectional total: NVLink 4's "900 GB/s" is 450 each way), link_latency_us the fixed cost of one
+small all-reduce (an estimate, from nccl-tests' all_reduce_perf small-message latencies, ~5-10 us over
+NVLink and ~15-20 us over PCIe), link_source where the bandwidth comes from.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class Device:
     hbm_gbps: float
     peak_tflops: dict[str, float] = field(default_factory=dict)
     source: str = ""
+    link_gbps: float = 0.0          # GPU-to-GPU bandwidth, one direction, GB/s (0 = none: no tensor parallelism)
+    link_latency_us: float = 0.0    # one small all-reduce's fixed cost
+    link_source: str = ""
 
     @property
     def memory_bytes(self) -> int:
@@ -44,6 +53,11 @@ class Device:
     def bandwidth(self) -> float:
         """Memory bandwidth in bytes/s."""
         return self.hbm_gbps * 1e9
+
+    @property
+    def link_bandwidth(self) -> float:
+        """GPU-to-GPU bandwidth, one direction, in bytes/s."""
+        return self.link_gbps * 1e9
 
 
 def _dev(name: str, memory_gib: float, hbm_gbps: float, source: str, **peaks: float) -> Device:
@@ -86,6 +100,23 @@ DEVICES: dict[str, Device] = {
              bf16=1307.4, fp16=1307.4, fp8=2614.9, int8=2614.9, fp32=163.4),
     )
 }
+
+# name -> (GB/s one way, all-reduce latency us, source of the bandwidth)
+_LINKS: dict[str, tuple[float, float, str]] = {
+    "H100-80GB": (450, 8.0, "H100 datasheet (SXM5): NVLink 900 GB/s (bidirectional)"),
+    "H100-PCIe": (300, 10.0, "H100 datasheet (PCIe): NVLink bridge 600 GB/s (bidirectional)"),
+    "H200": (450, 8.0, "H200 datasheet (SXM): NVLink 900 GB/s (bidirectional)"),
+    "A100-80GB": (300, 10.0, "A100 datasheet (SXM4): NVLink 600 GB/s (bidirectional)"),
+    "A100-40GB": (300, 10.0, "A100 datasheet (SXM4): NVLink 600 GB/s (bidirectional)"),
+    "L4": (32, 20.0, "L4 datasheet: PCIe Gen4 x16 64 GB/s (bidirectional), no NVLink"),
+    "L40S": (32, 20.0, "L40S datasheet: PCIe Gen4 x16 64 GB/s (bidirectional), no NVLink"),
+    "RTX-4090": (32, 20.0, "PCIe Gen4 x16 64 GB/s (bidirectional), no NVLink"),
+    "B200": (900, 8.0, "HGX B200 datasheet: NVLink 5 1.8 TB/s per GPU (bidirectional)"),
+    "MI300X": (448, 10.0, "MI300X datasheet: 7 Infinity Fabric links, 896 GB/s peak aggregate (bidirectional)"),
+}
+DEVICES = {key: replace(d, link_gbps=_LINKS[d.name][0], link_latency_us=_LINKS[d.name][1],
+                        link_source=_LINKS[d.name][2])
+           for key, d in DEVICES.items()}
 
 ALIASES: dict[str, str] = {
     "h100": "h100-80gb", "h100-sxm": "h100-80gb", "h100-sxm5": "h100-80gb", "h100-80g": "h100-80gb",

@@ -243,6 +243,12 @@ class Metrics(EventFold):
             return 0.0
         return max(self._last_step_ts - self._first_step_ts, 0) / 1e9
 
+    def latencies_ms(self) -> dict[str, list[float]]:
+        """Every TTFT, inter-token gap (ITL, vLLM's TBT) and end-to-end latency so far, in ms (for any
+        percentile: the capacity search's SLOs)."""
+        return {"ttft": [t / 1e6 for t in self._ttft_ns], "itl": list(self._itl_ms),
+                "e2e": [t / 1e6 for t in self._e2e_ns]}
+
     def summary(self) -> RunSummary:
         """The metrics so far."""
         duration_s = self.duration_s()

@@ -56,6 +56,12 @@ def _cost(flops: float, nbytes: float) -> OpCost:
     return OpCost(round(flops), round(nbytes))  # round() of a float or an int is an int
 
 
+def roof_time(cost: OpCost, peak_flops: float, bandwidth: float) -> float:
+    """Seconds an op takes at a device's roofs: its FLOPs at peak compute or its bytes at peak bandwidth,
+    whichever is slower (the roofline's time; `kvscope roofline` and the simulator both use this)."""
+    return max(cost.flops / peak_flops, cost.bytes / bandwidth)
+
+
 def causal_keys(query_len: int, seq_len: int, window: int = 0) -> int:
     """Keys summed over the query tokens: query at position p sees min(p + 1, window) keys (window 0 = all)."""
     lo, hi = seq_len - query_len + 1, seq_len  # each query's p + 1

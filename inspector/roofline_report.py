@@ -16,7 +16,7 @@ from typing import Any
 from kvscope.engine.model_config import ModelConfig
 from kvscope.inspector.devices import Device
 from kvscope.inspector.kv_estimate import EstimateError, canonical_dtype, dtype_bytes
-from kvscope.inspector.roofline import OpCost, step_op_costs
+from kvscope.inspector.roofline import OpCost, roof_time, step_op_costs
 from kvscope.inspector.roofline_bound import Peaks, classify
 
 PHASES = ("prefill", "decode")
@@ -60,7 +60,7 @@ class RooflineReport:
 def _row(op: str, cost: OpCost, peaks: Peaks) -> OpRow:
     return OpRow(op=op, flops=cost.flops, bytes=cost.bytes, intensity=cost.intensity,
                  bound=classify(cost.intensity, None, peaks),
-                 time_s=max(cost.flops / peaks.flops, cost.bytes / peaks.bandwidth))
+                 time_s=roof_time(cost, peaks.flops, peaks.bandwidth))
 
 
 def analyze_step(shape: ModelConfig, device: Device, *, batch: int, context: int, phase: str,
