@@ -209,3 +209,32 @@ def bench(
 
     return run_bench(recipe, json_out=json_out, chart=chart, model=model_override, max_requests=max_requests,
                      variants=variant)
+
+
+@app.command(epilog=_examples(
+    "kvscope serve recipes/quickstart.yaml",
+    "kvscope serve recipes/quickstart.yaml --port 8001 --max-waiting 64",
+    "curl localhost:8000/v1/completions -H 'Content-Type: application/json' "
+    "-d '{\"prompt\": \"The capital of France is\", \"max_tokens\": 16}'",
+))
+def serve(
+    recipe: Recipe,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(
+        "--served-model-name", metavar="NAME",
+        help="the `model` clients name (default: the recipe's model path, or the random preset)")] = None,
+    max_waiting: Annotated[int | None, typer.Option(
+        "--max-waiting", metavar="N", help="answer 503 (Retry-After) while N requests wait")] = None,
+    kernel_events: Annotated[bool, typer.Option(
+        "--kernel-events", help="emit per-op kernel events (attach with ?kernels=1; costs engine time)")] = False,
+    model_override: Annotated[str | None, typer.Option(
+        "--model-override", metavar="NAME", help="serve another model: a random-weight preset (tiny, ...) or "
+                                                 "smollm2")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", metavar="N", help="torch intra-op threads")] = None,
+) -> int:
+    """An OpenAI-compatible server (vLLM's endpoints, errors and /metrics) on the recipe's engine."""
+    from kvscope.cli.serve import run_serve
+
+    return run_serve(recipe, host=host, port=port, served_model_name=served_model_name, max_waiting=max_waiting,
+                     kernel_events=kernel_events, model=model_override, threads=threads)
