@@ -84,6 +84,7 @@ class ServeMetrics(EventFold):
         self.prefix_caching = False
         self._arrived: dict[int, int] = {}
         self._last_token: dict[int, int] = {}
+        self._finished: list[int] = []
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -116,7 +117,7 @@ class ServeMetrics(EventFold):
             if counter is not None:
                 counter.inc()
             arrived = self._arrived.pop(rid, None)
-            self._last_token.pop(rid, None)
+            self._finished.append(rid)  # its last gap is in this step's StepEnd
             if arrived is not None:
                 self.e2e.observe((ev.ts - arrived) / 1e9)
 
@@ -134,8 +135,10 @@ class ServeMetrics(EventFold):
                 gap = (ts - prev) / n / 1e9
                 for _ in range(n):
                     self.itl.observe(gap)
-            if rid in self._arrived:  # not one that finished in this step
-                last[rid] = ts
+            last[rid] = ts
+        for rid in self._finished:
+            last.pop(rid, None)
+        self._finished.clear()
         self.running.set(ev.num_running)
         self.waiting.set(ev.num_waiting)
 
