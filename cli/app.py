@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from kvscope.version import __version__
 
@@ -181,12 +183,52 @@ def roofline(
                         kv_dtype=kv_dtype, plot=not no_plot, as_json=as_json)
 
 
-@app.command(epilog=_examples(
+class _RecipeOrSubcommand(TyperGroup):
+    """`kvscope bench`: `kvscope bench serve ...` is the load generator; anything else that is not an option
+    (`kvscope bench RECIPE.yaml ...`) means `kvscope bench recipe RECIPE.yaml ...`. `--goodput` takes its SLOs
+    as `vllm bench serve` does (`--goodput ttft:300 tpot:50`, one option, several values)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["recipe", *args]
+        if args and args[0] == "serve":
+            args = _split_nargs(args, "--goodput")
+        return super().parse_args(ctx, args)
+
+
+def _split_nargs(args: list[str], option: str) -> list[str]:
+    """`OPTION a b c` -> `OPTION a OPTION b OPTION c` (an option that takes several values, argparse's nargs='+')."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] == option:
+            i += 1
+            first = True
+            while i < len(args) and not args[i].startswith("-"):
+                if not first:
+                    out.append(option)
+                out.append(args[i])
+                first = False
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+bench_app = typer.Typer(
+    cls=_RecipeOrSubcommand, no_args_is_help=True,
+    help="Benchmarks: `kvscope bench RECIPE.yaml` compares a recipe's variants offline; `kvscope bench serve` "
+         "loads a running server the way `vllm bench serve` does.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("recipe", epilog=_examples(
     "kvscope bench recipes/prefix-cache.yaml",
     "kvscope bench recipes/static-vs-continuous.yaml --json out.json --chart out.svg",
     "kvscope bench recipes/preemption.yaml --model-override tiny --max-requests 8",
 ))
-def bench(
+def bench_recipe(
     recipe: Recipe,
     json_out: Annotated[str | None, typer.Option("--json", metavar="FILE",
                                                  help="also write the comparison as JSON to FILE ('-' = stdout)")]
@@ -204,7 +246,8 @@ def bench(
     variant: Annotated[list[str] | None, typer.Option(
         "--variant", metavar="NAME", help="run only this variant (repeatable; default: all)")] = None,
 ) -> int:
-    """Run a recipe's variants on the same workload and compare them in one table."""
+    """Run a recipe's variants on the same workload and compare them in one table (`kvscope bench RECIPE.yaml`
+    is short for `kvscope bench recipe RECIPE.yaml`)."""
     from kvscope.cli.bench import run_bench
 
     return run_bench(recipe, json_out=json_out, chart=chart, model=model_override, max_requests=max_requests,
@@ -238,3 +281,58 @@ def serve(
 
     return run_serve(recipe, host=host, port=port, served_model_name=served_model_name, max_waiting=max_waiting,
                      kernel_events=kernel_events, model=model_override, threads=threads)
+
+
+@bench_app.command("serve", epilog=_examples(
+    "kvscope bench serve --base-url http://127.0.0.1:8000 --num-prompts 200 --random-input-len 256 "
+    "--random-output-len 64",
+    "kvscope bench serve --request-rate 8 --burstiness 0.5 --max-concurrency 16 --goodput ttft:300 tpot:50",
+    "kvscope bench serve --dataset-name prefix_repetition --endpoint /v1/chat/completions --save-result",
+))
+def bench_serve(
+    base_url: Annotated[str | None, typer.Option("--base-url", metavar="URL",
+                                                 help="the server (default: http://HOST:PORT)")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    endpoint: Annotated[str, typer.Option("--endpoint", help="/v1/completions or /v1/chat/completions")]
+    = "/v1/completions",
+    model: Annotated[str | None, typer.Option("--model", help="default: the first of the server's /v1/models")]
+    = None,
+    dataset_name: Annotated[str, typer.Option("--dataset-name", help="random or prefix_repetition")] = "random",
+    num_prompts: Annotated[int, typer.Option("--num-prompts")] = 1000,
+    random_input_len: Annotated[int, typer.Option("--random-input-len")] = 1024,
+    random_output_len: Annotated[int, typer.Option("--random-output-len")] = 128,
+    random_range_ratio: Annotated[float, typer.Option("--random-range-ratio",
+                                                      help="lengths uniform in [len*(1-r), len*(1+r)]")] = 0.0,
+    random_prefix_len: Annotated[int, typer.Option("--random-prefix-len")] = 0,
+    prefix_repetition_prefix_len: Annotated[int, typer.Option("--prefix-repetition-prefix-len")] = 256,
+    prefix_repetition_suffix_len: Annotated[int, typer.Option("--prefix-repetition-suffix-len")] = 256,
+    prefix_repetition_num_prefixes: Annotated[int, typer.Option("--prefix-repetition-num-prefixes")] = 10,
+    prefix_repetition_output_len: Annotated[int, typer.Option("--prefix-repetition-output-len")] = 128,
+    request_rate: Annotated[float, typer.Option("--request-rate", help="requests/s (inf: all at once)")]
+    = float("inf"),
+    burstiness: Annotated[float, typer.Option("--burstiness", help="gamma shape of the arrivals; 1 = Poisson")]
+    = 1.0,
+    max_concurrency: Annotated[int | None, typer.Option("--max-concurrency")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos")] = False,
+    goodput: Annotated[list[str] | None, typer.Option("--goodput", metavar="NAME:MS",
+                                                      help="SLOs: ttft:MS tpot:MS e2el:MS")] = None,
+    percentile_metrics: Annotated[str, typer.Option("--percentile-metrics", help="of ttft,tpot,itl,e2el")]
+    = "ttft,tpot,itl",
+    metric_percentiles: Annotated[str, typer.Option("--metric-percentiles", help="e.g. 25,50,99")] = "99",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    save_result: Annotated[bool, typer.Option("--save-result", help="write the result JSON")] = False,
+    result_dir: Annotated[str | None, typer.Option("--result-dir")] = None,
+    result_filename: Annotated[str | None, typer.Option("--result-filename")] = None,
+) -> int:
+    """Load a running OpenAI-compatible server (kvscope's, vLLM's, any) with `vllm bench serve`'s options and
+    report, plus the server's own /metrics deltas (preemptions, prefix-cache hit rate, peak KV use)."""
+    from kvscope.serve.bench_serve import BenchServeArgs, run_bench_serve
+
+    args = BenchServeArgs(base_url, host, port, endpoint, model, dataset_name, num_prompts, random_input_len,
+                          random_output_len, random_range_ratio, random_prefix_len, prefix_repetition_prefix_len,
+                          prefix_repetition_suffix_len, prefix_repetition_num_prefixes, prefix_repetition_output_len,
+                          request_rate, burstiness, max_concurrency, ignore_eos, list(goodput or []),
+                          percentile_metrics, metric_percentiles, seed, save_result, result_dir, result_filename)
+    run_bench_serve(args)
+    return 0

@@ -54,6 +54,8 @@ class ServeMetrics(EventFold):
         self.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
         self.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
         self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.kv_peak = gauge("kvscope:kv_cache_usage_peak_perc", "Highest KV-cache usage since the server started.")
+        self._peak = 0.0
         self.prefix_queries = counter("vllm:prefix_cache_queries",
                                       "Prefix cache queries, in terms of number of queried tokens.")
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached "
@@ -145,6 +147,9 @@ class ServeMetrics(EventFold):
     def on_kv(self, kv: KVSnapshot) -> None:
         frag = fragmentation(kv)
         self.kv_usage.set(frag.usage)
+        if frag.usage > self._peak:
+            self._peak = frag.usage
+            self.kv_peak.set(frag.usage)
         self.cached_free.set(kv.cached_blocks)
         self.free_blocks.set(kv.free_blocks)
         self.used_blocks.set(kv.used_blocks)
