@@ -88,9 +88,11 @@ def run(
     "kvscope trace recipes/quickstart.yaml -o out/",
     "kvscope trace recipes/quickstart.yaml -o out/ --torch-profiler",
     "ImportNvtxt --cmd create -n out/trace.nvtxt -o out/trace.nsys-rep",
+    "kvscope trace --attach http://127.0.0.1:8000 --seconds 5 -o live/",
 ))
 def trace(
-    recipe: Recipe,
+    recipe: Annotated[str | None, typer.Argument(metavar="[RECIPE]", help=RECIPE_HELP + " (or --attach URL)",
+                                                 show_default=False)] = None,
     out: Annotated[str | None, typer.Option("-o", "--out", metavar="DIR",
                                             help="output folder (default: trace-<recipe name>)")] = None,
     torch_profiler: Annotated[bool, typer.Option(
@@ -98,9 +100,22 @@ def trace(
     no_nvtx: NoNvtx = False,
     no_kernels: Annotated[bool, typer.Option("--no-kernels", help="leave out per-op kernel events (smaller files)")]
     = False,
+    attach: Annotated[str | None, typer.Option("--attach", metavar="URL",
+                                               help="record a running `kvscope serve` instead of a recipe")] = None,
+    seconds: Annotated[float, typer.Option("--seconds", metavar="S", help="with --attach: how long to record")]
+    = 10.0,
 ) -> int:
-    """Run a recipe and write its timelines: trace.json (Perfetto, speedscope), trace.nvtxt (Nsight Systems),
-    events.jsonl (kvscope replay)."""
+    """Run a recipe (or watch a live server with --attach) and write its timelines: trace.json (Perfetto,
+    speedscope), trace.nvtxt (Nsight Systems), events.jsonl (kvscope replay)."""
+    if (recipe is None) == (attach is None):
+        from kvscope.cli.errors import UsageError
+
+        raise UsageError("trace: give a RECIPE or --attach URL (one of them)")
+    if attach is not None:
+        from kvscope.cli.attach import run_trace_attach
+
+        return run_trace_attach(attach, out=out, seconds=seconds, kernels=not no_kernels)
+    assert recipe is not None
     from kvscope.cli.trace import run_trace
 
     return run_trace(recipe, out=out, torch_profiler=torch_profiler, nvtx=not no_nvtx, kernels=not no_kernels)
@@ -336,3 +351,20 @@ def bench_serve(
                           percentile_metrics, metric_percentiles, seed, save_result, result_dir, result_filename)
     run_bench_serve(args)
     return 0
+
+
+@app.command(epilog=_examples(
+    "kvscope attach http://127.0.0.1:8000",
+    "kvscope attach http://gpu-box:8000 --kernels",
+))
+def attach(
+    url: Annotated[str, typer.Argument(metavar="URL", help="a running `kvscope serve` (http://HOST:PORT)",
+                                       show_default=False)],
+    kernels: Annotated[bool, typer.Option("--kernels", help="also stream per-op kernel events (the server must run "
+                                                            "with --kernel-events)")] = False,
+) -> int:
+    """Open the live TUI on a running `kvscope serve`: its block map, requests and metrics as they happen;
+    pause / step / delay act on the server's engine."""
+    from kvscope.cli.attach import run_attach
+
+    return run_attach(url, kernels=kernels)

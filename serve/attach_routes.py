@@ -25,7 +25,7 @@ from kvscope.serve.snapshot import build_snapshot
 if TYPE_CHECKING:
     from kvscope.serve.app import ServerState
 
-HEARTBEAT_S = 5.0
+HEARTBEAT_S = 1.0
 
 
 def _controls(state: ServerState) -> dict[str, Any]:

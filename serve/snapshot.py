@@ -9,6 +9,7 @@ blocks (one alloc with the table's blocks, their ref counts and hashes), then th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from kvscope.engine.llm_engine import LLMEngine
@@ -21,7 +22,7 @@ from kvscope.serve.event_hub import EventHub
 
 def snapshot_events(engine: LLMEngine) -> list[Any]:
     """Events that rebuild the engine's present state from nothing (call with the engine's lock held)."""
-    step = engine.step_id - 1
+    step = engine.step_id  # the step the engine runs next: what its events between steps carry
     now = engine.bus.clock()
     bm = engine.block_manager
     out: list[Any] = [engine.run_info()]
@@ -53,6 +54,6 @@ def build_snapshot(engine: LLMEngine, hub: EventHub) -> dict[str, Any]:
         last_id = hub.last_id
         events = snapshot_events(engine)
         kv = hub.last_kv
-    if kv is not None:
-        events.append(kv)
-    return {"last_event_id": last_id, "step": engine.step_id - 1, "events": [event_to_dict(e) for e in events]}
+    if kv is not None:  # the pool as of the last step, stamped with the snapshot's step (a recording stays in order)
+        events.append(replace(kv, step=events[0].step))
+    return {"last_event_id": last_id, "step": engine.step_id, "events": [event_to_dict(e) for e in events]}
