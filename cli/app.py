@@ -290,12 +290,15 @@ def serve(
         "--model-override", metavar="NAME", help="serve another model: a random-weight preset (tiny, ...) or "
                                                  "smollm2")] = None,
     threads: Annotated[int | None, typer.Option("--threads", metavar="N", help="torch intra-op threads")] = None,
+    text_events: Annotated[bool, typer.Option(
+        "--text-events/--no-text-events", help="decode each step's text for an attached TUI's token stream")]
+    = True,
 ) -> int:
     """An OpenAI-compatible server (vLLM's endpoints, errors and /metrics) on the recipe's engine."""
     from kvscope.cli.serve import run_serve
 
     return run_serve(recipe, host=host, port=port, served_model_name=served_model_name, max_waiting=max_waiting,
-                     kernel_events=kernel_events, model=model_override, threads=threads)
+                     kernel_events=kernel_events, model=model_override, threads=threads, text_events=text_events)
 
 
 @bench_app.command("serve", epilog=_examples(

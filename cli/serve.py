@@ -3,12 +3,15 @@ recipe's workload is not run: requests come over HTTP; its `sampling` gives the 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 from kvscope.engine.errors import KVScopeError
 from kvscope.engine.recipe import load_recipe
 
 
 def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str | None, max_waiting: int | None,
-              kernel_events: bool, model: str | None, threads: int | None) -> int:
+              kernel_events: bool, model: str | None, threads: int | None, text_events: bool = True) -> int:
     if not 0 < port < 65536:
         raise KVScopeError(f"--port: expected 1..65535, got {port}")
     if max_waiting is not None and max_waiting < 1:
@@ -26,4 +29,14 @@ def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str 
         torch.set_num_threads(threads)
     from kvscope.serve.server import ServeOptions, serve_recipe
 
-    return serve_recipe(recipe, ServeOptions(host, port, served_model_name, max_waiting, kernel_events))
+    options = ServeOptions(host, port, served_model_name, max_waiting, kernel_events,
+                           on_engine=attach_text_events if text_events else None)
+    return serve_recipe(recipe, options)
+
+
+def attach_text_events(engine: Any, bus: Any) -> None:
+    """TokenText events on the server's bus (the prompt, then each step's new text), for an attached TUI's
+    token stream: the cli's text probe, over the server's engine."""
+    from kvscope.cli.text_probe import TextProbe
+
+    bus.subscribe(TextProbe(SimpleNamespace(engine=engine, tokenizer=engine.tokenizer, bus=bus)))  # type: ignore[arg-type]

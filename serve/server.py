@@ -8,7 +8,9 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -29,6 +31,7 @@ class ServeOptions:
     max_waiting: int | None = None
     kernel_events: bool = False
     event_buffer: int = DEFAULT_CAPACITY
+    on_engine: Callable[[LLMEngine, EventBus], Any] | None = None  # more subscribers (the cli's text probe)
 
 
 def default_model_name(recipe: Recipe) -> str:
@@ -47,6 +50,8 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
     hub = EventHub(options.event_buffer)
     bus.subscribe(metrics)
     bus.subscribe(hub)
+    if options.on_engine is not None:
+        options.on_engine(engine, bus)
     return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
                        int(time.time()))
 

@@ -207,3 +207,19 @@ def test_attach_tui_shows_the_server_and_its_keys_steer_it():
 
         asyncio.run(drive())
         assert len(results) == 6
+
+
+def test_text_events_give_an_attached_tui_the_prompt_and_the_answer():
+    from kvscope.cli.serve import attach_text_events
+
+    with ServerThread(as_recipe(RECIPE), ServeOptions(port=0, on_engine=attach_text_events)) as srv:
+        ctl = RemoteController(srv.url).start()
+        assert wait_until(lambda: ctl.session is not None)
+        r = httpx.post(srv.url + "/v1/completions", json={"prompt": "hello text", "max_tokens": 8}).json()
+        assert wait_until(lambda: caught_up(ctl, srv))
+        model = UIModel()
+        ctl.drain(model)
+        ctl.stop()
+    rid = max(model.view.requests)
+    assert model.text.prompt(rid).endswith("hello text")
+    assert model.text.output(rid).replace("\ufffd", "").startswith(r["choices"][0]["text"].replace("\ufffd", "")[:4])
