@@ -34,7 +34,7 @@ def expected(ids: list[int], stops: list[str]) -> str:
 
 
 def test_a_stop_string_split_over_tokens_is_never_sent():
-    ids = list("one two STOP three".encode())
+    ids = list(b"one two STOP three")
     deltas, text = streamed(ids, ["STOP"], list(range(len(ids))))  # one token at a time
     assert text == "one two "
     assert all("S" not in d for d in deltas)
@@ -52,5 +52,5 @@ def test_multibyte_characters_are_sent_whole():
        cuts=st.lists(st.integers(0, 200), max_size=8))
 def test_streamed_text_equals_the_engines_final_text(text, stops, cuts):
     ids = list(text.encode())
-    deltas, got = streamed(ids, stops, cuts)
+    _, got = streamed(ids, stops, cuts)
     assert got == expected(ids, stops)
