@@ -91,7 +91,7 @@ def run(
     "kvscope trace --attach http://127.0.0.1:8000 --seconds 5 -o live/",
 ))
 def trace(
-    recipe: Annotated[str | None, typer.Argument(metavar="[RECIPE]", help=RECIPE_HELP + " (or --attach URL)",
+    recipe: Annotated[str | None, typer.Argument(metavar="RECIPE", help=RECIPE_HELP + " (or --attach URL)",
                                                  show_default=False)] = None,
     out: Annotated[str | None, typer.Option("-o", "--out", metavar="DIR",
                                             help="output folder (default: trace-<recipe name>)")] = None,
@@ -113,6 +113,11 @@ def trace(
         raise UsageError("trace: give a RECIPE or --attach URL (one of them)")
     if attach is not None:
         from kvscope.cli.attach import run_trace_attach
+
+        if torch_profiler:
+            from kvscope.cli.errors import UsageError
+
+            raise UsageError("--torch-profiler: cannot profile a remote server (--attach)")
 
         return run_trace_attach(attach, out=out, seconds=seconds, kernels=not no_kernels)
     assert recipe is not None

@@ -52,8 +52,15 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
 
 
 async def _deltas(engine: EngineLoop, channel: Channel) -> AsyncIterator[Delta]:
+    """The request's deltas; those that queued up while the handler was busy come out as one (one chunk for
+    several steps' tokens, as vLLM's output processor merges them), so a loaded event loop catches up."""
+    queue = channel.deltas
     while True:
-        delta = await channel.deltas.get()
+        delta = await queue.get()
+        while delta.finish_reason is None and not queue.empty():
+            later = queue.get_nowait()
+            delta = Delta(delta.token_ids + later.token_ids, later.finish_reason, later.num_prompt_tokens,
+                          later.num_cached_tokens, later.error)
         yield delta
         if delta.finish_reason is not None:
             return
