@@ -58,6 +58,12 @@ class Channel:
             pass
 
 
+def _deliver(batch: list[tuple[Channel, Delta]]) -> None:
+    """On the event loop: put each delta on its request's queue."""
+    for channel, delta in batch:
+        channel.deltas.put_nowait(delta)
+
+
 def _set(fut: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
     if fut.done():  # the handler gave up waiting (its client left)
         return
@@ -241,8 +247,11 @@ class EngineLoop:
         self.num_running = len(sched.running)
 
     def _push_deltas(self) -> None:
+        """Each open request's new tokens since the last push, handed to the event loops in one call per loop
+        (a wake-up of the loop costs a write to its self-pipe: one per step, not one per request)."""
         requests = self.engine.requests
         finished: list[int] = []
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[Channel, Delta]]] = {}
         for rid, ch in self._channels.items():
             req = requests[rid]
             n = req.num_output_tokens
@@ -250,11 +259,17 @@ class EngineLoop:
             if n > ch.sent or done:
                 new = req.token_ids[req.num_prompt_tokens + ch.sent:]
                 ch.sent = n
-                ch.push(Delta(new, req.finish_reason if done else None, req.num_prompt_tokens,
-                              req.num_cached_tokens))
+                delta = Delta(new, req.finish_reason if done else None, req.num_prompt_tokens,
+                              req.num_cached_tokens)
+                batches.setdefault(ch.loop, []).append((ch, delta))
             if done:
                 ch.done = True
                 finished.append(rid)
+        for loop, batch in batches.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the loop is closed (server shutting down)
+                pass
         for rid in finished:
             del self._channels[rid]
             self.engine.forget(rid)
