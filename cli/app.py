@@ -205,12 +205,12 @@ def roofline(
 
 class _RecipeOrSubcommand(TyperGroup):
     """`kvscope bench`: `kvscope bench serve ...` is the load generator; anything else that is not an option
-    (`kvscope bench RECIPE.yaml ...`) means `kvscope bench recipe RECIPE.yaml ...`. `--goodput` takes its SLOs
+    (`kvscope bench RECIPE.yaml ...`, or nothing) means `kvscope bench recipe RECIPE.yaml ...`. `--goodput` takes its SLOs
     as `vllm bench serve` does (`--goodput ttft:300 tpot:50`, one option, several values)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
-            args = ["recipe", *args]
+        if not args or (not args[0].startswith("-") and args[0] not in self.commands):
+            args = ["recipe", *args]  # no arguments at all: the recipe command's "Missing argument 'RECIPE'"
         if args and args[0] == "serve":
             args = _split_nargs(args, "--goodput")
         return super().parse_args(ctx, args)
@@ -237,7 +237,7 @@ def _split_nargs(args: list[str], option: str) -> list[str]:
 
 
 bench_app = typer.Typer(
-    cls=_RecipeOrSubcommand, no_args_is_help=True,
+    cls=_RecipeOrSubcommand, no_args_is_help=False,
     help="Benchmarks: `kvscope bench RECIPE.yaml` compares a recipe's variants offline; `kvscope bench serve` "
          "loads a running server the way `vllm bench serve` does.")
 app.add_typer(bench_app, name="bench")
