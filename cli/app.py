@@ -205,8 +205,8 @@ def roofline(
 
 class _RecipeOrSubcommand(TyperGroup):
     """`kvscope bench`: `kvscope bench serve ...` is the load generator; anything else that is not an option
-    (`kvscope bench RECIPE.yaml ...`, or nothing) means `kvscope bench recipe RECIPE.yaml ...`. `--goodput` takes its SLOs
-    as `vllm bench serve` does (`--goodput ttft:300 tpot:50`, one option, several values)."""
+    (`kvscope bench RECIPE.yaml ...`, or nothing) means `kvscope bench recipe RECIPE.yaml ...`. `--goodput`
+    takes its SLOs as `vllm bench serve` does (`--goodput ttft:300 tpot:50`, one option, several values)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args or (not args[0].startswith("-") and args[0] not in self.commands):
