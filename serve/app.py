@@ -58,6 +58,10 @@ def build_app(state: ServerState) -> FastAPI:
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(500, f"{type(exc).__name__}: {exc}"[:500]), status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(400, str(exc)[:500]), status_code=400)

@@ -27,6 +27,10 @@ from kvscope.engine.request import RequestStatus
 from kvscope.engine.sampling import SamplingParams
 
 
+class EngineStopped(RuntimeError):
+    """The engine thread is gone: a request submitted now is never served."""
+
+
 @dataclass(slots=True)
 class Delta:
     """New output of one request since its last delta. finish_reason is set on the last one; error when the
@@ -122,6 +126,8 @@ class EngineLoop:
     async def submit(self, prompt: Prompt, params: SamplingParams) -> Channel:
         """Queue a request; returns its channel once the engine took it (RequestError if it refused it).
         Cancelled while waiting (its client left), the request is aborted as soon as it is in."""
+        if not self.alive:
+            raise EngineStopped("the engine is not running")
         loop = asyncio.get_running_loop()
         channel = Channel(loop)
         fut = loop.create_future()
@@ -284,7 +290,7 @@ class EngineLoop:
             if command[0] == "add":
                 channel, fut = command[1], command[4]
                 channel.done = True
-                channel.loop.call_soon_threadsafe(_set, fut, None, RuntimeError(message))
+                channel.loop.call_soon_threadsafe(_set, fut, None, EngineStopped(message))
 
     # --- for tests and the snapshot -------------------------------------------------------------
     def wait_idle(self, timeout: float = 10.0) -> bool:

@@ -21,7 +21,7 @@ from kvscope.engine.errors import RequestError
 from kvscope.engine.sampling import SamplingParams
 from kvscope.engine.text_delta import OutputTextStream
 from kvscope.engine.tokenizer import Tokenizer
-from kvscope.serve.engine_loop import Channel, Delta, EngineLoop
+from kvscope.serve.engine_loop import Channel, Delta, EngineLoop, EngineStopped
 from kvscope.serve.errors import ServeError, sse_error
 
 DONE = "data: [DONE]\n\n"
@@ -73,6 +73,8 @@ async def complete(engine: EngineLoop, tokenizer: Tokenizer, job: Job) -> dict[s
         channel = await engine.submit(job.prompt_ids, job.params)
     except RequestError as exc:
         raise ServeError(400, str(exc)) from None
+    except EngineStopped as exc:
+        raise ServeError(503, str(exc)) from None
     text_stream = OutputTextStream(tokenizer, job.params.stop)
     parts: list[str] = []
     n_out, reason = 0, None
@@ -114,8 +116,8 @@ async def stream(engine: EngineLoop, tokenizer: Tokenizer, job: Job) -> AsyncIte
     try:
         try:
             channel = await engine.submit(job.prompt_ids, job.params)
-        except RequestError as exc:
-            yield sse_error(400, str(exc))
+        except (RequestError, EngineStopped) as exc:
+            yield sse_error(400 if isinstance(exc, RequestError) else 503, str(exc))
             yield DONE
             return
         text_stream = OutputTextStream(tokenizer, job.params.stop)
