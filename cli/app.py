@@ -259,7 +259,7 @@ def bench_recipe(
     model_override: Annotated[str | None, typer.Option(
         "--model-override", metavar="NAME",
         help="run every variant on another model: a random-weight preset (tiny, tiny-gqa3, smollm2-135m-random, "
-             "llama-2-7b, ...) or smollm2 (the real GGUF)")] = None,
+             "llama-2-7b, ...) or smollm2 (the real GGUF); a layerskip draft depth is cut to its layers - 1")] = None,
     max_requests: Annotated[int | None, typer.Option(
         "--max-requests", metavar="N", help="keep only the first N requests of the workload (quick checks)")]
     = None,

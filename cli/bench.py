@@ -46,6 +46,20 @@ def model_override(name: str) -> dict[str, Any]:
     return {"source": "random", "shape": shape, "seed": 0}
 
 
+def layerskip_within(recipe: Recipe, model: dict[str, Any]) -> dict[str, Any]:
+    """Overrides that keep a layerskip draft depth inside an override model (at most its layers - 1): a quick
+    check on a 2-layer model still drafts; {} when nothing needs to change."""
+    from kvscope.engine.model_presets import get_preset
+
+    spec = recipe.speculative
+    if spec is None or spec.method != "layerskip":
+        return {}
+    layers = get_preset(model.get("shape", "smollm2-135m")).num_layers
+    if spec.num_layers < layers:
+        return {}
+    return {"speculative": {"num_layers": max(layers - 1, 1)}}
+
+
 def _check_outputs(json_out: str | None, chart: str | None, max_requests: int | None) -> None:
     if max_requests is not None and max_requests < 1:
         raise UsageError(f"--max-requests: must be a positive integer, got {max_requests}")
@@ -116,7 +130,7 @@ def variant_recipes(recipe: Recipe, model: dict[str, Any] | None = None,
         try:
             r = recipe.with_overrides(v["overrides"], name=f"{recipe.name}/{v['name']}")
             if model is not None:
-                r = r.with_overrides({"model": model})
+                r = r.with_overrides({"model": model, **layerskip_within(r, model)})
         except RecipeError as exc:
             raise RecipeError(f"{exc} (in variant {v['name']!r})") from None
         out.append((v["name"], v["overrides"], r))

@@ -23,7 +23,7 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
     def lat(p: Percentiles) -> str:
         return f"p50 {p.p50:9.2f}  p99 {p.p99:9.2f}  mean {p.mean:9.2f} ms  (n={p.count})"
 
-    return [
+    rows = [
         ("requests", f"{s.finished}/{s.requests} finished"),
         ("tokens", f"{s.prompt_tokens} prompt, {s.generated_tokens} generated in {s.steps} steps"),
         ("duration", f"{s.duration_s:.3f} s"),
@@ -38,6 +38,21 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ("internal frag", f"{percent(s.internal_fragmentation_mean)} mean, {percent(s.internal_fragmentation)} at end"),
         ("contig. waste", f"{percent(s.contiguous_waste_mean)} mean, {percent(s.contiguous_waste)} at end"),
     ]
+    spec = s.spec_decode
+    if spec is not None:
+        cond = " ".join(f"{a:.2f}" for a in spec.conditional_acceptance)
+        draft_share = spec.draft_time_s / s.duration_s if s.duration_s else 0.0
+        rows += [
+            ("spec decode", f"{spec.method}: {spec.num_accepted_tokens}/{spec.num_draft_tokens} drafts accepted "
+                            f"({percent(spec.acceptance_rate)}) in {spec.num_drafts} verifications, "
+                            f"k {spec.mean_k:.1f}"),
+            ("accept length", f"{spec.mean_acceptance_length:.2f} tokens/verification (independent acceptance at "
+                              f"this rate predicts {spec.predicted_acceptance_length:.2f})"),
+            ("by position", f"{cond}  (accepted, given the earlier drafts were)"),
+            ("draft time", f"{spec.draft_time_s:.3f} s ({percent(draft_share)} of the run), "
+                           f"{spec.rolled_back_blocks} blocks rolled back"),
+        ]
+    return rows
 
 
 def summary_table(s: RunSummary) -> Table:

@@ -5,8 +5,9 @@ need the text. The probe sits beside the engine as a bus subscriber: when a requ
 prompt, and after each step it decodes the tokens the step appended (the tokenizer's incremental
 detokenizer, which holds back a character whose bytes are not all there yet) and emits the new text on
 the same bus. Special tokens are kept (`<|im_start|>`, an end-of-sequence token): the stream shows what
-the model read and wrote. It reads the engine's requests and tokenizer, so it lives in the cli, which may
-import the engine; the TUI only folds the events.
+the model read and wrote. With speculative decoding, the accepted drafts of a step come as their own text
+(`drafted`), before the step's last token. It reads the engine's requests and tokenizer, so it lives in the
+cli, which may import the engine; the TUI only folds the events.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import ARRIVED, FINISHED, RequestEvent, RunInfo, StepEnd, TokenText, now_ns
+from kvscope.inspector.events import (
+    ARRIVED, FINISHED, RequestEvent, RunInfo, SpecDecode, StepEnd, TokenText, now_ns,
+)
 
 if TYPE_CHECKING:
     from kvscope.engine.session import RunSession
@@ -29,6 +32,7 @@ class TextProbe(EventFold):
         self.bus = session.bus
         self._decoders: dict[int, Any] = {}
         self._finished: list[int] = []  # their decoders go once the step's last text is out
+        self._accepted: dict[int, int] = {}  # request id -> drafts accepted in this step
 
     def on_run_info(self, ev: RunInfo) -> None:  # a new run (a restart): new requests, new ids
         self._decoders.clear()
@@ -43,6 +47,10 @@ class TextProbe(EventFold):
         elif ev.what == FINISHED:
             self._finished.append(ev.request_id)
 
+    def on_spec_decode(self, ev: SpecDecode) -> None:
+        if ev.num_accepted:
+            self._accepted[ev.request_id] = ev.num_accepted
+
     def on_step_end(self, ev: StepEnd) -> None:
         requests = self.session.engine.requests
         for rid, _ in ev.sampled:
@@ -54,6 +62,10 @@ class TextProbe(EventFold):
                 decoder = self._decoders[rid] = self.session.tokenizer.incremental_detokenizer(
                     skip_special_tokens=False)
             new_ids = request.output_token_ids[len(decoder.ids):]
+            drafted = min(self._accepted.pop(rid, 0), len(new_ids))
+            if drafted:
+                self.bus.emit(TokenText(now_ns(), ev.step, rid, decoder.push(new_ids[:drafted]), "", drafted, True))
+                new_ids = new_ids[drafted:]
             if new_ids:
                 self.bus.emit(TokenText(now_ns(), ev.step, rid, decoder.push(new_ids), "", len(new_ids)))
         for rid in self._finished:
@@ -62,6 +74,7 @@ class TextProbe(EventFold):
             if rest:
                 self.bus.emit(TokenText(now_ns(), ev.step, rid, rest, "", 0))
         self._finished.clear()
+        self._accepted.clear()
 
 
 def attach_text_probe(session: RunSession) -> TextProbe:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request
 from kvscope.inspector.events import (
-    ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, BlockEvent, EventBus,
+    ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, SPEC_ROLLBACK, BlockEvent, EventBus,
 )
 
 _HASH_MASK = (1 << 62) - 1
@@ -126,11 +126,12 @@ class BlockManager:
                                          (self.ref_counts[b],), (self.block_hash[b],)))
 
     # --- allocation -------------------------------------------------------------------
-    def allocate_slots(self, request: Request, num_new_tokens: int,
-                       new_computed_blocks: Sequence[int] = ()) -> list[int] | None:
+    def allocate_slots(self, request: Request, num_new_tokens: int, new_computed_blocks: Sequence[int] = (),
+                       what: str = ALLOC) -> list[int] | None:
         """Room for num_new_tokens more tokens of `request`: first share new_computed_blocks (prefix-cache hits
         from find_cached_prefix, for a request that holds no blocks yet; their tokens count as computed),
-        then take fresh blocks. Returns the fresh blocks, or None (and nothing changes) if the pool can't."""
+        then take fresh blocks. Returns the fresh blocks, or None (and nothing changes) if the pool can't.
+        `what` names the event (SPEC_ALLOC for blocks a step's draft tokens alone need)."""
         hit_tokens = len(new_computed_blocks) * self.block_size
         need = self.blocks_needed(request, hit_tokens + num_new_tokens) - len(new_computed_blocks)
         hits_now_free = sum(1 for b in new_computed_blocks if self.ref_counts[b] == 0)  # leave the free queue
@@ -146,8 +147,25 @@ class BlockManager:
             self.ref_counts[b] = 1
         request.block_table.extend(new_blocks)
         if self.bus.active:
-            self._emit(ALLOC, request.request_id, new_blocks, first_logical)
+            self._emit(what, request.request_id, new_blocks, first_logical)
         return new_blocks
+
+    def rollback(self, request: Request, num_blocks: int) -> int:
+        """Speculative decoding: keep the request's first num_blocks blocks and free the rest (blocks that hold no
+        committed token after verification; never hashed) to the head of the free queue. Returns how many."""
+        table = request.block_table
+        tail = table[num_blocks:]
+        if not tail:
+            return 0
+        for b in reversed(tail):
+            assert self.ref_counts[b] == 1 and not self.block_hash[b], "a rolled-back block is private and unhashed"
+            self.ref_counts[b] = 0
+            self.free_queue[b] = None
+            self.free_queue.move_to_end(b, last=False)
+        del table[num_blocks:]
+        if self.bus.active:
+            self._emit(SPEC_ROLLBACK, request.request_id, tail, num_blocks)
+        return len(tail)
 
     def free(self, request: Request) -> None:
         """Release every block the request holds (finish or preemption)."""

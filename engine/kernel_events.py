@@ -29,7 +29,9 @@ class KernelEventBuilder:
         costs depend on the token and sampled-row counts alone and are kept per (tokens, pads, rows)."""
         query_lens = [s.num_tokens for s in scheduled]
         seq_lens = [s.request.num_computed_tokens for s in scheduled]  # already advanced past this step
-        tokens, rows, elt = sum(query_lens), sum(1 for q in query_lens if q > 0), self.elt
+        # LM-head rows: one per request, 1 + its drafts for a request verifying drafts
+        rows = sum(s.num_tokens if s.num_draft_slots else 1 for s in scheduled if s.num_tokens)
+        tokens, elt = sum(query_lens), self.elt
         key = (tokens, num_padding_tokens, rows)
         fixed = self._token_costs.get(key)
         if fixed is None:

@@ -216,10 +216,11 @@ class LlamaModel(nn.Module):
         self.final_norm.fused = self.rope.fused = fused
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """input_ids [T] for a flat batch of several requests -> final-normed hidden states [T, hidden]."""
+    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, num_layers: int | None = None) -> torch.Tensor:
+        """input_ids [T] for a flat batch of several requests -> final-normed hidden states [T, hidden].
+        num_layers: run only the first layers (self-speculative drafting), then the final norm."""
         x = self.embed(input_ids)
-        for layer in self.layers:
+        for layer in self.layers[:num_layers]:
             x = layer(x, ctx)
         return self.final_norm(x)
 

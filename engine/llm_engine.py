@@ -17,6 +17,7 @@ import torch
 
 from kvscope.engine.attention import backend_refusal, make_attention_backend, resolve_backend_name
 from kvscope.engine.block_manager import BlockManager
+from kvscope.engine.drafter import Drafter, make_drafter
 from kvscope.engine.errors import RecipeError, RequestError
 from kvscope.engine.kv_cache import KVCache, available_memory
 from kvscope.engine.loader import load_model
@@ -93,6 +94,7 @@ class LLMEngine:
             raise RecipeError(f"{recipe.source}: attention_backend: {refusal}")
         self.backend = make_attention_backend(self.backend_name, self.device)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.backend, self.device)
+        self.drafter: Drafter | None = make_drafter(recipe.speculative, self)
         self.probe = StepProbe(self, range_hook, kernel_events)
         self.generator = torch.Generator().manual_seed(recipe.sampling.seed or 0)
         self._lock = threading.RLock()  # add_request / abort from other threads wait for the step in progress
@@ -126,7 +128,7 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_blocks, self.block_size, self.recipe.cache.prefix_caching,
                                           self.bus)
         self.scheduler: Scheduler = make_scheduler(self.block_manager, self.bus, self.recipe.scheduler,
-                                                   self.max_model_len, self.tokenizer)
+                                                   self.max_model_len, self.tokenizer, self.recipe.speculative)
         self.requests: dict[int, Request] = {}
         self.next_request_id = 0
         self.step_id = 0
@@ -241,6 +243,10 @@ class LLMEngine:
             with probe.phase(Phase.SCHEDULE):
                 out = self.scheduler.schedule(self.step_id)
             sampled: list[Request] = []
+            if out.drafting:
+                with probe.phase(Phase.DRAFT, len(out.drafting)):
+                    self.drafter.propose(out.drafting)
+                    out.trim_drafts()
             if out.scheduled:
                 with probe.phase(Phase.PREPARE, out.num_tokens):
                     batch = self.runner.prepare(out)

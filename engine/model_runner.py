@@ -4,7 +4,9 @@ For each scheduled request it takes the next `num_tokens` tokens after those
 already computed, their positions, their cache slots (block_table[pos //
 block_size] * block_size + pos % block_size), and its block table. Requests
 whose computed tokens reach the end of what they hold get one logits row
-(their last token's) and are sampled.
+(their last token's) and are sampled. A request with k draft tokens computes its
+newest token and the drafts (1 + k tokens), gets 1 + k logits rows and is verified
+(kvscope.engine.rejection_sampler): its result is the accepted drafts and one more token.
 
 The runner binds the KV pools and the attention backend into the model once, when it is built.
 """
@@ -18,6 +20,7 @@ import torch
 from kvscope.engine.attention import AttentionBackend, AttentionMetadata
 from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.kv_cache import KVCache
+from kvscope.engine.rejection_sampler import verify
 from kvscope.engine.request import Request
 from kvscope.engine.sampling import sample
 from kvscope.engine.scheduler import SchedulerOutput
@@ -27,8 +30,9 @@ from kvscope.engine.scheduler import SchedulerOutput
 class PreparedBatch:
     input_ids: torch.Tensor
     ctx: ForwardContext
-    logits_rows: torch.Tensor          # flat row index of each sampled request's last token
+    logits_rows: torch.Tensor          # flat row index of each sampled request's last token (and its drafts)
     sampled: list[Request]             # requests that get a new token this step
+    num_verified: int = 0              # sampled requests with drafts (1 + k rows each, in order)
 
 
 class ModelRunner:
@@ -53,18 +57,24 @@ class ModelRunner:
         logits_rows: list[int] = []
         sampled: list[Request] = []
         tables: list[list[int]] = []
+        num_verified = 0
         for s in out.scheduled:
             req, n = s.request, s.num_tokens
             start = req.num_computed_tokens
             end = start + n
             table = req.block_table
-            input_ids.extend(req.token_ids[start:end])
+            drafts = req.spec_token_ids
+            input_ids.extend((req.token_ids + drafts if drafts else req.token_ids)[start:end])
             positions.extend(range(start, end))
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_lens.append(n)
             seq_lens.append(end)
             tables.append(table)
-            if end == req.num_tokens:
+            if drafts:
+                logits_rows.extend(range(len(input_ids) - 1 - len(drafts), len(input_ids)))
+                sampled.append(req)
+                num_verified += 1
+            elif end == req.num_tokens:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(req)
         pad = out.num_padding_tokens
@@ -72,6 +82,14 @@ class ModelRunner:
             input_ids.extend([0] * pad)
             positions.extend([0] * pad)
             slots.extend([-1] * pad)
+        return PreparedBatch(self._tensor(input_ids, torch.int64),
+                             self.context(positions, slots, query_lens, seq_lens, tables),
+                             self._tensor(logits_rows, torch.int64), sampled, num_verified)
+
+    def context(self, positions: list[int], slots: list[int], query_lens: list[int], seq_lens: list[int],
+                tables: list[list[int]]) -> ForwardContext:
+        """The forward context of a flat batch: per token its position and slot, per request its query and
+        context lengths and block table."""
         width = max(len(t) for t in tables)
         qsl = [0]
         for n in query_lens:
@@ -86,9 +104,7 @@ class ModelRunner:
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
         )
-        return PreparedBatch(self._tensor(input_ids, torch.int64),
-                             ForwardContext(self._tensor(positions, torch.int64), meta),
-                             self._tensor(logits_rows, torch.int64), sampled)
+        return ForwardContext(self._tensor(positions, torch.int64), meta)
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
@@ -103,10 +119,25 @@ class ModelRunner:
             return None
         return self.model.compute_logits(hidden[batch.logits_rows])
 
-    def sample(self, batch: PreparedBatch, logits: torch.Tensor | None) -> list[int | None]:
-        """One token per sampled request, under its own sampling parameters and generator."""
-        return [] if logits is None else self.sample_rows(logits, batch.sampled)
+    def sample(self, batch: PreparedBatch, logits: torch.Tensor | None) -> list[list[int] | None]:
+        """Each sampled request's new tokens (one, or its accepted drafts and one more) under its own sampling
+        parameters and generator; None for a request whose sampling failed."""
+        return [] if logits is None else self.sample_rows(logits, batch.sampled, batch.num_verified)
 
-    def sample_rows(self, logits: torch.Tensor, requests: list[Request]) -> list[int | None]:
-        """The sampler proper (one op on the timeline): row i of logits belongs to requests[i]."""
-        return sample(logits, [r.params for r in requests], [r.generator for r in requests])
+    def sample_rows(self, logits: torch.Tensor, requests: list[Request],
+                    num_verified: int = 0) -> list[list[int] | None]:
+        """The sampler proper (one op on the timeline): row i of logits belongs to requests[i], or, when some
+        requests have drafts, each request has 1 + len(spec_token_ids) consecutive rows."""
+        if not num_verified:
+            return [None if t is None else [t]
+                    for t in sample(logits, [r.params for r in requests], [r.generator for r in requests])]
+        runs: list[list[int] | None] = []
+        row = 0
+        for r in requests:
+            n = 1 + len(r.spec_token_ids)
+            try:
+                runs.append(verify(logits[row:row + n], r.spec_token_ids, r.params, r.draft_probs, r.generator))
+            except Exception:  # one request's bad parameters must not stop the others (as sample() does)
+                runs.append(None)
+            row += n
+        return runs

@@ -58,6 +58,30 @@ class SchedulerSpec:
     max_model_len: int = 2048
 
 
+SPEC_METHODS = ("ngram", "layerskip", "draft_model")
+
+
+@dataclass(slots=True)
+class SpeculativeSpec:
+    """Speculative decoding (vLLM's `speculative_config` names): a drafter proposes up to
+    num_speculative_tokens per request and step; the target verifies them in the same step.
+
+    prompt_lookup_min / _max: the n-gram lengths `ngram` matches against the request's own tokens.
+    num_layers: the target's first layers `layerskip` drafts with. model: the draft model (`draft_model`).
+    adaptive: grow k by 2 after a step that accepted every draft, shrink it by 1 after a rejection (HF's
+        num_assistant_tokens heuristic), between 1 and max_speculative_tokens.
+    """
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 1
+    prompt_lookup_max: int = 4
+    num_layers: int = 0
+    model: ModelSpec | None = None
+    adaptive: bool = False
+    max_speculative_tokens: int = 0  # 0: 4 x num_speculative_tokens
+
+
 @dataclass(slots=True)
 class LengthSpec:
     """A length distribution: fixed (min == max) or uniform integers in [min, max]."""
@@ -97,6 +121,7 @@ class Recipe:
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    speculative: SpeculativeSpec | None = None
     variants: list[dict[str, Any]] = field(default_factory=list)
     source: str = "<dict>"
     raw: dict[str, Any] = field(default_factory=dict)
@@ -208,7 +233,7 @@ class _Validator:
     # --- sections ---------------------------------------------------------------------
     def recipe(self, data: Any) -> Recipe:
         known = ("name", "description", "model", "dtype", "device", "attention_backend", "cache",
-                 "scheduler", "sampling", "workload", "variants")
+                 "scheduler", "sampling", "workload", "speculative", "variants")
         d = self.mapping(data, "", known)
         r = Recipe(source=self.source, raw=copy.deepcopy(d))
         if "name" in d:
@@ -226,6 +251,10 @@ class _Validator:
         r.scheduler = self.scheduler(d.get("scheduler"))
         r.sampling = self.sampling(d.get("sampling"), "sampling")
         r.workload = self.workload(d.get("workload"), r.scheduler.max_model_len)
+        if d.get("speculative") is not None:
+            r.speculative = self.speculative(d["speculative"])
+            if r.scheduler.policy == "static":
+                raise self.fail("speculative", "needs scheduler.policy continuous (the static baseline has no drafts)")
         r.variants = self.variants(d.get("variants"))
         if r.cache.block_size * (r.cache.num_blocks or 1) < 1:
             raise self.fail("cache", "pool must hold at least one token")
@@ -236,12 +265,12 @@ class _Validator:
                 raise RecipeError(f"{exc} (in variant {v['name']!r})") from None
         return r
 
-    def model(self, value: Any) -> ModelSpec:
-        d = self.mapping(value, "model", ("source", "path", "shape", "seed"))
+    def model(self, value: Any, path: str = "model") -> ModelSpec:
+        d = self.mapping(value, path, ("source", "path", "shape", "seed"))
         m = ModelSpec()
-        m.source = self.choice(d.get("source", m.source), "model.source", MODEL_SOURCES)
+        m.source = self.choice(d.get("source", m.source), f"{path}.source", MODEL_SOURCES)
         if "path" in d:
-            m.path = self.string(d["path"], "model.path")
+            m.path = self.string(d["path"], f"{path}.path")
             if m.source != "random" and m.path != "smollm2" and self.source != "<dict>":
                 p = Path(m.path)
                 if not p.is_absolute() and not p.exists():
@@ -249,12 +278,40 @@ class _Validator:
                     if alt.exists():
                         m.path = str(alt)
         if "shape" in d:
-            m.shape = self.string(d["shape"], "model.shape")
+            m.shape = self.string(d["shape"], f"{path}.shape")
         if "seed" in d:
-            m.seed = self.pos_int(d["seed"], "model.seed", allow_zero=True)
+            m.seed = self.pos_int(d["seed"], f"{path}.seed", allow_zero=True)
         if m.source == "hf" and "path" not in d:
-            raise self.fail("model.path", "a Hugging Face folder needs a path")
+            raise self.fail(f"{path}.path", "a Hugging Face folder needs a path")
         return m
+
+    def speculative(self, value: Any) -> SpeculativeSpec:
+        known = ("method", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max", "num_layers",
+                 "model", "adaptive", "max_speculative_tokens")
+        d = self.mapping(value, "speculative", known)
+        s = SpeculativeSpec()
+        if "method" not in d:
+            raise self.fail("speculative.method", f"is required: one of {', '.join(SPEC_METHODS)}")
+        s.method = self.choice(d["method"], "speculative.method", SPEC_METHODS)
+        for key in ("num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max", "num_layers"):
+            if key in d:
+                setattr(s, key, self.pos_int(d[key], f"speculative.{key}"))
+        if "max_speculative_tokens" in d:
+            s.max_speculative_tokens = self.pos_int(d["max_speculative_tokens"], "speculative.max_speculative_tokens")
+        if "adaptive" in d:
+            s.adaptive = self.boolean(d["adaptive"], "speculative.adaptive")
+        if s.prompt_lookup_max < s.prompt_lookup_min:
+            raise self.fail("speculative.prompt_lookup_max",
+                            f"must be >= prompt_lookup_min ({s.prompt_lookup_min}), got {s.prompt_lookup_max}")
+        if s.method == "layerskip" and "num_layers" not in d:
+            raise self.fail("speculative.num_layers", "layerskip needs the number of the target's layers to draft with")
+        if s.method == "draft_model":
+            if "model" not in d:
+                raise self.fail("speculative.model", "draft_model needs a model (source, path or shape)")
+            s.model = self.model(d["model"], "speculative.model")
+        if not s.max_speculative_tokens:
+            s.max_speculative_tokens = 4 * s.num_speculative_tokens
+        return s
 
     def cache(self, value: Any) -> CacheSpec:
         d = self.mapping(value, "cache", ("block_size", "num_blocks", "memory_gib", "prefix_caching"))
@@ -401,7 +458,7 @@ class _Validator:
             name = self.string(d.get("name"), f"variants[{i}].name")
             over = self.mapping(d.get("overrides", {}), f"variants[{i}].overrides",
                                 ("model", "dtype", "device", "attention_backend", "cache", "scheduler",
-                                 "sampling", "workload"))
+                                 "sampling", "workload", "speculative"))
             out.append({"name": name, "overrides": over})
         return out
 

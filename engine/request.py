@@ -43,6 +43,11 @@ class Request:
     finish_reason: str = ""
     num_preemptions: int = 0
     generator: torch.Generator | None = None
+    # speculative decoding: this step's draft tokens (after token_ids), their draft distributions
+    # ([len(spec_token_ids), vocab]; None = a point mass on each draft), and the request's current k
+    spec_token_ids: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
+    num_spec_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not self.token_ids:

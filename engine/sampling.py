@@ -6,7 +6,7 @@ import torch
 
 from kvscope.engine.sampling_params import SamplingParams
 
-__all__ = ["SamplingParams", "sample"]
+__all__ = ["SamplingParams", "sample", "target_probs"]
 
 
 def sample(
@@ -36,17 +36,23 @@ def _sample_or_none(logits: torch.Tensor, row: int, greedy_id: int, p: SamplingP
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
+    return int(torch.multinomial(target_probs(logits, p), 1, generator=gen).item())
+
+
+def target_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The distribution a sampled request draws from: logits [..., vocab] over temperature, cut to top-k
+    and top-p (the smallest prefix of the sorted probabilities whose mass reaches top_p), renormalised."""
     scores = logits.float() / p.temperature
     if p.top_k > 0 and p.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, p.top_k).values[-1]
+        kth = torch.topk(scores, p.top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if p.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
         drop = cumulative - sorted_probs >= p.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=gen).item())
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs

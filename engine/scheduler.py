@@ -7,7 +7,10 @@ continuous: running requests first (FCFS), then waiting ones, under a token
     budget (max_num_batched_tokens) and a sequence cap (max_num_seqs). With
     chunked prefill a long prompt is cut to what the budget leaves, so prefill
     chunks share steps with decodes. When the pool runs dry the newest running
-    request is preempted (its blocks freed; it is recomputed later).
+    request is preempted (its blocks freed; it is recomputed later). With speculative
+    decoding, decoding requests then get up to k draft slots each from the budget and
+    the blocks left (never by preempting anyone); after verification the rejected
+    slots are rolled back.
 static: fixed batches. A batch is admitted only when the previous one has
     completely finished; each request reserves KV for the batch's longest prompt
     plus its longest output up front, and keeps it until the whole batch ends.
@@ -27,11 +30,11 @@ from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request, RequestStatus
 from kvscope.engine.stop_check import check_stop
 from kvscope.inspector.events import (
-    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, EventBus, RequestEvent,
+    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, SPEC_ALLOC, EventBus, RequestEvent,
 )
 
 if TYPE_CHECKING:
-    from kvscope.engine.recipe import SchedulerSpec
+    from kvscope.engine.recipe import SchedulerSpec, SpeculativeSpec
     from kvscope.engine.tokenizer import Tokenizer
 
 
@@ -41,11 +44,14 @@ class ScheduledRequest:
 
     is_prefill_step: the request works through tokens it already has (a prompt chunk, or a
     recompute after preemption) rather than decoding its one newest token.
+    num_draft_slots: draft tokens reserved for it (speculative decoding); num_tokens counts the drafts
+    the drafter then proposed (SchedulerOutput.trim_drafts).
     """
 
     request: Request
     num_tokens: int
     is_prefill_step: bool = False
+    num_draft_slots: int = 0
 
     @classmethod
     def of(cls, request: Request, num_tokens: int) -> ScheduledRequest:
@@ -62,11 +68,39 @@ class SchedulerOutput:
     preempted: list[Request] = field(default_factory=list)
     num_padding_tokens: int = 0
     num_tokens: int = 0  # the scheduled requests' tokens
+    drafting: list[ScheduledRequest] = field(default_factory=list)  # decodes with draft slots
+    spec_results: list[SpecResult] = field(default_factory=list)    # their verification (after update)
 
     def add(self, request: Request, num_tokens: int) -> None:
         """Schedule num_tokens of `request` in this step."""
         self.scheduled.append(ScheduledRequest.of(request, num_tokens))
         self.num_tokens += num_tokens
+
+    def add_draft_slots(self, s: ScheduledRequest, k: int) -> None:
+        s.num_draft_slots = k
+        s.num_tokens += k
+        self.num_tokens += k
+        self.drafting.append(s)
+
+    def trim_drafts(self) -> None:
+        """After the drafter: each drafting request computes its one token plus the drafts it was given."""
+        for s in self.drafting:
+            proposed = len(s.request.spec_token_ids)
+            self.num_tokens -= s.num_tokens - 1 - proposed
+            s.num_tokens = 1 + proposed
+
+
+@dataclass(slots=True)
+class SpecResult:
+    """One request's verification in a step (the step probe turns it into a SpecDecode event)."""
+
+    request_id: int
+    num_draft_slots: int
+    num_draft_tokens: int
+    num_accepted: int
+    num_emitted: int  # tokens appended to its output (the accepted drafts and one more, unless it stopped)
+    rolled_back_slots: int
+    rolled_back_blocks: int
 
 
 class Scheduler:
@@ -77,7 +111,8 @@ class Scheduler:
     policy = "continuous"
 
     def __init__(self, block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
-                 tokenizer: Tokenizer) -> None:
+                 tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None) -> None:
+        self.speculative = speculative
         self.block_manager = block_manager
         self.bus = bus
         self.max_num_seqs = spec.max_num_seqs
@@ -132,6 +167,8 @@ class Scheduler:
                 i += 1
             # when req itself was preempted the list shrank: i points past the end or at the next one
 
+        if self.speculative is not None:
+            budget = self._reserve_draft_slots(out, budget)
         if not out.preempted:
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 if not self._admit(self.waiting[0], budget, out):
@@ -143,22 +180,30 @@ class Scheduler:
         """After the forward pass (vLLM's update_from_output): every scheduled request has computed its tokens
         (its newly full blocks join the prefix cache), each sampled request gets its token, and those that
         stop are finished and freed; one whose sampling failed (None) ends with reason "error". Returns the
-        finished requests."""
+        finished requests. A request with drafts gets its accepted drafts and one more token (a run that a stop
+        cuts short), and its rejected slots are rolled back."""
         for s in out.scheduled:
             s.request.num_computed_tokens += s.num_tokens
-            self.block_manager.cache_full_blocks(s.request)
+            if not s.num_draft_slots:  # a drafting request's blocks are hashed once its drafts are settled
+                self.block_manager.cache_full_blocks(s.request)
         stopping: list[tuple[Request, str]] = []
-        for req, token in zip(sampled, tokens):
-            if token is None:  # its sampling failed (parameters poisoned after admission)
+        for req, run in zip(sampled, tokens):
+            if run is None:  # its sampling failed (parameters poisoned after admission)
                 stopping.append((req, "error"))
                 continue
-            req.token_ids.append(token)
-            if req.num_output_tokens == 1:
-                req.first_token_ts = self.bus.clock()
-                self._emit(req, FIRST_TOKEN, req.first_token_ts)
-            reason = check_stop(req, self.tokenizer)
-            if reason:
-                stopping.append((req, reason))
+            for token in run:
+                req.token_ids.append(token)
+                if req.num_output_tokens == 1:
+                    req.first_token_ts = self.bus.clock()
+                    self._emit(req, FIRST_TOKEN, req.first_token_ts)
+                reason = check_stop(req, self.tokenizer)
+                if reason:
+                    stopping.append((req, reason))
+                    break
+        if out.drafting:
+            verified = {req.request_id: run for req, run in zip(sampled, tokens)}
+            for s in out.drafting:
+                self._settle_drafts(s, verified.get(s.request.request_id), out)
         for req, reason in stopping:
             self.finish(req)
             self._finished(req, reason)
@@ -183,6 +228,48 @@ class Scheduler:
         self._finished(req, "abort")
         return [req]
 
+    # --- speculative decoding ------------------------------------------------------------
+    def _reserve_draft_slots(self, out: SchedulerOutput, budget: int) -> int:
+        """Give each decoding request up to k draft slots from what the budget and the pool have left (after
+        every running request has its own token: drafts never preempt). Returns the budget left."""
+        spec = self.speculative
+        assert spec is not None
+        for s in list(out.scheduled):
+            if budget <= 0:
+                break
+            req = s.request
+            if s.num_tokens != 1 or req.num_tokens - req.num_computed_tokens != 1:
+                continue  # prefill chunks, recomputes
+            k = min(req.num_spec_tokens or spec.num_speculative_tokens, budget,
+                    req.max_tokens - req.num_output_tokens - 1)
+            if k > 0 and self.block_manager.allocate_slots(req, 1 + k, what=SPEC_ALLOC) is not None:
+                out.add_draft_slots(s, k)
+                budget -= k
+        return budget
+
+    def _settle_drafts(self, s: ScheduledRequest, run: list[int] | None, out: SchedulerOutput) -> None:
+        """After verification: keep the K/V of the committed tokens (the one computed before the drafts and the
+        accepted drafts the request kept), free the blocks that hold no committed token, adapt k."""
+        req = s.request
+        proposed = len(req.spec_token_ids)
+        accepted = len(run) - 1 if run else 0  # the verifier appends the accepted drafts and one more token
+        before = req.num_computed_tokens - s.num_tokens  # computed before this step: all but its newest token
+        appended = req.num_tokens - before - 1
+        req.num_computed_tokens = before + 1 + min(accepted, appended)  # a stop inside the run drops the rest
+        bm = self.block_manager
+        blocks = bm.rollback(req, cdiv(req.num_tokens, bm.block_size))
+        bm.cache_full_blocks(req)
+        if proposed:
+            out.spec_results.append(SpecResult(req.request_id, s.num_draft_slots, proposed, accepted, appended,
+                                               s.num_draft_slots - accepted, blocks))
+            spec = self.speculative
+            if spec is not None and spec.adaptive:
+                k = req.num_spec_tokens or spec.num_speculative_tokens
+                k = min(k + 2, spec.max_speculative_tokens) if accepted == proposed else max(1, k - 1)
+                req.num_spec_tokens = k
+        req.spec_token_ids = []
+        req.draft_probs = None
+
     # --- helpers ----------------------------------------------------------------------
     def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
         hits = self.block_manager.find_cached_prefix(req) if req.num_computed_tokens == 0 else []
@@ -205,6 +292,8 @@ class Scheduler:
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.running.remove(req)
         self.block_manager.free(req)
+        req.spec_token_ids = []  # a preempted request's drafts are dropped with its blocks
+        req.draft_probs = None
         req.num_computed_tokens = 0
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
@@ -286,7 +375,8 @@ class StaticScheduler(Scheduler):
 
 
 def make_scheduler(block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
-                   tokenizer: Tokenizer) -> Scheduler:
-    """The scheduler of the recipe's policy (continuous or static)."""
-    cls = StaticScheduler if spec.policy == "static" else Scheduler
-    return cls(block_manager, bus, spec, max_model_len, tokenizer)
+                   tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None) -> Scheduler:
+    """The scheduler of the recipe's policy (continuous, with drafts if `speculative`; or static)."""
+    if spec.policy == "static":
+        return StaticScheduler(block_manager, bus, spec, max_model_len, tokenizer)
+    return Scheduler(block_manager, bus, spec, max_model_len, tokenizer, speculative)

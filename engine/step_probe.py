@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvscope.engine.kernel_events import KernelEventBuilder
 from kvscope.engine.op_timer import OpTimer, RangeHook, strip_op_timers
-from kvscope.inspector.events import KVSnapshot, RangeCategory, StepBegin, StepEnd
+from kvscope.inspector.events import KVSnapshot, Phase, RangeCategory, SpecDecode, StepBegin, StepEnd
 
 if TYPE_CHECKING:
     from kvscope.engine.llm_engine import LLMEngine
@@ -101,6 +101,8 @@ class StepProbe:
 
     def __exit__(self, *exc: Any) -> None:
         self.phases.append((self._phase, self._start, self.engine.bus.clock()))
+        if self._phase == Phase.DRAFT:  # a drafter's passes are the draft phase's slice, not the step's ops
+            self.timer.records.clear()
         if self.hook is not None:
             self.hook.pop()
 
@@ -123,10 +125,29 @@ class StepProbe:
             else:
                 decode.append(s.request.request_id)
         scheduler = self.engine.scheduler
+        if out.spec_results:
+            self.emit_spec_decode(out)
+            emitted = {r.request_id: r.num_emitted for r in out.spec_results}
+            sampled_counts = tuple([(r.request_id, emitted.get(r.request_id, 1)) for r in sampled])
+        else:
+            sampled_counts = tuple([(r.request_id, 1) for r in sampled])
         bus.emit(StepEnd(bus.clock(), step, self.begin_ts, out.num_tokens, scheduler.token_budget, tuple(prefill),
-                         tuple(decode), tuple([(r.request_id, 1) for r in sampled]), tuple(self.phases),
+                         tuple(decode), sampled_counts, tuple(self.phases),
                          len(scheduler.running), len(scheduler.waiting), scheduler.num_preempted_waiting,
                          out.num_padding_tokens))
+
+    def emit_spec_decode(self, out: SchedulerOutput) -> None:
+        """One SpecDecode event per verified request, with the step's draft and verify (forward + sample) times."""
+        spans = {name: end - start for name, start, end in self.phases}
+        draft_ns = spans.get(Phase.DRAFT, 0)
+        verify_ns = spans.get(Phase.FORWARD, 0) + spans.get(Phase.SAMPLE, 0)
+        engine = self.engine
+        method, ts, step = engine.drafter.method, engine.bus.clock(), self.step
+        for r in out.spec_results:
+            first_rejected = r.num_accepted if r.num_accepted < r.num_draft_tokens else -1
+            engine.bus.emit(SpecDecode(ts, step, r.request_id, method, r.num_draft_slots, r.num_draft_tokens,
+                                       r.num_accepted, first_rejected, draft_ns, verify_ns, r.rolled_back_slots,
+                                       r.rolled_back_blocks))
 
     def kv_snapshot(self, step: int) -> KVSnapshot:
         """The KV pool's occupancy now: used, cached and free blocks, stored tokens, empty reserved slots, and

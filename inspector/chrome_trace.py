@@ -4,12 +4,15 @@ Layout (ts in microseconds from the first event, in exact binary fractions of 1/
 viewer's float arithmetic on ts and dur is exact and slices nest as their nanoseconds say:
 kvscope.inspector.trace_clock):
     pid 1 "kvscope engine"
-        tid 1 "steps"    X "step N" > X schedule / prepare / forward / sample
+        tid 1 "steps"    X "step N" > X schedule / draft / prepare / forward / sample (draft: speculative
+                         decoding's drafter; the forward and the sample then verify the drafts)
         tid 2 "kernels"  X forward > X "layer L" > X op; X sample > X sample op
-        tid 3 "blocks"   instant events for alloc / free / prefix_hit / cached / evict
+        tid 3 "blocks"   instant events for alloc / free / prefix_hit / cached / evict / spec_alloc /
+                         spec_rollback
         counters         "KV blocks" (used / cached / free), "requests" (running / waiting),
                          "tokens per step", "KV waste %" (internal / contiguous), from
-                         kvscope.inspector.metrics.fragmentation
+                         kvscope.inspector.metrics.fragmentation; with speculative decoding "spec decode"
+                         (draft tokens and accepted tokens per step)
     pid 2 "requests"
         async b/e (cat "request", id = request id): "request N" from arrival to finish,
         nested: queued, prefill (one per chunk), decoding (one per uninterrupted run), preempted
@@ -29,7 +32,7 @@ from typing import Any
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
     ARRIVED, FINISHED, PREEMPTED, RESUMED, SCHEDULED, BlockEvent, KernelEvent, Kind, KVSnapshot, Phase,
-    RangeCategory, RequestEvent, RunInfo, StepEnd,
+    RangeCategory, RequestEvent, RunInfo, SpecDecode, StepEnd,
 )
 from kvscope.inspector.metrics import fragmentation
 from kvscope.inspector.trace_clock import END_NS, START_NS, TraceClock, fit_slices
@@ -91,6 +94,9 @@ def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = 
     out = trace.out
     for step, kernels in trace.kernels_by_step.items():
         out += _kernel_events(kernels, trace.step_ends.get(step), clock)
+    for ts, drafted, accepted in trace.spec_by_step.values():
+        out.append({"name": "spec decode", "ph": "C", "pid": PID_ENGINE, "ts": clock.us(ts),
+                    "args": {"draft tokens": drafted, "accepted": accepted}})
     last_ts = max(t0, max(e.ts for e in events))
     flow_id = 0
     for life in sorted(trace.lives.values(), key=lambda r: r.request_id):
@@ -119,6 +125,12 @@ class _TraceBuilder(EventFold):
         self.info: RunInfo | None = None
         self.kernels_by_step: dict[int, list[KernelEvent]] = {}
         self.step_ends: dict[int, StepEnd] = {}
+        self.spec_by_step: dict[int, list[int]] = {}  # step -> [ts, draft tokens, accepted]
+
+    def on_spec_decode(self, e: SpecDecode) -> None:
+        acc = self.spec_by_step.setdefault(e.step, [e.ts, 0, 0])
+        acc[1] += e.num_draft_tokens
+        acc[2] += e.num_accepted
 
     def on_kernel(self, e: KernelEvent) -> None:
         self.kernels_by_step.setdefault(e.step, []).append(e)

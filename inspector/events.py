@@ -34,16 +34,18 @@ class Kind:
     KERNEL = "kernel"
     KV = "kv"
     TEXT = "text"
+    SPEC = "spec_decode"
 
 
 class Phase:
     """The phases of a scheduler step, in order (StepEnd.phases, live ranges, trace slices)."""
 
     SCHEDULE = "schedule"
+    DRAFT = "draft"      # speculative decoding: the drafter proposes tokens (only in steps that draft)
     PREPARE = "prepare"
     FORWARD = "forward"
-    SAMPLE = "sample"
-    ORDER = (SCHEDULE, PREPARE, FORWARD, SAMPLE)
+    SAMPLE = "sample"    # with drafts: verification (greedy match or rejection sampling)
+    ORDER = (SCHEDULE, DRAFT, PREPARE, FORWARD, SAMPLE)
 
 
 class RangeCategory:
@@ -157,7 +159,9 @@ PREFIX_HIT = "prefix_hit"  # a request shares already-computed blocks found by h
 CACHED = "cached"        # a full block of a request is registered under its chain hash
 FREE = "free"            # a request releases blocks (ref count - 1; at 0 a hashed block stays cached)
 EVICT = "evict"          # a cached, unreferenced block loses its hash to be reused
-BLOCK_KINDS = (ALLOC, PREFIX_HIT, CACHED, FREE, EVICT)
+SPEC_ALLOC = "spec_alloc"        # blocks taken for a step's draft tokens only (speculative decoding)
+SPEC_ROLLBACK = "spec_rollback"  # a request's tail blocks that hold no committed token after verification
+BLOCK_KINDS = (ALLOC, PREFIX_HIT, CACHED, FREE, EVICT, SPEC_ALLOC, SPEC_ROLLBACK)
 
 
 @dataclass(slots=True)
@@ -242,7 +246,7 @@ class TokenText:
 
     prompt: the whole prompt (on arrival; "" after). text: the output text this step completed ("" on
     arrival; it may lag a token behind while a multi-byte character is incomplete). tokens: the output
-    tokens it covers.
+    tokens it covers. drafted: the tokens are draft tokens the target accepted (speculative decoding).
     """
 
     kind: ClassVar[str] = Kind.TEXT
@@ -252,12 +256,41 @@ class TokenText:
     text: str = ""
     prompt: str = ""
     tokens: int = 0
+    drafted: bool = False
 
 
-Event = RunInfo | StepBegin | StepEnd | RequestEvent | BlockEvent | KernelEvent | KVSnapshot | TokenText
+@dataclass(slots=True)
+class SpecDecode:
+    """One request's speculative verification in one step.
+
+    num_draft_slots: draft tokens the scheduler reserved (k); num_draft_tokens: the drafter proposed;
+    num_accepted: drafts the target accepted (the step appended num_accepted + 1 tokens, fewer if the
+    request stopped inside the run); first_rejected: the position of the first rejected draft, -1 if none.
+    draft_ns / verify_ns: the step's draft phase and its forward + sample (shared by the step's requests).
+    rolled_back_slots: reserved slots left without a committed token; rolled_back_blocks: blocks freed for it.
+    """
+
+    kind: ClassVar[str] = Kind.SPEC
+    ts: int
+    step: int
+    request_id: int
+    method: str
+    num_draft_slots: int
+    num_draft_tokens: int
+    num_accepted: int
+    first_rejected: int = -1
+    draft_ns: int = 0
+    verify_ns: int = 0
+    rolled_back_slots: int = 0
+    rolled_back_blocks: int = 0
+
+
+Event = (RunInfo | StepBegin | StepEnd | RequestEvent | BlockEvent | KernelEvent | KVSnapshot | TokenText
+         | SpecDecode)
 EVENT_TYPES: dict[str, type] = {
     cls.kind: cls
-    for cls in (RunInfo, StepBegin, StepEnd, RequestEvent, BlockEvent, KernelEvent, KVSnapshot, TokenText)
+    for cls in (RunInfo, StepBegin, StepEnd, RequestEvent, BlockEvent, KernelEvent, KVSnapshot, TokenText,
+                SpecDecode)
 }
 
 

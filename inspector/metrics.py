@@ -17,6 +17,7 @@ Definitions (all times from event timestamps, ns on the engine's monotonic clock
     internal fragmentation   empty slots in referenced blocks / slots in referenced blocks
     contiguous waste         slots a max-length contiguous reservation would leave empty /
                              slots it would reserve (waste + stored tokens)
+    speculative decoding     kvscope.inspector.spec_metrics (acceptance, from SpecDecode events)
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import Any
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
     ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, BlockEvent, KVSnapshot, RequestEvent,
-    RunInfo, StepBegin, StepEnd,
+    RunInfo, SpecDecode, StepBegin, StepEnd,
 )
+from kvscope.inspector.spec_metrics import SpecDecodeStats, SpecDecodeSummary
 
 
 @dataclass(slots=True)
@@ -118,13 +120,14 @@ class RunSummary:
     internal_fragmentation_mean: float = 0.0
     contiguous_waste: float = 0.0
     contiguous_waste_mean: float = 0.0
+    spec_decode: SpecDecodeSummary | None = None  # with speculative decoding
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, keys in field order."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = asdict(value) if isinstance(value, Percentiles) else value
+            out[f.name] = asdict(value) if isinstance(value, (Percentiles, SpecDecodeSummary)) else value
         return out
 
 
@@ -166,10 +169,14 @@ class Metrics(EventFold):
         self.last_fragmentation: Fragmentation | None = None
         self.num_running = 0
         self.num_waiting = 0
+        self.spec = SpecDecodeStats()
 
     # ------------------------------------------------------------------ events
     def on_run_info(self, ev: RunInfo) -> None:
         self._reset(ev)
+
+    def on_spec_decode(self, ev: SpecDecode) -> None:
+        self.spec.on_spec_decode(ev)
 
     def on_step_begin(self, ev: StepBegin) -> None:
         if self._first_step_ts is None:
@@ -230,12 +237,15 @@ class Metrics(EventFold):
         self._internal_sum += frag.internal
         self._waste_sum += frag.contiguous_waste
 
+    def duration_s(self) -> float:
+        """First StepBegin to last StepEnd so far."""
+        if self._first_step_ts is None or self._last_step_ts is None:
+            return 0.0
+        return max(self._last_step_ts - self._first_step_ts, 0) / 1e9
+
     def summary(self) -> RunSummary:
         """The metrics so far."""
-        duration_ns = 0
-        if self._first_step_ts is not None and self._last_step_ts is not None:
-            duration_ns = max(self._last_step_ts - self._first_step_ts, 0)
-        duration_s = duration_ns / 1e9
+        duration_s = self.duration_s()
         frag = self.last_fragmentation
         return RunSummary(
             requests=len(self._arrived),
@@ -260,6 +270,7 @@ class Metrics(EventFold):
             internal_fragmentation_mean=self._internal_sum / self._kv_count if self._kv_count else 0.0,
             contiguous_waste=frag.contiguous_waste if frag else 0.0,
             contiguous_waste_mean=self._waste_sum / self._kv_count if self._kv_count else 0.0,
+            spec_decode=self.spec.summary(),
         )
 
 

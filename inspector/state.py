@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
-    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
+    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, SPEC_ALLOC,
+    SPEC_ROLLBACK,
     BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
 )
 
@@ -61,7 +62,8 @@ class EngineView(EventFold):
     `touched_blocks` collects the ids of blocks whose ref count, hash or owner may have changed; a
     consumer that redraws the pool (the TUI's block map) takes them with `take_touched_blocks()` at
     each redraw and recomputes only those. `generation` counts resets (a RunInfo): after one,
-    everything has changed.
+    everything has changed. `rolled_back` holds the blocks speculative decoding handed back in the
+    current step (the block map flashes them until the next step begins).
     """
 
     def __init__(self) -> None:
@@ -72,6 +74,7 @@ class EngineView(EventFold):
         self.block_hash: list[int] = []
         self.block_owner: list[int] = []
         self.touched_blocks: set[int] = set()
+        self.rolled_back: set[int] = set()
         self.tables: dict[int, list[int]] = {}
         self.requests: dict[int, RequestView] = {}
         self.last_step: StepEnd | None = None
@@ -89,6 +92,9 @@ class EngineView(EventFold):
     def on_step_begin(self, ev: StepBegin) -> None:
         self.step = ev.step
         self._settled = set()
+        if self.rolled_back:  # last step's rollbacks stop flashing
+            self.touched_blocks |= self.rolled_back
+            self.rolled_back = set()
 
     def on_step_end(self, ev: StepEnd) -> None:
         self._apply_progress(ev)
@@ -133,7 +139,7 @@ class EngineView(EventFold):
         self.touched_blocks.update(ids)
         refs = ev.ref_counts if len(ev.ref_counts) == len(ids) else None
         hashes = ev.hashes if len(ev.hashes) == len(ids) else None
-        if what == ALLOC or what == PREFIX_HIT:
+        if what == ALLOC or what == PREFIX_HIT or what == SPEC_ALLOC:
             table = self.tables.setdefault(ev.request_id, [])
             start = max(ev.logical_index, 0)
             for i, b in enumerate(ids):
@@ -146,11 +152,13 @@ class EngineView(EventFold):
                 self.block_refs[b] = refs[i] if refs else self.block_refs[b] + 1
                 if hashes:
                     self.block_hash[b] = hashes[i]
-                elif what == ALLOC:
+                elif what != PREFIX_HIT:
                     self.block_hash[b] = 0
                 if self.block_owner[b] < 0:
                     self.block_owner[b] = ev.request_id
-        elif what == FREE:
+        elif what == FREE or what == SPEC_ROLLBACK:
+            if what == SPEC_ROLLBACK:
+                self.rolled_back.update(ids)
             table = self.tables.get(ev.request_id)
             for i, b in enumerate(ids):
                 self.block_refs[b] = refs[i] if refs else max(self.block_refs[b] - 1, 0)
@@ -190,10 +198,11 @@ class EngineView(EventFold):
             req = requests.get(rid)
             if req is not None and rid not in settled:
                 req.computed_tokens += n
-        for rid in ev.decode:
+        emitted = dict(ev.sampled) if ev.sampled else {}
+        for rid in ev.decode:  # a decode computes its newest token and the drafts it kept (one per emitted token)
             req = requests.get(rid)
             if req is not None and rid not in settled:
-                req.computed_tokens += 1
+                req.computed_tokens += emitted.get(rid, 1)
         for rid, n in ev.sampled:
             req = requests.get(rid)
             if req is not None and rid not in settled:
@@ -208,6 +217,7 @@ class EngineView(EventFold):
         self.block_hash = [0] * n
         self.block_owner = [-1] * n
         self.touched_blocks = set()
+        self.rolled_back = set()
         self.tables = {}
         self.requests = {}
         self.last_step = None

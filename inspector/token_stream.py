@@ -13,13 +13,16 @@ KEEP_REQUESTS = 1024  # the oldest requests' text is forgotten past this many
 
 
 class TokenStream(EventFold):
-    """prompt and output text per request id; `version` changes with every text that arrives."""
+    """prompt and output text per request id; `version` changes with every text that arrives.
+    `drafted[rid]`: (start, end) character spans of the output that are accepted draft tokens."""
 
     def __init__(self, keep: int = KEEP_REQUESTS) -> None:
         self.keep = keep
         self.prompts: dict[int, str] = {}
         self.pieces: dict[int, list[str]] = {}  # output text, as it came step by step
         self.tokens: dict[int, int] = {}
+        self.lengths: dict[int, int] = {}  # characters of output so far
+        self.drafted: dict[int, list[tuple[int, int]]] = {}
         self.version = 0
 
     def has(self, request_id: int) -> bool:
@@ -41,6 +44,8 @@ class TokenStream(EventFold):
         self.prompts.clear()
         self.pieces.clear()
         self.tokens.clear()
+        self.lengths.clear()
+        self.drafted.clear()
         self.version += 1
 
     def on_text(self, ev: TokenText) -> None:
@@ -51,6 +56,10 @@ class TokenStream(EventFold):
                 self._forget(next(iter(self.prompts)))
         if ev.text:
             self.pieces.setdefault(rid, []).append(ev.text)
+            start = self.lengths.get(rid, 0)
+            self.lengths[rid] = start + len(ev.text)
+            if ev.drafted:
+                self.drafted.setdefault(rid, []).append((start, start + len(ev.text)))
         if ev.tokens:
             self.tokens[rid] = self.tokens.get(rid, 0) + ev.tokens
         self.version += 1
@@ -59,3 +68,5 @@ class TokenStream(EventFold):
         self.prompts.pop(request_id, None)
         self.pieces.pop(request_id, None)
         self.tokens.pop(request_id, None)
+        self.lengths.pop(request_id, None)
+        self.drafted.pop(request_id, None)

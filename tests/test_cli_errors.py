@@ -102,3 +102,26 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path, extra):
         proc = subprocess.run(KVSCOPE + ["run", str(path), *extra], stdout=full, stderr=subprocess.PIPE,
                               text=True, timeout=300)
     one_line_error(proc, "cannot write to standard output", "No space left on device")
+
+
+SPEC = TINY + "speculative: {method: ngram, num_speculative_tokens: 2}\n"
+
+
+@pytest.mark.parametrize("text,needles", [
+    (SPEC.replace("method: ngram", "method: medusa"), ("speculative.method", "medusa", "ngram, layerskip")),
+    (SPEC.replace("num_speculative_tokens: 2", "num_speculative_tokens: 0"),
+     ("speculative.num_speculative_tokens: must be a positive integer, got 0",)),
+    (SPEC.replace("method: ngram", "method: layerskip, num_layers: 2"),
+     ("speculative.num_layers: must be between 1 and 1", "has 2 layers), got 2")),
+    (SPEC.replace("method: ngram", "method: layerskip"), ("speculative.num_layers",)),
+    (SPEC.replace("method: ngram", "method: draft_model, model: {source: random, shape: smollm2-135m}"),
+     ("speculative.model: its vocabulary has 49152 tokens, the target's 512",)),
+    (SPEC.replace("method: ngram", "method: draft_model"), ("speculative.model", "draft_model needs a model")),
+    (SPEC.replace("method: ngram", "method: draft_model, model: {source: random, shape: nosuch}"),
+     ("speculative.model.shape", "nosuch")),
+    (SPEC + "scheduler: {policy: static}\n", ("speculative", "continuous")),
+])
+def test_bad_speculative_config_is_one_line_and_exit_2(tmp_path, text, needles):
+    if "policy: static" in text:
+        text = text.replace("scheduler: {max_model_len: 64}\n", "")
+    one_line_error(run(tmp_path, text), *needles)

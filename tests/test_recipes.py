@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kvscope.cli.bench import layerskip_within
 from kvscope.cli.headless import run_headless
 from kvscope.cli.main import main
 from kvscope.engine.recipe import Recipe, load_recipe
@@ -45,6 +46,8 @@ def small(recipe: Recipe) -> Recipe:
         work["chat"] = recipe.raw["workload"]["chat"][:SHRUNK_REQUESTS]
     if work:
         over["workload"] = work
+    if "model" in over:
+        over.update(layerskip_within(recipe, over["model"]))
     return recipe.with_overrides(over)
 
 

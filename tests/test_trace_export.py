@@ -507,3 +507,29 @@ def test_device_times_past_the_host_forward_phase_stay_nested_on_the_kernels_tra
         if e["ph"] == "X" and e.get("cat") == "kernel":
             lo, hi = containers[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
             assert lo <= e["ts"] and e["ts"] + e["dur"] <= hi, e
+
+
+def test_speculative_trace_has_draft_slices_counters_and_rollbacks(tmp_path, capsys):
+    """A traced run with prompt lookup: the usual checks hold, each drafting step has a draft phase slice inside
+    its step, acceptance counters, spec_alloc / spec_rollback instants, and the recording replays the summary's
+    speculative-decoding lines."""
+    import yaml
+
+    recipe = dict(TINY_RECIPE, speculative={"method": "ngram", "num_speculative_tokens": 3})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    assert main(["trace", str(path), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    trace = json.loads((out / "trace.json").read_text())
+    recording = read_recording(out / "events.jsonl")
+    check_chrome_trace(trace)
+    assert check_kernels_inside_forward(trace) > 0
+    check_request_lifetimes(trace, recording.events)
+    assert check_nvtxt((out / "trace.nvtxt").read_text().splitlines()) > 0
+    names = [e["name"] for e in trace["traceEvents"]]
+    assert "draft" in names and "spec decode" in names
+    assert {"spec_alloc", "spec_rollback"} <= set(names)
+    replayed = summarize(recording.events)
+    assert replayed.spec_decode is not None and replayed.spec_decode.num_drafts > 0
+    assert plain_text(summary_table(replayed)) in printed

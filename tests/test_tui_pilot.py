@@ -322,3 +322,71 @@ def test_selection_panel_streams_the_selected_requests_text():
             await pilot.press("q")
 
     asyncio.run(scenario())
+
+
+def test_spec_panel_shows_the_recordings_acceptance(tmp_path):
+    """The speculative-decoding panel is hidden for a run without drafts and, over a recording with prompt
+    lookup, shows the acceptance the recording's own events give."""
+    from kvscope.inspector.events import EventBus
+    from kvscope.inspector.metrics import summarize
+    from kvscope.tui.spec_panel import SpecDecodePanel
+
+    data = dict(RECIPE, speculative={"method": "ngram", "num_speculative_tokens": 3})
+    path = tmp_path / "spec.jsonl"
+    rec = JsonlRecorder(path, make_header(data, "cpu"))
+    events: list = []
+    bus = EventBus()
+    bus.subscribe(rec)
+    bus.subscribe(events.append)
+    RunSession(Recipe.from_dict(data, source="<pilot>"), bus=bus).run()
+    rec.close()
+    spec = summarize(events).spec_decode
+    assert spec is not None and spec.num_drafts > 0
+    plain = tmp_path / "plain.jsonl"
+    record_run(plain)
+
+    async def scenario(recording: str, shown: bool):
+        app = replay_app(recording, deterministic=True)
+        async with app.run_test(size=SIZE):
+            panel = app.query_one(SpecDecodePanel)
+            assert panel.display is shown
+            if shown:
+                text = panel.text.plain
+                assert f"{spec.num_accepted_tokens}/{spec.num_draft_tokens} accepted" in text
+                assert f"{spec.mean_acceptance_length:.2f}" in text
+
+    asyncio.run(scenario(str(path), True))
+    asyncio.run(scenario(str(plain), False))
+
+
+def test_accepted_drafts_are_coloured_in_the_token_stream():
+    """With prompt lookup, the text probe sends each step's accepted drafts as their own `drafted` text; the
+    token stream keeps their spans and the selection panel draws exactly those characters in the draft colour."""
+    from kvscope.cli.text_probe import attach_text_probe
+    from kvscope.inspector.events import EventBus
+    from kvscope.inspector.token_stream import TokenStream
+    from kvscope.tui.info_panel import DRAFTED_STYLE, token_stream_text
+
+    data = dict(RECIPE, workload={"prompts": ["abcabcabcabc", "xyzxyzxyz"]},
+                sampling={"max_tokens": 24, "ignore_eos": True},
+                speculative={"method": "ngram", "num_speculative_tokens": 3})
+    bus = EventBus()
+    stream = TokenStream()
+    texts: list = []
+    bus.subscribe(stream)
+    bus.subscribe(lambda e: texts.append(e) if e.kind == "text" else None)
+    session = RunSession(Recipe.from_dict(data, source="<pilot>"), bus=bus)
+    attach_text_probe(session)
+    session.run()
+    tok = session.tokenizer
+    for rid, request in session.engine.requests.items():
+        assert stream.output(rid) == tok.decode(request.output_token_ids, skip_special_tokens=False)
+        drafted_tokens = sum(e.tokens for e in texts if e.request_id == rid and e.drafted)
+        assert drafted_tokens > 0
+        spans = stream.drafted[rid]
+        assert sum(b - a for a, b in spans) == sum(len(e.text) for e in texts if e.request_id == rid and e.drafted)
+        rendered = token_stream_text(stream, rid, 200, 10)
+        green = {i for span in rendered.spans if str(span.style) == DRAFTED_STYLE
+                 for i in range(span.start, span.end)}
+        start = rendered.plain.index("output ") + len("output ")
+        assert green == {start + i for a, b in spans for i in range(a, b)}

@@ -274,3 +274,33 @@ def test_batch_timeline_draws_each_cell_and_scrolls_with_the_run():
 def test_prefill_chunk_labels_fit_three_columns():
     assert [chunk_label(n) for n in (7, 512, 2500, 16_384, 250_000)] == ["  7", "512", "2k5", "16k", "≫"]
     assert all(len(cell(code)[0]) == CELL for code in range(64))
+
+
+def test_rolled_back_blocks_flash_until_the_next_step():
+    """Blocks speculative decoding hands back (spec_rollback) are drawn with the rollback glyph for the rest of
+    their step, incrementally as in a full recompute, and as free blocks once the next step begins."""
+    from kvscope.inspector.events import SPEC_ALLOC, SPEC_ROLLBACK, StepBegin
+    from kvscope.tui.block_map import ROLLBACK_GLYPH
+
+    async def scenario() -> None:
+        app = MapApp()
+        async with app.run_test(size=(90, 40)) as pilot:
+            incremental = app.query_one("#incremental", BlockMap)
+            view = EngineView()
+            view.apply(run_info(NUM_BLOCKS))
+            view.apply(StepBegin(1, 0))
+            view.apply(BlockEvent(2, 0, ALLOC, 1, (0, 1), 0, (1, 1)))
+            view.apply(BlockEvent(3, 0, SPEC_ALLOC, 1, (2, 3), 2, (1, 1)))
+            view.apply(BlockEvent(4, 0, SPEC_ROLLBACK, 1, (3,), 3, (0,)))
+            incremental.show_view(view, view.take_touched_blocks())
+            assert incremental._codes == cells_from_view(view).codes
+            await pilot.pause()
+            assert incremental.render_line(0).text.count(ROLLBACK_GLYPH) == 1
+            assert view.tables == {1: [0, 1, 2]}
+            view.apply(StepBegin(5, 1))
+            incremental.show_view(view, view.take_touched_blocks())
+            assert incremental._codes == cells_from_view(view).codes
+            await pilot.pause()
+            assert ROLLBACK_GLYPH not in incremental.render_line(0).text
+
+    asyncio.run(scenario())

@@ -28,6 +28,7 @@ from kvscope.tui.block_map import BlockMap
 from kvscope.tui.device_panel import DevicePanel
 from kvscope.tui.info_panel import InfoPanel
 from kvscope.tui.latency_panel import LatencyPanel
+from kvscope.tui.spec_panel import SpecDecodePanel
 from kvscope.tui.meters import FragmentationMeters
 from kvscope.tui.model import UIModel
 from kvscope.tui.peaks import peaks_for
@@ -128,6 +129,7 @@ class KVScopeApp(App[int]):
                 yield _panel(FragmentationMeters(id="meters"), "fragmentation: paged vs contiguous")
                 yield _panel(SchedulerPanel(id="scheduler"), "scheduler")
                 yield _panel(LatencyPanel(frozen=self.deterministic, id="latency"), "latency & throughput")
+                yield _panel(SpecDecodePanel(id="spec"), "speculative decoding")
                 peaks = self.peaks or peaks_for("cpu", "float32")
                 yield _panel(RooflinePanel(peaks, frozen=self.deterministic, id="roofline"), "roofline")
                 yield _panel(DevicePanel(frozen=self.deterministic, id="device"), "device")
@@ -208,6 +210,7 @@ class KVScopeApp(App[int]):
         finished = self._run_finished()
         if self._stats_due(finished):
             self.query_one(LatencyPanel).update_from(model.metrics, model.history)
+            self.query_one(SpecDecodePanel).update_from(model.metrics)
             self.query_one(RooflinePanel).update_from(model.history)
         summary = model.metrics.summary() if finished else None
         self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic, text=model.text)

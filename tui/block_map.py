@@ -36,9 +36,11 @@ OWNER_COLOURS = (
 )
 GLYPH = {FREE: "·", CACHED: "░", USED: "█", SHARED: "◆"}
 SELECTED_GLYPH = "▣"
+ROLLBACK_GLYPH = "×"  # a block speculative decoding handed back this step (shown until the next one)
 _FREE_STYLE = Style(color="#4a4a4a")
 _CACHED_STYLE = Style(color="#5f9ea0")
 _SELECTED_STYLE = Style(color="#000000", bgcolor="#ffd700", bold=True)
+_ROLLBACK_STYLE = Style(color="#ffffff", bgcolor="#b03030", bold=True)
 _GUTTER_STYLE = Style(color="#707070")
 
 
@@ -51,13 +53,14 @@ def owner_colour(request_id: int) -> str:
 _CODE_USED = 2
 _CODE_SHARED = _CODE_USED + len(OWNER_COLOURS)
 _CODE_SELECTED = _CODE_SHARED + len(OWNER_COLOURS)
+_CODE_ROLLBACK = _CODE_SELECTED + 1
 _CODE_GLYPH = (
     [GLYPH[FREE], GLYPH[CACHED]] + [GLYPH[USED]] * len(OWNER_COLOURS) + [GLYPH[SHARED]] * len(OWNER_COLOURS)
-    + [SELECTED_GLYPH]
+    + [SELECTED_GLYPH, ROLLBACK_GLYPH]
 )
 _CODE_STYLE = (
     [_FREE_STYLE, _CACHED_STYLE] + [Style(color=c) for c in OWNER_COLOURS]
-    + [Style(color="#ffffff", bgcolor=c, bold=True) for c in OWNER_COLOURS] + [_SELECTED_STYLE]
+    + [Style(color="#ffffff", bgcolor=c, bold=True) for c in OWNER_COLOURS] + [_SELECTED_STYLE, _ROLLBACK_STYLE]
 )
 
 
@@ -85,6 +88,9 @@ def cells_from_view(view: EngineView) -> BlockCells:
     """Read the per-block state and owner out of an EngineView (kvscope.inspector.state): the whole pool,
     which BlockMap.show_view needs only for a new view or after a reset."""
     codes = [block_code(r, h, o) for r, h, o in zip(view.block_refs, view.block_hash, view.block_owner)]
+    for b in view.rolled_back:
+        if not view.block_refs[b]:
+            codes[b] = _CODE_ROLLBACK
     return BlockCells(codes, list(view.block_owner))
 
 
@@ -130,10 +136,11 @@ class BlockMap(ScrollView, can_focus=True):
             self.set_cells(cells_from_view(view), highlight)
             return
         codes, owners = self.cells.codes, self.cells.owners
-        refs, hashes, view_owners = view.block_refs, view.block_hash, view.block_owner
+        refs, hashes, view_owners, rolled_back = view.block_refs, view.block_hash, view.block_owner, view.rolled_back
         for b in touched:
             owners[b] = view_owners[b]
-            codes[b] = block_code(refs[b], hashes[b], view_owners[b])
+            codes[b] = _CODE_ROLLBACK if b in rolled_back and not refs[b] else block_code(refs[b], hashes[b],
+                                                                                          view_owners[b])
         self._redraw(touched | (highlight ^ self.highlight), highlight)
 
     def set_cells(self, cells: BlockCells, highlight: set[int] | frozenset[int] = frozenset()) -> None:

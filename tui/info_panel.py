@@ -15,6 +15,7 @@ from kvscope.tui.block_map import (
 
 MAX_TABLE_ENTRIES = 96
 PROMPT_LINES = 2   # the prompt's last lines; the output gets what is left of the panel
+DRAFTED_STYLE = "bold #5fbf5f"  # output text that was an accepted draft (speculative decoding)
 _CONTROL = dict.fromkeys([*range(32), *range(127, 160)], "·") | {10: "↵", 13: None, 9: " "}
 
 
@@ -45,7 +46,18 @@ def token_stream_text(text, request_id: int, width: int, lines: int) -> Text:
     out.append("\n")
     out.append("output ", style="bold green")
     shown = max(lines - PROMPT_LINES, 1) * width - 7
-    out.append(tail(output, shown) if output else "(nothing yet)", style="bold" if output else "dim")
+    if not output:
+        out.append("(nothing yet)", style="dim")
+        return out
+    cut = tail(output, shown)
+    start = len(out)
+    out.append(cut, style="bold")
+    offset = len(output) - len(cut)  # output[j] is drawn at cut[j - offset] (cut[0] is "…" when cut short)
+    first = 1 if cut is not output else 0
+    for a, b in text.drafted.get(request_id, ()):  # accepted draft tokens
+        a, b = max(a - offset, first), b - offset
+        if b > a:
+            out.stylize(DRAFTED_STYLE, start + a, start + b)
     return out
 
 
