@@ -4,9 +4,10 @@ ServeMetrics is an EventFold on the engine's bus (it runs on the engine thread, 
 registry of its own (never prometheus_client's global one), so two servers in one process do not mix.
 Definitions follow vLLM v1: TTFT from arrival to the first token, ITL between a request's consecutive
 tokens (a step that appends n tokens counts n gaps of (now - last) / n), e2e from arrival to finish,
-prefix-cache queries and hits in tokens, iteration tokens per step. The `kvscope:*` gauges say what only
-kvscope knows: cached-free blocks, internal fragmentation and the contiguous-reservation waste
-(kvscope.inspector.metrics.fragmentation).
+prefix-cache queries and hits in tokens, iteration tokens per step, and with speculative decoding vLLM's
+spec_decode counters (drafts, draft tokens, accepted tokens, accepted tokens per position). The `kvscope:*`
+gauges say what only kvscope knows: cached-free blocks, internal fragmentation and the contiguous-reservation
+waste (kvscope.inspector.metrics.fragmentation).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
     ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, BlockEvent, KVSnapshot,
-    RequestEvent, RunInfo, StepEnd,
+    RequestEvent, RunInfo, SpecDecode, StepEnd,
 )
 from kvscope.inspector.metrics import fragmentation
 
@@ -74,6 +75,12 @@ class ServeMetrics(EventFold):
                              E2E_BUCKETS)
         self.iteration_tokens = histogram("vllm:iteration_tokens_total",
                                           "Histogram of number of tokens per engine_step.", ITERATION_TOKEN_BUCKETS)
+        self.spec_drafts = counter("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.")
+        self.spec_draft_tokens = counter("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.")
+        self.spec_accepted = counter("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.")
+        self._spec_per_pos = Counter("vllm:spec_decode_num_accepted_tokens_per_pos",
+                                     "Accepted tokens per draft position.", (*labels, "position"), registry=r)
+        self._labels = values
         self.cached_free = gauge("kvscope:kv_cached_free_blocks",
                                  "Unreferenced KV blocks that still hold a hashed prefix (reusable).")
         self.free_blocks = gauge("kvscope:kv_free_blocks", "KV blocks free and holding nothing reusable.")
@@ -143,6 +150,16 @@ class ServeMetrics(EventFold):
         self._finished.clear()
         self.running.set(ev.num_running)
         self.waiting.set(ev.num_waiting)
+
+    def on_spec_decode(self, ev: SpecDecode) -> None:
+        """A speculative verification (vLLM counts only those that had draft tokens)."""
+        if ev.num_draft_tokens <= 0:
+            return
+        self.spec_drafts.inc()
+        self.spec_draft_tokens.inc(ev.num_draft_tokens)
+        self.spec_accepted.inc(ev.num_accepted)
+        for pos in range(ev.num_accepted):
+            self._spec_per_pos.labels(*self._labels, str(pos)).inc()
 
     def on_kv(self, kv: KVSnapshot) -> None:
         frag = fragmentation(kv)

@@ -322,3 +322,24 @@ def test_smollm2_chat_through_the_server_equals_offline_chat_with_its_template()
     assert "Paris" in want.text
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
     assert full.usage.prompt_tokens == len(want.prompt_token_ids)
+
+
+def test_speculative_server_streams_the_plain_greedy_text_and_counts_vllms_spec_metrics():
+    spec = dict(RECIPE, speculative={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1,
+                                     "prompt_lookup_max": 3})
+    prompts = ["abcabcabcabc", "hello hello hello hello", "zzzzzzzz"]
+    plain = LLM(as_recipe(RECIPE)).generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
+    with ServerThread(as_recipe(spec)) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        for prompt, want in zip(prompts, plain):
+            text, chunks = stream_text(client, model="tiny", prompt=prompt, max_tokens=24,
+                                       extra_body={"ignore_eos": True}, stream_options={"include_usage": True})
+            assert text == want.text and chunks[-1].usage.completion_tokens == 24
+        m = metrics(srv.url)
+    drafts = metric(m, "vllm:spec_decode_num_drafts_total")
+    drafted = metric(m, "vllm:spec_decode_num_draft_tokens_total")
+    accepted = metric(m, "vllm:spec_decode_num_accepted_tokens_total")
+    assert drafts > 0 and 0 < accepted <= drafted <= 3 * drafts
+    assert metric(m, "vllm:spec_decode_num_accepted_tokens_per_pos_total") == accepted
+    assert metric(m, "vllm:spec_decode_num_accepted_tokens_per_pos_total", position="0") >= \
+        metric(m, "vllm:spec_decode_num_accepted_tokens_per_pos_total", position="1")
