@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	rm -rf build/import-view && mkdir -p build/import-view/kvscope
 	cp kvscope/*.py build/import-view/kvscope/
-	for d in engine kernels inspector tui cli recipes; do ln -s ../../../$$d build/import-view/kvscope/$$d; done
+	for d in engine kernels inspector tui cli serve recipes; do ln -s ../../../$$d build/import-view/kvscope/$$d; done
 	cd build && PYTHONPATH=import-view ../$(VENV)/bin/lint-imports --config ../pyproject.toml
 
 bench: $(STAMP)

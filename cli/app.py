@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from kvscope.version import __version__
 
@@ -86,9 +88,11 @@ def run(
     "kvscope trace recipes/quickstart.yaml -o out/",
     "kvscope trace recipes/quickstart.yaml -o out/ --torch-profiler",
     "ImportNvtxt --cmd create -n out/trace.nvtxt -o out/trace.nsys-rep",
+    "kvscope trace --attach http://127.0.0.1:8000 --seconds 5 -o live/",
 ))
 def trace(
-    recipe: Recipe,
+    recipe: Annotated[str | None, typer.Argument(metavar="RECIPE", help=RECIPE_HELP + " (or --attach URL)",
+                                                 show_default=False)] = None,
     out: Annotated[str | None, typer.Option("-o", "--out", metavar="DIR",
                                             help="output folder (default: trace-<recipe name>)")] = None,
     torch_profiler: Annotated[bool, typer.Option(
@@ -96,9 +100,27 @@ def trace(
     no_nvtx: NoNvtx = False,
     no_kernels: Annotated[bool, typer.Option("--no-kernels", help="leave out per-op kernel events (smaller files)")]
     = False,
+    attach: Annotated[str | None, typer.Option("--attach", metavar="URL",
+                                               help="record a running `kvscope serve` instead of a recipe")] = None,
+    seconds: Annotated[float, typer.Option("--seconds", metavar="S", help="with --attach: how long to record")]
+    = 10.0,
 ) -> int:
-    """Run a recipe and write its timelines: trace.json (Perfetto, speedscope), trace.nvtxt (Nsight Systems),
-    events.jsonl (kvscope replay)."""
+    """Run a recipe (or watch a live server with --attach) and write its timelines: trace.json (Perfetto,
+    speedscope), trace.nvtxt (Nsight Systems), events.jsonl (kvscope replay)."""
+    if (recipe is None) == (attach is None):
+        from kvscope.cli.errors import UsageError
+
+        raise UsageError("trace: give a RECIPE or --attach URL (one of them)")
+    if attach is not None:
+        from kvscope.cli.attach import run_trace_attach
+
+        if torch_profiler:
+            from kvscope.cli.errors import UsageError
+
+            raise UsageError("--torch-profiler: cannot profile a remote server (--attach)")
+
+        return run_trace_attach(attach, out=out, seconds=seconds, kernels=not no_kernels)
+    assert recipe is not None
     from kvscope.cli.trace import run_trace
 
     return run_trace(recipe, out=out, torch_profiler=torch_profiler, nvtx=not no_nvtx, kernels=not no_kernels)
@@ -181,13 +203,53 @@ def roofline(
                         kv_dtype=kv_dtype, plot=not no_plot, as_json=as_json)
 
 
-@app.command(epilog=_examples(
+class _RecipeOrSubcommand(TyperGroup):
+    """`kvscope bench`: `kvscope bench serve ...` is the load generator; anything else that is not an option
+    (`kvscope bench RECIPE.yaml ...`, or nothing) means `kvscope bench recipe RECIPE.yaml ...`. `--goodput`
+    takes its SLOs as `vllm bench serve` does (`--goodput ttft:300 tpot:50`, one option, several values)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (not args[0].startswith("-") and args[0] not in self.commands):
+            args = ["recipe", *args]  # no arguments at all: the recipe command's "Missing argument 'RECIPE'"
+        if args and args[0] == "serve":
+            args = _split_nargs(args, "--goodput")
+        return super().parse_args(ctx, args)
+
+
+def _split_nargs(args: list[str], option: str) -> list[str]:
+    """`OPTION a b c` -> `OPTION a OPTION b OPTION c` (an option that takes several values, argparse's nargs='+')."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] == option:
+            i += 1
+            first = True
+            while i < len(args) and not args[i].startswith("-"):
+                if not first:
+                    out.append(option)
+                out.append(args[i])
+                first = False
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+bench_app = typer.Typer(
+    cls=_RecipeOrSubcommand, no_args_is_help=False,
+    help="Benchmarks: `kvscope bench RECIPE.yaml` compares a recipe's variants offline; `kvscope bench serve` "
+         "loads a running server the way `vllm bench serve` does.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("recipe", epilog=_examples(
     "kvscope bench recipes/prefix-cache.yaml",
     "kvscope bench recipes/static-vs-continuous.yaml --json out.json --chart out.svg",
     "kvscope bench recipes/preemption.yaml --model-override tiny --max-requests 8",
     "kvscope bench recipes/sim-llama70b-h100.yaml --max-rate --slo ttft_p90:2000 --slo tbt_p99:200",
 ))
-def bench(
+def bench_recipe(
     recipe: Recipe,
     json_out: Annotated[str | None, typer.Option("--json", metavar="FILE",
                                                  help="also write the comparison as JSON to FILE ('-' = stdout)")]
@@ -213,7 +275,8 @@ def bench(
     start_rate: Annotated[float, typer.Option(
         "--start-rate", metavar="REQ/S", help="with --max-rate: the first rate tried")] = 1.0,
 ) -> int:
-    """Run a recipe's variants on the same workload and compare them in one table."""
+    """Run a recipe's variants on the same workload and compare them in one table (`kvscope bench RECIPE.yaml`
+    is short for `kvscope bench recipe RECIPE.yaml`)."""
     if max_rate:
         from kvscope.cli.capacity import run_capacity
 
@@ -252,3 +315,107 @@ def calibrate(
 
     return run_calibrate(out, device=device, model=model_override, requests=requests, threads=threads,
                          cpu_time=cpu_time)
+
+
+@app.command(epilog=_examples(
+    "kvscope serve recipes/quickstart.yaml",
+    "kvscope serve recipes/quickstart.yaml --port 8001 --max-waiting 64",
+    "curl localhost:8000/v1/completions -H 'Content-Type: application/json' "
+    "-d '{\"prompt\": \"The capital of France is\", \"max_tokens\": 16}'",
+))
+def serve(
+    recipe: Recipe,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(
+        "--served-model-name", metavar="NAME",
+        help="the `model` clients name (default: the recipe's model path, or the random preset)")] = None,
+    max_waiting: Annotated[int | None, typer.Option(
+        "--max-waiting", metavar="N", help="answer 503 (Retry-After) while N requests wait")] = None,
+    kernel_events: Annotated[bool, typer.Option(
+        "--kernel-events", help="emit per-op kernel events (attach with ?kernels=1; costs engine time)")] = False,
+    model_override: Annotated[str | None, typer.Option(
+        "--model-override", metavar="NAME", help="serve another model: a random-weight preset (tiny, ...) or "
+                                                 "smollm2")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", metavar="N", help="torch intra-op threads")] = None,
+    text_events: Annotated[bool, typer.Option(
+        "--text-events/--no-text-events", help="decode each step's text for an attached TUI's token stream")]
+    = True,
+) -> int:
+    """An OpenAI-compatible server (vLLM's endpoints, errors and /metrics) on the recipe's engine."""
+    from kvscope.cli.serve import run_serve
+
+    return run_serve(recipe, host=host, port=port, served_model_name=served_model_name, max_waiting=max_waiting,
+                     kernel_events=kernel_events, model=model_override, threads=threads, text_events=text_events)
+
+
+@bench_app.command("serve", epilog=_examples(
+    "kvscope bench serve --base-url http://127.0.0.1:8000 --num-prompts 200 --random-input-len 256 "
+    "--random-output-len 64",
+    "kvscope bench serve --request-rate 8 --burstiness 0.5 --max-concurrency 16 --goodput ttft:300 tpot:50",
+    "kvscope bench serve --dataset-name prefix_repetition --endpoint /v1/chat/completions --save-result",
+))
+def bench_serve(
+    base_url: Annotated[str | None, typer.Option("--base-url", metavar="URL",
+                                                 help="the server (default: http://HOST:PORT)")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    endpoint: Annotated[str, typer.Option("--endpoint", help="/v1/completions or /v1/chat/completions")]
+    = "/v1/completions",
+    model: Annotated[str | None, typer.Option("--model", help="default: the first of the server's /v1/models")]
+    = None,
+    dataset_name: Annotated[str, typer.Option("--dataset-name", help="random or prefix_repetition")] = "random",
+    num_prompts: Annotated[int, typer.Option("--num-prompts")] = 1000,
+    random_input_len: Annotated[int, typer.Option("--random-input-len")] = 1024,
+    random_output_len: Annotated[int, typer.Option("--random-output-len")] = 128,
+    random_range_ratio: Annotated[float, typer.Option("--random-range-ratio",
+                                                      help="lengths uniform in [len*(1-r), len*(1+r)]")] = 0.0,
+    random_prefix_len: Annotated[int, typer.Option("--random-prefix-len")] = 0,
+    prefix_repetition_prefix_len: Annotated[int, typer.Option("--prefix-repetition-prefix-len")] = 256,
+    prefix_repetition_suffix_len: Annotated[int, typer.Option("--prefix-repetition-suffix-len")] = 256,
+    prefix_repetition_num_prefixes: Annotated[int, typer.Option("--prefix-repetition-num-prefixes")] = 10,
+    prefix_repetition_output_len: Annotated[int, typer.Option("--prefix-repetition-output-len")] = 128,
+    request_rate: Annotated[float, typer.Option("--request-rate", help="requests/s (inf: all at once)")]
+    = float("inf"),
+    burstiness: Annotated[float, typer.Option("--burstiness", help="gamma shape of the arrivals; 1 = Poisson")]
+    = 1.0,
+    max_concurrency: Annotated[int | None, typer.Option("--max-concurrency")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos")] = False,
+    goodput: Annotated[list[str] | None, typer.Option("--goodput", metavar="NAME:MS",
+                                                      help="SLOs: ttft:MS tpot:MS e2el:MS")] = None,
+    percentile_metrics: Annotated[str, typer.Option("--percentile-metrics", help="of ttft,tpot,itl,e2el")]
+    = "ttft,tpot,itl",
+    metric_percentiles: Annotated[str, typer.Option("--metric-percentiles", help="e.g. 25,50,99")] = "99",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    save_result: Annotated[bool, typer.Option("--save-result", help="write the result JSON")] = False,
+    result_dir: Annotated[str | None, typer.Option("--result-dir")] = None,
+    result_filename: Annotated[str | None, typer.Option("--result-filename")] = None,
+) -> int:
+    """Load a running OpenAI-compatible server (kvscope's, vLLM's, any) with `vllm bench serve`'s options and
+    report, plus the server's own /metrics deltas (preemptions, prefix-cache hit rate, peak KV use)."""
+    from kvscope.serve.bench_serve import BenchServeArgs, run_bench_serve
+
+    args = BenchServeArgs(base_url, host, port, endpoint, model, dataset_name, num_prompts, random_input_len,
+                          random_output_len, random_range_ratio, random_prefix_len, prefix_repetition_prefix_len,
+                          prefix_repetition_suffix_len, prefix_repetition_num_prefixes, prefix_repetition_output_len,
+                          request_rate, burstiness, max_concurrency, ignore_eos, list(goodput or []),
+                          percentile_metrics, metric_percentiles, seed, save_result, result_dir, result_filename)
+    run_bench_serve(args)
+    return 0
+
+
+@app.command(epilog=_examples(
+    "kvscope attach http://127.0.0.1:8000",
+    "kvscope attach http://gpu-box:8000 --kernels",
+))
+def attach(
+    url: Annotated[str, typer.Argument(metavar="URL", help="a running `kvscope serve` (http://HOST:PORT)",
+                                       show_default=False)],
+    kernels: Annotated[bool, typer.Option("--kernels", help="also stream per-op kernel events (the server must run "
+                                                            "with --kernel-events)")] = False,
+) -> int:
+    """Open the live TUI on a running `kvscope serve`: its block map, requests and metrics as they happen;
+    pause / step / delay act on the server's engine."""
+    from kvscope.cli.attach import run_attach
+
+    return run_attach(url, kernels=kernels)

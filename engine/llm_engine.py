@@ -251,6 +251,13 @@ class LLMEngine:
             req = self.requests.get(request_id)
             return req is not None and self.scheduler.abort(req)
 
+    def forget(self, request_id: int) -> None:
+        """Drop a finished request's record (a server keeps no history); unknown or unfinished ids are kept."""
+        with self._lock:
+            req = self.requests.get(request_id)
+            if req is not None and req.finish_reason:
+                del self.requests[request_id]
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 

@@ -1,0 +1,121 @@
+"""Putting a server together: the engine from a recipe, its thread, metrics and event hub on its bus, the
+app, and uvicorn. `serve_recipe` is `kvscope serve`; `ServerThread` runs one in the background on a free
+loopback port (tests, benchmarks, `kvscope bench serve --serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from kvscope.engine.llm_engine import LLMEngine, LoadedModel
+from kvscope.engine.recipe import Recipe
+from kvscope.inspector.events import EventBus
+from kvscope.serve.app import ServerState, build_app
+from kvscope.serve.engine_loop import EngineLoop
+from kvscope.serve.event_hub import DEFAULT_CAPACITY, EventHub
+from kvscope.serve.metrics import ServeMetrics
+
+
+@dataclass(slots=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    max_waiting: int | None = None
+    kernel_events: bool = False
+    event_buffer: int = DEFAULT_CAPACITY
+    on_engine: Callable[[LLMEngine, EventBus], Any] | None = None  # more subscribers (the cli's text probe)
+
+
+def default_model_name(recipe: Recipe) -> str:
+    """What clients pass as `model` unless --served-model-name says otherwise: the random preset's name, or the
+    model path as the recipe gives it (`smollm2` for the packaged GGUF), as vLLM serves a model by its path."""
+    model = recipe.model
+    return model.shape if model.source == "random" else model.path
+
+
+def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | None = None) -> ServerState:
+    """Engine (not started), metrics and event hub subscribed to its bus, the handlers' shared state."""
+    bus = EventBus()
+    engine = LLMEngine(recipe, loaded=loaded, bus=bus, kernel_events=options.kernel_events)
+    name = options.served_model_name or default_model_name(recipe)
+    metrics = ServeMetrics(name)
+    hub = EventHub(options.event_buffer)
+    bus.subscribe(metrics)
+    bus.subscribe(hub)
+    if options.on_engine is not None:
+        options.on_engine(engine, bus)
+    return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
+                       int(time.time()))
+
+
+def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(build_app(state), host=host, port=port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=1, lifespan="off")
+
+
+def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
+    """`kvscope serve`: run until interrupted."""
+    state = build_state(recipe, options)
+    state.engine.start()
+    print(f"kvscope serve: {state.model_name} on http://{options.host}:{options.port}/v1 "
+          f"(metrics /metrics, attach: kvscope attach http://{options.host}:{options.port})", flush=True)
+    try:
+        uvicorn.Server(_config(state, options.host, options.port)).run()
+    finally:
+        state.engine.stop()
+    return 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A server in a background thread on a free loopback port: `with ServerThread(recipe) as srv: srv.url`."""
+
+    def __init__(self, recipe: Recipe, options: ServeOptions | None = None,
+                 loaded: LoadedModel | None = None) -> None:
+        self.options = options or ServeOptions(port=0)
+        if not self.options.port:  # 0: any free port
+            self.options.port = free_port(self.options.host)
+        self.state = build_state(recipe, self.options, loaded)
+        self.server = uvicorn.Server(_config(self.state, self.options.host, self.options.port))
+        self._thread = threading.Thread(target=self._run, name="kvscope-serve-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}"
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self.state.engine.start()
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self.state.engine.stop()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
