@@ -234,7 +234,7 @@ class Scheduler:
         every running request has its own token: drafts never preempt). Returns the budget left."""
         spec = self.speculative
         assert spec is not None
-        for s in list(out.scheduled):
+        for s in out.scheduled:
             if budget <= 0:
                 break
             req = s.request
@@ -262,8 +262,8 @@ class Scheduler:
         if proposed:
             out.spec_results.append(SpecResult(req.request_id, s.num_draft_slots, proposed, accepted, appended,
                                                s.num_draft_slots - accepted, blocks))
-            spec = self.speculative
-            if spec is not None and spec.adaptive:
+            spec = self.speculative  # set: nothing drafts without it
+            if spec.adaptive:
                 k = req.num_spec_tokens or spec.num_speculative_tokens
                 k = min(k + 2, spec.max_speculative_tokens) if accepted == proposed else max(1, k - 1)
                 req.num_spec_tokens = k
