@@ -37,8 +37,10 @@ TEXTS = [
 ]
 SPECS = {
     "ngram": {"method": "ngram", "num_speculative_tokens": 4},
-    "layerskip": {"method": "layerskip", "num_layers": 12, "num_speculative_tokens": 3},
+    "layerskip": {"method": "layerskip", "num_layers": 6, "num_speculative_tokens": 3},
 }
+LAYERSKIP_PROMPTS = 3  # drafting costs forward passes: the first three prompts (two copy their prompt),
+LAYERSKIP_TOKENS = 16  # 16 tokens each (k 3 drafts still cross 16-slot block boundaries)
 CONFIGS = {
     "chunked, prefix cache": {"cache": {"block_size": 16, "num_blocks": 256, "prefix_caching": True},
                               "scheduler": {"max_num_batched_tokens": 24}},
@@ -64,12 +66,12 @@ def expected(prompts) -> list[list[int]]:
     return hf_greedy(prompts, NEW_TOKENS)
 
 
-def generate(loaded, prompts, config: dict, spec: dict | None):
+def generate(loaded, prompts, config: dict, spec: dict | None, max_tokens: int = NEW_TOKENS):
     data = dict(BASE, **config)
     if spec is not None:
         data["speculative"] = spec
     llm = LLM(Recipe.from_dict(data), loaded=loaded)
-    outs = llm.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True))
+    outs = llm.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
     engine = llm.engine
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     return [o.token_ids for o in outs], engine
@@ -78,7 +80,11 @@ def generate(loaded, prompts, config: dict, spec: dict | None):
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("method", list(SPECS))
 def test_greedy_tokens_equal_transformers(loaded, prompts, expected, config, method):
-    got, engine = generate(loaded, prompts, CONFIGS[config], SPECS[method])
+    n = NEW_TOKENS
+    if method == "layerskip":
+        n = LAYERSKIP_TOKENS
+        prompts, expected = prompts[:LAYERSKIP_PROMPTS], [e[:n] for e in expected[:LAYERSKIP_PROMPTS]]
+    got, engine = generate(loaded, prompts, CONFIGS[config], SPECS[method], n)
     for i, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"prompt {i} diverges at token {next(j for j in range(len(e)) if g[j] != e[j])}"
     if config == "preemption":
@@ -86,9 +92,10 @@ def test_greedy_tokens_equal_transformers(loaded, prompts, expected, config, met
 
 
 def test_draft_model_equal_transformers(loaded, prompts, expected):
+    """The draft model is SmolLM2 itself (the only real model here): every draft is accepted up to numerics."""
     spec = {"method": "draft_model", "num_speculative_tokens": 4, "model": {"source": "gguf", "path": "smollm2"}}
-    got, _ = generate(loaded, prompts, CONFIGS["chunked, prefix cache"], spec)
-    assert got == expected
+    got, _ = generate(loaded, prompts[:LAYERSKIP_PROMPTS], CONFIGS["chunked, prefix cache"], spec, LAYERSKIP_TOKENS)
+    assert got == [e[:LAYERSKIP_TOKENS] for e in expected[:LAYERSKIP_PROMPTS]]
 
 
 def test_prompt_lookup_accepts_on_repetition(loaded, prompts):
