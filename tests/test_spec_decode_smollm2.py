@@ -39,8 +39,12 @@ SPECS = {
     "ngram": {"method": "ngram", "num_speculative_tokens": 4},
     "layerskip": {"method": "layerskip", "num_layers": 6, "num_speculative_tokens": 3},
 }
-LAYERSKIP_PROMPTS = 3  # drafting costs forward passes: the first three prompts (two copy their prompt),
-LAYERSKIP_TOKENS = 16  # 16 tokens each (k 3 drafts still cross 16-slot block boundaries)
+# Drafting costs forward passes: layerskip and the draft model run three prompts (31, 62 and 81 tokens; two
+# copy their prompt), 16 tokens each (k 3 drafts still cross 16-slot block boundaries); in 7 blocks the first
+# two run together and outgrow the pool.
+LAYERSKIP_PROMPTS = (2, 0, 1)
+LAYERSKIP_TOKENS = 16
+LAYERSKIP_PREEMPTION_BLOCKS = 7
 CONFIGS = {
     "chunked, prefix cache": {"cache": {"block_size": 16, "num_blocks": 256, "prefix_caching": True},
                               "scheduler": {"max_num_batched_tokens": 24}},
@@ -80,11 +84,13 @@ def generate(loaded, prompts, config: dict, spec: dict | None, max_tokens: int =
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("method", list(SPECS))
 def test_greedy_tokens_equal_transformers(loaded, prompts, expected, config, method):
-    n = NEW_TOKENS
+    n, cfg = NEW_TOKENS, CONFIGS[config]
     if method == "layerskip":
         n = LAYERSKIP_TOKENS
-        prompts, expected = prompts[:LAYERSKIP_PROMPTS], [e[:n] for e in expected[:LAYERSKIP_PROMPTS]]
-    got, engine = generate(loaded, prompts, CONFIGS[config], SPECS[method], n)
+        prompts, expected = [prompts[i] for i in LAYERSKIP_PROMPTS], [expected[i][:n] for i in LAYERSKIP_PROMPTS]
+        if config == "preemption":
+            cfg = dict(cfg, cache={"block_size": 16, "num_blocks": LAYERSKIP_PREEMPTION_BLOCKS})
+    got, engine = generate(loaded, prompts, cfg, SPECS[method], n)
     for i, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"prompt {i} diverges at token {next(j for j in range(len(e)) if g[j] != e[j])}"
     if config == "preemption":
@@ -94,8 +100,9 @@ def test_greedy_tokens_equal_transformers(loaded, prompts, expected, config, met
 def test_draft_model_equal_transformers(loaded, prompts, expected):
     """The draft model is SmolLM2 itself (the only real model here): every draft is accepted up to numerics."""
     spec = {"method": "draft_model", "num_speculative_tokens": 4, "model": {"source": "gguf", "path": "smollm2"}}
-    got, _ = generate(loaded, prompts[:LAYERSKIP_PROMPTS], CONFIGS["chunked, prefix cache"], spec, LAYERSKIP_TOKENS)
-    assert got == [e[:LAYERSKIP_TOKENS] for e in expected[:LAYERSKIP_PROMPTS]]
+    got, _ = generate(loaded, [prompts[i] for i in LAYERSKIP_PROMPTS], CONFIGS["chunked, prefix cache"], spec,
+                      LAYERSKIP_TOKENS)
+    assert got == [expected[i][:LAYERSKIP_TOKENS] for i in LAYERSKIP_PROMPTS]
 
 
 def test_prompt_lookup_accepts_on_repetition(loaded, prompts):
