@@ -2,18 +2,19 @@
 
 Pure python. A profile says, per operator class (matmul, matmul_narrow, attention, elementwise; a
 matmul is narrow when it multiplies at most NARROW_ROWS rows, as a decode step's do: op_class), what
-fraction of the device's peak compute and of its peak bandwidth an op really reaches, and its fixed cost
-per call: measured = op_overhead_s + max(FLOPs / (peak x compute_efficiency), bytes / (bandwidth x
+fraction of the
+device's peak compute and of its peak bandwidth an op really reaches, and its fixed cost per call:
+measured = calls x op_overhead_s + max(FLOPs / (peak x compute_efficiency), bytes / (bandwidth x
 memory_efficiency)), the roofline with two derated roofs; and what a step costs outside the forward
 pass (step_overhead_s + per_seq_s x requests + per_token_s x tokens + per_sample_s x sampled rows:
-scheduling, batch preparation, sampling). The factors are relative to the peaks of the device preset
-named in `relative_to` (kvscope.inspector.devices); the simulator applies them to whatever GPU it
-models. IDEAL (every efficiency 1, no overheads) is what the simulator uses without a profile: the
-roofline's own times, an upper bound on speed.
+scheduling, batch preparation, sampling). The factors
+are relative to the peaks of the device preset named in `relative_to` (kvscope.inspector.devices); the
+simulator applies them to whatever GPU it models. IDEAL (every efficiency 1, no overheads) is what the
+simulator uses without a profile: the roofline's own times, an upper bound on speed.
 
     {"kvscope_profile": 1, "measured_on": "...", "relative_to": "cpu",
-     "compute_efficiency": {"matmul": 0.05, "matmul_narrow": 0.02, "attention": 0.02, "elementwise": 0.003},
-     "memory_efficiency": {"matmul": 0.1, "matmul_narrow": 0.1, "attention": 0.1, "elementwise": 0.08},
+     "compute_efficiency": {"matmul": 0.04, "attention": 0.02, "elementwise": 0.1},
+     "memory_efficiency": {"matmul": 0.2, "attention": 0.1, "elementwise": 0.1},
      "op_overhead_s": {"matmul": 1e-5, ...},
      "step_overhead_s": 2e-4, "per_seq_s": 1e-5, "per_token_s": 1e-6, "per_sample_s": 5e-4}
 """
