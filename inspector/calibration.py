@@ -21,7 +21,7 @@ from typing import Any
 
 from kvscope.inspector.devices import Device
 from kvscope.inspector.events import Kind, Phase
-from kvscope.inspector.sim_profile import OP_CLASS, OP_CLASSES, SimProfile, fit_least_squares, op_class
+from kvscope.inspector.sim_profile import OP_CLASS, OP_CLASSES, SimProfile, fit_least_squares
 
 
 @dataclass(slots=True)
@@ -46,9 +46,8 @@ class StepRecorder:
     def __call__(self, event: Any) -> None:
         kind = event.kind
         if kind == Kind.KERNEL:
-            if event.op in OP_CLASS:  # else the sampler: part of the step's host overhead
-                tokens, rows = batch_of(event.shapes)
-                cls = op_class(event.op, tokens, rows)
+            cls = OP_CLASS.get(event.op)
+            if cls is not None:  # else the sampler: part of the step's host overhead
                 self.steps.setdefault(event.step, StepSample()).ops[cls].append(
                     (event.flops, event.bytes, (event.end - event.start) / 1e9))
         elif kind == Kind.STEP_END:
@@ -61,12 +60,6 @@ class StepRecorder:
 
     def samples(self) -> list[StepSample]:
         return [self.steps[k] for k in sorted(self.steps) if self.steps[k].step_s > 0]
-
-
-def batch_of(shapes: str) -> tuple[int, int]:
-    """(tokens, requests) from a kernel event's shapes ("T=70 B=3": kvscope.engine.kernel_events)."""
-    fields = dict(part.split("=", 1) for part in shapes.split() if "=" in part)
-    return int(fields.get("T", 0)), int(fields.get("B", 0))
 
 
 def fit_roofs(ops: list[tuple[int, int, float]], rounds: int = 30) -> tuple[float, float, float]:

@@ -28,7 +28,7 @@ from kvscope.inspector.kv_estimate import canonical_dtype, dtype_bytes
 from kvscope.inspector.roofline import (
     LAYER_OPS, STEP_OPS, OpCost, attention_cost, layer_token_costs, model_token_costs, roof_time,
 )
-from kvscope.inspector.sim_profile import IDEAL, SimProfile, op_class
+from kvscope.inspector.sim_profile import IDEAL, OP_CLASS, SimProfile
 
 SHARDED_OPS = frozenset({"qkv", "rope", "kv_write", "attention", "o_proj", "mlp", "lm_head"})
 ALL_REDUCES_PER_LAYER = 2
@@ -72,13 +72,12 @@ class StepCostModel:
         self._fixed: dict[tuple[int, int], dict[str, float]] = {}
 
     # --- per op -----------------------------------------------------------------------------------
-    def op_time(self, op: str, cost: OpCost, tokens: int, rows: int) -> float:
-        """Seconds of one launch of `op` doing `cost` (per GPU under tensor parallelism) in a step of `tokens`
-        tokens, `rows` of them sampled (they pick the op's class: kvscope.inspector.sim_profile.op_class)."""
+    def op_time(self, op: str, cost: OpCost, calls: int = 1) -> float:
+        """Seconds of `calls` launches of `op` doing `cost` in all (per GPU under tensor parallelism)."""
         if self.tp > 1 and op in SHARDED_OPS:
             cost = OpCost(cost.flops // self.tp, cost.bytes // self.tp)
-        fixed, peak, bandwidth = self.roofs[op_class(op, tokens, rows)]
-        return fixed + roof_time(cost, peak, bandwidth)
+        fixed, peak, bandwidth = self.roofs[OP_CLASS[op]]
+        return calls * fixed + roof_time(cost, peak, bandwidth)
 
     def _token_times(self, tokens: int, rows: int) -> dict[str, float]:
         """Every op but the attention, whole step (all layers), the all-reduces ("comm") and their sum ("fixed"):
@@ -93,10 +92,10 @@ class StepCostModel:
                 costs = layer_token_costs(self.shape, tokens, weight_bytes=self.weight_bytes,
                                           act_bytes=self.act_bytes, kv_bytes=self.kv_bytes, layer=layer)
                 for op, cost in costs.items():
-                    times[op] += count * self.op_time(op, cost, tokens, rows)
+                    times[op] += count * self.op_time(op, cost)
             outer = model_token_costs(self.shape, tokens, rows, weight_bytes=self.weight_bytes,
                                       act_bytes=self.act_bytes)
-            times.update({op: self.op_time(op, cost, tokens, rows) for op, cost in outer.items()})
+            times.update({op: self.op_time(op, cost) for op, cost in outer.items()})
             times["comm"] = self.shape.num_layers * ALL_REDUCES_PER_LAYER * self.all_reduce_time(tokens)
             times["fixed"] = sum(times[op] for op in STEP_OPS if op != "attention") + times["comm"]
             self._fixed[key] = times
@@ -116,7 +115,7 @@ class StepCostModel:
         for layer, count in self.layer_kinds:
             cost = attention_cost(self.shape, query_lens, seq_lens, act_bytes=self.act_bytes,
                                   kv_bytes=self.kv_bytes, layer=layer)
-            total += count * self.op_time("attention", cost, 0, 0)
+            total += count * self.op_time("attention", cost)
         return total
 
     def op_times(self, query_lens: Sequence[int], seq_lens: Sequence[int]) -> dict[str, float]:

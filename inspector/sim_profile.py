@@ -1,8 +1,6 @@
 """Simulator profiles: the efficiency factors `kvscope calibrate` measures and the simulator applies.
 
-Pure python. A profile says, per operator class (matmul, matmul_narrow, attention, elementwise; a
-matmul is narrow when it multiplies at most NARROW_ROWS rows, as a decode step's do: op_class), what
-fraction of the
+Pure python. A profile says, per operator class (matmul, attention, elementwise), what fraction of the
 device's peak compute and of its peak bandwidth an op really reaches, and its fixed cost per call:
 measured = calls x op_overhead_s + max(FLOPs / (peak x compute_efficiency), bytes / (bandwidth x
 memory_efficiency)), the roofline with two derated roofs; and what a step costs outside the forward
@@ -29,24 +27,12 @@ from pathlib import Path
 from typing import Any
 
 PROFILE_VERSION = 1
-OP_CLASSES = ("matmul", "matmul_narrow", "attention", "elementwise")
-NARROW_ROWS = 16  # a matmul over this many rows or fewer runs like a matrix-vector product
+OP_CLASSES = ("matmul", "attention", "elementwise")
 OP_CLASS: dict[str, str] = {
     "embed": "elementwise", "attn_norm": "elementwise", "qkv": "matmul", "rope": "elementwise",
     "kv_write": "elementwise", "attention": "attention", "o_proj": "matmul", "mlp_norm": "elementwise",
     "mlp": "matmul", "final_norm": "elementwise", "lm_head": "matmul",
 }
-LM_HEAD = "lm_head"  # runs on the sampled rows only, not on every token
-
-
-def op_class(op: str, tokens: int, rows: int) -> str:
-    """The class of `op` in a step of `tokens` tokens of which `rows` are sampled (lm_head's rows)."""
-    cls = OP_CLASS[op]
-    if cls == "matmul" and (rows if op == LM_HEAD else tokens) <= NARROW_ROWS:
-        return "matmul_narrow"
-    return cls
-
-
 STEP_TERMS = ("step_overhead_s", "per_seq_s", "per_token_s", "per_sample_s")
 
 
