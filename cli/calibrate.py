@@ -49,8 +49,8 @@ def reference_device(device: str) -> str:
 
 def calibrate(recipe_data: dict[str, Any], reference: str, cpu_time: bool = False) -> Any:
     """Run the recipe twice (kernel events on, then off) and fit a SimProfile to the two runs. `cpu_time`: the
-    steps are timed by this thread's CPU time, not the wall clock (the ops still by the wall clock; the
-    untimed run's forward phases rescale them)."""
+    steps and their ops are timed by this thread's CPU time, not the wall clock (EventBus.clock, which the
+    op timer follows)."""
     import time
 
     import platform

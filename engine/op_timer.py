@@ -8,7 +8,8 @@ after it records (op, layer, start, end) and pops the range; `detach()` puts the
 The layer of an op is the decoder layer running when it is called (-1 outside the layers), so
 modules shared by every layer (RoPE) are timed per layer too. The model's code never sees a timer.
 
-On CPU the times are host ns. On CUDA each op records a pair of CUDA events; they are resolved
+On CPU the times are host ns, on the engine's clock (EventBus.clock: the monotonic one unless the caller
+chose another, e.g. CPU time for calibration). On CUDA each op records a pair of CUDA events; they are resolved
 after the step (when the sampler has synchronised anyway), so the forward pass never waits, and
 placed on the host clock relative to an anchor event recorded when the step began.
 """
@@ -55,9 +56,11 @@ def _op_sites(model: Any, runner: Any | None) -> Iterator[tuple[Any, str, str]]:
 class OpTimer:
     """Collects (op, layer, start, end) for one step from wrappers installed by attach()."""
 
-    __slots__ = ("_anchor_event", "_anchor_ns", "_installed", "cuda", "hook", "layer", "records")
+    __slots__ = ("_anchor_event", "_anchor_ns", "_installed", "clock", "cuda", "hook", "layer", "records")
 
-    def __init__(self, device: torch.device, hook: RangeHook | None = None) -> None:
+    def __init__(self, device: torch.device, hook: RangeHook | None = None,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.clock = clock
         self.cuda = device.type == "cuda"
         self.hook = hook
         self.records: list[tuple[str, int, Any, Any]] = []
@@ -103,7 +106,7 @@ class OpTimer:
         return in_layer
 
     def _timed(self, fn: Callable[..., Any], op: str) -> Callable[..., Any]:
-        timer, hook, clock, record = self, self.hook, time.perf_counter_ns, self.records.append
+        timer, hook, clock, record = self, self.hook, self.clock, self.records.append
         if self.cuda:
             event = torch.cuda.Event
 
@@ -144,7 +147,7 @@ class OpTimer:
         if self.cuda:
             self._anchor_event = torch.cuda.Event(enable_timing=True)
             self._anchor_event.record()
-            self._anchor_ns = time.perf_counter_ns()
+            self._anchor_ns = self.clock()
 
     def resolve(self) -> list[OpRecord]:
         """The step's ops as (op, layer, start_ns, end_ns) on the host clock."""

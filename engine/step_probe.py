@@ -56,7 +56,7 @@ class StepProbe:
         self.engine = engine
         self.hook = hook
         self.kernel_events = kernel_events
-        self.timer = OpTimer(engine.device, hook)
+        self.timer = OpTimer(engine.device, hook, engine.bus.clock)
         self._model = engine.runner.model
         self.kernel_builder = KernelEventBuilder(engine.config, engine.loaded.dtype, engine.backend_name,
                                                  fused_norm_rope=engine.backend.fused_ops is not None)

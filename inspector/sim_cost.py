@@ -72,12 +72,12 @@ class StepCostModel:
         self._fixed: dict[tuple[int, int], dict[str, float]] = {}
 
     # --- per op -----------------------------------------------------------------------------------
-    def op_time(self, op: str, cost: OpCost, calls: int = 1) -> float:
-        """Seconds of `calls` launches of `op` doing `cost` in all (per GPU under tensor parallelism)."""
+    def op_time(self, op: str, cost: OpCost) -> float:
+        """Seconds of one launch of `op` doing `cost` (per GPU under tensor parallelism)."""
         if self.tp > 1 and op in SHARDED_OPS:
             cost = OpCost(cost.flops // self.tp, cost.bytes // self.tp)
         fixed, peak, bandwidth = self.roofs[OP_CLASS[op]]
-        return calls * fixed + roof_time(cost, peak, bandwidth)
+        return fixed + roof_time(cost, peak, bandwidth)
 
     def _token_times(self, tokens: int, rows: int) -> dict[str, float]:
         """Every op but the attention, whole step (all layers), the all-reduces ("comm") and their sum ("fixed"):
