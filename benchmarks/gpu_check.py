@@ -1,0 +1,542 @@
+"""Everything kvscope can check on a lent GPU, in one run of independent steps (benchmarks/gpu_check.sh runs it).
+
+Each step runs in its own subprocess under its own timeout and is recorded as {name, status ok | failed |
+skipped, seconds, budget_s, numbers, reason, log_tail}; a failure never stops the steps after it, and the
+whole run stays inside TOTAL_BUDGET_S (a step that would start past it is skipped). Out folder (at most 4
+files, so they all come back from the device tool): gpu_check.json, gpu_check.md, gpu_check.log (every
+step's full output) and kernels.json; scratch (traces, Nsight reports) goes to a temporary folder.
+The markdown table is printed last.
+
+    python benchmarks/gpu_check.py --out DIR            # on a GPU (about 6 minutes)
+    python benchmarks/gpu_check.py --dry-run --out DIR  # on a CPU: the steps that can run there, < 90 s
+
+Steps: environment, ceilings (copy GB/s, matmul TFLOP/s), kernel_tests (tests/test_kernels_device.py,
+compiled), kernels_bench (benchmarks/kernels.py), engine_equality and engine_throughput
+(benchmarks/gpu_engine.py), trace (`kvscope trace` + tests/trace_checks.py), calibrate (when the CLI has
+it), ncu (benchmarks/gpu_ncu_target.py against the cost model), nsys (live `nsys profile` and ImportNvtxt).
+`python benchmarks/gpu_check.py --step NAME --work DIR` runs one in-process step and prints `RESULT {...}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TOTAL_BUDGET_S = 470.0  # under 8 minutes, the install before it not counted
+OPTIONAL_DEPS = ("gguf", "nvtx", "textual", "typer", "rich", "yaml", "tokenizers", "safetensors", "jinja2",
+                 "pynvml", "triton")
+NCU_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum", "sm__ops_path_tensor_src_bf16_dst_fp32.sum",
+               "sm__sass_thread_inst_executed_op_ffma_pred_on.sum", "sm__sass_thread_inst_executed_op_fadd_pred_on.sum",
+               "sm__sass_thread_inst_executed_op_fmul_pred_on.sum")
+
+
+@dataclass(slots=True)
+class StepResult:
+    name: str
+    status: str  # ok | failed | skipped
+    seconds: float = 0.0
+    budget_s: float = 0.0
+    numbers: dict = field(default_factory=dict)
+    reason: str = ""
+    log_tail: str = ""
+
+
+@dataclass(slots=True)
+class Ctx:
+    dry: bool
+    out: Path
+    work: Path
+    results: dict[str, StepResult] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def tool_paths() -> dict[str, str | None]:
+    """ncu on PATH; nsys on PATH or bundled in Nsight Compute's folder; ImportNvtxt next to either."""
+    ncu = shutil.which("ncu")
+    nsys = shutil.which("nsys")
+    globs = ["/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys", "/opt/nvidia/nsight-systems/*/bin/nsys",
+             "/usr/local/cuda*/bin/nsys"]
+    if ncu:
+        globs.append(str(Path(os.path.realpath(ncu)).parent / "host" / "target-linux-x64" / "nsys"))
+    nsys = nsys or next((p for g in globs for p in sorted(glob.glob(g)) if os.access(p, os.X_OK)), None)
+    imp = shutil.which("ImportNvtxt")
+    if not imp and nsys:
+        imp = next((p for p in sorted(glob.glob(str(Path(nsys).parents[1] / "**" / "ImportNvtxt"), recursive=True))
+                    if os.access(p, os.X_OK)), None)
+    return {"ncu": ncu, "nsys": nsys, "ImportNvtxt": imp}
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def sh(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path = ROOT) -> tuple[int, str]:
+    try:
+        p = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=timeout)
+        return p.returncode, p.stdout
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return 124, out + f"\n[timed out after {timeout:.0f} s]"
+    except OSError as e:
+        return 127, f"{cmd[0]}: {e}"
+
+
+def result_line(output: str, prefix: str = "RESULT ") -> dict | None:
+    for line in reversed(output.splitlines()):
+        if line.startswith(prefix):
+            return json.loads(line[len(prefix):])
+    return None
+
+
+# ----------------------------------------------------------------------------------------- in-process steps
+# each returns (status, numbers, reason); run in a subprocess through `--step NAME`
+
+
+def step_environment(ctx: Ctx) -> tuple[str, dict, str]:
+    import torch
+
+    n: dict = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda_available": has_cuda()}
+    try:
+        import triton
+
+        n["triton"] = triton.__version__
+    except ImportError:
+        n["triton"] = None
+    if has_cuda():
+        n["gpu"] = torch.cuda.get_device_name()
+        props = torch.cuda.get_device_properties(0)
+        n["sms"], n["memory_gib"] = props.multi_processor_count, round(props.total_memory / 2**30, 1)
+        n["torch_cuda"] = torch.version.cuda
+    if shutil.which("nvidia-smi"):
+        rc, out = sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem",
+                      "--format=csv,noheader"], 20)
+        n["nvidia_smi"] = out.strip() if rc == 0 else f"exit {rc}"
+    n.update(tool_paths())
+    n["missing_python_packages"] = [m for m in OPTIONAL_DEPS if importlib.util.find_spec(m) is None]
+    from kvscope.version import __version__
+
+    n["kvscope"] = __version__
+    rc, _ = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--help"], 30)
+    n["kvscope_calibrate"] = rc == 0
+    print(json.dumps(n, indent=1))
+    return "ok", n, ""
+
+
+def _bench_kernels():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kernels
+
+    return kernels
+
+
+def step_ceilings(ctx: Ctx) -> tuple[str, dict, str]:
+    import torch
+
+    kb = _bench_kernels()
+    cuda = has_cuda()
+    device = torch.device("cuda" if cuda else "cpu")
+    timer = kb.cuda_timer if cuda else kb.wall_timer
+    n = {"copy_gbps": kb.copy_bandwidth_gbps(timer, device, 2**31 if cuda else 2**22)}
+    for dt in ("bfloat16", "float16", "float32") if cuda else ("float32",):
+        n[f"matmul_{dt}_tflops"] = kb.matmul_tflops(timer, device, 8192 if cuda else 128, getattr(torch, dt))
+    print(json.dumps(n))
+    return "ok", n, "" if cuda else "cpu: code path only, numbers meaningless"
+
+
+SMALL_TRACE_RECIPE = {
+    "name": "gpu-check-trace",
+    "model": {"source": "random", "shape": "tiny", "seed": 0},
+    "cache": {"block_size": 16, "num_blocks": 64},
+    "scheduler": {"max_num_seqs": 4, "max_num_batched_tokens": 64},
+    "sampling": {"max_tokens": 6, "ignore_eos": True},
+    "workload": {"synthetic": {"num_requests": 4, "prompt_len": {"min": 8, "max": 40},
+                               "output_len": {"min": 4, "max": 6}, "seed": 1}},
+}
+
+
+def trace_recipe(cuda: bool) -> dict:
+    r = json.loads(json.dumps(SMALL_TRACE_RECIPE))
+    if cuda:
+        r["model"]["shape"] = "smollm2-135m"
+        r.update(dtype="bfloat16", device="cuda", attention_backend="triton")
+        r["cache"]["num_blocks"] = 512
+        r["sampling"]["max_tokens"] = 16
+        r["workload"]["synthetic"].update(num_requests=8, prompt_len={"min": 32, "max": 200},
+                                          output_len={"min": 8, "max": 16})
+    return r
+
+
+def write_recipe(ctx: Ctx, name: str, recipe: dict) -> Path:
+    import yaml
+
+    path = ctx.work / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def step_trace(ctx: Ctx) -> tuple[str, dict, str]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from trace_checks import check_chrome_trace, check_kernels_inside_forward, check_nvtxt, device_overrun_steps
+
+    cuda = has_cuda()
+    recipe = write_recipe(ctx, "trace.yaml", trace_recipe(cuda))
+    out = ctx.work / "trace"
+    rc, log = sh([PY, "-m", "kvscope.cli.main", "trace", str(recipe), "-o", str(out)], 300)
+    print(log[-3000:])
+    if rc != 0:
+        return "failed", {"exit": rc}, "kvscope trace failed"
+    trace = json.loads((out / "trace.json").read_text())
+    check_chrome_trace(trace)
+    n = {"kernel_slices": check_kernels_inside_forward(trace, device=cuda),
+         "steps_with_device_past_host_forward": device_overrun_steps(trace),
+         "nvtxt_records": check_nvtxt((out / "trace.nvtxt").read_text().splitlines()),
+         "device": trace["otherData"].get("device")}
+    if cuda:  # kernel slices carry CUDA-event times: their sum is not the host's forward phase
+        n["nesting"] = "kernel slices inside the kernels track's forward/sample containers, none before the host phase"
+    print(json.dumps(n))
+    return ("ok" if n["kernel_slices"] > 0 else "failed"), n, ""
+
+
+def step_calibrate(ctx: Ctx) -> tuple[str, dict, str]:
+    rc, _ = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--help"], 60)
+    if rc != 0:
+        return "skipped", {}, "kvscope calibrate does not exist in this checkout"
+    if not has_cuda():
+        return "skipped", {}, "needs a GPU (the CPU calibration has its own tests)"
+    profile = ctx.work / "profile.json"
+    rc, log = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--device", "cuda", "-o", str(profile)], 240)
+    print(log[-3000:])
+    if rc != 0 or not profile.exists():
+        return "failed", {"exit": rc}, "kvscope calibrate failed"
+    data = json.loads(profile.read_text())
+    flat = {k: v for k, v in data.items() if isinstance(v, (int, float, str))} if isinstance(data, dict) else {}
+    return "ok", flat, ""
+
+
+def parse_ncu_csv(text: str) -> dict[str, float]:
+    """Sum each metric over the kernels of an `ncu --csv --page raw --print-units base` report."""
+    start = text.find('"ID"')
+    if start < 0:
+        return {}
+    rows = list(csv.reader(io.StringIO(text[start:])))
+    header, body = rows[0], [r for r in rows[2:] if len(r) == len(rows[0])]  # rows[1]: units
+    sums: dict[str, float] = {"kernels": float(len(body))}
+    for i, name in enumerate(header):
+        if "__" not in name:
+            continue
+        vals = []
+        for r in body:
+            try:
+                vals.append(float(r[i].replace(",", "")))
+            except ValueError:
+                pass
+        sums[name] = sum(vals)
+    return sums
+
+
+def step_ncu(ctx: Ctx) -> tuple[str, dict, str]:
+    ncu = tool_paths()["ncu"]
+    if not ncu:
+        return "skipped", {}, "ncu is not on PATH"
+    if not has_cuda():
+        return "skipped", {}, "needs a GPU"
+    n: dict = {}
+    ok = True
+    target = str(ROOT / "benchmarks" / "gpu_ncu_target.py")
+    for op in ("attention", "mlp"):
+        for metrics in (NCU_METRICS, NCU_METRICS[:2]):  # without the FLOP counters if this ncu lacks one
+            cmd = [ncu, "--clock-control", "none", "--profile-from-start", "off", "--csv", "--page", "raw",
+                   "--print-units", "base", "--metrics", ",".join(metrics), PY, target, "--op", op]
+            rc, log = sh(cmd, 150)
+            print(log[-4000:])
+            sums = parse_ncu_csv(log)
+            if rc == 0 and sums.get("kernels"):
+                break
+        cost = result_line(log, "COST ") or {}
+        if not sums.get("kernels") or not cost:
+            n[op] = {"error": f"ncu exit {rc}, no kernels parsed"}
+            ok = False
+            continue
+        dram = sums.get("dram__bytes_read.sum", 0) + sums.get("dram__bytes_write.sum", 0)
+        flops = (sums.get("sm__ops_path_tensor_src_bf16_dst_fp32.sum", 0)
+                 + 2 * sums.get("sm__sass_thread_inst_executed_op_ffma_pred_on.sum", 0)
+                 + sums.get("sm__sass_thread_inst_executed_op_fadd_pred_on.sum", 0)
+                 + sums.get("sm__sass_thread_inst_executed_op_fmul_pred_on.sum", 0))
+        n[op] = {"kernels": int(sums["kernels"]), "dram_bytes": dram, "model_bytes": cost["bytes"],
+                 "bytes_ratio": dram / cost["bytes"], "ncu_flops": flops, "model_flops": cost["flops"],
+                 "flops_ratio": flops / cost["flops"] if flops else None, "raw": sums}
+        n[op]["within_10pct"] = abs(n[op]["bytes_ratio"] - 1) <= 0.1 and (
+            flops == 0 or abs(n[op]["flops_ratio"] - 1) <= 0.1)
+    print(json.dumps(n))
+    return ("ok" if ok else "failed"), n, ""
+
+
+def step_nsys(ctx: Ctx) -> tuple[str, dict, str]:
+    tools = tool_paths()
+    if not tools["nsys"]:
+        return "skipped", {}, "no nsys binary (PATH or Nsight Compute's host/target-linux-x64)"
+    if not has_cuda():
+        return "skipped", {}, "needs a GPU"
+    n: dict = {"nsys": tools["nsys"], "ImportNvtxt": tools["ImportNvtxt"]}
+    recipe = write_recipe(ctx, "nsys.yaml", trace_recipe(True))
+    base = ctx.work / "live"
+    rc, log = sh([tools["nsys"], "profile", "--trace", "cuda,nvtx", "--force-overwrite", "true", "-o", str(base),
+                  PY, "-m", "kvscope.cli.main", "run", str(recipe), "--headless"], 200)
+    print(log[-3000:])
+    made = sorted(p.name for p in ctx.work.glob("live*"))
+    n["live_exit"], n["live_files"] = rc, made
+    n["live_report"] = (ctx.work / "live.nsys-rep").exists()
+    if n["live_report"]:
+        n["stats_exit"], stats = sh([tools["nsys"], "stats", "--report", "nvtx_sum", "--format", "csv",
+                                    str(ctx.work / "live.nsys-rep")], 120)
+        print(stats[-3000:])
+        n["nvtx_sum_lines"] = sum(1 for line in stats.splitlines() if line.count(",") > 3)
+    nvtxt = ctx.work / "trace" / "trace.nvtxt"
+    if tools["ImportNvtxt"] and nvtxt.exists():
+        rep = ctx.work / "imported.nsys-rep"
+        rc3, log3 = sh([tools["ImportNvtxt"], "--cmd", "create", "-n", str(nvtxt), "-o", str(rep)], 60)
+        print(log3[-2000:])
+        n["import_nvtxt_exit"], n["import_nvtxt_report"] = rc3, rep.exists()
+    else:
+        n["import_nvtxt_report"] = None
+        n["import_nvtxt_note"] = "no ImportNvtxt binary" if not tools["ImportNvtxt"] else "no trace.nvtxt (trace step)"
+    print(json.dumps(n))
+    made_any = n["live_report"] or bool(n.get("import_nvtxt_report"))
+    return ("ok" if made_any else "failed"), n, "" if made_any else "no .nsys-rep was produced"
+
+
+IN_PROCESS: dict[str, Callable[[Ctx], tuple[str, dict, str]]] = {
+    "environment": step_environment, "ceilings": step_ceilings, "trace": step_trace,
+    "calibrate": step_calibrate, "ncu": step_ncu, "nsys": step_nsys,
+}
+
+
+# ----------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(slots=True)
+class Step:
+    name: str
+    budget_gpu: float
+    budget_dry: float | None  # None: not run on a CPU (skipped, with `cpu_reason`)
+    command: Callable[[Ctx], list[str]]
+    cpu_reason: str = "needs a GPU"
+    env: dict = field(default_factory=dict)
+
+
+def self_step(name: str) -> Callable[[Ctx], list[str]]:
+    return lambda ctx: [PY, str(Path(__file__).resolve()), "--step", name, "--work", str(ctx.work)]
+
+
+def kernel_tests(ctx: Ctx) -> list[str]:
+    return [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels_device.py"]
+
+
+def kernels_bench(ctx: Ctx) -> list[str]:
+    out = ["--json", str(ctx.out / "kernels.json")]
+    if ctx.dry:
+        return [PY, "benchmarks/kernels.py", "--smoke", *out]
+    return [PY, "benchmarks/kernels.py", "--batches", "1", "64", "256", "--contexts", "4096", "32768", *out]
+
+
+def engine_equality(ctx: Ctx) -> list[str]:
+    if ctx.dry:
+        return [PY, "benchmarks/gpu_engine.py", "equality", "--shapes", "tiny-gqa3", "--dtype", "float32",
+                "--device", "cpu", "--prompt-lens", "1", "9", "--max-tokens", "4"]
+    return [PY, "benchmarks/gpu_engine.py", "equality", "--shapes", "smollm2-135m", "llama-1b",
+            "--dtype", "bfloat16", "--device", "cuda"]
+
+
+def engine_throughput(ctx: Ctx) -> list[str]:
+    ceil = ctx.results.get("ceilings")
+    copy = ceil.numbers.get("copy_gbps", 0.0) if ceil and ceil.status == "ok" else 0.0
+    if ctx.dry:
+        return [PY, "benchmarks/gpu_engine.py", "throughput", "--shape", "tiny", "--dtype", "float32",
+                "--device", "cpu", "--batches", "1", "4", "--prompt-len", "16", "--steps", "6",
+                "--copy-gbps", str(copy)]
+    return [PY, "benchmarks/gpu_engine.py", "throughput", "--shape", "llama-1b", "--dtype", "bfloat16",
+            "--device", "cuda", "--batches", "1", "64", "256", "--copy-gbps", str(copy)]
+
+
+PLAN = [
+    Step("environment", 40, 30, self_step("environment")),
+    Step("ceilings", 40, 20, self_step("ceilings")),
+    Step("kernel_tests", 100, 60, kernel_tests, env={"TRITON_INTERPRET": "0"}),
+    Step("kernels_bench", 130, 30, kernels_bench),
+    Step("engine_equality", 110, 45, engine_equality),
+    Step("engine_throughput", 90, 30, engine_throughput),
+    Step("trace", 60, 40, self_step("trace")),
+    Step("ncu", 80, 15, self_step("ncu")),
+    Step("nsys", 70, 15, self_step("nsys")),
+    Step("calibrate", 60, 20, self_step("calibrate")),
+]
+
+
+def numbers_from(step: str, output: str, ctx: Ctx) -> dict:
+    """The numbers a step's output carries: its RESULT line, or a file it wrote."""
+    res = result_line(output)
+    if res is not None:
+        return res
+    if step == "kernels_bench" and (ctx.out / "kernels.json").exists():
+        data = json.loads((ctx.out / "kernels.json").read_text())
+        lines = [line for line in output.splitlines()
+                 if line.startswith("goal") or re.match(r"prefill \d+x\d+:", line)]
+        return {"device": data["device"], "copy_gbps": data["copy_gbps"], "matmul_tflops": data["matmul_tflops"],
+                "rows": len(data["rows"]), "summary": lines}
+    if step == "kernel_tests":
+        tail = [line for line in output.splitlines() if " passed" in line or " failed" in line]
+        return {"pytest": tail[-1].strip("= ") if tail else ""}
+    return {}
+
+
+def run_step(step: Step, ctx: Ctx, deadline: float, log: io.TextIOBase) -> StepResult:
+    budget = step.budget_dry if ctx.dry else step.budget_gpu
+    if budget is None:
+        return StepResult(step.name, "skipped", reason=step.cpu_reason)
+    left = deadline - time.monotonic()
+    if left < 10:
+        return StepResult(step.name, "skipped", budget_s=budget, reason="out of the run's time budget")
+    budget = min(budget, left)
+    print(f"--- {step.name}: budget {budget:.0f} s", flush=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **step.env)
+    if ctx.dry:
+        env["TRITON_INTERPRET"] = "1"
+    cmd = step.command(ctx)
+    t0 = time.monotonic()
+    rc, output = sh(cmd, budget, env)
+    seconds = time.monotonic() - t0
+    log.write(f"\n===== {step.name} (exit {rc}, {seconds:.1f} s of {budget:.0f}): {' '.join(cmd)}\n{output}\n")
+    log.flush()
+    try:
+        numbers = numbers_from(step.name, output, ctx)
+    except (ValueError, KeyError) as e:
+        numbers = {"parse_error": str(e)}
+    status = numbers.pop("status", None) if step.name in IN_PROCESS else None
+    reason = numbers.pop("reason", "") if step.name in IN_PROCESS else ""
+    numbers = numbers.pop("numbers", numbers) if step.name in IN_PROCESS else numbers
+    if status is None:
+        status = "ok" if rc == 0 else "failed"
+    if rc == 124:
+        status, reason = "failed", f"timed out after {budget:.0f} s"
+    elif rc != 0 and status == "ok":
+        status = "failed"
+    if status == "failed" and not reason:
+        reason = f"exit {rc}"
+    return StepResult(step.name, status, round(seconds, 1), round(budget), numbers, reason, output[-2000:])
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def headline(r: StepResult) -> str:
+    """The few numbers of a step worth a table cell."""
+    n = r.numbers
+    if r.name == "environment":
+        keys = ("gpu", "torch", "triton", "ncu", "nsys", "missing_python_packages", "kvscope_calibrate")
+        return "; ".join(f"{k} {_fmt(n[k])}" for k in keys if k in n)
+    if r.name == "engine_equality":
+        return "; ".join(f"{s}: {v['identical']} identical" for s, v in n.get("shapes", {}).items())
+    if r.name == "engine_throughput":
+        cells = []
+        for row in n.get("rows", []):
+            if "status" in row:
+                cells.append(f"B={row['batch']} {row['mode']}: {row['status']}")
+            else:
+                floor = f", {row['x_floor']:.2f}x floor" if "x_floor" in row else ""
+                cells.append(f"B={row['batch']} {row['mode']}: {row['decode_tok_s']:,.0f} tok/s, "
+                             f"{row['step_ms_median']:.2f} ms/step{floor}")
+        return "; ".join(cells)
+    if r.name == "kernels_bench":
+        return "; ".join(n.get("summary", [])) or "; ".join(f"{k} {_fmt(v)}" for k, v in n.items() if k != "rows")
+    if r.name == "ncu":
+        return "; ".join(f"{op}: bytes {v['bytes_ratio']:.2f}x model, flops "
+                         f"{_fmt(v['flops_ratio']) if v.get('flops_ratio') else 'n/a'}x model"
+                         for op, v in n.items() if isinstance(v, dict) and "bytes_ratio" in v)
+    flat = {k: v for k, v in n.items() if isinstance(v, (int, float, str, bool)) and k != "ok"}
+    return "; ".join(f"{k} {_fmt(v)}" for k, v in list(flat.items())[:6])
+
+
+def markdown(results: list[StepResult], meta: dict) -> str:
+    lines = [f"GPU check {meta['date']} on {meta['device']} ({'dry run' if meta['dry_run'] else 'full run'}, "
+             f"{meta['seconds']:.0f} s)", "",
+             "| step | status | s | numbers / reason |", "| --- | --- | ---: | --- |"]
+    for r in results:
+        cell = headline(r) if r.status == "ok" else (r.reason + ("; " + headline(r) if r.numbers else ""))
+        lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} | {cell.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_all(ctx: Ctx, only: list[str] | None) -> int:
+    t_start = time.monotonic()
+    deadline = t_start + TOTAL_BUDGET_S
+    results: list[StepResult] = []
+    with open(ctx.out / "gpu_check.log", "w") as log:
+        for step in PLAN:
+            if only and step.name not in only:
+                continue
+            r = run_step(step, ctx, deadline, log)
+            ctx.results[step.name] = r
+            results.append(r)
+            print(f"    {r.name}: {r.status} ({r.seconds:.0f} s){' - ' + r.reason if r.reason else ''}", flush=True)
+    env = ctx.results.get("environment")
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry_run": ctx.dry,
+            "device": (env.numbers.get("gpu") if env else None) or "cpu",
+            "seconds": time.monotonic() - t_start, "total_budget_s": TOTAL_BUDGET_S}
+    (ctx.out / "gpu_check.json").write_text(json.dumps({**meta, "steps": [asdict(r) for r in results]}, indent=1))
+    table = markdown(results, meta)
+    (ctx.out / "gpu_check.md").write_text(table)
+    print("\n" + table)
+    return 0 if all(r.status != "failed" for r in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="CPU: run what can run here, skip the rest")
+    p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
+    p.add_argument("--work", help="scratch folder (default: a new temporary one)")
+    p.add_argument("--only", nargs="+", help="run only these steps")
+    p.add_argument("--step", choices=list(IN_PROCESS), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = Ctx(args.dry_run, out, work)
+    if args.step:
+        status, numbers, reason = IN_PROCESS[args.step](ctx)
+        print("RESULT " + json.dumps({"status": status, "numbers": numbers, "reason": reason}), flush=True)
+        return 0 if status != "failed" else 1
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    return run_all(ctx, args.only)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
