@@ -2,9 +2,9 @@
 
 Each step runs in its own subprocess under its own timeout and is recorded as {name, status ok | failed |
 skipped, seconds, budget_s, numbers, reason, log_tail}; a failure never stops the steps after it, and the
-whole run stays inside TOTAL_BUDGET_S (a step that would start past it is skipped). Out folder (at most 4
+whole run stays inside TOTAL_BUDGET_S (a step that would start past it is skipped). Out folder (at most 6
 files, so they all come back from the device tool): gpu_check.json, gpu_check.md, gpu_check.log (every
-step's full output) and kernels.json; scratch (traces, Nsight reports) goes to a temporary folder.
+step's full output), kernels.json and kernels_flex.json; scratch (traces, Nsight reports) goes to a temporary folder.
 The markdown table is printed last.
 
     python benchmarks/gpu_check.py --out DIR            # on a GPU (about 6 minutes)
@@ -357,7 +357,13 @@ def kernels_bench(ctx: Ctx) -> list[str]:
     out = ["--json", str(ctx.out / "kernels.json")]
     if ctx.dry:
         return [PY, "benchmarks/kernels.py", "--smoke", *out]
-    return [PY, "benchmarks/kernels.py", "--batches", "1", "64", "256", "--contexts", "4096", "32768", *out]
+    return [PY, "benchmarks/kernels.py", "--no-flex", *out]  # the full grid: batch 1-256, context 512-32k
+
+
+def kernels_flex(ctx: Ctx) -> list[str]:
+    """flex_attention compiles once per shape: only the acceptance case, beside our kernel and gather + SDPA."""
+    return [PY, "benchmarks/kernels.py", "--batches", "64", "--contexts", "4096", "--prefill", "1x512",
+            "--json", str(ctx.out / "kernels_flex.json")]
 
 
 def engine_equality(ctx: Ctx) -> list[str]:
@@ -383,7 +389,9 @@ PLAN = [
     Step("environment", 40, 30, self_step("environment")),
     Step("ceilings", 40, 20, self_step("ceilings")),
     Step("kernel_tests", 100, 60, kernel_tests, env={"TRITON_INTERPRET": "0"}),
-    Step("kernels_bench", 130, 30, kernels_bench),
+    Step("kernels_bench", 90, 30, kernels_bench),
+    Step("kernels_flex", 90, None, kernels_flex, cpu_reason="flex_attention needs a GPU (kernels_bench's smoke run "
+         "covers the code path)"),
     Step("engine_equality", 110, 45, engine_equality),
     Step("engine_throughput", 90, 30, engine_throughput),
     Step("trace", 60, 40, self_step("trace")),
@@ -398,12 +406,13 @@ def numbers_from(step: str, output: str, ctx: Ctx) -> dict:
     res = result_line(output)
     if res is not None:
         return res
-    if step == "kernels_bench" and (ctx.out / "kernels.json").exists():
-        data = json.loads((ctx.out / "kernels.json").read_text())
+    produced = ctx.out / ("kernels_flex.json" if step == "kernels_flex" else "kernels.json")
+    if step.startswith("kernels_") and produced.exists():
+        data = json.loads(produced.read_text())
         lines = [line for line in output.splitlines()
                  if line.startswith("goal") or re.match(r"prefill \d+x\d+:", line)]
         return {"device": data["device"], "copy_gbps": data["copy_gbps"], "matmul_tflops": data["matmul_tflops"],
-                "rows": len(data["rows"]), "summary": lines}
+                "rows": len(data["rows"]), "summary": lines, "rows_detail": data["rows"]}
     if step == "kernel_tests":
         tail = [line for line in output.splitlines() if " passed" in line or " failed" in line]
         return {"pytest": tail[-1].strip("= ") if tail else ""}
@@ -473,6 +482,10 @@ def headline(r: StepResult) -> str:
                 cells.append(f"B={row['batch']} {row['mode']}: {row['decode_tok_s']:,.0f} tok/s, "
                              f"{row['step_ms_median']:.2f} ms/step{floor}")
         return "; ".join(cells)
+    if r.name == "kernels_flex":
+        rows = [f"{x['impl']} {x['ms']:.3f} ms" if not x["note"] else f"{x['impl']} {x['note']}"
+                for x in n.get("rows_detail", []) if x["kind"] == "decode"]
+        return "decode 64x4096: " + "; ".join(rows)
     if r.name == "kernels_bench":
         return "; ".join(n.get("summary", [])) or "; ".join(f"{k} {_fmt(v)}" for k, v in n.items() if k != "rows")
     if r.name == "ncu":

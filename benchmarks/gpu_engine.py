@@ -117,10 +117,10 @@ def decode_run(loaded, batch: int, prompt_len: int, steps: int, extra: dict | No
     blocks = batch * -(-(prompt_len + steps + 2) // 16) + 4
     engine = LLMEngine(recipe(loaded, "auto", batch, blocks, max(2048, prompt_len), extra), loaded=loaded,
                        kernel_events=False)
-    for p in prompts(batch, prompt_len, loaded.config.vocab_size, 2):
-        engine.add_request(p, SamplingParams(max_tokens=steps + 2, temperature=0.0, ignore_eos=True))
+    ids = [engine.add_request(p, SamplingParams(max_tokens=steps + 2, temperature=0.0, ignore_eos=True))
+           for p in prompts(batch, prompt_len, loaded.config.vocab_size, 2)]
     # prefill (and the first sampled token) until every request is decoding
-    while any(len(engine.output(r).token_ids) == 0 for r in range(batch)):
+    while any(len(engine.output(r).token_ids) == 0 for r in ids):
         engine.step()
     times = []
     for _ in range(steps):

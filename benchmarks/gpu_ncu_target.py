@@ -17,6 +17,7 @@ import json
 import sys
 
 import torch
+from gpu_engine import LLAMA_1B  # benchmarks/ is the script's folder, first on sys.path
 
 from kvscope.engine.model_config import ModelConfig
 from kvscope.inspector.roofline import attention_cost, layer_token_costs
@@ -24,8 +25,7 @@ from kvscope.inspector.roofline import attention_cost, layer_token_costs
 BATCH, CONTEXT, BLOCK = 64, 4096, 16
 ATTN = ModelConfig("decode-case", num_layers=1, hidden_size=4096, num_heads=32, num_kv_heads=4, head_dim=128,
                    intermediate_size=1, vocab_size=1)
-MLP_SHAPE = ModelConfig("llama-1b", num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64,
-                        intermediate_size=8192, vocab_size=128256)
+MLP_SHAPE = ModelConfig(**LLAMA_1B)
 
 
 def cost(op: str) -> dict:
