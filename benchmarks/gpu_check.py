@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TOTAL_BUDGET_S = 470.0  # under 8 minutes, the install before it not counted
-OPTIONAL_DEPS = ("gguf", "nvtx", "textual", "typer", "rich", "yaml", "tokenizers", "safetensors", "jinja2",
-                 "pynvml", "triton")
+OPTIONAL_DEPS = ("gguf", "nvtx", "textual", "typer", "pydantic", "rich", "yaml", "tokenizers", "safetensors",
+                 "jinja2", "pynvml", "triton", "hypothesis", "pytest")
 NCU_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum", "sm__ops_path_tensor_src_bf16_dst_fp32.sum",
                "sm__sass_thread_inst_executed_op_ffma_pred_on.sum", "sm__sass_thread_inst_executed_op_fadd_pred_on.sum",
                "sm__sass_thread_inst_executed_op_fmul_pred_on.sum")
@@ -102,6 +102,28 @@ def sh(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path = ROOT
         return 127, f"{cmd[0]}: {e}"
 
 
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def trace_cmd(recipe: Path, out: Path) -> tuple[list[str], str]:
+    """`kvscope trace RECIPE -o OUT`, or, where the CLI cannot start (typer or pydantic missing on the device
+    image and not carried), the same run through kvscope.cli.trace.run_trace; with a note saying which."""
+    if has_module("typer") and has_module("pydantic"):
+        return [PY, "-m", "kvscope.cli.main", "trace", str(recipe), "-o", str(out)], ""
+    code = ("import sys; from kvscope.cli.trace import run_trace; "
+            f"sys.exit(run_trace({str(recipe)!r}, out={str(out)!r}))")
+    return [PY, "-c", code], "typer/pydantic missing: ran kvscope.cli.trace.run_trace directly"
+
+
+def missing_module(output: str) -> str | None:
+    m = re.search(r"No module named '([\w.]+)'", output)
+    return m.group(1).split(".")[0] if m else None
+
+
 def result_line(output: str, prefix: str = "RESULT ") -> dict | None:
     for line in reversed(output.splitlines()):
         if line.startswith(prefix):
@@ -133,7 +155,7 @@ def step_environment(ctx: Ctx) -> tuple[str, dict, str]:
                       "--format=csv,noheader"], 20)
         n["nvidia_smi"] = out.strip() if rc == 0 else f"exit {rc}"
     n.update(tool_paths())
-    n["missing_python_packages"] = [m for m in OPTIONAL_DEPS if importlib.util.find_spec(m) is None]
+    n["missing_python_packages"] = [m for m in OPTIONAL_DEPS if not has_module(m)]
     from kvscope.version import __version__
 
     n["kvscope"] = __version__
@@ -202,7 +224,8 @@ def step_trace(ctx: Ctx) -> tuple[str, dict, str]:
     cuda = has_cuda()
     recipe = write_recipe(ctx, "trace.yaml", trace_recipe(cuda))
     out = ctx.work / "trace"
-    rc, log = sh([PY, "-m", "kvscope.cli.main", "trace", str(recipe), "-o", str(out)], 300)
+    cmd, note = trace_cmd(recipe, out)
+    rc, log = sh(cmd, 300)
     print(log[-3000:])
     if rc != 0:
         return "failed", {"exit": rc}, "kvscope trace failed"
@@ -212,6 +235,8 @@ def step_trace(ctx: Ctx) -> tuple[str, dict, str]:
          "steps_with_device_past_host_forward": device_overrun_steps(trace),
          "nvtxt_records": check_nvtxt((out / "trace.nvtxt").read_text().splitlines()),
          "device": trace["otherData"].get("device")}
+    if note:
+        n["note"] = note
     if cuda:  # kernel slices carry CUDA-event times: their sum is not the host's forward phase
         n["nesting"] = "kernel slices inside the kernels track's forward/sample containers, none before the host phase"
     print(json.dumps(n))
@@ -301,8 +326,12 @@ def step_nsys(ctx: Ctx) -> tuple[str, dict, str]:
     n: dict = {"nsys": tools["nsys"], "ImportNvtxt": tools["ImportNvtxt"]}
     recipe = write_recipe(ctx, "nsys.yaml", trace_recipe(True))
     base = ctx.work / "live"
+    live, note = trace_cmd(recipe, ctx.work / "nsys-trace")  # a live run with NVTX ranges (kvscope trace)
+    if not note:
+        live = [PY, "-m", "kvscope.cli.main", "run", str(recipe), "--headless"]
+    n["live_command"] = " ".join(live[2:]) if not note else note
     rc, log = sh([tools["nsys"], "profile", "--trace", "cuda,nvtx", "--force-overwrite", "true", "-o", str(base),
-                  PY, "-m", "kvscope.cli.main", "run", str(recipe), "--headless"], 200)
+                  *live], 200)
     print(log[-3000:])
     made = sorted(p.name for p in ctx.work.glob("live*"))
     n["live_exit"], n["live_files"] = rc, made
@@ -452,6 +481,8 @@ def run_step(step: Step, ctx: Ctx, deadline: float, log: io.TextIOBase) -> StepR
         status = "failed"
     if status == "failed" and not reason:
         reason = f"exit {rc}"
+    if status == "failed" and missing_module(output):
+        reason += f"; missing python package {missing_module(output)} (carry it as a wheel: docs/gpu_check.md)"
     return StepResult(step.name, status, round(seconds, 1), round(budget), numbers, reason, output[-2000:])
 
 

@@ -28,9 +28,20 @@ else
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" || echo "gpu_check.sh: carried wheels did not install" >&2
   fi
-  "$py" -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 \
-    || { echo "gpu_check.sh: pip install -e . failed (see $out/install.log); running from the source tree" >&2;
-         tail -5 "$out/install.log" >&2; }
+  if ! "$py" -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1; then
+    # the installed layout without pip: kvscope/<sub> -> <folder> as pyproject's package-dir maps them
+    echo "gpu_check.sh: pip install -e . failed (see $out/install.log); using an import view of the checkout" >&2
+    view=/tmp/kvscope_view
+    rm -rf "$view" && mkdir -p "$view/kvscope" && cp kvscope/*.py "$view/kvscope/"
+    "$py" - <<'PY' |
+import tomllib
+for name, folder in tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"].items():
+    if "." in name:
+        print(name.split(".", 1)[1], folder)
+PY
+      while read -r sub dir; do ln -s "$PWD/$dir" "$view/kvscope/$sub"; done
+    export PYTHONPATH="$view${PYTHONPATH:+:$PYTHONPATH}"
+  fi
 fi
 export PYTHONUNBUFFERED=1
-exec "$py" benchmarks/gpu_check.py --out "$out" "${args[@]}"
+exec "$py" benchmarks/gpu_check.py --out "$out" ${args[@]+"${args[@]}"}
