@@ -6,8 +6,9 @@
 Shapes: decode attention at batch 64 x 4096 context, 32 query / 4 KV heads, head dim 128, bf16, paged
 (block 16), as benchmarks/kernels.py's acceptance case; the MLP of the Llama-3.2-1B shape
 (benchmarks/gpu_engine.py's llama-1b) over 64 decode tokens, bf16. The op runs twice outside the profiled
-range (Triton compiles, cuBLAS picks its kernels), then once between cudaProfilerStart / Stop. The last
-line is `COST {"flops": ..., "bytes": ...}` from kvscope.inspector.roofline for the same shapes.
+range (Triton compiles, cuBLAS picks its kernels), then once between torch.cuda.profiler.start and stop
+(cudaProfilerStart / Stop). The last line is `COST {"flops": ..., "bytes": ...}` from
+kvscope.inspector.roofline for the same shapes.
 """
 
 from __future__ import annotations
@@ -72,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             fn(), fn()
             torch.cuda.synchronize()
-            torch.cuda.cudart().cudaProfilerStart()
+            torch.cuda.profiler.start()
             fn()
             torch.cuda.synchronize()
-            torch.cuda.cudart().cudaProfilerStop()
+            torch.cuda.profiler.stop()
     print("COST " + json.dumps(cost(args.op)), flush=True)
     return 0
 
