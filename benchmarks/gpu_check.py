@@ -500,6 +500,9 @@ def run_step(step: Step, ctx: Ctx, deadline: float, log: io.TextIOBase) -> StepR
         status = "failed"
     if status == "failed" and not reason:
         reason = f"exit {rc}"
+    if status == "failed" and "Traceback" in output:
+        last = [line for line in output.splitlines() if line.strip() and not line.startswith((" ", "["))]
+        reason += f"; {last[-1][:200]}" if last else ""
     if status == "failed" and missing_module(output):
         reason += f"; missing python package {missing_module(output)} (carry it as a wheel: docs/gpu_check.md)"
     return StepResult(step.name, status, round(seconds, 1), round(budget), numbers, reason, output[-2000:])
