@@ -12,8 +12,9 @@ The markdown table is printed last.
 
 Steps: environment, ceilings (copy GB/s, matmul TFLOP/s), kernel_tests (tests/test_kernels_device.py,
 compiled), kernels_bench (benchmarks/kernels.py), engine_equality and engine_throughput
-(benchmarks/gpu_engine.py), trace (`kvscope trace` + tests/trace_checks.py), calibrate (when the CLI has
-it), ncu (benchmarks/gpu_ncu_target.py against the cost model), nsys (live `nsys profile` and ImportNvtxt).
+(benchmarks/gpu_engine.py), engine_cuda_graphs (skipped until the recipe has `cuda_graphs`), trace
+(`kvscope trace` + tests/trace_checks.py), ncu (benchmarks/gpu_ncu_target.py against the cost model),
+kernels_flex, nsys (live `nsys profile` and ImportNvtxt), calibrate (when the CLI has it).
 `python benchmarks/gpu_check.py --step NAME --work DIR` runs one in-process step and prints `RESULT {...}`.
 """
 
@@ -64,6 +65,11 @@ class Ctx:
     out: Path
     work: Path
     results: dict[str, StepResult] = field(default_factory=dict)
+    copy_given: float = 0.0  # --copy-gbps of an in-process step: the ceilings step's number, passed down
+
+    def copy_gbps(self) -> float:
+        ceil = self.results.get("ceilings")
+        return ceil.numbers.get("copy_gbps", 0.0) if ceil and ceil.status == "ok" else self.copy_given
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -262,6 +268,22 @@ def step_trace(ctx: Ctx) -> tuple[str, dict, str]:
     return ("failed" if problems else "ok"), n, ", ".join(problems)
 
 
+def step_cuda_graphs(ctx: Ctx) -> tuple[str, dict, str]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_engine import cuda_graphs_supported
+
+    if not cuda_graphs_supported():
+        return "skipped", {}, "not implemented: the recipe has no cuda_graphs option yet"
+    if not has_cuda():
+        return "skipped", {}, "needs a GPU"
+    rc, log = sh(throughput_cmd(ctx, ["--modes", "graphs"]), 85)
+    print(log[-3000:])
+    res = result_line(log)
+    if rc != 0 or res is None:
+        return "failed", {"exit": rc}, "gpu_engine.py throughput --modes graphs failed"
+    return "ok", res, ""
+
+
 def step_calibrate(ctx: Ctx) -> tuple[str, dict, str]:
     rc, _ = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--help"], 20)
     if rc != 0:
@@ -374,9 +396,10 @@ def step_nsys(ctx: Ctx) -> tuple[str, dict, str]:
     return ("ok" if made_any else "failed"), n, "" if made_any else "no .nsys-rep was produced"
 
 
+# keyed by the step's name in PLAN (run_step reads their RESULT's status, numbers and reason)
 IN_PROCESS: dict[str, Callable[[Ctx], tuple[str, dict, str]]] = {
     "environment": step_environment, "ceilings": step_ceilings, "trace": step_trace,
-    "calibrate": step_calibrate, "ncu": step_ncu, "nsys": step_nsys,
+    "calibrate": step_calibrate, "ncu": step_ncu, "nsys": step_nsys, "engine_cuda_graphs": step_cuda_graphs,
 }
 
 
@@ -394,7 +417,8 @@ class Step:
 
 
 def self_step(name: str) -> Callable[[Ctx], list[str]]:
-    return lambda ctx: [PY, str(Path(__file__).resolve()), "--step", name, "--work", str(ctx.work)]
+    return lambda ctx: [PY, str(Path(__file__).resolve()), "--step", name, "--work", str(ctx.work), "--out",
+                        str(ctx.out), "--copy-gbps", str(ctx.copy_gbps()), *(["--dry-run"] if ctx.dry else [])]
 
 
 def kernel_tests(ctx: Ctx) -> list[str]:
@@ -422,15 +446,19 @@ def engine_equality(ctx: Ctx) -> list[str]:
             "--dtype", "bfloat16", "--device", "cuda"]
 
 
-def engine_throughput(ctx: Ctx) -> list[str]:
-    ceil = ctx.results.get("ceilings")
-    copy = ceil.numbers.get("copy_gbps", 0.0) if ceil and ceil.status == "ok" else 0.0
+def throughput_cmd(ctx: Ctx, modes: list[str]) -> list[str]:
+    """benchmarks/gpu_engine.py throughput; the floor uses the ceilings step's copy bandwidth when it ran."""
+    copy = ctx.copy_gbps()
+    base = [PY, str(ROOT / "benchmarks" / "gpu_engine.py"), "throughput", *modes]
     if ctx.dry:
-        return [PY, "benchmarks/gpu_engine.py", "throughput", "--shape", "tiny", "--dtype", "float32",
-                "--device", "cpu", "--batches", "1", "4", "--prompt-len", "16", "--steps", "6",
-                "--copy-gbps", str(copy)]
-    return [PY, "benchmarks/gpu_engine.py", "throughput", "--shape", "llama-1b", "--dtype", "bfloat16",
-            "--device", "cuda", "--batches", "1", "64", "256", "--copy-gbps", str(copy)]
+        return [*base, "--shape", "tiny", "--dtype", "float32", "--device", "cpu", "--batches", "1", "4",
+                "--prompt-len", "16", "--steps", "6", "--copy-gbps", str(copy)]
+    return [*base, "--shape", "llama-1b", "--dtype", "bfloat16", "--device", "cuda", "--batches", "1", "64", "256",
+            "--copy-gbps", str(copy)]
+
+
+def engine_throughput(ctx: Ctx) -> list[str]:
+    return throughput_cmd(ctx, ["--modes", "eager"])
 
 
 PLAN = [  # most telling first: when the run's budget runs out, the last ones are skipped
@@ -440,6 +468,7 @@ PLAN = [  # most telling first: when the run's budget runs out, the last ones ar
     Step("kernels_bench", 120, 30, kernels_bench),
     Step("engine_equality", 110, 45, engine_equality),
     Step("engine_throughput", 100, 30, engine_throughput),
+    Step("engine_cuda_graphs", 100, 20, self_step("engine_cuda_graphs")),
     Step("trace", 60, 40, self_step("trace")),
     Step("ncu", 120, 15, self_step("ncu")),
     Step("kernels_flex", 90, None, kernels_flex, cpu_reason="flex_attention needs a GPU (kernels_bench's smoke run "
@@ -525,7 +554,7 @@ def headline(r: StepResult) -> str:
         return "; ".join(f"{k} {_fmt(n[k])}" for k in keys if k in n)
     if r.name == "engine_equality":
         return "; ".join(f"{s}: {v['identical']} identical" for s, v in n.get("shapes", {}).items())
-    if r.name == "engine_throughput":
+    if r.name in ("engine_throughput", "engine_cuda_graphs"):
         cells = []
         for row in n.get("rows", []):
             if "status" in row:
@@ -563,6 +592,8 @@ def run_all(ctx: Ctx, only: list[str] | None) -> int:
     t_start = time.monotonic()
     deadline = t_start + TOTAL_BUDGET_S
     results: list[StepResult] = []
+    for stale in ("kernels.json", "kernels_flex.json"):  # a failed step must not report the last run's numbers
+        (ctx.out / stale).unlink(missing_ok=True)
     with open(ctx.out / "gpu_check.log", "w") as log:
         for step in PLAN:
             if only and step.name not in only:
@@ -589,12 +620,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="scratch folder (default: a new temporary one)")
     p.add_argument("--only", nargs="+", help="run only these steps")
     p.add_argument("--step", choices=list(IN_PROCESS), help=argparse.SUPPRESS)
+    p.add_argument("--copy-gbps", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
-    ctx = Ctx(args.dry_run, out, work)
+    ctx = Ctx(args.dry_run, out, work, copy_given=args.copy_gbps)
     if args.step:
         status, numbers, reason = IN_PROCESS[args.step](ctx)
         print("RESULT " + json.dumps({"status": status, "numbers": numbers, "reason": reason}), flush=True)

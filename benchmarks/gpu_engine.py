@@ -159,7 +159,7 @@ def cmd_throughput(args) -> dict:
     graphs = cuda_graphs_supported() and args.device == "cuda"
     rows = []
     for batch in args.batches:
-        for mode in ("eager", "cuda graphs"):
+        for mode in [{"eager": "eager", "graphs": "cuda graphs"}[m] for m in args.modes]:
             if mode == "cuda graphs" and not graphs:
                 rows.append({"batch": batch, "mode": mode, "status": "not implemented (recipe has no cuda_graphs)"})
                 continue
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     tp.add_argument("--prompt-len", type=int, default=512)
     tp.add_argument("--steps", type=int, default=32)
+    tp.add_argument("--modes", nargs="+", choices=["eager", "graphs"], default=["eager", "graphs"])
     tp.add_argument("--copy-gbps", type=float, default=0.0, help="measured copy bandwidth for the floor")
     for s in (eq, tp):
         s.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")

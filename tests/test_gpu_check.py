@@ -54,8 +54,10 @@ def test_dry_run_writes_a_report_and_passes_every_cpu_step(tmp_path):
     assert steps["engine_equality"]["numbers"]["shapes"]["tiny-gqa3"]["identical"] == "2/2"
     assert steps["trace"]["numbers"]["kernel_slices"] > 0 and steps["trace"]["numbers"]["nvtxt_records"] > 0
     assert "passed" in steps["kernel_tests"]["numbers"]["pytest"]
-    modes = {row["mode"] for row in steps["engine_throughput"]["numbers"]["rows"]}
-    assert modes == {"eager", "cuda graphs"}
+    rows = steps["engine_throughput"]["numbers"]["rows"]
+    assert [(r["mode"], r["batch"]) for r in rows] == [("eager", 1), ("eager", 4)]
+    assert all(r["decode_tok_s"] > 0 and r["x_floor"] > 0 for r in rows)  # the floor used the ceilings' copy
+    assert steps["engine_cuda_graphs"]["status"] == "skipped" and steps["engine_cuda_graphs"]["reason"]
     # one row per step, and the table is the last thing printed (the device reply keeps only the tail)
     assert all(f"| {name} | {steps[name]['status']} |" in table for name in steps)
     assert p.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])
