@@ -27,6 +27,7 @@ import importlib.util
 import io
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -153,7 +154,8 @@ def result_line(output: str, prefix: str = "RESULT ") -> dict | None:
 def step_environment(ctx: Ctx) -> tuple[str, dict, str]:
     import torch
 
-    n: dict = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda_available": has_cuda()}
+    n: dict = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda_available": has_cuda(),
+               "os_kernel": platform.release()}  # gVisor reports 4.4.0; ncu reads counters only on Firecracker
     try:
         import triton
 
@@ -218,6 +220,7 @@ def trace_recipe(cuda: bool) -> dict:
         r["model"]["shape"] = "smollm2-135m"
         r.update(dtype="bfloat16", device="cuda", attention_backend="triton")
         r["cache"]["num_blocks"] = 512
+        r["scheduler"] = {"max_num_seqs": 8, "max_num_batched_tokens": 256}
         r["sampling"]["max_tokens"] = 16
         r["workload"]["synthetic"].update(num_requests=8, prompt_len={"min": 32, "max": 200},
                                           output_len={"min": 8, "max": 16})
