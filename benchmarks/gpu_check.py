@@ -87,7 +87,7 @@ def tool_paths() -> dict[str, str | None]:
     nsys = nsys or next((p for g in globs for p in sorted(glob.glob(g)) if os.access(p, os.X_OK)), None)
     imp = shutil.which("ImportNvtxt")
     if not imp and nsys:
-        imp = next((p for p in sorted(glob.glob(str(Path(nsys).parents[1] / "**" / "ImportNvtxt"), recursive=True))
+        imp = next((p for p in sorted(glob.glob(str(Path(nsys).parents[2] / "**" / "ImportNvtxt"), recursive=True))
                     if os.access(p, os.X_OK)), None)
     return {"ncu": ncu, "nsys": nsys, "ImportNvtxt": imp}
 
@@ -172,6 +172,10 @@ def step_environment(ctx: Ctx) -> tuple[str, dict, str]:
                       "--format=csv,noheader"], 20)
         n["nvidia_smi"] = out.strip() if rc == 0 else f"exit {rc}"
     n.update(tool_paths())
+    for tool in ("ncu", "nsys"):
+        if n[tool]:
+            rc, out = sh([n[tool], "--version"], 20)
+            n[f"{tool}_version"] = out.strip().splitlines()[-1] if rc == 0 and out.strip() else f"exit {rc}"
     n["missing_python_packages"] = [m for m in OPTIONAL_DEPS if not has_module(m)]
     from kvscope.version import __version__
 
