@@ -578,11 +578,24 @@ def headline(r: StepResult) -> str:
     if r.name == "kernels_bench":
         return "; ".join(n.get("summary", [])) or "; ".join(f"{k} {_fmt(v)}" for k, v in n.items() if k != "rows")
     if r.name == "ncu":
-        return "; ".join(f"{op}: bytes {v['bytes_ratio']:.2f}x model, flops "
-                         f"{_fmt(v['flops_ratio']) if v.get('flops_ratio') else 'n/a'}x model"
-                         for op, v in n.items() if isinstance(v, dict) and "bytes_ratio" in v)
-    flat = {k: v for k, v in n.items() if isinstance(v, (int, float, str, bool)) and k != "ok"}
-    return "; ".join(f"{k} {_fmt(v)}" for k, v in list(flat.items())[:6])
+        cells = []
+        for op, v in n.items():
+            if isinstance(v, dict) and "bytes_ratio" in v:
+                flops = f"{v['flops_ratio']:.2f}x model" if v.get("flops_ratio") else "not counted"
+                cells.append(f"{op}: DRAM bytes {v['bytes_ratio']:.2f}x model, FLOPs {flops}")
+            elif isinstance(v, dict) and "error" in v:
+                cells.append(f"{op}: {v['error']}")
+        return "; ".join(cells)
+    return "; ".join(f"{k} {_fmt(v) if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)[:80]}"
+                     for k, v in list(n.items())[:8] if k != "ok")
+
+
+def safe_headline(r: StepResult) -> str:
+    """headline(), or the raw numbers if they are not shaped as expected: the table must always be written."""
+    try:
+        return headline(r)
+    except Exception as e:
+        return f"(numbers not tabulated: {type(e).__name__}) " + json.dumps(r.numbers, default=str)[:300]
 
 
 def markdown(results: list[StepResult], meta: dict) -> str:
@@ -590,9 +603,22 @@ def markdown(results: list[StepResult], meta: dict) -> str:
              f"{meta['seconds']:.0f} s)", "",
              "| step | status | s | numbers / reason |", "| --- | --- | ---: | --- |"]
     for r in results:
-        cell = headline(r) if r.status == "ok" else (r.reason + ("; " + headline(r) if r.numbers else ""))
+        cell = safe_headline(r) if r.status == "ok" else (r.reason + ("; " + safe_headline(r) if r.numbers else ""))
         lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} | {cell.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+def write_report(ctx: Ctx, results: list[StepResult], t_start: float) -> str:
+    """gpu_check.json and gpu_check.md as they stand (rewritten after every step); returns the table."""
+    env = ctx.results.get("environment")
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry_run": ctx.dry,
+            "device": (env.numbers.get("gpu") if env else None) or "cpu",
+            "seconds": time.monotonic() - t_start, "total_budget_s": TOTAL_BUDGET_S}
+    doc = {**meta, "steps": [asdict(r) for r in results]}
+    (ctx.out / "gpu_check.json").write_text(json.dumps(doc, indent=1, default=str))
+    table = markdown(results, meta)
+    (ctx.out / "gpu_check.md").write_text(table)
+    return table
 
 
 def run_all(ctx: Ctx, only: list[str] | None) -> int:
@@ -605,17 +631,15 @@ def run_all(ctx: Ctx, only: list[str] | None) -> int:
         for step in PLAN:
             if only and step.name not in only:
                 continue
-            r = run_step(step, ctx, deadline, log)
+            try:
+                r = run_step(step, ctx, deadline, log)
+            except Exception as e:  # the runner's own bug: recorded, and the next step still runs
+                r = StepResult(step.name, "failed", reason=f"gpu_check.py: {type(e).__name__}: {e}"[:300])
             ctx.results[step.name] = r
             results.append(r)
             print(f"    {r.name}: {r.status} ({r.seconds:.0f} s){' - ' + r.reason if r.reason else ''}", flush=True)
-    env = ctx.results.get("environment")
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry_run": ctx.dry,
-            "device": (env.numbers.get("gpu") if env else None) or "cpu",
-            "seconds": time.monotonic() - t_start, "total_budget_s": TOTAL_BUDGET_S}
-    (ctx.out / "gpu_check.json").write_text(json.dumps({**meta, "steps": [asdict(r) for r in results]}, indent=1))
-    table = markdown(results, meta)
-    (ctx.out / "gpu_check.md").write_text(table)
+            write_report(ctx, results, t_start)
+    table = write_report(ctx, results, t_start)
     print("\n" + table)
     return 0 if all(r.status != "failed" for r in results) else 1
 

@@ -93,3 +93,15 @@ def test_ncu_csv_metrics_are_summed_over_kernels():
     sums = gc.parse_ncu_csv(text)
     assert sums == {"kernels": 2.0, "dram__bytes_read.sum": 1500.0, "dram__bytes_write.sum": 32.0}
     assert gc.parse_ncu_csv("==ERROR== no kernels were profiled\n") == {}
+
+
+def test_the_table_is_written_whatever_shape_a_steps_numbers_take():
+    gc = _gpu_check()
+    results = [gc.StepResult("engine_throughput", "ok", 1.0, 9, {"rows": [{"mode": "eager"}]}),  # no tok/s
+               gc.StepResult("ncu", "ok", 2.0, 9, {"mlp": {"bytes_ratio": 1.05, "flops_ratio": None}}),
+               gc.StepResult("nsys", "failed", 3.0, 9, {"live_files": ["live.qdstrm"]}, "no .nsys-rep was produced")]
+    table = gc.markdown(results, {"date": "today", "device": "H200", "dry_run": False, "seconds": 6.0})
+    rows = table.splitlines()[4:]
+    assert rows[0].startswith("| engine_throughput | ok | 1 | (numbers not tabulated: KeyError)")
+    assert rows[1] == "| ncu | ok | 2 | mlp: DRAM bytes 1.05x model, FLOPs not counted |"
+    assert rows[2] == '| nsys | failed | 3 | no .nsys-rep was produced; live_files ["live.qdstrm"] |'
