@@ -473,7 +473,7 @@ def engine_throughput(ctx: Ctx) -> list[str]:
 PLAN = [  # most telling first: when the run's budget runs out, the last ones are skipped
     Step("environment", 40, 30, self_step("environment")),
     Step("ceilings", 40, 20, self_step("ceilings")),
-    Step("kernel_tests", 100, 60, kernel_tests, env={"TRITON_INTERPRET": "0"}),
+    Step("kernel_tests", 100, 60, kernel_tests, env={"TRITON_INTERPRET": "0", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}),
     Step("kernels_bench", 120, 30, kernels_bench),
     Step("engine_equality", 110, 45, engine_equality),
     Step("engine_throughput", 100, 30, engine_throughput),
