@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
-from collections import defaultdict
 
 import pytest
 
@@ -23,6 +21,10 @@ from kvscope.inspector.metrics import summarize
 from kvscope.inspector.nvtxt import nvtxt_lines
 from kvscope.inspector.recording import read_recording
 from kvscope.inspector.state import EngineView
+from trace_checks import (
+    check_chrome_trace, check_float_nesting, check_kernels_inside_forward, check_nvtxt, check_request_lifetimes,
+    device_overrun_steps, ns, rebased,
+)
 
 TINY_RECIPE = {
     "name": "trace-test",
@@ -33,145 +35,6 @@ TINY_RECIPE = {
     "workload": {"synthetic": {"num_requests": 6, "prompt_len": {"min": 8, "max": 18},
                                "output_len": {"min": 6, "max": 10}, "shared_prefix": 8, "seed": 1}},
 }
-
-
-# --------------------------------------------------------------------------- validators
-def ns(us: float) -> int:
-    return round(us * 1000)
-
-
-def check_chrome_trace(trace: dict) -> dict:
-    """Assert the Chrome Trace Event rules; returns the parsed pieces for further checks."""
-    events = trace["traceEvents"]
-    by_track: dict[tuple, list[dict]] = defaultdict(list)
-    open_b: dict[tuple, list[str]] = defaultdict(list)
-    async_open: dict[tuple, list[str]] = defaultdict(list)
-    flows: dict[int, dict[str, dict]] = defaultdict(dict)
-    for e in events:
-        ph = e["ph"]
-        assert ph in "MXBEbesfCi", e
-        if ph == "M":
-            assert e["name"] in ("process_name", "thread_name", "thread_sort_index", "process_sort_index")
-            continue
-        assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0, e
-        track = (e["pid"], e.get("tid"))
-        if ph in "XBEi":
-            by_track[track].append(e)
-        if ph == "B":
-            open_b[track].append(e["name"])
-        elif ph == "E":
-            assert open_b[track], f"E without B on {track}"
-            open_b[track].pop()
-        elif ph in "be":
-            key = (e["pid"], e["cat"], e["id"])
-            by_track[("async",) + key].append(e)
-            if ph == "b":
-                async_open[key].append(e["name"])
-            else:
-                assert async_open[key] and async_open[key][-1] == e["name"], f"async e out of order: {e}"
-                async_open[key].pop()
-        elif ph == "C":
-            assert e["args"] and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                     for v in e["args"].values()), e
-        elif ph in "sf":
-            flows[e["id"]][ph] = e
-    assert not any(open_b.values()), "B without E"
-    assert not any(async_open.values()), "async b without e"
-    for track, evs in by_track.items():
-        times = [e["ts"] for e in evs]
-        assert times == sorted(times), f"timestamps go back on {track}"
-        slices = [e for e in evs if e["ph"] == "X"]
-        check_float_nesting(slices, track)
-        if slices:
-            check_float_nesting(rebased(slices), track)  # as speedscope computes them
-    for fid, pair in flows.items():
-        assert set(pair) == {"s", "f"}, f"flow {fid} is missing an end"
-        assert pair["f"].get("bp") in ("e", "t")
-    return {"events": events, "flows": flows}
-
-
-def check_float_nesting(slices: list[dict], track: tuple = ()) -> None:
-    """X slices of one track nest as a strict viewer (speedscope) nests them: by the float `ts + dur` the
-    viewer computes, with no tolerance. A slice that starts at or after the end of the slice on top of the
-    stack is not its child (touching siblings), otherwise it must end no later than that parent."""
-    stack: list[float] = []
-    for e in slices:
-        start, end = e["ts"], e["ts"] + e["dur"]
-        while stack and stack[-1] <= start:
-            stack.pop()
-        if stack:
-            assert end <= stack[-1], (f"X slice {e['name']} at {start} ends at {end!r}, after its parent"
-                                      f" ({stack[-1]!r}) on {track}")
-        stack.append(end)
-
-
-def check_kernels_inside_forward(trace: dict) -> int:
-    phases = {}
-    for e in trace["traceEvents"]:
-        if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 1:
-            phases[(e["args"]["step"], e["name"])] = (e["ts"], e["ts"] + e["dur"])
-    count = 0
-    for e in trace["traceEvents"]:
-        if e["ph"] == "X" and e.get("cat") == "kernel":
-            lo, hi = phases[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
-            assert lo <= e["ts"] and e["ts"] + e["dur"] <= hi, e
-            count += 1
-    return count
-
-
-def check_request_lifetimes(trace: dict, events: list) -> None:
-    t0 = trace["otherData"]["t0_ns"]
-    arrived = {e.request_id: e.ts for e in events if e.kind == "request" and e.what == ARRIVED}
-    finished = {e.request_id: e.ts for e in events if e.kind == "request" and e.what == FINISHED}
-    lifetimes = defaultdict(list)
-    for e in trace["traceEvents"]:
-        if e["ph"] in "be" and e["name"].startswith("request "):
-            lifetimes[int(e["name"].split()[1])].append(e)
-    assert set(lifetimes) == set(arrived)
-    for rid, (b, e) in lifetimes.items():
-        assert (b["ph"], e["ph"]) == ("b", "e") and b["id"] == e["id"] == rid
-        assert ns(b["ts"]) == arrived[rid] - t0 and ns(e["ts"]) == finished[rid] - t0
-
-
-NVTXT_RECORD = re.compile(r'^(\w+), (.*)$')
-
-
-def check_nvtxt(lines: list[str]) -> int:
-    """Parse NVTXT line by line against its declared layouts; returns the number of records."""
-    layouts: dict[str, list[str]] = {}
-    variables: dict[str, str] = {}
-    records = 0
-    for n, line in enumerate(lines, 1):
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("@"):
-            name, *fields = [p.strip() for p in line[1:].split(",")]
-            layouts[name] = fields
-            continue
-        if " = " in line:
-            key, value = line.split(" = ", 1)
-            assert re.fullmatch(r"\w+", key), f"line {n}: bad variable {key!r}"
-            variables[key] = value
-            continue
-        m = NVTXT_RECORD.match(line)
-        assert m, f"line {n}: not a record: {line!r}"
-        kind, rest = m.groups()
-        if kind == "SetFileDisplayName":
-            continue
-        assert kind in layouts, f"line {n}: {kind} has no declared layout"
-        values = re.findall(r'"[^"]*"|[^,]+', rest)
-        values = [v.strip() for v in values]
-        assert len(values) == len(layouts[kind]), f"line {n}: {len(values)} fields, layout has {len(layouts[kind])}"
-        row = dict(zip(layouts[kind], values))
-        for key in ("Start", "End", "Time", "ThreadId"):
-            if key in row:
-                assert re.fullmatch(r"\d+", row[key]), f"line {n}: {key} is not an integer: {row[key]!r}"
-        assert row["Message"].startswith('"') and row["Message"].endswith('"') and row["Message"].count('"') == 2
-        if "Start" in row:
-            assert int(row["Start"]) <= int(row["End"]), f"line {n}: range ends before it starts"
-        assert "ProcessId" in variables and "TimeBase" in variables, f"line {n}: record before ProcessId/TimeBase"
-        records += 1
-    return records
 
 
 # --------------------------------------------------------------------------- synthetic stream
@@ -231,11 +94,6 @@ def _touching_steps(num_steps: int, seed: int) -> list:
         t = bounds[-1] + rng.choice((0, 0, rng.randrange(1, 1000)))  # often the next step starts at once
     return events
 
-
-def rebased(slices: list[dict]) -> list[dict]:
-    """The slices as speedscope reads them: every ts rebased on the track's first one, before ts + dur."""
-    first = min(e["ts"] for e in slices)
-    return [dict(e, ts=e["ts"] - first) for e in slices]
 
 
 def test_touching_slices_nest_exactly_in_float_arithmetic():
@@ -501,12 +359,11 @@ def test_device_times_past_the_host_forward_phase_stay_nested_on_the_kernels_tra
         shifted.append(e)
     trace = json.loads(json.dumps(build_chrome_trace(shifted)))
     check_chrome_trace(trace)  # X slices still nest on every track
-    containers = {(e["args"]["step"], e["name"]): (e["ts"], e["ts"] + e["dur"])
-                  for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "phase" and e["tid"] == 2}
-    for e in trace["traceEvents"]:
-        if e["ph"] == "X" and e.get("cat") == "kernel":
-            lo, hi = containers[(e["args"]["step"], "sample" if e["name"] == "sample" else "forward")]
-            assert lo <= e["ts"] and e["ts"] + e["dur"] <= hi, e
+    assert check_kernels_inside_forward(trace, device=True) == sum(e.kind == "kernel" for e in shifted)
+    # every step with forward kernels had them outlast its host forward phase
+    assert device_overrun_steps(trace) == len({e.step for e in shifted if e.kind == "kernel" and e.op != "sample"})
+    with pytest.raises(AssertionError):  # the host phases alone no longer hold them
+        check_kernels_inside_forward(trace)
 
 
 def test_speculative_trace_has_draft_slices_counters_and_rollbacks(tmp_path, capsys):
