@@ -250,6 +250,14 @@ class _Validator:
             raise self.fail(path, f"must be a list of strings, got {_describe(value)}")
         return [self.string(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
+    def beside_recipe(self, path: str) -> str:
+        """A relative file path that does not exist from here but does beside the recipe file: that one."""
+        p = Path(path)
+        if self.source == "<dict>" or p.is_absolute() or p.exists():
+            return path
+        alt = Path(self.source).parent / p
+        return str(alt) if alt.exists() else path
+
     # --- sections ---------------------------------------------------------------------
     def recipe(self, data: Any) -> Recipe:
         known = ("name", "description", "model", "dtype", "device", "attention_backend", "cache",
@@ -312,12 +320,8 @@ class _Validator:
             raise self.fail(f"{path}.name", f"only a preset model takes a name (source: preset), not {m.source}")
         if "path" in d:
             m.path = self.string(d["path"], f"{path}.path")
-            if m.source != "random" and m.path != "smollm2" and self.source != "<dict>":
-                p = Path(m.path)
-                if not p.is_absolute() and not p.exists():
-                    alt = Path(self.source).parent / p
-                    if alt.exists():
-                        m.path = str(alt)
+            if m.source != "random" and m.path != "smollm2":
+                m.path = self.beside_recipe(m.path)
         if "shape" in d:
             m.shape = self.string(d["shape"], f"{path}.shape")
         if "seed" in d:
@@ -368,12 +372,7 @@ class _Validator:
             raise self.fail("sim.tp", f"must equal sim.num_gpus ({s.num_gpus}): one engine spans all the GPUs "
                                       f"(data parallelism is not simulated), got {s.tp}")
         if d.get("profile") is not None:
-            s.profile = self.string(d["profile"], "sim.profile")
-            p = Path(s.profile)
-            if not p.is_absolute() and not p.exists() and self.source != "<dict>":
-                alt = Path(self.source).parent / p
-                if alt.exists():
-                    s.profile = str(alt)
+            s.profile = self.beside_recipe(self.string(d["profile"], "sim.profile"))
         if "mem_util" in d:
             s.mem_util = self.number(d["mem_util"], "sim.mem_util", 0.01, 1.0)
         return s
