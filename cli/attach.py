@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 from kvscope.cli.errors import UsageError
 from kvscope.engine.errors import KVScopeError
@@ -41,6 +40,7 @@ def run_attach(url: str, *, kernels: bool = False) -> int:
 
 def run_trace_attach(url: str, *, out: str | None, seconds: float, kernels: bool) -> int:
     """Record `seconds` of a live server: the snapshot's events, then everything the server emits."""
+    from kvscope.cli.trace import output_folder
     from kvscope.inspector.chrome_trace import write_chrome_trace
     from kvscope.inspector.events import EventList
     from kvscope.inspector.nvtxt import write_nvtxt
@@ -50,13 +50,7 @@ def run_trace_attach(url: str, *, out: str | None, seconds: float, kernels: bool
     if not seconds > 0:
         raise UsageError(f"--seconds: must be > 0, got {seconds}")
     url = _check_server(url)
-    folder = Path(out if out else "trace-attach")
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"-o {folder}: exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"-o {folder}: cannot create folder: {exc.strerror or exc}") from None
+    folder = output_folder(out if out else "trace-attach")
     events = EventList()
     stream = AttachStream(url, events, kernels=kernels)
     deadline = time.monotonic() + seconds

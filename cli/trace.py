@@ -24,6 +24,18 @@ from kvscope.cli.text_probe import attach_text_probe
 from kvscope.engine.recipe import load_recipe
 
 
+def output_folder(path: str) -> Path:
+    """The -o folder, created if missing; UsageError naming it when it cannot be one."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"-o {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"-o {folder}: cannot create folder: {exc.strerror or exc}") from None
+    return folder
+
+
 def run_trace(recipe_path: str, *, out: str | None = None, torch_profiler: bool = False, nvtx: bool = True,
               kernels: bool = True) -> int:
     """Run the recipe (a progress bar on a terminal) and write the three files; exit code 2 if requests were
@@ -37,13 +49,7 @@ def run_trace(recipe_path: str, *, out: str | None = None, torch_profiler: bool 
     from kvscope.inspector.recording import attach_recorder
 
     recipe = load_recipe(recipe_path)
-    folder = Path(out if out else f"trace-{recipe.name}")
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"-o {folder}: exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"-o {folder}: cannot create folder: {exc.strerror or exc}") from None
+    folder = output_folder(out if out else f"trace-{recipe.name}")
 
     bus = EventBus()
     events = bus.subscribe(EventList())

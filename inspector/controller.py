@@ -19,6 +19,21 @@ from typing import Any
 
 from kvscope.inspector.events import EventBus
 
+
+def drain_queue(events: queue.Queue, sink: Callable[[Any], None], limit: int | None = None) -> int:
+    """Hand the queued events, oldest first, to `sink` (at most `limit`); returns how many (a controller's
+    drain: the in-process one and the one attached to a server)."""
+    n = 0
+    get = events.get_nowait
+    while limit is None or n < limit:
+        try:
+            event = get()
+        except queue.Empty:
+            break
+        sink(event)
+        n += 1
+    return n
+
 SessionFactory = Callable[[EventBus], Any]
 
 # controller states, for the UI's status line
@@ -141,16 +156,7 @@ class SessionController:
 
     def drain(self, sink: Callable[[Any], None], limit: int | None = None) -> int:
         """Apply queued events, oldest first, to `sink` on the calling thread; returns how many."""
-        n = 0
-        get = self._events.get_nowait
-        while limit is None or n < limit:
-            try:
-                event = get()
-            except queue.Empty:
-                break
-            sink(event)
-            n += 1
-        return n
+        return drain_queue(self._events, sink, limit)
 
     # -- worker -------------------------------------------------------------------------------
     def _has_work(self) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from kvscope.inspector.controller import FAILED, LOADING, PAUSED, RUNNING, STOPPED
+from kvscope.inspector.controller import FAILED, LOADING, PAUSED, RUNNING, STOPPED, drain_queue
 from kvscope.inspector.events import EventDecodeError, event_from_dict
 
 Sink = Callable[[Any], None]
@@ -215,13 +215,4 @@ class RemoteController:
 
     def drain(self, sink: Sink, limit: int | None = None) -> int:
         """Apply queued events, oldest first, to `sink` on the calling thread; returns how many."""
-        n = 0
-        get = self._events.get_nowait
-        while limit is None or n < limit:
-            try:
-                event = get()
-            except queue.Empty:
-                break
-            sink(event)
-            n += 1
-        return n
+        return drain_queue(self._events, sink, limit)
