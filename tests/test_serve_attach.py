@@ -84,6 +84,8 @@ def test_state_rebuilt_from_the_stream_equals_the_engines_mid_run_and_at_the_end
         assert wait_until(lambda: srv.state.engine.engine.block_manager.num_used_blocks > 8)
         early.pause()  # through POST /kvscope/v1/control
         assert loop.paused and early.paused
+        with srv.state.engine.engine._lock:  # a step in flight when the pause landed has ended (and published)
+            pass
         assert wait_until(lambda: caught_up(early, srv))
         early.drain(model)
         assert_same_state(model, srv)
@@ -93,7 +95,9 @@ def test_state_rebuilt_from_the_stream_equals_the_engines_mid_run_and_at_the_end
         late.drain(late_model)
         assert_same_state(late_model, srv)
         assert replace(late_model.view.last_kv, step=0) == replace(model.view.last_kv, step=0)
-        assert early.step_once() and wait_until(lambda: caught_up(early, srv) and caught_up(late, srv))
+        steps = loop.steps_run
+        assert early.step_once()
+        assert wait_until(lambda: loop.steps_run > steps and caught_up(early, srv) and caught_up(late, srv))
         early.drain(model)
         late.drain(late_model)
         assert_same_state(model, srv)
