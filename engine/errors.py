@@ -19,3 +19,7 @@ class RequestError(KVScopeError):
 
 class ModelShapeError(KVScopeError, ValueError):
     """A model that cannot be described: unknown preset, bad file, missing or impossible field."""
+
+
+class EngineDied(RuntimeError):
+    """An engine of a deployment is gone (its Ray actor killed or crashed)."""

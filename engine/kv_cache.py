@@ -39,6 +39,21 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
+    def read_blocks(self, block_ids: list[int]) -> torch.Tensor:
+        """The K and V of `block_ids` in every layer, as one new tensor [layers, 2, len(ids), block, heads, dim]
+        (what a KV transfer sends)."""
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.k[0].device)
+        return torch.stack([torch.stack((k.index_select(0, index), v.index_select(0, index)))
+                            for k, v in zip(self.k, self.v)])
+
+    def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
+        """Store what read_blocks returned (of another pool with the same shape per block) into `block_ids`."""
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.k[0].device)
+        data = data.to(self.k[0].device)
+        for layer, (k, v) in enumerate(zip(self.k, self.v)):
+            k.index_copy_(0, index, data[layer, 0])
+            v.index_copy_(0, index, data[layer, 1])
+
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * block_size * n_kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()

@@ -1,6 +1,8 @@
 """The engine: owns the requests, runs scheduler steps, announces each run.
 
-One step = schedule -> prepare -> forward -> sample and update (LLMEngine.step). The step's
+One step = schedule -> prepare -> forward -> sample and update (LLMEngine.step); an engine in a
+disaggregated deployment (kv_role) also pins prompts' blocks for another engine or loads another engine's
+K/V between schedule and prepare (kvscope.engine.kv_connector). The step's
 instruments (phase times, live ranges, per-op timing, the step's events) sit beside it in a
 StepProbe (kvscope.engine.step_probe); with a subscriber on the bus a step emits StepBegin,
 request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd.
@@ -9,7 +11,6 @@ request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from kvscope.engine.block_manager import BlockManager
 from kvscope.engine.drafter import Drafter, make_drafter
 from kvscope.engine.errors import RecipeError, RequestError
 from kvscope.engine.kv_cache import KVCache, available_memory
+from kvscope.engine.kv_connector import KVConnector, KVPeer, KVTransferParams
 from kvscope.engine.loader import load_model, load_shape
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.model_config import ModelConfig
@@ -27,6 +29,7 @@ from kvscope.engine.model_runner import ModelRunner
 from kvscope.engine.op_timer import RangeHook
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.request import Request, RequestOutput
+from kvscope.engine.request_check import Prompt, RequestCheck, max_model_len
 from kvscope.engine.sampling import SamplingParams
 from kvscope.engine.scheduler import Scheduler, make_scheduler
 from kvscope.engine.step_probe import StepProbe
@@ -38,8 +41,6 @@ if TYPE_CHECKING:
     from kvscope.engine.sim_setup import Simulation
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-Prompt = str | Sequence[int] | Sequence[dict[str, str]]
 
 
 @dataclass(slots=True)
@@ -78,15 +79,21 @@ class LLMEngine:
     """Step-level API: add_request, step, has_unfinished (plus reset for a fresh run on the same model)."""
 
     def __init__(self, recipe: Recipe, loaded: LoadedModel | None = None, bus: EventBus | None = None,
-                 range_hook: RangeHook | None = None, kernel_events: bool = True) -> None:
+                 range_hook: RangeHook | None = None, kernel_events: bool = True, kv_role: str | None = None,
+                 engine_id: str = "engine") -> None:
+        """kv_role: "kv_producer" (a prefill engine) or "kv_consumer" (a decode engine) in a disaggregated
+        deployment, whose other engines reach this one as `engine_id`; None for an engine on its own."""
         self.recipe = recipe
+        self.kv_role = kv_role
+        self.engine_id = engine_id
+        self.kv_peers: dict[str, KVPeer] = {}  # producers a consumer reads from, by engine id
         self.loaded = loaded or load_for_recipe(recipe)
         self.bus = bus or EventBus()
         cfg = self.loaded.config
         self.config = cfg
         self.tokenizer = self.loaded.tokenizer
         self.device = self.loaded.device
-        self.max_model_len = min(recipe.scheduler.max_model_len, cfg.max_position_embeddings)
+        self.max_model_len = max_model_len(recipe, cfg)
         self.block_size = recipe.cache.block_size
         self.sim: Simulation | None = None
         if recipe.device == "sim":  # the forward pass by the cost model on a virtual clock (kvscope.engine.sim_*)
@@ -158,8 +165,15 @@ class LLMEngine:
         """Forget every request and block; the model and the pools stay."""
         self.block_manager = BlockManager(self.num_blocks, self.block_size, self.recipe.cache.prefix_caching,
                                           self.bus)
+        self.connector: KVConnector | None = None
+        if self.kv_role is not None:
+            self.connector = KVConnector(self.engine_id, self.kv_role, self.bus, self.block_manager,
+                                         round(self.recipe.deployment.transfer_timeout_s * 1e9), self.kv_peers,
+                                         bytes_per_block=self.bytes_per_block, step=lambda: self.step_id)
         self.scheduler: Scheduler = make_scheduler(self.block_manager, self.bus, self.recipe.scheduler,
-                                                   self.max_model_len, self.tokenizer, self.recipe.speculative)
+                                                   self.max_model_len, self.tokenizer, self.recipe.speculative,
+                                                   self.connector)
+        self.request_check = RequestCheck(self.recipe, self.config, self.tokenizer, self.num_blocks)
         self.requests: dict[int, Request] = {}
         self.next_request_id = 0
         self.step_id = 0
@@ -184,49 +198,21 @@ class LLMEngine:
     # --- requests ---------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt given as text, token ids or chat messages; RequestError naming what is wrong."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        if not isinstance(prompt, (list, tuple)):
-            raise RequestError(f"prompt: expected text, a list of token ids or a list of chat messages, "
-                               f"got {type(prompt).__name__}")
-        if prompt and all(isinstance(m, dict) for m in prompt):
-            text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)
-            return self.tokenizer.encode(text, add_bos=False)
-        vocab = self.config.vocab_size
-        for i, token in enumerate(prompt):
-            if not isinstance(token, int) or isinstance(token, bool):
-                raise RequestError(f"prompt[{i}]: token id {token!r} is not an integer")
-            if not 0 <= token < vocab:
-                raise RequestError(f"prompt[{i}]: token id {token} outside the vocabulary (0..{vocab - 1})")
-        return list(prompt)
+        return self.request_check.encode_prompt(prompt)
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
         """KV blocks a request holds at its longest (its output cut to what the context leaves)."""
-        out = min(max_tokens, max(self.max_model_len - num_prompt_tokens, 0))
-        return cdiv(num_prompt_tokens + out, self.block_size)
+        return self.request_check.blocks_needed(num_prompt_tokens, max_tokens)
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> int:
         """The output limit this request gets; RequestError if it can never be served."""
-        if num_prompt_tokens == 0:
-            raise RequestError("empty prompt")
-        if num_prompt_tokens >= self.max_model_len:
-            raise RequestError(f"prompt has {num_prompt_tokens} tokens, longer than the context "
-                               f"(max_model_len {self.max_model_len} leaves no room to generate)")
-        s = self.recipe.scheduler
-        if s.policy == "continuous" and not s.chunked_prefill and num_prompt_tokens > s.max_num_batched_tokens:
-            raise RequestError(f"prompt has {num_prompt_tokens} tokens, more than a step's token budget "
-                               f"(max_num_batched_tokens {s.max_num_batched_tokens}) with chunked prefill off: "
-                               f"it could never be scheduled")
-        max_tokens = min(max_tokens, self.max_model_len - num_prompt_tokens)
-        need = self.blocks_needed(num_prompt_tokens, max_tokens)
-        if need > self.num_blocks:
-            raise RequestError(f"needs {need} KV blocks ({num_prompt_tokens} prompt + {max_tokens} output "
-                               f"tokens at block size {self.block_size}) but the pool has {self.num_blocks}")
-        return max_tokens
+        return self.request_check.check_fits(num_prompt_tokens, max_tokens)
 
-    def add_request(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *,
+                    do_remote_decode: bool = False) -> int:
         """Queue a request; returns its id. RequestError naming the field if it can never be served (nothing of
-        it stays in the engine then). Safe to call from another thread: it waits for a step in progress."""
+        it stays in the engine then). Safe to call from another thread: it waits for a step in progress.
+        do_remote_decode (a prefill engine's request): pin its blocks for a decode engine when it finishes."""
         if params is None:
             params = SamplingParams()
         elif not isinstance(params, SamplingParams):
@@ -234,16 +220,54 @@ class LLMEngine:
         params.validate()
         ids = self.encode_prompt(prompt)
         max_tokens = self.check_fits(len(ids), params.max_tokens)
+        return self._queue(ids, params, max_tokens, do_remote_decode=do_remote_decode)
+
+    def add_remote_request(self, prompt_token_ids: list[int], first_token: int, params: SamplingParams,
+                           kv_transfer_params: KVTransferParams) -> int:
+        """A decode engine's request whose prompt another engine ran: its K/V waits there (kv_transfer_params),
+        its first token is known; it continues from that token once the K/V has landed here."""
+        params.validate()
+        ids = self.encode_prompt(list(prompt_token_ids))
+        max_tokens = self.check_fits(len(ids), params.max_tokens)
+        return self._queue(ids, params, max_tokens, first_token=first_token, kv_transfer_params=kv_transfer_params)
+
+    def _queue(self, ids: list[int], params: SamplingParams, max_tokens: int, first_token: int | None = None,
+               **transfer: object) -> int:
         generator = self.generator if params.seed is None else torch.Generator().manual_seed(params.seed)
         with self._lock:
             rid = self.next_request_id
             self.next_request_id += 1
-            req = Request(rid, ids, params, max_tokens, self.bus.clock(), generator=generator)
+            req = Request(rid, ids, params, max_tokens, self.bus.clock(), generator=generator, **transfer)
+            if first_token is not None:
+                req.token_ids.append(first_token)
             self.requests[rid] = req
             self.scheduler.add(req)
             if self.bus.active:
-                self.emit(RequestEvent(req.arrival_ts, self.step_id, rid, ARRIVED, len(ids), 0, 0, max_tokens))
+                self.emit(RequestEvent(req.arrival_ts, self.step_id, rid, ARRIVED, len(ids), req.num_output_tokens,
+                                       0, max_tokens))
         return rid
+
+    def release_kv(self, transfer_id: str) -> None:
+        """A prefill engine: free a transfer's pinned blocks (the decode side's acknowledgement, or a give-up)."""
+        with self._lock:
+            if self.connector is not None:
+                self.connector.release_kv(transfer_id)
+
+    def read_kv(self, transfer_id: str, block_ids: tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
+        """A prefill engine: the K/V of a transfer's pinned blocks (KVConnector.read_kv)."""
+        with self._lock:
+            assert self.connector is not None, "read_kv on an engine that is not a kv_producer"
+            return self.connector.read_kv(self.kv_cache, transfer_id, block_ids)
+
+    def expire_transfers(self) -> None:
+        """A prefill engine: free the pins whose transfer timed out (done at every step; this for an idle one)."""
+        with self._lock:
+            if self.connector is not None:
+                self.connector.expire()
+
+    def has_pinned(self) -> bool:
+        """A prefill engine still holds blocks for a transfer (a decode side has yet to read them)."""
+        return self.connector is not None and bool(self.connector.pinned)
 
     def abort(self, request_id: int) -> bool:
         """End a request now (reason "abort"), freeing its blocks; False if it is unknown or already finished."""
@@ -264,7 +288,8 @@ class LLMEngine:
     def output(self, rid: int) -> RequestOutput:
         r = self.requests[rid]
         return RequestOutput(rid, r.prompt_token_ids, r.output_token_ids, output_text(r, self.tokenizer),
-                             r.finish_reason, r.num_cached_tokens, r.num_preemptions)
+                             r.finish_reason, r.num_cached_tokens, r.num_preemptions, r.kv_transfer_params,
+                             r.finish_detail)
 
     # --- one step ---------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -273,6 +298,11 @@ class LLMEngine:
             probe = self.probe.begin_step(self.step_id)
             with probe.phase(Phase.SCHEDULE):
                 out = self.scheduler.schedule(self.step_id)
+            failed: list[Request] = []
+            if self.connector is not None and self.connector.pending:
+                with probe.phase(Phase.KV_LOAD, len(self.connector.pending)):
+                    self.connector.start_load_kv(self.kv_cache)
+                    failed = self.scheduler.settle_loads()
             sampled: list[Request] = []
             if out.drafting:
                 with probe.phase(Phase.DRAFT, len(out.drafting)):
@@ -291,7 +321,7 @@ class LLMEngine:
                 finished = self.scheduler.abort_unservable()
             probe.end_step(out, sampled)
             self.step_id += 1
-            return [self.output(r.request_id) for r in finished]
+            return [self.output(r.request_id) for r in failed + finished]
 
     # --- engine truth for cross-checks --------------------------------------------------
     def block_tables(self) -> dict[int, list[int]]:

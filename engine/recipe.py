@@ -101,6 +101,31 @@ class SpeculativeSpec:
     max_speculative_tokens: int = 0  # 0: 4 x num_speculative_tokens
 
 
+DEPLOYMENT_MODES = ("colocated", "disaggregated")
+TRANSPORTS = ("inprocess", "ray")
+
+
+@dataclass(slots=True)
+class DeploymentSpec:
+    """Where prefill and decode run. colocated: one engine does both (the default). disaggregated: `prefill`
+    engines run each prompt (max_tokens 1) and pin its blocks; `decode` engines load that K/V into blocks of
+    their own and generate the rest (kvscope.engine.disaggregated). transport: how the K/V moves: inprocess
+    (every engine in this process) or ray (each engine a Ray actor, K/V through the object store).
+    transfer_timeout_s: how long a prefill engine keeps a finished prompt's blocks pinned for a decode engine
+    that never reads them. cpus_per_engine: a Ray actor's CPUs (and its torch threads)."""
+
+    mode: str = "colocated"
+    prefill: int = 1
+    decode: int = 1
+    transport: str = "inprocess"
+    transfer_timeout_s: float = 30.0
+    cpus_per_engine: int = 1
+
+    @property
+    def disaggregated(self) -> bool:
+        return self.mode == "disaggregated"
+
+
 @dataclass(slots=True)
 class LengthSpec:
     """A length distribution: fixed (min == max) or uniform integers in [min, max]."""
@@ -141,6 +166,7 @@ class Recipe:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     speculative: SpeculativeSpec | None = None
+    deployment: DeploymentSpec = field(default_factory=DeploymentSpec)
     variants: list[dict[str, Any]] = field(default_factory=list)
     sim: SimSpec | None = None  # set exactly when device is "sim"
     source: str = "<dict>"
@@ -261,7 +287,7 @@ class _Validator:
     # --- sections ---------------------------------------------------------------------
     def recipe(self, data: Any) -> Recipe:
         known = ("name", "description", "model", "dtype", "device", "attention_backend", "cache",
-                 "scheduler", "sampling", "workload", "speculative", "variants", "sim")
+                 "scheduler", "sampling", "workload", "speculative", "variants", "sim", "deployment")
         d = self.mapping(data, "", known)
         r = Recipe(source=self.source, raw=copy.deepcopy(d))
         if "name" in d:
@@ -293,6 +319,12 @@ class _Validator:
             if r.device == "sim":
                 raise self.fail("speculative", "is not simulated yet: a simulated device has no draft tokens to "
                                                "verify (drop speculative, or run on cpu / cuda)")
+        r.deployment = self.deployment(d.get("deployment"))
+        if r.deployment.disaggregated:
+            for what, bad in (("scheduler.policy static", r.scheduler.policy == "static"),
+                              ("speculative", r.speculative is not None), ("device: sim", r.device == "sim")):
+                if bad:
+                    raise self.fail("deployment.mode", f"disaggregated does not combine with {what} yet")
         r.variants = self.variants(d.get("variants"))
         if r.cache.block_size * (r.cache.num_blocks or 1) < 1:
             raise self.fail("cache", "pool must hold at least one token")
@@ -357,6 +389,19 @@ class _Validator:
         if not s.max_speculative_tokens:
             s.max_speculative_tokens = 4 * s.num_speculative_tokens
         return s
+
+    def deployment(self, value: Any) -> DeploymentSpec:
+        known = ("mode", "prefill", "decode", "transport", "transfer_timeout_s", "cpus_per_engine")
+        d = self.mapping(value if value is not None else {}, "deployment", known)
+        s = DeploymentSpec()
+        s.mode = self.choice(d.get("mode", s.mode), "deployment.mode", DEPLOYMENT_MODES)
+        s.transport = self.choice(d.get("transport", s.transport), "deployment.transport", TRANSPORTS)
+        for key in ("prefill", "decode", "cpus_per_engine"):
+            if key in d:
+                setattr(s, key, self.pos_int(d[key], f"deployment.{key}"))
+        if "transfer_timeout_s" in d:
+            s.transfer_timeout_s = self.number(d["transfer_timeout_s"], "deployment.transfer_timeout_s", 0.001)
+        return s  # a colocated deployment ignores the rest (so a variant can switch the mode alone)
 
     def sim(self, value: Any) -> SimSpec:
         d = self.mapping(value, "sim", ("gpu", "num_gpus", "tp", "profile", "mem_util"))
@@ -522,7 +567,7 @@ class _Validator:
             name = self.string(d.get("name"), f"variants[{i}].name")
             over = self.mapping(d.get("overrides", {}), f"variants[{i}].overrides",
                                 ("model", "dtype", "device", "attention_backend", "cache", "scheduler",
-                                 "sampling", "workload", "speculative", "sim"))
+                                 "sampling", "workload", "speculative", "sim", "deployment"))
             out.append({"name": name, "overrides": over})
         return out
 

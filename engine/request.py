@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from kvscope.engine.sampling import SamplingParams
 
+if TYPE_CHECKING:
+    from kvscope.engine.kv_connector import KVTransferParams
+
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    WAITING_FOR_REMOTE_KVS = "waiting_for_remote_kvs"  # disaggregation: blocks held, K/V on its way
     PREEMPTED = "preempted"  # back in the waiting queue after losing its blocks (recompute)
     FINISHED = "finished"
 
@@ -41,6 +46,7 @@ class Request:
     first_token_ts: int = 0
     finished_ts: int = 0
     finish_reason: str = ""
+    finish_detail: str = ""  # why, for reason "error"
     num_preemptions: int = 0
     generator: torch.Generator | None = None
     # speculative decoding: this step's draft tokens (after token_ids), their draft distributions
@@ -48,6 +54,10 @@ class Request:
     spec_token_ids: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
     num_spec_tokens: int = 0
+    # disaggregation (kvscope.engine.kv_connector): a producer's request asks for its blocks to be pinned for a
+    # decode engine; a consumer's request carries where its prompt's K/V waits (cleared once it has landed)
+    do_remote_decode: bool = False
+    kv_transfer_params: KVTransferParams | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -81,3 +91,5 @@ class RequestOutput:
     finish_reason: str
     num_cached_tokens: int = 0
     num_preemptions: int = 0
+    kv_transfer_params: KVTransferParams | None = None  # a prefill engine's pinned K/V for a decode engine
+    finish_detail: str = ""  # why, when finish_reason is "error"

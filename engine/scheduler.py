@@ -11,6 +11,10 @@ continuous: running requests first (FCFS), then waiting ones, under a token
     decoding, decoding requests then get up to k draft slots each from the budget and
     the blocks left (never by preempting anyone); after verification the rejected
     slots are rolled back.
+With a KV connector (disaggregation, kvscope.engine.kv_connector) a prefill engine pins a finished
+prompt's blocks for a decode engine instead of freeing them, and a decode engine admits a request whose
+prompt ran elsewhere by allocating blocks for its K/V (`loading`, status waiting_for_remote_kvs) that the
+step's kv_load phase fills; once they land (settle_loads) it runs on from its first token.
 static: fixed batches. A batch is admitted only when the previous one has
     completely finished; each request reserves KV for the batch's longest prompt
     plus its longest output up front, and keeps it until the whole batch ends.
@@ -30,10 +34,11 @@ from kvscope.engine.math_utils import cdiv
 from kvscope.engine.request import Request, RequestStatus
 from kvscope.engine.stop_check import check_stop
 from kvscope.inspector.events import (
-    FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, SCHEDULED, SPEC_ALLOC, EventBus, RequestEvent,
+    FINISHED, FIRST_TOKEN, KV_LOAD_ALLOC, PREEMPTED, RESUMED, SCHEDULED, SPEC_ALLOC, EventBus, RequestEvent,
 )
 
 if TYPE_CHECKING:
+    from kvscope.engine.kv_connector import KVConnector
     from kvscope.engine.recipe import SchedulerSpec, SpeculativeSpec
     from kvscope.engine.tokenizer import Tokenizer
 
@@ -111,8 +116,10 @@ class Scheduler:
     policy = "continuous"
 
     def __init__(self, block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
-                 tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None) -> None:
+                 tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None,
+                 connector: KVConnector | None = None) -> None:
         self.speculative = speculative
+        self.connector = connector
         self.block_manager = block_manager
         self.bus = bus
         self.max_num_seqs = spec.max_num_seqs
@@ -122,6 +129,7 @@ class Scheduler:
         self.tokenizer = tokenizer
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.loading: list[Request] = []  # admitted, blocks held, K/V coming from another engine
         self.step = -1
         self.num_preemptions = 0
 
@@ -130,16 +138,24 @@ class Scheduler:
         self.waiting.append(request)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.loading)
 
-    def finish(self, request: Request) -> None:
-        """A request is done: drop it from the running set and free its blocks."""
+    def finish(self, request: Request, reason: str = "") -> None:
+        """A request is done: drop it from the running set and free its blocks (or, on a prefill engine whose
+        request asked for a remote decode and reached its max_tokens, pin them for the transfer)."""
         self.running.remove(request)
+        if self.connector is not None and reason == "length" and request.do_remote_decode:
+            request.kv_transfer_params = self.connector.request_finished(request)
+            if request.kv_transfer_params is not None:
+                return
         self.block_manager.free(request)
 
     def live_requests(self) -> list[Request]:
-        """Requests that hold blocks now."""
-        return [r for r in self.running if r.block_table]
+        """Requests that hold blocks now (on a prefill engine: finished ones pinned for a transfer too)."""
+        live = [r for r in self.running + self.loading if r.block_table]
+        if self.connector is not None and self.connector.pinned:
+            live += [pin.request for pin in self.connector.pinned.values()]
+        return live
 
     @property
     def num_preempted_waiting(self) -> int:
@@ -151,6 +167,8 @@ class Scheduler:
         """Which requests run in `step` and how many tokens each computes (their blocks allocated)."""
         self.step = self.block_manager.step = step
         out = SchedulerOutput()
+        if self.connector is not None and self.connector.pinned:
+            self.connector.expire()
         budget = self.token_budget
         i = 0
         while i < len(self.running) and budget > 0:
@@ -170,10 +188,11 @@ class Scheduler:
         if self.speculative is not None:
             budget = self._reserve_draft_slots(out, budget)
         if not out.preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                if not self._admit(self.waiting[0], budget, out):
+            while self.waiting and budget > 0 and len(self.running) + len(self.loading) < self.max_num_seqs:
+                taken = self._admit(self.waiting[0], budget, out)
+                if taken is None:
                     break
-                budget -= out.scheduled[-1].num_tokens
+                budget -= taken
         return out
 
     def update(self, out: SchedulerOutput, sampled: list[Request], tokens: list[int | None]) -> list[Request]:
@@ -205,7 +224,7 @@ class Scheduler:
             for s in out.drafting:
                 self._settle_drafts(s, verified.get(s.request.request_id), out)
         for req, reason in stopping:
-            self.finish(req)
+            self.finish(req, reason)
             self._finished(req, reason)
         return [req for req, _ in stopping]
 
@@ -215,6 +234,11 @@ class Scheduler:
             return False
         if request in self.running:
             self.finish(request)
+        elif request in self.loading:  # mid-transfer: its blocks here, and the producer's pins
+            self.loading.remove(request)
+            assert self.connector is not None
+            self.connector.drop_pending(request)
+            self.block_manager.free(request)
         else:
             self.waiting.remove(request)
         self._finished(request, "abort")
@@ -222,7 +246,7 @@ class Scheduler:
 
     def abort_unservable(self) -> list[Request]:
         """Nothing runs and the head of the queue cannot be admitted: end it (reason abort) rather than spin."""
-        if self.running or not self.waiting:
+        if self.running or self.loading or not self.waiting:
             return []
         req = self.waiting.popleft()
         self._finished(req, "abort")
@@ -270,16 +294,63 @@ class Scheduler:
         req.spec_token_ids = []
         req.draft_probs = None
 
+    # --- disaggregation ------------------------------------------------------------------
+    def settle_loads(self) -> list[Request]:
+        """After the kv_load phase: requests whose K/V landed join the running set (their prompt computed, their
+        first token out); those whose transfer failed end with reason "error". Returns the ended ones."""
+        assert self.connector is not None
+        landed, failed = self.connector.get_finished()
+        for req in landed:
+            if req.status is RequestStatus.FINISHED:  # aborted meanwhile
+                continue
+            self.loading.remove(req)
+            req.num_computed_tokens = req.kv_transfer_params.num_tokens
+            req.kv_transfer_params = None  # a later preemption recomputes here, like any other request
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            self.block_manager.cache_full_blocks(req)
+            req.first_token_ts = self.bus.clock()
+            self._emit(req, FIRST_TOKEN, req.first_token_ts)
+        ended = []
+        for req, error in failed:
+            if req.status is RequestStatus.FINISHED:
+                continue
+            self.loading.remove(req)
+            self.block_manager.free(req)
+            self._finished(req, "error", error)
+            ended.append(req)
+        return ended
+
+    def _admit_remote(self, req: Request) -> int | None:
+        """Admit a request whose prompt another engine ran: blocks for its K/V (past local prefix-cache hits) and
+        its first token; it waits in `loading` until the kv_load phase fills them. Takes no token budget."""
+        assert self.connector is not None
+        bm = self.block_manager
+        hits = bm.find_cached_prefix(req)
+        external = self.connector.get_num_new_matched_tokens(req, len(hits) * bm.block_size)
+        if bm.allocate_slots(req, external + 1, hits, what=KV_LOAD_ALLOC) is None:
+            return None
+        req.num_cached_tokens = len(hits) * bm.block_size
+        self.waiting.popleft()
+        req.status = RequestStatus.WAITING_FOR_REMOTE_KVS
+        self.loading.append(req)
+        self.connector.update_state_after_alloc(req, external)
+        self._emit(req, SCHEDULED)
+        return 0
+
     # --- helpers ----------------------------------------------------------------------
-    def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
+    def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> int | None:
+        """Admit the head of the queue if the budget and the pool allow; the budget it takes (None: it waits)."""
+        if req.kv_transfer_params is not None and self.connector is not None:
+            return self._admit_remote(req)
         hits = self.block_manager.find_cached_prefix(req) if req.num_computed_tokens == 0 else []
         remaining = req.num_tokens - len(hits) * self.block_manager.block_size
         resumed = req.status is RequestStatus.PREEMPTED  # recomputed in chunks even when prompts are not (vLLM)
         if not self.chunked_prefill and not resumed and remaining > budget:
-            return False
+            return None
         n = min(remaining, budget)
         if self.block_manager.allocate_slots(req, n, hits) is None:
-            return False
+            return None
         req.num_cached_tokens = len(hits) * self.block_manager.block_size
         self.waiting.popleft()
         was_preempted = req.status is RequestStatus.PREEMPTED
@@ -287,7 +358,7 @@ class Scheduler:
         self.running.append(req)
         out.add(req, n)
         self._emit(req, RESUMED if was_preempted else SCHEDULED)
-        return True
+        return n
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.running.remove(req)
@@ -302,9 +373,10 @@ class Scheduler:
         out.preempted.append(req)
         self._emit(req, PREEMPTED)
 
-    def _finished(self, req: Request, reason: str) -> None:
+    def _finished(self, req: Request, reason: str, detail: str = "") -> None:
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
+        req.finish_detail = detail
         req.finished_ts = self.bus.clock()
         self._emit(req, FINISHED, req.finished_ts, reason)
 
@@ -327,7 +399,7 @@ class StaticScheduler(Scheduler):
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.batch)
 
-    def finish(self, request: Request) -> None:
+    def finish(self, request: Request, reason: str = "") -> None:
         """Finished requests keep their reservation until the whole batch is done."""
         self.running.remove(request)
         if not self.running:
@@ -375,8 +447,10 @@ class StaticScheduler(Scheduler):
 
 
 def make_scheduler(block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
-                   tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None) -> Scheduler:
-    """The scheduler of the recipe's policy (continuous, with drafts if `speculative`; or static)."""
+                   tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None,
+                   connector: KVConnector | None = None) -> Scheduler:
+    """The scheduler of the recipe's policy (continuous, with drafts if `speculative` and transfers through
+    `connector`; or static)."""
     if spec.policy == "static":
         return StaticScheduler(block_manager, bus, spec, max_model_len, tokenizer)
-    return Scheduler(block_manager, bus, spec, max_model_len, tokenizer, speculative)
+    return Scheduler(block_manager, bus, spec, max_model_len, tokenizer, speculative, connector)

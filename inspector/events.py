@@ -35,6 +35,7 @@ class Kind:
     KV = "kv"
     TEXT = "text"
     SPEC = "spec_decode"
+    KV_TRANSFER = "kv_transfer"
 
 
 class Phase:
@@ -45,7 +46,8 @@ class Phase:
     PREPARE = "prepare"
     FORWARD = "forward"
     SAMPLE = "sample"    # with drafts: verification (greedy match or rejection sampling)
-    ORDER = (SCHEDULE, DRAFT, PREPARE, FORWARD, SAMPLE)
+    KV_LOAD = "kv_load"  # disaggregation: the K/V of prompts prefilled elsewhere land in this engine's blocks
+    ORDER = (SCHEDULE, KV_LOAD, DRAFT, PREPARE, FORWARD, SAMPLE)
 
 
 class RangeCategory:
@@ -161,7 +163,10 @@ FREE = "free"            # a request releases blocks (ref count - 1; at 0 a hash
 EVICT = "evict"          # a cached, unreferenced block loses its hash to be reused
 SPEC_ALLOC = "spec_alloc"        # blocks taken for a step's draft tokens only (speculative decoding)
 SPEC_ROLLBACK = "spec_rollback"  # a request's tail blocks that hold no committed token after verification
-BLOCK_KINDS = (ALLOC, PREFIX_HIT, CACHED, FREE, EVICT, SPEC_ALLOC, SPEC_ROLLBACK)
+KV_PIN = "kv_pin"                # a finished request's blocks held for a KV transfer (disaggregation) until
+                                 # the other side acknowledges or a timeout; a `free` releases them
+KV_LOAD_ALLOC = "kv_load_alloc"  # blocks taken for K/V that another engine computed (disaggregation)
+BLOCK_KINDS = (ALLOC, PREFIX_HIT, CACHED, FREE, EVICT, SPEC_ALLOC, SPEC_ROLLBACK, KV_PIN, KV_LOAD_ALLOC)
 
 
 @dataclass(slots=True)
@@ -285,12 +290,47 @@ class SpecDecode:
     rolled_back_blocks: int = 0
 
 
+@dataclass(slots=True)
+class KVTransfer:
+    """One request's K/V moved from the engine that prefilled it to the engine that decodes it
+    (disaggregation), emitted by the receiving side once the K/V is in its blocks.
+
+    src_engine / dst_engine: engine ids ("prefill-0", "decode-0"); src_request_id / dst_request_id: the
+    request's id on each. src_block_ids: the sender's pinned blocks that were read; dst_block_ids: the
+    receiver's blocks they landed in (same logical order; blocks a prefix-cache hit already held are not
+    moved). num_tokens: tokens whose K/V moved. send_start / send_end: the sender reading its blocks out;
+    recv_start / recv_end: the receiver asking for them to their landing in its cache (ns, on the receiver's
+    clock; a remote sender's times are shifted by the measured clock offset). transport: "inprocess" or "ray".
+    ok: False when the transfer failed (the sender died or had released the blocks); error says why.
+    """
+
+    kind: ClassVar[str] = Kind.KV_TRANSFER
+    ts: int
+    step: int
+    transfer_id: str
+    src_engine: str
+    dst_engine: str
+    src_request_id: int
+    dst_request_id: int
+    src_block_ids: tuple[int, ...]
+    dst_block_ids: tuple[int, ...]
+    num_tokens: int
+    bytes: int
+    send_start: int
+    send_end: int
+    recv_start: int
+    recv_end: int
+    transport: str
+    ok: bool = True
+    error: str = ""
+
+
 Event = (RunInfo | StepBegin | StepEnd | RequestEvent | BlockEvent | KernelEvent | KVSnapshot | TokenText
-         | SpecDecode)
+         | SpecDecode | KVTransfer)
 EVENT_TYPES: dict[str, type] = {
     cls.kind: cls
     for cls in (RunInfo, StepBegin, StepEnd, RequestEvent, BlockEvent, KernelEvent, KVSnapshot, TokenText,
-                SpecDecode)
+                SpecDecode, KVTransfer)
 }
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
     ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, SPEC_ALLOC,
-    SPEC_ROLLBACK,
+    SPEC_ROLLBACK, KV_LOAD_ALLOC, KV_PIN,
     BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
 )
 
@@ -63,7 +63,8 @@ class EngineView(EventFold):
     consumer that redraws the pool (the TUI's block map) takes them with `take_touched_blocks()` at
     each redraw and recomputes only those. `generation` counts resets (a RunInfo): after one,
     everything has changed. `rolled_back` holds the blocks speculative decoding handed back in the
-    current step (the block map flashes them until the next step begins).
+    current step (the block map flashes them until the next step begins). `pinned` holds the blocks of
+    finished requests kept for a KV transfer (disaggregation: until the decode side has read them).
     """
 
     def __init__(self) -> None:
@@ -75,6 +76,7 @@ class EngineView(EventFold):
         self.block_owner: list[int] = []
         self.touched_blocks: set[int] = set()
         self.rolled_back: set[int] = set()
+        self.pinned: set[int] = set()
         self.tables: dict[int, list[int]] = {}
         self.requests: dict[int, RequestView] = {}
         self.last_step: StepEnd | None = None
@@ -139,7 +141,7 @@ class EngineView(EventFold):
         self.touched_blocks.update(ids)
         refs = ev.ref_counts if len(ev.ref_counts) == len(ids) else None
         hashes = ev.hashes if len(ev.hashes) == len(ids) else None
-        if what == ALLOC or what == PREFIX_HIT or what == SPEC_ALLOC:
+        if what == ALLOC or what == PREFIX_HIT or what == SPEC_ALLOC or what == KV_LOAD_ALLOC:
             table = self.tables.setdefault(ev.request_id, [])
             start = max(ev.logical_index, 0)
             for i, b in enumerate(ids):
@@ -159,6 +161,7 @@ class EngineView(EventFold):
         elif what == FREE or what == SPEC_ROLLBACK:
             if what == SPEC_ROLLBACK:
                 self.rolled_back.update(ids)
+            self.pinned.difference_update(ids)
             table = self.tables.get(ev.request_id)
             for i, b in enumerate(ids):
                 self.block_refs[b] = refs[i] if refs else max(self.block_refs[b] - 1, 0)
@@ -178,6 +181,8 @@ class EngineView(EventFold):
                     self.block_owner[b] = -1
                 elif self.block_owner[b] == ev.request_id:
                     self.block_owner[b] = self._other_holder(b, ev.request_id)
+        elif what == KV_PIN:
+            self.pinned.update(ids)
         elif what == CACHED:
             for i, b in enumerate(ids):
                 if hashes:
@@ -218,6 +223,7 @@ class EngineView(EventFold):
         self.block_owner = [-1] * n
         self.touched_blocks = set()
         self.rolled_back = set()
+        self.pinned = set()
         self.tables = {}
         self.requests = {}
         self.last_step = None

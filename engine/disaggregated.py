@@ -1,0 +1,344 @@
+"""A disaggregated deployment: prefill engines and decode engines behind one proxy (vLLM's disaggregated
+prefill flow, its toy proxy's routing).
+
+Each request goes to a prefill engine with max_tokens 1; when its prompt has run, that engine pins the
+prompt's blocks and returns KVTransferParams with its first token. The proxy then hands the request to a
+decode engine (prompt, first token, params), which allocates blocks of its own, loads the K/V into them
+(the step's kv_load phase) and generates the rest. A request whose prefill ends it (a stop at the first
+token, max_tokens 1, an error) never reaches a decode engine.
+
+The proxy looks like an LLMEngine to whoever drives it (add_request / step / has_unfinished / output /
+abort), so a RunSession, the bench and the server run a deployment as they run one engine. Each engine
+announces its events on its own bus (`buses`, by engine id: "prefill-0", "decode-0", ...); a consumer that
+wants the deployment's picture subscribes to each (the trace gives each engine its own process).
+The engines are reached through handles: in this process (LocalEngine) or as Ray actors
+(kvscope.engine.ray_engine).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvscope.engine.errors import EngineDied, RequestError
+from kvscope.engine.kv_connector import KVTransferParams
+from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
+from kvscope.engine.model_config import ModelConfig
+from kvscope.engine.op_timer import RangeHook
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.request import RequestOutput
+from kvscope.engine.request_check import Prompt, RequestCheck
+from kvscope.engine.sampling import SamplingParams
+from kvscope.inspector.events import EventBus
+
+PRODUCER, CONSUMER = "kv_producer", "kv_consumer"
+
+
+class EngineHandle(Protocol):
+    """One engine of a deployment as the proxy drives it (in this process, or a Ray actor)."""
+
+    name: str
+    bus: EventBus  # where its events appear in this process
+    num_blocks: int
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, do_remote_decode: bool) -> int: ...
+    def add_remote_request(self, prompt_token_ids: list[int], first_token: int, params: SamplingParams,
+                           kv_transfer_params: KVTransferParams) -> int: ...
+    def start_step(self) -> None: ...
+    def finish_step(self) -> list[RequestOutput]: ...
+    def has_unfinished(self) -> bool: ...
+    def has_pinned(self) -> bool: ...
+    def expire_transfers(self) -> None: ...
+    def abort(self, request_id: int) -> bool: ...
+    def release_kv(self, transfer_id: str) -> None: ...
+    def reset(self) -> None: ...
+
+
+class LocalPeer:
+    """A prefill engine in this process, as a decode engine's connector reads from it (a KVPeer)."""
+
+    transport = "inprocess"
+    clock_offset_ns = 0
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+
+    def read_kv(self, transfer_id: str, block_ids: tuple[int, ...]):
+        return self.engine.read_kv(transfer_id, block_ids)
+
+    def release_kv(self, transfer_id: str) -> None:
+        self.engine.release_kv(transfer_id)
+
+
+class LocalEngine:
+    """An engine in this process (an EngineHandle): its step runs in start_step."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.name = engine.engine_id
+        self.bus = engine.bus
+        self.num_blocks = engine.num_blocks
+        self._finished: list[RequestOutput] = []
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, do_remote_decode: bool) -> int:
+        return self.engine.add_request(prompt_token_ids, params, do_remote_decode=do_remote_decode)
+
+    def add_remote_request(self, prompt_token_ids: list[int], first_token: int, params: SamplingParams,
+                           kv_transfer_params: KVTransferParams) -> int:
+        return self.engine.add_remote_request(prompt_token_ids, first_token, params, kv_transfer_params)
+
+    def start_step(self) -> None:
+        self._finished = self.engine.step()
+
+    def finish_step(self) -> list[RequestOutput]:
+        done, self._finished = self._finished, []
+        return done
+
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def has_pinned(self) -> bool:
+        return self.engine.has_pinned()
+
+    def expire_transfers(self) -> None:
+        self.engine.expire_transfers()
+
+    def abort(self, request_id: int) -> bool:
+        return self.engine.abort(request_id)
+
+    def release_kv(self, transfer_id: str) -> None:
+        self.engine.release_kv(transfer_id)
+
+    def reset(self) -> None:
+        self.engine.reset()
+
+
+@dataclass(slots=True)
+class ProxyRequest:
+    """A client's request and where it is: (engine, request id there) on its prefill engine, then its decode one."""
+
+    request_id: int
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    prefill: tuple[str, int]
+    decode: tuple[str, int] | None = None
+    transfer_id: str = ""
+    output: RequestOutput | None = None
+
+
+class DisaggregatedEngine:
+    """The proxy in front of a deployment's engines (module docstring)."""
+
+    def __init__(self, recipe: Recipe, prefill: Sequence[EngineHandle], decode: Sequence[EngineHandle],
+                 front: RequestCheck, config: ModelConfig, device: str, backend_name: str,
+                 bus: EventBus | None = None) -> None:
+        self.recipe = recipe
+        self.prefill = list(prefill)
+        self.decode = list(decode)
+        self.engines = {h.name: h for h in self.prefill + self.decode}
+        self.config = config
+        self.tokenizer = front.tokenizer
+        self.front = front  # encode_prompt / check_fits for every engine (one recipe, the smallest pool)
+        self.bus = bus or EventBus()  # the proxy's clock; the engines' events are on `buses`
+        self.buses = {h.name: h.bus for h in self.prefill + self.decode}
+        self.sim = None
+        self.device = device
+        self.backend_name = backend_name
+        self.block_size = recipe.cache.block_size
+        self.num_blocks = front.num_blocks
+        self.max_model_len = front.max_model_len
+        self.dead: dict[str, str] = {}  # engine -> why it died
+        self.reset()
+
+    def reset(self) -> None:
+        for h in self.engines.values():
+            if h.name not in self.dead:
+                h.reset()
+        self.requests: dict[int, ProxyRequest] = {}
+        self._on: dict[tuple[str, int], ProxyRequest] = {}  # (engine, its request id) -> the request there now
+        self._count = Counter[str]()  # requests on each engine now
+        self.next_request_id = 0
+
+    # --- what an LLMEngine answers ----------------------------------------------------------
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        return self.front.encode_prompt(prompt)
+
+    def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
+        return self.front.blocks_needed(num_prompt_tokens, max_tokens)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._on)
+
+    def output(self, request_id: int) -> RequestOutput:
+        r = self.requests[request_id]
+        if r.output is None:
+            raise RequestError(f"request {request_id} has not finished")
+        return r.output
+
+    def failure_report(self) -> str | None:
+        """One line naming the requests that failed and why (an engine died, a transfer failed), or None."""
+        why: dict[str, list[int]] = {}
+        for r in self.requests.values():
+            if r.output is not None and r.output.finish_reason == "error":
+                why.setdefault(r.output.finish_detail or "error", []).append(r.request_id)
+        if not why:
+            return None
+        return "; ".join(f"request{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} failed: {detail}"
+                         for detail, ids in why.items())
+
+    # --- requests ---------------------------------------------------------------------------
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
+        """Send a request to the least busy prefill engine (max_tokens 1); its id at the proxy."""
+        params = params or SamplingParams()
+        params.validate()
+        ids = self.encode_prompt(prompt)
+        self.front.check_fits(len(ids), params.max_tokens)  # the decode side will need room for all of it
+        engine = self._least_busy(self.prefill)
+        first_leg = copy.copy(params)
+        first_leg.max_tokens = 1
+        try:
+            engine_rid = engine.add_request(ids, first_leg, params.max_tokens > 1)
+        except EngineDied as exc:
+            self._died(engine, exc)
+            return self.add_request(ids, params)
+        rid = self.next_request_id
+        self.next_request_id += 1
+        req = ProxyRequest(rid, ids, params, (engine.name, engine_rid))
+        self.requests[rid] = req
+        self._place(req, engine.name, engine_rid)
+        return rid
+
+    def abort(self, request_id: int) -> bool:
+        req = self.requests.get(request_id)
+        if req is None or req.output is not None:
+            return False
+        name, rid = req.decode or req.prefill
+        return self.engines[name].abort(rid)
+
+    # --- one step ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """One step of every engine with requests (Ray actors step at the same time); hand finished prompts to
+        the decode engines; returns the client requests that finished."""
+        busy = [h for h in self.engines.values() if self._count[h.name]]
+        for h in busy:
+            h.start_step()
+        finished: list[RequestOutput] = []
+        for h in busy:
+            try:
+                outs = h.finish_step()
+            except EngineDied as exc:
+                finished += self._died(h, exc)
+                continue
+            for out in outs:
+                req = self._on.pop((h.name, out.request_id), None)
+                if req is None:
+                    continue
+                self._count[h.name] -= 1
+                if req.decode is None and out.kv_transfer_params is not None:
+                    finished += self._to_decode(req, out)
+                else:
+                    finished.append(self._finish(req, out))
+        return finished
+
+    def _to_decode(self, req: ProxyRequest, out: RequestOutput) -> list[RequestOutput]:
+        params = out.kv_transfer_params
+        assert params is not None
+        req.transfer_id = params.transfer_id
+        while self.decode:
+            engine = self._least_busy(self.decode)
+            try:
+                rid = engine.add_remote_request(req.prompt_token_ids, out.token_ids[0], req.params, params)
+            except EngineDied as exc:
+                done = self._died(engine, exc)
+                continue
+            req.decode = (engine.name, rid)
+            self._place(req, engine.name, rid)
+            return []
+        self._release(req)
+        done = [self._finish(req, out, "error", "no decode engine is alive")]
+        return done
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    def _least_busy(self, engines: list[EngineHandle]) -> EngineHandle:
+        if not engines:
+            raise RequestError(f"no engine of this kind is alive ({'; '.join(self.dead.values())})")
+        return min(engines, key=lambda h: self._count[h.name])
+
+    def _place(self, req: ProxyRequest, engine: str, rid: int) -> None:
+        self._on[(engine, rid)] = req
+        self._count[engine] += 1
+
+    def _finish(self, req: ProxyRequest, out: RequestOutput, reason: str = "", detail: str = "") -> RequestOutput:
+        req.output = RequestOutput(req.request_id, req.prompt_token_ids, out.token_ids, out.text,
+                                   reason or out.finish_reason, out.num_cached_tokens, out.num_preemptions, None,
+                                   detail or out.finish_detail)
+        return req.output
+
+    def _release(self, req: ProxyRequest) -> None:
+        """Free a request's pins on its prefill engine (its decode side will never read them)."""
+        engine = self.engines[req.prefill[0]]
+        if req.transfer_id and engine.name not in self.dead:
+            try:
+                engine.release_kv(req.transfer_id)
+            except EngineDied:
+                pass
+
+    def _died(self, engine: EngineHandle, exc: EngineDied) -> list[RequestOutput]:
+        """An engine is gone: take it out of the deployment; its requests end with reason "error" (a decode
+        engine's: their prompts' pins on the prefill side are released)."""
+        self.dead[engine.name] = str(exc)
+        for group in (self.prefill, self.decode):
+            if engine in group:
+                group.remove(engine)
+        ended = []
+        for key in [k for k in self._on if k[0] == engine.name]:
+            req = self._on.pop(key)
+            self._count[engine.name] -= 1
+            if req.decode is not None:
+                self._release(req)
+            ended.append(self._finish(req, RequestOutput(req.request_id, req.prompt_token_ids, [], "", ""),
+                                      "error", str(exc)))
+        return ended
+
+
+def build_local_deployment(recipe: Recipe, loaded: LoadedModel | None = None,
+                           range_hook: RangeHook | None = None, kernel_events: bool = True) -> DisaggregatedEngine:
+    """Every engine of the recipe's deployment in this process, sharing one loaded model (its weights are
+    read-only); each decode engine reads from every prefill engine."""
+    loaded = loaded or load_for_recipe(recipe)
+    spec = recipe.deployment
+
+    def engine(role: str, name: str) -> LLMEngine:
+        return LLMEngine(recipe, loaded=loaded, bus=EventBus(), range_hook=range_hook, kernel_events=kernel_events,
+                         kv_role=role, engine_id=name)
+
+    prefill = [engine(PRODUCER, f"prefill-{i}") for i in range(spec.prefill)]
+    decode = [engine(CONSUMER, f"decode-{i}") for i in range(spec.decode)]
+    for d in decode:
+        d.kv_peers.update({p.engine_id: LocalPeer(p) for p in prefill})
+    front = prefill[0]
+    return DisaggregatedEngine(recipe, [LocalEngine(e) for e in prefill], [LocalEngine(e) for e in decode],
+                               front.request_check, loaded.config, str(front.device), front.backend_name)
+
+
+def build_ray_deployment(recipe: Recipe, kernel_events: bool = True) -> DisaggregatedEngine:
+    """Every engine of the recipe's deployment a Ray actor (kvscope.engine.ray_engine); the proxy here reads
+    only the model's shape and tokenizer."""
+    from kvscope.engine.loader import load_shape
+    from kvscope.engine.ray_engine import start_ray_deployment
+
+    config, tokenizer = load_shape(recipe.model.as_dict())
+    prefill, decode = start_ray_deployment(recipe, kernel_events)
+    front = RequestCheck(recipe, config, tokenizer, min(h.num_blocks for h in prefill + decode))
+    return DisaggregatedEngine(recipe, prefill, decode, front, config, prefill[0].device, "torch")
+
+
+def build_deployment(recipe: Recipe, loaded: LoadedModel | None = None, range_hook: RangeHook | None = None,
+                     kernel_events: bool = True) -> DisaggregatedEngine:
+    """The recipe's disaggregated deployment, over its transport."""
+    if recipe.deployment.transport == "ray":
+        return build_ray_deployment(recipe, kernel_events)
+    return build_local_deployment(recipe, loaded, range_hook, kernel_events)
