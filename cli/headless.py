@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from kvscope.cli.deployment_report import DeploymentWatch, deployment_report
 from kvscope.cli.progress import ProgressBars
 from kvscope.cli.recipe_args import model_label, recipe_header
 from kvscope.cli.text_probe import attach_text_probe
@@ -26,6 +27,7 @@ def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = Non
     with ProgressBars() as bars:
         with bars.loading(model_label(recipe)):
             session = RunSession(recipe, bus=bus, range_hook=nvtx_range_hook() if nvtx else None)
+        watch = DeploymentWatch.attach(session) if recipe.deployment.disaggregated else None
         bars.track_run(bus, recipe.name, len(session.items))
         closer = None
         if record:
@@ -36,17 +38,16 @@ def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = Non
         finally:
             if closer is not None:
                 closer()
-    for line in session.rejected:
-        print(f"kvscope: error: {line}", file=sys.stderr)
+    failed = report_problems(session)
     summary = metrics.summary()
     if as_json:
-        data = summary.to_dict()
+        data = summary.to_dict() if watch is None else watch.to_dict()
         data["recipe"] = recipe.name
         data["outputs"] = [{"request_id": o.request_id, "text": o.text, "finish_reason": o.finish_reason,
                             "tokens": len(o.token_ids)} for o in sorted(session.outputs.values(),
                                                                        key=lambda o: o.request_id)]
         print(json.dumps(data))
-        return 2 if session.rejected else 0
+        return 2 if failed else 0
     from rich.text import Text
 
     from kvscope.cli.console import emit
@@ -62,8 +63,20 @@ def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = Non
         head.append(f"{key}: ", style="dim")
         head.append(value + "  ", style="bold")
     head.rstrip()
-    emit(*parts, head, summary_table(summary))
-    return 2 if session.rejected else 0
+    emit(*parts, head, *(deployment_report(watch) if watch is not None else [summary_table(summary)]))
+    return 2 if failed else 0
+
+
+def report_problems(session: RunSession) -> bool:
+    """Print the requests the run rejected, and a deployment's failed requests, one line each (stderr);
+    whether there were any."""
+    lines = list(session.rejected)
+    failure = session.failure_report()
+    if failure:
+        lines.append(f"{session.recipe.source}: {failure}")
+    for line in lines:
+        print(f"kvscope: error: {line}", file=sys.stderr)
+    return bool(lines)
 
 
 def outputs_text(session: RunSession) -> list:

@@ -13,6 +13,9 @@ def run_recipe(recipe_path: str, *, headless: bool = False, as_json: bool = Fals
     recipe = load_recipe(recipe_path)
     if threads is not None and threads < 1:
         raise KVScopeError(f"--threads: must be at least 1, got {threads}")
+    if record and recipe.deployment.disaggregated:
+        raise KVScopeError(f"--record: {recipe.source} is a disaggregated deployment: `kvscope trace` records it "
+                           f"(one events file per engine)")
     if not headless and not as_json:
         if sys.stdout.isatty():
             from kvscope.cli.live import run_live

@@ -57,12 +57,17 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
 
 def summary_table(s: RunSummary) -> Table:
     """The summary as a headless rich table: labels in cyan, values as they are."""
+    return label_value_table(summary_rows(s))
+
+
+def label_value_table(rows: list[tuple[str, str]]) -> Table:
+    """(label, value) rows as a headless rich table: labels in cyan, values as they are."""
     from rich.table import Table
     from rich.text import Text
 
     table = Table(box=None, show_header=False, show_edge=False, pad_edge=False)
     table.add_column(min_width=LABEL_WIDTH, style="cyan", no_wrap=True)
     table.add_column(no_wrap=True)
-    for label, value in summary_rows(s):
+    for label, value in rows:
         table.add_row(Text(label), Text(value))
     return table

@@ -21,7 +21,7 @@ from kvscope.cli.errors import UsageError
 from kvscope.cli.progress import ProgressBars
 from kvscope.cli.recipe_args import model_label, recipe_header
 from kvscope.cli.text_probe import attach_text_probe
-from kvscope.engine.recipe import load_recipe
+from kvscope.engine.recipe import Recipe, load_recipe
 
 
 def output_folder(path: str) -> Path:
@@ -50,6 +50,10 @@ def run_trace(recipe_path: str, *, out: str | None = None, torch_profiler: bool 
 
     recipe = load_recipe(recipe_path)
     folder = output_folder(out if out else f"trace-{recipe.name}")
+    if recipe.deployment.disaggregated:
+        if torch_profiler:
+            raise UsageError(f"--torch-profiler: {recipe.source} is a disaggregated deployment; profile one engine")
+        return trace_deployment(recipe, folder, nvtx=nvtx, kernels=kernels)
 
     bus = EventBus()
     events = bus.subscribe(EventList())
@@ -97,6 +101,51 @@ def run_trace(recipe_path: str, *, out: str | None = None, torch_profiler: bool 
         wrote.append(f" ({what})")
     emit(summary_table(metrics.summary()), wrote)
     return 2 if session.rejected else 0
+
+
+def trace_deployment(recipe: Recipe, folder: Path, *, nvtx: bool, kernels: bool) -> int:
+    """A disaggregated deployment's trace: one trace.json (each engine its own processes, a KV transfer track,
+    flows across), and per engine ENGINE.nvtxt and ENGINE.events.jsonl."""
+    from rich.text import Text
+
+    from kvscope.cli.console import emit
+    from kvscope.cli.deployment_report import DeploymentWatch, deployment_report
+    from kvscope.cli.headless import report_problems
+    from kvscope.engine.session import RunSession
+    from kvscope.inspector.deployment_trace import build_deployment_trace
+    from kvscope.inspector.events import EventBus, EventList
+    from kvscope.inspector.nvtx_ranges import nvtx_range_hook
+    from kvscope.inspector.nvtxt import write_nvtxt
+    from kvscope.inspector.recording import attach_recorder
+
+    bus = EventBus()
+    with ProgressBars() as bars:
+        with bars.loading(model_label(recipe)):
+            session = RunSession(recipe, bus=bus, kernel_events=kernels, range_hook=nvtx_range_hook() if nvtx else None)
+        bars.track_run(bus, f"tracing {recipe.name}", len(session.items))
+        lists = {name: b.subscribe(EventList()) for name, b in session.buses.items()}
+        watch = DeploymentWatch.attach(session)
+        header = recipe_header(recipe, str(session.engine.device))
+        closers = [attach_recorder(b, folder / f"{name}.events.jsonl", header) for name, b in session.buses.items()]
+        try:
+            session.run()
+        finally:
+            for close in closers:
+                close()
+    failed = report_problems(session)
+    meta = {"recipe": recipe.name, "recipe_path": recipe.source, "deployment": recipe.deployment.transport}
+    trace = build_deployment_trace({name: lst.events for name, lst in lists.items()}, meta)
+    (folder / "trace.json").write_text(json.dumps(trace, separators=(",", ":")), encoding="utf-8")
+    wrote = Text("wrote ")
+    wrote.append(str(folder / "trace.json"), style="bold")
+    wrote.append(f" ({len(trace['traceEvents'])} trace events, {len(lists)} engines)")
+    for name, lst in lists.items():
+        records = write_nvtxt(folder / f"{name}.nvtxt", lst.events, os.getpid(), f"{recipe.name} {name}")
+        wrote.append("\nwrote ")
+        wrote.append(str(folder / f"{name}.events.jsonl"), style="bold")
+        wrote.append(f" ({len(lst.events)} events) and {folder / f'{name}.nvtxt'} ({records} records)")
+    emit(*deployment_report(watch), wrote)
+    return 2 if failed else 0
 
 
 ANCHOR = "kvscope::clock_anchor"

@@ -8,8 +8,9 @@ decode engine (prompt, first token, params), which allocates blocks of its own, 
 token, max_tokens 1, an error) never reaches a decode engine.
 
 The proxy looks like an LLMEngine to whoever drives it (add_request / step / has_unfinished / output /
-abort), so a RunSession, the bench and the server run a deployment as they run one engine. Each engine
-announces its events on its own bus (`buses`, by engine id: "prefill-0", "decode-0", ...); a consumer that
+abort), so a RunSession, the bench and the server run a deployment as they run one engine. On its own bus
+it announces each client request's arrival and end (under the proxy's ids); each engine announces its
+events on its own bus (`buses`, by engine id: "prefill-0", "decode-0", ...); a consumer that
 wants the deployment's picture subscribes to each (the trace gives each engine its own process).
 The engines are reached through handles: in this process (LocalEngine) or as Ray actors
 (kvscope.engine.ray_engine).
@@ -32,7 +33,7 @@ from kvscope.engine.recipe import Recipe
 from kvscope.engine.request import RequestOutput
 from kvscope.engine.request_check import Prompt, RequestCheck
 from kvscope.engine.sampling import SamplingParams
-from kvscope.inspector.events import EventBus
+from kvscope.inspector.events import ARRIVED, FINISHED, EventBus, RequestEvent
 
 PRODUCER, CONSUMER = "kv_producer", "kv_consumer"
 
@@ -209,14 +210,22 @@ class DisaggregatedEngine:
         req = ProxyRequest(rid, ids, params, (engine.name, engine_rid))
         self.requests[rid] = req
         self._place(req, engine.name, engine_rid)
+        if self.bus.active:
+            self.bus.emit(RequestEvent(self.bus.clock(), -1, rid, ARRIVED, len(ids), 0, 0, params.max_tokens))
         return rid
 
     def abort(self, request_id: int) -> bool:
+        """End a client request now (reason "abort") wherever it is; its blocks are freed on both sides."""
         req = self.requests.get(request_id)
         if req is None or req.output is not None:
             return False
         name, rid = req.decode or req.prefill
-        return self.engines[name].abort(rid)
+        if not self.engines[name].abort(rid):
+            return False
+        self._on.pop((name, rid), None)
+        self._count[name] -= 1
+        self._finish(req, RequestOutput(request_id, req.prompt_token_ids, [], "", "abort"))
+        return True
 
     # --- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -272,10 +281,13 @@ class DisaggregatedEngine:
         self._count[engine] += 1
 
     def _finish(self, req: ProxyRequest, out: RequestOutput, reason: str = "", detail: str = "") -> RequestOutput:
-        req.output = RequestOutput(req.request_id, req.prompt_token_ids, out.token_ids, out.text,
-                                   reason or out.finish_reason, out.num_cached_tokens, out.num_preemptions, None,
-                                   detail or out.finish_detail)
-        return req.output
+        req.output = o = RequestOutput(req.request_id, req.prompt_token_ids, out.token_ids, out.text,
+                                       reason or out.finish_reason, out.num_cached_tokens, out.num_preemptions, None,
+                                       detail or out.finish_detail)
+        if self.bus.active:
+            self.bus.emit(RequestEvent(self.bus.clock(), -1, o.request_id, FINISHED, len(o.prompt_token_ids),
+                                       len(o.token_ids), 0, req.params.max_tokens, o.finish_reason))
+        return o
 
     def _release(self, req: ProxyRequest) -> None:
         """Free a request's pins on its prefill engine (its decode side will never read them)."""
@@ -304,8 +316,8 @@ class DisaggregatedEngine:
         return ended
 
 
-def build_local_deployment(recipe: Recipe, loaded: LoadedModel | None = None,
-                           range_hook: RangeHook | None = None, kernel_events: bool = True) -> DisaggregatedEngine:
+def build_local_deployment(recipe: Recipe, loaded: LoadedModel | None = None, range_hook: RangeHook | None = None,
+                           kernel_events: bool = True, bus: EventBus | None = None) -> DisaggregatedEngine:
     """Every engine of the recipe's deployment in this process, sharing one loaded model (its weights are
     read-only); each decode engine reads from every prefill engine."""
     loaded = loaded or load_for_recipe(recipe)
@@ -321,10 +333,11 @@ def build_local_deployment(recipe: Recipe, loaded: LoadedModel | None = None,
         d.kv_peers.update({p.engine_id: LocalPeer(p) for p in prefill})
     front = prefill[0]
     return DisaggregatedEngine(recipe, [LocalEngine(e) for e in prefill], [LocalEngine(e) for e in decode],
-                               front.request_check, loaded.config, str(front.device), front.backend_name)
+                               front.request_check, loaded.config, str(front.device), front.backend_name, bus)
 
 
-def build_ray_deployment(recipe: Recipe, kernel_events: bool = True) -> DisaggregatedEngine:
+def build_ray_deployment(recipe: Recipe, kernel_events: bool = True,
+                         bus: EventBus | None = None) -> DisaggregatedEngine:
     """Every engine of the recipe's deployment a Ray actor (kvscope.engine.ray_engine); the proxy here reads
     only the model's shape and tokenizer."""
     from kvscope.engine.loader import load_shape
@@ -333,12 +346,13 @@ def build_ray_deployment(recipe: Recipe, kernel_events: bool = True) -> Disaggre
     config, tokenizer = load_shape(recipe.model.as_dict())
     prefill, decode = start_ray_deployment(recipe, kernel_events)
     front = RequestCheck(recipe, config, tokenizer, min(h.num_blocks for h in prefill + decode))
-    return DisaggregatedEngine(recipe, prefill, decode, front, config, prefill[0].device, "torch")
+    return DisaggregatedEngine(recipe, prefill, decode, front, config, prefill[0].device, "torch", bus)
 
 
 def build_deployment(recipe: Recipe, loaded: LoadedModel | None = None, range_hook: RangeHook | None = None,
-                     kernel_events: bool = True) -> DisaggregatedEngine:
-    """The recipe's disaggregated deployment, over its transport."""
+                     kernel_events: bool = True, bus: EventBus | None = None) -> DisaggregatedEngine:
+    """The recipe's disaggregated deployment, over its transport; `bus` carries the proxy's client-level request
+    events (arrived, finished: the ids add_request returned)."""
     if recipe.deployment.transport == "ray":
-        return build_ray_deployment(recipe, kernel_events)
-    return build_local_deployment(recipe, loaded, range_hook, kernel_events)
+        return build_ray_deployment(recipe, kernel_events, bus)
+    return build_local_deployment(recipe, loaded, range_hook, kernel_events, bus)

@@ -168,13 +168,12 @@ class KVConnector:
         self.finished_recving, self.failed_recving = [], []
         return done, failed
 
-    def drop_pending(self, request: Request) -> None:
-        """Forget a request's load (aborted or preempted before it ran) and release the producer's pins."""
-        for load in self.pending:
-            if load.request is request:
-                self.pending.remove(load)
-                self._release(load.params)
-                return
+    def request_aborted(self, request: Request) -> None:
+        """A consumer's request ended before its K/V landed (aborted while queued or mid-transfer): forget its
+        load and release the producer's pins."""
+        self.pending = [load for load in self.pending if load.request is not request]
+        if request.kv_transfer_params is not None:
+            self._release(request.kv_transfer_params)
 
     # --- consumer (worker side) ---------------------------------------------------------
     def start_load_kv(self, kv_cache: KVCache) -> None:

@@ -236,11 +236,11 @@ class Scheduler:
             self.finish(request)
         elif request in self.loading:  # mid-transfer: its blocks here, and the producer's pins
             self.loading.remove(request)
-            assert self.connector is not None
-            self.connector.drop_pending(request)
             self.block_manager.free(request)
         else:
             self.waiting.remove(request)
+        if self.connector is not None and request.kv_transfer_params is not None:
+            self.connector.request_aborted(request)
         self._finished(request, "abort")
         return True
 

@@ -13,6 +13,7 @@ than the pool) is rejected with a one-line message in `rejected`; the others run
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from kvscope.engine.errors import RecipeError, RequestError
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel
@@ -22,14 +23,23 @@ from kvscope.engine.request import RequestOutput
 from kvscope.engine.workload import WorkItem, build_workload
 from kvscope.inspector.events import EventBus
 
+if TYPE_CHECKING:
+    from kvscope.engine.disaggregated import DisaggregatedEngine
+
 
 class RunSession:
     def __init__(self, recipe: Recipe, bus: EventBus | None = None, range_hook: RangeHook | None = None,
                  kernel_events: bool = True, loaded: LoadedModel | None = None) -> None:
         self.recipe = recipe
         self.bus = bus or EventBus()
-        self.engine = LLMEngine(recipe, loaded=loaded, bus=self.bus, range_hook=range_hook,
-                                kernel_events=kernel_events)
+        self.engine: LLMEngine | DisaggregatedEngine
+        if recipe.deployment.disaggregated:  # engines of their own, each with its own bus (`buses`)
+            from kvscope.engine.disaggregated import build_deployment
+
+            self.engine = build_deployment(recipe, loaded, range_hook, kernel_events, bus=self.bus)
+        else:
+            self.engine = LLMEngine(recipe, loaded=loaded, bus=self.bus, range_hook=range_hook,
+                                    kernel_events=kernel_events)
         self.tokenizer = self.engine.tokenizer
         cfg = self.engine.config
         special = set(self.tokenizer.eos_token_ids)
@@ -101,6 +111,16 @@ class RunSession:
     def run(self) -> None:
         while self.step():
             pass
+
+    @property
+    def buses(self) -> dict[str, EventBus]:
+        """Each engine's bus by engine id: a deployment's engines, or {"engine": bus} for one engine."""
+        return getattr(self.engine, "buses", {"engine": self.bus})
+
+    def failure_report(self) -> str | None:
+        """A deployment's one line on requests that failed with an engine or a transfer (None: none did)."""
+        report = getattr(self.engine, "failure_report", None)
+        return report() if report is not None else None
 
     # --- engine truth, for cross-checks ---------------------------------------------------
     def snapshot_tables(self) -> dict[int, list[int]]:

@@ -82,12 +82,14 @@ def trace_origin(events: list[Any]) -> int:
     return min(min(e.ts for e in events), min((e.start for e in events if e.kind == Kind.KERNEL), default=events[0].ts))
 
 
-def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The trace as a JSON-ready dict {"traceEvents": [...], "displayTimeUnit": "ns", "otherData": {...}}."""
+def build_chrome_trace(events: Iterable[Any], metadata: dict[str, Any] | None = None,
+                       origin: int | None = None) -> dict[str, Any]:
+    """The trace as a JSON-ready dict {"traceEvents": [...], "displayTimeUnit": "ns", "otherData": {...}};
+    origin: the ns that becomes ts 0 (default: the stream's earliest time)."""
     events = list(events)
     if not events:
         return {"traceEvents": [], "displayTimeUnit": "ns", "otherData": dict(metadata or {})}
-    t0 = trace_origin(events)
+    t0 = trace_origin(events) if origin is None else origin
     clock = TraceClock(t0)
     trace = _TraceBuilder(clock)
     trace.take_all(events)
