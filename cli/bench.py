@@ -196,8 +196,23 @@ def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: Loade
         workloads[key] = session.items[:max_requests] if max_requests else list(session.items)
     session.items = workloads[key]
     bars.track_run(bus, label, len(session.items))
+    watch = None
+    if recipe.deployment.disaggregated:  # the client's latencies, from the engines' buses
+        from kvscope.cli.deployment_report import DeploymentWatch
+
+        watch = DeploymentWatch.attach(session)
+        bus.unsubscribe(timeline)
+        next(b for n, b in session.buses.items() if n.startswith("decode")).subscribe(timeline)
     t0 = time.perf_counter()
-    session.run()
+    try:
+        session.run()
+    finally:
+        session.close()
     wall = time.perf_counter() - t0
     label = f"{name} (own workload)" if own else name
-    return VariantResult(label, overrides, metrics.summary(), wall, list(session.rejected), timeline), session
+    summary = watch.run_summary() if watch is not None else metrics.summary()
+    rejected = list(session.rejected)
+    failure = session.failure_report()
+    if failure:
+        rejected.append(f"{recipe.source}: variant {name}: {failure}")
+    return VariantResult(label, overrides, summary, wall, rejected, timeline), session

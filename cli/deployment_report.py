@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from kvscope.cli.summary_table import label_value_table, summary_table
 from kvscope.inspector.human_units import human_bytes, percent
-from kvscope.inspector.metrics import Metrics, Percentiles
-from kvscope.inspector.pd_metrics import DeploymentMetrics, DeploymentSummary
+from kvscope.inspector.metrics import Metrics, Percentiles, RunSummary
+from kvscope.inspector.pd_metrics import DeploymentMetrics, DeploymentSummary, as_run_summary
 
 if TYPE_CHECKING:
     from kvscope.engine.session import RunSession
@@ -30,6 +30,10 @@ class DeploymentWatch:
             bus.subscribe(watch.metrics.subscriber(name))
             watch.engines[name] = bus.subscribe(Metrics())
         return watch
+
+    def run_summary(self) -> RunSummary:
+        """The deployment as one RunSummary (client latencies; the busiest decode engine's pool)."""
+        return as_run_summary(self.metrics.summary(), {name: m.summary() for name, m in self.engines.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"deployment": self.metrics.summary().to_dict(),

@@ -54,6 +54,7 @@ class EngineHandle(Protocol):
     def has_pinned(self) -> bool: ...
     def expire_transfers(self) -> None: ...
     def abort(self, request_id: int) -> bool: ...
+    def close(self) -> None: ...
     def release_kv(self, transfer_id: str) -> None: ...
     def reset(self) -> None: ...
 
@@ -112,6 +113,9 @@ class LocalEngine:
 
     def release_kv(self, transfer_id: str) -> None:
         self.engine.release_kv(transfer_id)
+
+    def close(self) -> None:
+        """Nothing to stop: the engine lives and dies with this process."""
 
     def reset(self) -> None:
         self.engine.reset()
@@ -178,6 +182,12 @@ class DisaggregatedEngine:
         if r.output is None:
             raise RequestError(f"request {request_id} has not finished")
         return r.output
+
+    def close(self) -> None:
+        """Stop the engines (a Ray deployment's actors; in-process engines need nothing)."""
+        for h in self.engines.values():
+            if h.name not in self.dead:
+                h.close()
 
     def failure_report(self) -> str | None:
         """One line naming the requests that failed and why (an engine died, a transfer failed), or None."""

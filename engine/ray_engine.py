@@ -219,6 +219,8 @@ class RayEngine:
     def kill(self) -> None:
         self.ray.kill(self.actor)
 
+    close = kill  # a deployment's end: the actor's memory goes back
+
 
 def start_ray_deployment(recipe: Recipe, kernel_events: bool = True) -> tuple[list[RayEngine], list[RayEngine]]:
     """Start the recipe's engines as actors (Ray started here if it is not yet: num_cpus = the engines' CPUs);

@@ -117,6 +117,12 @@ class RunSession:
         """Each engine's bus by engine id: a deployment's engines, or {"engine": bus} for one engine."""
         return getattr(self.engine, "buses", {"engine": self.bus})
 
+    def close(self) -> None:
+        """Stop what the run started outside this process (a deployment's Ray actors)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     def failure_report(self) -> str | None:
         """A deployment's one line on requests that failed with an engine or a transfer (None: none did)."""
         report = getattr(self.engine, "failure_report", None)

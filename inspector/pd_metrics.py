@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kvscope.inspector.events import (
     ARRIVED, FINISHED, FIRST_TOKEN, KV_PIN, BlockEvent, KVTransfer, RequestEvent, StepEnd,
 )
-from kvscope.inspector.metrics import Percentiles
+from kvscope.inspector.metrics import Percentiles, RunSummary
 
 Key = tuple[str, int]  # (engine, request id there)
 
@@ -173,3 +173,17 @@ class DeploymentMetrics:
             transfer_bytes_per_s=self._bytes / transfer_s if transfer_s > 0 else 0.0,
             transports=tuple(sorted(self._transports)),
         )
+
+
+def as_run_summary(deployment: DeploymentSummary, engines: dict[str, RunSummary]) -> RunSummary:
+    """The deployment as one RunSummary (what `kvscope bench` compares): the client's requests, tokens and
+    latencies; the pool and scheduling figures of its busiest decode engine; preemptions of all engines."""
+    decode = [s for name, s in engines.items() if name.startswith("decode")] or list(engines.values())
+    base = max(decode, key=lambda s: s.generated_tokens)
+    prefill = [s for name, s in engines.items() if name.startswith("prefill")]
+    return replace(base, requests=deployment.requests, finished=deployment.finished,
+                   prompt_tokens=sum(s.prompt_tokens for s in prefill) or base.prompt_tokens,
+                   generated_tokens=deployment.generated_tokens, duration_s=deployment.duration_s,
+                   throughput_tok_s=deployment.throughput_tok_s, ttft_ms=deployment.ttft_ms,
+                   itl_ms=deployment.itl_ms, e2e_ms=deployment.e2e_ms,
+                   preemptions=sum(s.preemptions for s in engines.values()))
