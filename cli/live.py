@@ -41,7 +41,8 @@ def live_app(recipe: Recipe, *, subscribers: tuple[Callable[[Any], None], ...] =
         peaks = _measure_peaks_before_the_engine_starts(_resolved_device(recipe), recipe.dtype, gpu_name)
     def session(bus: EventBus) -> RunSession:
         run = RunSession(recipe, bus=bus, range_hook=range_hook)
-        attach_text_probe(run)  # the token stream: prompt and generated text, for the panel and the recording
+        if not recipe.deployment.disaggregated:  # a deployment's text lives on its engines, not on the proxy
+            attach_text_probe(run)  # the token stream: prompt and generated text, for the panel and the recording
         return run
 
     controller = SessionController(session, start_paused=start_paused, subscribers=subscribers)

@@ -240,8 +240,10 @@ class DisaggregatedEngine:
     # --- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One step of every engine with requests (Ray actors step at the same time); hand finished prompts to
-        the decode engines; returns the client requests that finished."""
-        busy = [h for h in self.engines.values() if self._count[h.name]]
+        the decode engines; returns the client requests that finished. Decode engines step first, so a prompt
+        handed over in this step is loaded in the next one, as it would be with engines running apart (and its
+        pinned blocks are there to see in between)."""
+        busy = [h for h in self.decode + self.prefill if self._count[h.name]]
         for h in busy:
             h.start_step()
         finished: list[RequestOutput] = []

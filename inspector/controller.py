@@ -8,6 +8,8 @@ Those consumers therefore belong to the draining thread alone and need no lock.
 
 The session is built inside the worker (loading a real model takes seconds), from a factory
 that receives the controller's EventBus, so the RunInfo emitted at construction is seen too.
+A disaggregated deployment's engines each have their own bus: their events reach the queue wrapped
+in an EngineEvent that names the engine (the controller's own bus then carries only the proxy's).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from kvscope.inspector.events import EventBus
 
@@ -33,6 +36,25 @@ def drain_queue(events: queue.Queue, sink: Callable[[Any], None], limit: int | N
         sink(event)
         n += 1
     return n
+
+@dataclass(slots=True, frozen=True)
+class EngineEvent:
+    """An event of one engine of a deployment, as the UI receives it: which engine, and the event."""
+
+    kind: ClassVar[str] = "engine_event"
+    engine: str
+    event: Any  # None: the engine's announcement, before its first event
+
+
+def tag_engine_events(session: Any, sink: Callable[[Any], None], own_bus: EventBus) -> None:
+    """Subscribe `sink` to each engine bus of a deployment session (session.buses) that is not `own_bus`,
+    every event wrapped in an EngineEvent, after an EngineEvent(name, None) per engine that announces it (so
+    a consumer knows the deployment before any engine has stepped); a single-engine session is left alone."""
+    for name, bus in getattr(session, "buses", {}).items():
+        if bus is not own_bus:
+            sink(EngineEvent(name, None))
+            bus.subscribe(lambda event, name=name: sink(EngineEvent(name, event)))
+
 
 SessionFactory = Callable[[EventBus], Any]
 
@@ -169,6 +191,7 @@ class SessionController:
     def _run(self) -> None:
         try:
             self.session = self._factory(self.bus)
+            tag_engine_events(self.session, self._events.put, self.bus)
         except BaseException as exc:
             self._fail(exc)
             return

@@ -203,7 +203,9 @@ class KVScopeApp(App[int]):
         if self.selected is not None and self.selected not in view.requests:
             self.selected = None
         highlight = frozenset(view.tables.get(self.selected, ())) if self.selected is not None else frozenset()
-        self.query_one(BlockMap).show_view(view, view.take_touched_blocks(), highlight)
+        self.query_one("#block-map", BlockMap).show_view(view, view.take_touched_blocks(), highlight)
+        if model.engines:
+            self._engine_maps(model)
         self.query_one(BatchTimelineView).show(model.timeline, self.selected)
         self.query_one(FragmentationMeters).update_from(view)
         self.query_one(SchedulerPanel).update_from(view, self.selected)
@@ -215,11 +217,25 @@ class KVScopeApp(App[int]):
         summary = model.metrics.summary() if finished else None
         self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic, text=model.text)
         if info is not None:
-            title = (f"KV blocks: {info.total_blocks} × {info.block_size} tokens"
-                     f" · {info.kv_bytes_per_block / 1024:.0f} KiB each")
+            title = (f"{f'{model.focus}: ' if model.focus else ''}KV blocks: {info.total_blocks} × "
+                     f"{info.block_size} tokens · {info.kv_bytes_per_block / 1024:.0f} KiB each")
             map_panel = self.query_one("#map-panel")
             if map_panel.border_title != title:  # setting it repaints the whole panel, so only on change
                 map_panel.border_title = title
+
+    def _engine_maps(self, model: UIModel) -> None:
+        """A deployment: a block map under the main one for every engine but the focus (which the main map
+        shows), mounted the first time the engine is seen; ⇄ marks blocks pinned for a KV transfer."""
+        for name, view in model.engines.items():
+            if view is model.view:
+                continue
+            maps = self.query(f"#block-map-{name}")
+            if not maps:
+                panel = Vertical(BlockMap(id=f"block-map-{name}"), classes="panel engine-map")
+                panel.border_title = f"{name}: KV blocks (⇄ pinned for a transfer)"
+                self.query_one("#left").mount(panel, after="#map-panel")
+                continue  # shown from the next refresh on, once mounted
+            maps.first(BlockMap).show_view(view, view.take_touched_blocks())
 
     def _stats_due(self, finished: bool) -> bool:
         """Percentiles and sparklines are repainted at STATS_REFRESH_S while a live run streams (they are

@@ -5,7 +5,8 @@ row as a few merged segments, so pools of tens of thousands of blocks stay cheap
 Glyphs differ as well as colours, so the states read without colour too:
 
     █ used (owner colour)   ◆ shared, ref count > 1   ░ cached, free but reusable   · free
-    ▣ blocks of the selected request
+    ▣ blocks of the selected request   × handed back by speculative decoding this step
+    ⇄ pinned: a finished prompt's blocks held for a KV transfer to a decode engine (disaggregation)
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ OWNER_COLOURS = (
 GLYPH = {FREE: "·", CACHED: "░", USED: "█", SHARED: "◆"}
 SELECTED_GLYPH = "▣"
 ROLLBACK_GLYPH = "×"  # a block speculative decoding handed back this step (shown until the next one)
+PINNED_GLYPH = "⇄"    # a block pinned for a KV transfer (disaggregation)
 _FREE_STYLE = Style(color="#4a4a4a")
 _CACHED_STYLE = Style(color="#5f9ea0")
 _SELECTED_STYLE = Style(color="#000000", bgcolor="#ffd700", bold=True)
 _ROLLBACK_STYLE = Style(color="#ffffff", bgcolor="#b03030", bold=True)
+_PINNED_STYLE = Style(color="#ffffff", bgcolor="#2a7f7f", bold=True)
 _GUTTER_STYLE = Style(color="#707070")
 
 
@@ -54,13 +57,15 @@ _CODE_USED = 2
 _CODE_SHARED = _CODE_USED + len(OWNER_COLOURS)
 _CODE_SELECTED = _CODE_SHARED + len(OWNER_COLOURS)
 _CODE_ROLLBACK = _CODE_SELECTED + 1
+_CODE_PINNED = _CODE_ROLLBACK + 1
 _CODE_GLYPH = (
     [GLYPH[FREE], GLYPH[CACHED]] + [GLYPH[USED]] * len(OWNER_COLOURS) + [GLYPH[SHARED]] * len(OWNER_COLOURS)
-    + [SELECTED_GLYPH, ROLLBACK_GLYPH]
+    + [SELECTED_GLYPH, ROLLBACK_GLYPH, PINNED_GLYPH]
 )
 _CODE_STYLE = (
     [_FREE_STYLE, _CACHED_STYLE] + [Style(color=c) for c in OWNER_COLOURS]
-    + [Style(color="#ffffff", bgcolor=c, bold=True) for c in OWNER_COLOURS] + [_SELECTED_STYLE, _ROLLBACK_STYLE]
+    + [Style(color="#ffffff", bgcolor=c, bold=True) for c in OWNER_COLOURS]
+    + [_SELECTED_STYLE, _ROLLBACK_STYLE, _PINNED_STYLE]
 )
 
 
@@ -84,13 +89,22 @@ def block_code(refs: int, hashed: int, owner: int) -> int:
     return CACHED if hashed else FREE
 
 
+def view_code(view: EngineView, b: int) -> int:
+    """The draw code of block b of an EngineView: its state and owner, a rollback flash or a transfer's pin."""
+    refs = view.block_refs[b]
+    if not refs and b in view.rolled_back:
+        return _CODE_ROLLBACK
+    if refs and b in view.pinned:
+        return _CODE_PINNED
+    return block_code(refs, view.block_hash[b], view.block_owner[b])
+
+
 def cells_from_view(view: EngineView) -> BlockCells:
     """Read the per-block state and owner out of an EngineView (kvscope.inspector.state): the whole pool,
     which BlockMap.show_view needs only for a new view or after a reset."""
     codes = [block_code(r, h, o) for r, h, o in zip(view.block_refs, view.block_hash, view.block_owner)]
-    for b in view.rolled_back:
-        if not view.block_refs[b]:
-            codes[b] = _CODE_ROLLBACK
+    for b in view.rolled_back | view.pinned:
+        codes[b] = view_code(view, b)
     return BlockCells(codes, list(view.block_owner))
 
 
@@ -135,12 +149,10 @@ class BlockMap(ScrollView, can_focus=True):
             self._view, self._generation = view, view.generation
             self.set_cells(cells_from_view(view), highlight)
             return
-        codes, owners = self.cells.codes, self.cells.owners
-        refs, hashes, view_owners, rolled_back = view.block_refs, view.block_hash, view.block_owner, view.rolled_back
+        codes, owners, view_owners = self.cells.codes, self.cells.owners, view.block_owner
         for b in touched:
             owners[b] = view_owners[b]
-            codes[b] = _CODE_ROLLBACK if b in rolled_back and not refs[b] else block_code(refs[b], hashes[b],
-                                                                                          view_owners[b])
+            codes[b] = view_code(view, b)
         self._redraw(touched | (highlight ^ self.highlight), highlight)
 
     def set_cells(self, cells: BlockCells, highlight: set[int] | frozenset[int] = frozenset()) -> None:

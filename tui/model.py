@@ -2,7 +2,10 @@
 stream, all fed by the same events.
 
 Live runs feed it from the controller's queue, replays from a recording; the widgets read
-it only on the UI thread.
+it only on the UI thread. A disaggregated deployment's events arrive as EngineEvents: every engine gets an
+EngineView of its own (`engines`, for its block map), and the focus engine (the first decode engine, where
+the tokens come from) feeds the main view, metrics, history, timeline and text; the proxy's own events,
+under its ids, are left out.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvscope.inspector.batch_timeline import BatchTimeline
+from kvscope.inspector.controller import EngineEvent
 from kvscope.inspector.event_fold import fan_out
 from kvscope.inspector.metrics import Metrics
 from kvscope.inspector.state import EngineView
@@ -27,9 +31,31 @@ class UIModel:
         self.timeline = BatchTimeline()
         self.text = TokenStream()
         self.events_seen = 0
+        self.engines: dict[str, EngineView] = {}  # a deployment's engines (the focus one's is `view`)
+        self.focus: str | None = None
         self._handlers = fan_out(self.view, self.metrics, self.history, self.timeline, self.text)
 
     def __call__(self, event: Any) -> None:
-        for handler, fold in self._handlers.get(event.kind, ()):
-            handler(fold, event)
         self.events_seen += 1
+        if event.kind == EngineEvent.kind:
+            self._engine_event(event)
+        elif not self.engines:
+            for handler, fold in self._handlers.get(event.kind, ()):
+                handler(fold, event)
+
+    def _engine_event(self, tagged: EngineEvent) -> None:
+        name = tagged.engine
+        if self.focus is None and name.startswith("decode"):
+            self.focus = name
+            self.engines[name] = self.view
+        if tagged.event is None:  # an engine announced
+            self.engines.setdefault(name, EngineView())
+            return
+        if name == self.focus:
+            for handler, fold in self._handlers.get(tagged.event.kind, ()):
+                handler(fold, tagged.event)
+            return
+        view = self.engines.get(name)
+        if view is None:
+            view = self.engines[name] = EngineView()
+        view.apply(tagged.event)
