@@ -49,7 +49,7 @@ def run_variant(recipe, cpus: int) -> dict:
     bus = EventBus()
     metrics = bus.subscribe(Metrics())
     session = RunSession(recipe, bus=bus, kernel_events=False)
-    watch = DeploymentWatch.attach(session) if recipe.deployment.disaggregated else None
+    watch = DeploymentWatch.attach(session, metrics) if recipe.deployment.disaggregated else None
     t0 = time.perf_counter()
     try:
         session.run()
@@ -61,11 +61,10 @@ def run_variant(recipe, cpus: int) -> dict:
            "throughput": summary.throughput_tok_s, "ttft_p50": summary.ttft_ms.p50, "ttft_p99": summary.ttft_ms.p99,
            "itl_p50": summary.itl_ms.p50, "itl_p99": summary.itl_ms.p99, "failures": session.failure_report()}
     if watch is not None:
-        d = watch.metrics.summary()
-        out.update(transfers=d.transfers, bytes_per_request=d.transfer_bytes / max(d.transfers, 1),
-                   transfer_ms_p50=d.transfer_ms.p50, transfer_ms_mean=d.transfer_ms.mean,
-                   transfer_ms_p99=d.transfer_ms.p99, send_ms_p50=d.send_ms.p50,
-                   transfer_share_of_ttft=d.transfer_share_of_ttft, transport_bytes_per_s=d.transfer_bytes_per_s)
+        t = watch.transfers.summary()
+        out.update(transfers=t.transfers, bytes_per_request=t.bytes_per_transfer, transfer_ms_p50=t.transfer_ms.p50,
+                   transfer_ms_mean=t.transfer_ms.mean, transfer_ms_p99=t.transfer_ms.p99, send_ms_p50=t.send_ms.p50,
+                   transfer_share_of_ttft=t.share_of(summary.ttft_ms), transport_bytes_per_s=t.bytes_per_s)
     return out
 
 

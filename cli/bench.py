@@ -200,7 +200,7 @@ def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: Loade
     if recipe.deployment.disaggregated:  # the client's latencies, from the engines' buses
         from kvscope.cli.deployment_report import DeploymentWatch
 
-        watch = DeploymentWatch.attach(session)
+        watch = DeploymentWatch.attach(session, metrics)
         bus.unsubscribe(timeline)
         next(b for n, b in session.buses.items() if n.startswith("decode")).subscribe(timeline)
     t0 = time.perf_counter()

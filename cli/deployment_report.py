@@ -1,16 +1,16 @@
-"""What `kvscope run --headless`, `trace` and `bench` print for a disaggregated deployment: the client's view
-(kvscope.inspector.pd_metrics: TTFT with the transfer in it, ITL, the transfers' bytes and times) and each
-engine's own summary."""
+"""What `kvscope run --headless`, `trace` and `bench` report for a disaggregated deployment: the client's
+view (the ordinary Metrics over the proxy's bus: TTFT with the transfer in it, ITL, throughput), the KV
+transfers (kvscope.inspector.pd_metrics) and each engine's own summary."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvscope.cli.summary_table import label_value_table, summary_table
+from kvscope.cli.summary_table import label_value_table, summary_rows, summary_table
 from kvscope.inspector.human_units import human_bytes, percent
 from kvscope.inspector.metrics import Metrics, Percentiles, RunSummary
-from kvscope.inspector.pd_metrics import DeploymentMetrics, DeploymentSummary, as_run_summary
+from kvscope.inspector.pd_metrics import TransferStats, TransferSummary, with_pool_of
 
 if TYPE_CHECKING:
     from kvscope.engine.session import RunSession
@@ -18,53 +18,56 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class DeploymentWatch:
-    """The deployment's metrics and each engine's, subscribed to the engines' buses."""
+    """The client's metrics (on the session's bus), the transfers' and each engine's (on the engines' buses)."""
 
-    metrics: DeploymentMetrics = field(default_factory=DeploymentMetrics)
+    client: Metrics
+    transfers: TransferStats = field(default_factory=TransferStats)
     engines: dict[str, Metrics] = field(default_factory=dict)
 
     @classmethod
-    def attach(cls, session: RunSession) -> DeploymentWatch:
-        watch = cls()
+    def attach(cls, session: RunSession, client: Metrics | None = None) -> DeploymentWatch:
+        """Subscribe to the session's buses; `client`: a Metrics already on the session's bus."""
+        watch = cls(client or session.bus.subscribe(Metrics()))
         for name, bus in session.buses.items():
-            bus.subscribe(watch.metrics.subscriber(name))
+            bus.subscribe(watch.transfers)
             watch.engines[name] = bus.subscribe(Metrics())
         return watch
 
     def run_summary(self) -> RunSummary:
-        """The deployment as one RunSummary (client latencies; the busiest decode engine's pool)."""
-        return as_run_summary(self.metrics.summary(), {name: m.summary() for name, m in self.engines.items()})
+        """The client's summary with the busiest decode engine's pool figures (what bench compares)."""
+        return with_pool_of(self.client.summary(), {name: m.summary() for name, m in self.engines.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"deployment": self.metrics.summary().to_dict(),
+        client = self.client.summary()
+        transfers = self.transfers.summary()
+        return {"client": client.to_dict(),
+                "kv_transfers": transfers.to_dict() | {"share_of_ttft": transfers.share_of(client.ttft_ms)},
                 "engines": {name: m.summary().to_dict() for name, m in self.engines.items()}}
 
 
-def deployment_rows(s: DeploymentSummary) -> list[tuple[str, str]]:
+def transfer_rows(t: TransferSummary, ttft: Percentiles) -> list[tuple[str, str]]:
     def lat(p: Percentiles) -> str:
         return f"p50 {p.p50:9.2f}  p99 {p.p99:9.2f}  mean {p.mean:9.2f} ms  (n={p.count})"
 
-    per_request = s.transfer_bytes / s.transfers if s.transfers else 0
     return [
-        ("requests", f"{s.finished}/{s.requests} finished" + (f", {s.failed} failed" if s.failed else "")),
-        ("throughput", f"{s.throughput_tok_s:.1f} tok/s ({s.generated_tokens} tokens in {s.duration_s:.3f} s)"),
-        ("TTFT", lat(s.ttft_ms)),
-        ("ITL", lat(s.itl_ms)),
-        ("E2E", lat(s.e2e_ms)),
-        ("KV transfers", f"{s.transfers} over {', '.join(s.transports) or '-'}, {human_bytes(s.transfer_bytes)} "
-                         f"({human_bytes(per_request)} per request, {human_bytes(s.transfer_bytes_per_s)}/s)"
-                         + (f", {s.failed_transfers} failed" if s.failed_transfers else "")),
-        ("transfer time", lat(s.transfer_ms)),
-        ("  its TTFT share", f"{percent(s.transfer_share_of_ttft)} mean (sender's read: p50 {s.send_ms.p50:.2f} ms)"),
+        ("KV transfers", f"{t.transfers} over {', '.join(t.transports) or '-'}: {human_bytes(t.bytes)}, "
+                         f"{human_bytes(t.bytes_per_transfer)} per request, {human_bytes(t.bytes_per_s)}/s"
+                         + (f", {t.failed} failed" if t.failed else "")),
+        ("transfer time", lat(t.transfer_ms)),
+        ("  share of TTFT", f"{percent(t.share_of(ttft))} (mean transfer / mean TTFT); sender's read "
+                            f"p50 {t.send_ms.p50:.2f} ms"),
     ]
 
 
 def deployment_report(watch: DeploymentWatch) -> list[Any]:
-    """Renderables: the deployment's table, then each engine's under its name."""
+    """Renderables: what a client sees and what the transfers cost, then each engine's summary under its name."""
     from rich.text import Text
 
-    parts: list[Any] = [Text("deployment (what a client sees)", style="bold"),
-                        label_value_table(deployment_rows(watch.metrics.summary()))]
+    client = watch.client.summary()
+    rows = [r for r in summary_rows(client) if r[0] in ("requests", "tokens", "duration", "throughput", "TTFT",
+                                                        "ITL", "E2E")]
+    parts: list[Any] = [Text("deployment: what a client sees", style="bold"),
+                        label_value_table(rows + transfer_rows(watch.transfers.summary(), client.ttft_ms))]
     for name, metrics in watch.engines.items():
         parts += [Text(""), Text(name, style="bold"), summary_table(metrics.summary())]
     return parts

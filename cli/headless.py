@@ -27,7 +27,7 @@ def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = Non
     with ProgressBars() as bars:
         with bars.loading(model_label(recipe)):
             session = RunSession(recipe, bus=bus, range_hook=nvtx_range_hook() if nvtx else None)
-        watch = DeploymentWatch.attach(session) if recipe.deployment.disaggregated else None
+        watch = DeploymentWatch.attach(session, metrics) if recipe.deployment.disaggregated else None
         bars.track_run(bus, recipe.name, len(session.items))
         closer = None
         if record:

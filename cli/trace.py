@@ -124,7 +124,7 @@ def trace_deployment(recipe: Recipe, folder: Path, *, nvtx: bool, kernels: bool)
             session = RunSession(recipe, bus=bus, kernel_events=kernels, range_hook=nvtx_range_hook() if nvtx else None)
         bars.track_run(bus, f"tracing {recipe.name}", len(session.items))
         lists = {name: b.subscribe(EventList()) for name, b in session.buses.items()}
-        watch = DeploymentWatch.attach(session)
+        watch = DeploymentWatch.attach(session)  # the client's metrics on the proxy's bus
         header = recipe_header(recipe, str(session.engine.device))
         closers = [attach_recorder(b, folder / f"{name}.events.jsonl", header) for name, b in session.buses.items()]
         try:

@@ -8,12 +8,14 @@ decode engine (prompt, first token, params), which allocates blocks of its own, 
 token, max_tokens 1, an error) never reaches a decode engine.
 
 The proxy looks like an LLMEngine to whoever drives it (add_request / step / has_unfinished / output /
-abort), so a RunSession, the bench and the server run a deployment as they run one engine. On its own bus
-it announces each client request's arrival and end (under the proxy's ids); each engine announces its
-events on its own bus (`buses`, by engine id: "prefill-0", "decode-0", ...); a consumer that
-wants the deployment's picture subscribes to each (the trace gives each engine its own process).
-The engines are reached through handles: in this process (LocalEngine) or as Ray actors
-(kvscope.engine.ray_engine).
+abort / requests), so a RunSession, the bench and the server run a deployment as they run one engine.
+On its own bus it announces what a client sees, under the proxy's request ids: arrivals, first tokens
+(when the decode engine has the K/V and runs the request: the transfer is inside TTFT, as with vLLM's
+proxy, which streams the decode side), one StepEnd per proxy step with the tokens each request received,
+and ends; so the ordinary Metrics (and the server's /metrics) measure the client's TTFT, ITL and
+throughput. Each engine announces its own events on its own bus (`buses`, by engine id: "prefill-0",
+"decode-0", ...); the trace gives each its own process. The engines are reached through handles
+(kvscope.engine.engine_handles: in this process; kvscope.engine.ray_engine: Ray actors).
 """
 
 from __future__ import annotations
@@ -22,108 +24,23 @@ import copy
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import field
 
+from kvscope.engine.engine_handles import CONSUMER, PRODUCER, EngineHandle, LocalEngine, LocalPeer
 from kvscope.engine.errors import EngineDied, RequestError
-from kvscope.engine.kv_connector import KVTransferParams
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.op_timer import RangeHook
 from kvscope.engine.recipe import Recipe
-from kvscope.engine.request import RequestOutput
+from kvscope.engine.request import RequestOutput, RequestStatus
 from kvscope.engine.request_check import Prompt, RequestCheck
 from kvscope.engine.sampling import SamplingParams
-from kvscope.inspector.events import ARRIVED, FINISHED, EventBus, RequestEvent
-
-PRODUCER, CONSUMER = "kv_producer", "kv_consumer"
-
-
-class EngineHandle(Protocol):
-    """One engine of a deployment as the proxy drives it (in this process, or a Ray actor)."""
-
-    name: str
-    bus: EventBus  # where its events appear in this process
-    num_blocks: int
-
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, do_remote_decode: bool) -> int: ...
-    def add_remote_request(self, prompt_token_ids: list[int], first_token: int, params: SamplingParams,
-                           kv_transfer_params: KVTransferParams) -> int: ...
-    def start_step(self) -> None: ...
-    def finish_step(self) -> list[RequestOutput]: ...
-    def has_unfinished(self) -> bool: ...
-    def has_pinned(self) -> bool: ...
-    def expire_transfers(self) -> None: ...
-    def abort(self, request_id: int) -> bool: ...
-    def close(self) -> None: ...
-    def release_kv(self, transfer_id: str) -> None: ...
-    def reset(self) -> None: ...
-
-
-class LocalPeer:
-    """A prefill engine in this process, as a decode engine's connector reads from it (a KVPeer)."""
-
-    transport = "inprocess"
-    clock_offset_ns = 0
-
-    def __init__(self, engine: LLMEngine) -> None:
-        self.engine = engine
-
-    def read_kv(self, transfer_id: str, block_ids: tuple[int, ...]):
-        return self.engine.read_kv(transfer_id, block_ids)
-
-    def release_kv(self, transfer_id: str) -> None:
-        self.engine.release_kv(transfer_id)
-
-
-class LocalEngine:
-    """An engine in this process (an EngineHandle): its step runs in start_step."""
-
-    def __init__(self, engine: LLMEngine) -> None:
-        self.engine = engine
-        self.name = engine.engine_id
-        self.bus = engine.bus
-        self.num_blocks = engine.num_blocks
-        self._finished: list[RequestOutput] = []
-
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, do_remote_decode: bool) -> int:
-        return self.engine.add_request(prompt_token_ids, params, do_remote_decode=do_remote_decode)
-
-    def add_remote_request(self, prompt_token_ids: list[int], first_token: int, params: SamplingParams,
-                           kv_transfer_params: KVTransferParams) -> int:
-        return self.engine.add_remote_request(prompt_token_ids, first_token, params, kv_transfer_params)
-
-    def start_step(self) -> None:
-        self._finished = self.engine.step()
-
-    def finish_step(self) -> list[RequestOutput]:
-        done, self._finished = self._finished, []
-        return done
-
-    def has_unfinished(self) -> bool:
-        return self.engine.has_unfinished()
-
-    def has_pinned(self) -> bool:
-        return self.engine.has_pinned()
-
-    def expire_transfers(self) -> None:
-        self.engine.expire_transfers()
-
-    def abort(self, request_id: int) -> bool:
-        return self.engine.abort(request_id)
-
-    def release_kv(self, transfer_id: str) -> None:
-        self.engine.release_kv(transfer_id)
-
-    def close(self) -> None:
-        """Nothing to stop: the engine lives and dies with this process."""
-
-    def reset(self) -> None:
-        self.engine.reset()
-
+from kvscope.inspector.events import ARRIVED, FINISHED, FIRST_TOKEN, EventBus, RequestEvent, StepBegin, StepEnd
 
 @dataclass(slots=True)
 class ProxyRequest:
-    """A client's request and where it is: (engine, request id there) on its prefill engine, then its decode one."""
+    """A client's request: where it is ((engine, request id there) on its prefill engine, then its decode one)
+    and what the client has of it (the attributes a server streams from, as of an engine's Request)."""
 
     request_id: int
     prompt_token_ids: list[int]
@@ -131,7 +48,23 @@ class ProxyRequest:
     prefill: tuple[str, int]
     decode: tuple[str, int] | None = None
     transfer_id: str = ""
+    output_token_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: str = ""
+    num_cached_tokens: int = 0
     output: RequestOutput | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
 
 
 class DisaggregatedEngine:
@@ -166,6 +99,7 @@ class DisaggregatedEngine:
         self._on: dict[tuple[str, int], ProxyRequest] = {}  # (engine, its request id) -> the request there now
         self._count = Counter[str]()  # requests on each engine now
         self.next_request_id = 0
+        self.step_id = 0
 
     # --- what an LLMEngine answers ----------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -173,6 +107,9 @@ class DisaggregatedEngine:
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
         return self.front.blocks_needed(num_prompt_tokens, max_tokens)
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> int:
+        return self.front.check_fits(num_prompt_tokens, max_tokens)
 
     def has_unfinished(self) -> bool:
         return bool(self._on)
@@ -221,7 +158,7 @@ class DisaggregatedEngine:
         self.requests[rid] = req
         self._place(req, engine.name, engine_rid)
         if self.bus.active:
-            self.bus.emit(RequestEvent(self.bus.clock(), -1, rid, ARRIVED, len(ids), 0, 0, params.max_tokens))
+            self.bus.emit(RequestEvent(self.bus.clock(), self.step_id, rid, ARRIVED, len(ids), 0, 0, params.max_tokens))
         return rid
 
     def abort(self, request_id: int) -> bool:
@@ -234,8 +171,13 @@ class DisaggregatedEngine:
             return False
         self._on.pop((name, rid), None)
         self._count[name] -= 1
-        self._finish(req, RequestOutput(request_id, req.prompt_token_ids, [], "", "abort"))
+        self._finish(req, RequestOutput(request_id, req.prompt_token_ids, list(req.output_token_ids), "", "abort"))
         return True
+
+    def queue_depths(self) -> tuple[int, int]:
+        """(waiting, running) client requests: those not yet generating, and those that are."""
+        running = sum(1 for r in self._on.values() if r.status is RequestStatus.RUNNING)
+        return len(self._on) - running, running
 
     # --- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -243,17 +185,25 @@ class DisaggregatedEngine:
         the decode engines; returns the client requests that finished. Decode engines step first, so a prompt
         handed over in this step is loaded in the next one, as it would be with engines running apart (and its
         pinned blocks are there to see in between)."""
+        begin = self.bus.clock()
+        if self.bus.active:
+            self.bus.emit(StepBegin(begin, self.step_id))
         busy = [h for h in self.decode + self.prefill if self._count[h.name]]
         for h in busy:
             h.start_step()
+        received: dict[int, int] = {}  # client request -> tokens it received in this step
         finished: list[RequestOutput] = []
         for h in busy:
             try:
-                outs = h.finish_step()
+                report = h.finish_step()
             except EngineDied as exc:
                 finished += self._died(h, exc)
                 continue
-            for out in outs:
+            for rid, tokens in report.new_tokens.items():
+                req = self._on.get((h.name, rid))
+                if req is not None:
+                    self._receive(req, tokens, received)
+            for out in report.finished:
                 req = self._on.pop((h.name, out.request_id), None)
                 if req is None:
                     continue
@@ -261,8 +211,27 @@ class DisaggregatedEngine:
                 if req.decode is None and out.kv_transfer_params is not None:
                     finished += self._to_decode(req, out)
                 else:
+                    self._receive(req, out.token_ids[req.num_output_tokens:], received)
                     finished.append(self._finish(req, out))
+        if self.bus.active:
+            waiting, running = self.queue_depths()
+            self.bus.emit(StepEnd(self.bus.clock(), self.step_id, begin, sum(received.values()), 0,
+                                  sampled=tuple(received.items()), num_running=running, num_waiting=waiting))
+        self.step_id += 1
         return finished
+
+    def _receive(self, req: ProxyRequest, tokens: list[int], received: dict[int, int]) -> None:
+        """Tokens reach the client: the first ones are its first token (FIRST_TOKEN on the proxy's bus)."""
+        if not tokens:
+            return
+        if not req.output_token_ids:
+            req.status = RequestStatus.RUNNING
+            if self.bus.active:
+                self.bus.emit(RequestEvent(self.bus.clock(), self.step_id, req.request_id, FIRST_TOKEN,
+                                           req.num_prompt_tokens, len(tokens), req.num_prompt_tokens,
+                                           req.params.max_tokens))
+        req.output_token_ids += tokens
+        received[req.request_id] = received.get(req.request_id, 0) + len(tokens)
 
     def _to_decode(self, req: ProxyRequest, out: RequestOutput) -> list[RequestOutput]:
         params = out.kv_transfer_params
@@ -296,10 +265,22 @@ class DisaggregatedEngine:
         req.output = o = RequestOutput(req.request_id, req.prompt_token_ids, out.token_ids, out.text,
                                        reason or out.finish_reason, out.num_cached_tokens, out.num_preemptions, None,
                                        detail or out.finish_detail)
+        req.status, req.finish_reason = RequestStatus.FINISHED, o.finish_reason
+        req.num_cached_tokens = o.num_cached_tokens
         if self.bus.active:
-            self.bus.emit(RequestEvent(self.bus.clock(), -1, o.request_id, FINISHED, len(o.prompt_token_ids),
-                                       len(o.token_ids), 0, req.params.max_tokens, o.finish_reason))
+            self.bus.emit(RequestEvent(self.bus.clock(), self.step_id, o.request_id, FINISHED, req.num_prompt_tokens,
+                                       req.num_output_tokens, 0, req.params.max_tokens, o.finish_reason))
         return o
+
+    def local_engine(self, name: str) -> LLMEngine | None:
+        """The LLMEngine behind engine `name` when it runs in this process (None for a Ray actor)."""
+        return getattr(self.engines[name], "engine", None)
+
+    def forget(self, request_id: int) -> None:
+        """Drop a finished request's record (a server keeps no history)."""
+        req = self.requests.get(request_id)
+        if req is not None and req.output is not None:
+            del self.requests[request_id]
 
     def _release(self, req: ProxyRequest) -> None:
         """Free a request's pins on its prefill engine (its decode side will never read them)."""
@@ -323,8 +304,8 @@ class DisaggregatedEngine:
             self._count[engine.name] -= 1
             if req.decode is not None:
                 self._release(req)
-            ended.append(self._finish(req, RequestOutput(req.request_id, req.prompt_token_ids, [], "", ""),
-                                      "error", str(exc)))
+            so_far = RequestOutput(req.request_id, req.prompt_token_ids, list(req.output_token_ids), "", "")
+            ended.append(self._finish(req, so_far, "error", str(exc)))
         return ended
 
 

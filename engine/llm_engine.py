@@ -285,6 +285,11 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def queue_depths(self) -> tuple[int, int]:
+        """(waiting, running) requests now (a decode engine's requests waiting for their K/V count as waiting)."""
+        s = self.scheduler
+        return len(s.waiting) + len(s.loading), len(s.running)
+
     def output(self, rid: int) -> RequestOutput:
         r = self.requests[rid]
         return RequestOutput(rid, r.prompt_token_ids, r.output_token_ids, output_text(r, self.tokenizer),

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from kvscope.engine.engine_handles import CONSUMER, PRODUCER, OutputProgress, StepReport, step_report
 from kvscope.engine.errors import EngineDied, RecipeError
 from kvscope.engine.kv_connector import KVTransferParams
 from kvscope.engine.recipe import Recipe
-from kvscope.engine.request import RequestOutput
 from kvscope.engine.sampling import SamplingParams
 from kvscope.inspector.events import EventBus, EventList, StepEnd, now_ns
 
@@ -64,6 +64,7 @@ class EngineActor:
         self.events = self.bus.subscribe(EventList())
         self.engine = LLMEngine(Recipe.from_dict(raw, source), bus=self.bus, kernel_events=kernel_events,
                                 kv_role=role, engine_id=name)
+        self.progress = OutputProgress() if role == CONSUMER else None
 
     def describe(self) -> dict[str, Any]:
         e = self.engine
@@ -83,10 +84,9 @@ class EngineActor:
                            kv_transfer_params: KVTransferParams) -> int:
         return self.engine.add_remote_request(prompt_token_ids, first_token, params, kv_transfer_params)
 
-    def step(self) -> tuple[list[RequestOutput], list[Any]]:
-        """One engine step: the requests that finished and every event since the last call."""
-        finished = self.engine.step()
-        return finished, self.drain_events()
+    def step(self) -> tuple[StepReport, list[Any]]:
+        """One engine step: its report and every event since the last call."""
+        return step_report(self.engine, self.progress), self.drain_events()
 
     def drain_events(self) -> list[Any]:
         events, self.events.events = self.events.events, []
@@ -102,21 +102,14 @@ class EngineActor:
     def release_kv(self, transfer_id: str) -> None:
         self.engine.release_kv(transfer_id)
 
-    def has_unfinished(self) -> bool:
-        return self.engine.has_unfinished()
-
-    def has_pinned(self) -> bool:
-        return self.engine.has_pinned()
-
-    def expire_transfers(self) -> None:
-        self.engine.expire_transfers()
-
     def abort(self, request_id: int) -> bool:
         return self.engine.abort(request_id)
 
     def reset(self) -> None:
         self.engine.reset()
         self.events.events = []
+        if self.progress is not None:
+            self.progress = OutputProgress()
 
     def pool(self) -> dict[str, int]:
         """The pool's counts, for leak checks: free, total, pinned transfers, live requests."""
@@ -188,21 +181,12 @@ class RayEngine:
     def start_step(self) -> None:
         self._step = self.actor.step.remote()
 
-    def finish_step(self) -> list[RequestOutput]:
+    def finish_step(self) -> StepReport:
         ref, self._step = self._step, None
-        finished, events = self._get(ref)
+        report, events = self._get(ref)
         if self.bus.active and events:
             self.bus.emit_all([shift_event(e, self.clock_offset_ns) for e in events])
-        return finished
-
-    def has_unfinished(self) -> bool:
-        return self._get(self.actor.has_unfinished.remote())
-
-    def has_pinned(self) -> bool:
-        return self._get(self.actor.has_pinned.remote())
-
-    def expire_transfers(self) -> None:
-        self._get(self.actor.expire_transfers.remote())
+        return report
 
     def abort(self, request_id: int) -> bool:
         return self._get(self.actor.abort.remote(request_id))
@@ -236,8 +220,8 @@ def start_ray_deployment(recipe: Recipe, kernel_events: bool = True) -> tuple[li
         return actor_class.options(name=None).remote(recipe.raw, recipe.source, role, name, spec.cpus_per_engine,
                                                      kernel_events)
 
-    prefill_actors = {f"prefill-{i}": start("kv_producer", f"prefill-{i}") for i in range(spec.prefill)}
-    decode_actors = {f"decode-{i}": start("kv_consumer", f"decode-{i}") for i in range(spec.decode)}
+    prefill_actors = {f"prefill-{i}": start(PRODUCER, f"prefill-{i}") for i in range(spec.prefill)}
+    decode_actors = {f"decode-{i}": start(CONSUMER, f"decode-{i}") for i in range(spec.decode)}
     prefill = [RayEngine(ray, actor, name) for name, actor in prefill_actors.items()]
     decode = [RayEngine(ray, actor, name) for name, actor in decode_actors.items()]
     for d in decode:  # a prefill actor's time onto a decode actor's clock: through ours

@@ -45,6 +45,7 @@ class ServerState:
     defaults: SamplingParams
     max_waiting: int | None = None
     created: int = 0
+    watched: Any = None  # the LLMEngine an attached viewer sees (None: a deployment's engines are elsewhere)
 
 
 def build_app(state: ServerState) -> FastAPI:

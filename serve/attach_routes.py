@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from kvscope.inspector.events import Kind, event_to_dict
-from kvscope.serve.errors import bad_request
+from kvscope.serve.errors import ServeError, bad_request
 from kvscope.serve.snapshot import build_snapshot
 
 if TYPE_CHECKING:
@@ -36,9 +36,15 @@ def _controls(state: ServerState) -> dict[str, Any]:
 def add_attach_routes(app: FastAPI, state: ServerState) -> None:
     hub = state.hub
 
+    def watched() -> Any:
+        if state.watched is None:
+            raise ServeError(501, "attach: this server's engines run as Ray actors, in other processes; "
+                                  "`kvscope trace` records such a deployment")
+        return state.watched
+
     @app.get("/kvscope/v1/snapshot")
     async def snapshot() -> dict[str, Any]:
-        body = await asyncio.get_running_loop().run_in_executor(None, build_snapshot, state.engine.engine, hub)
+        body = await asyncio.get_running_loop().run_in_executor(None, build_snapshot, watched(), hub)
         body["controls"] = _controls(state)
         return body
 
@@ -68,6 +74,7 @@ def add_attach_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/kvscope/v1/events")
     async def events(request: Request) -> StreamingResponse:
+        watched()
         raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if raw is None:
             last = hub.last_id

@@ -21,10 +21,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from kvscope.engine.errors import RequestError
 from kvscope.engine.llm_engine import LLMEngine, Prompt
 from kvscope.engine.request import RequestStatus
 from kvscope.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from kvscope.engine.disaggregated import DisaggregatedEngine
 
 
 class EngineStopped(RuntimeError):
@@ -80,7 +85,7 @@ def _set(fut: asyncio.Future, result: Any = None, error: BaseException | None = 
 class EngineLoop:
     """Owns the engine thread. `submit`/`abort` are for the event loop; the rest is safe from any thread."""
 
-    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.05) -> None:
+    def __init__(self, engine: LLMEngine | DisaggregatedEngine, idle_wait_s: float = 0.05) -> None:
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -248,9 +253,7 @@ class EngineLoop:
         self._count()
 
     def _count(self) -> None:
-        sched = self.engine.scheduler
-        self.num_waiting = len(sched.waiting)
-        self.num_running = len(sched.running)
+        self.num_waiting, self.num_running = self.engine.queue_depths()
 
     def _push_deltas(self) -> None:
         """Each open request's new tokens since the last push, handed to the event loops in one call per loop

@@ -7,7 +7,8 @@ tokens (a step that appends n tokens counts n gaps of (now - last) / n), e2e fro
 prefix-cache queries and hits in tokens, iteration tokens per step, and with speculative decoding vLLM's
 spec_decode counters (drafts, draft tokens, accepted tokens, accepted tokens per position). The `kvscope:*`
 gauges say what only kvscope knows: cached-free blocks, internal fragmentation and the contiguous-reservation
-waste (kvscope.inspector.metrics.fragmentation).
+waste (kvscope.inspector.metrics.fragmentation); for a disaggregated deployment, the KV transfers' bytes and
+times (kvscope:kv_transfer_bytes, kvscope:kv_transfer_seconds), and the first decode engine's pool.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.events import (
-    ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, BlockEvent, KVSnapshot,
-    RequestEvent, RunInfo, SpecDecode, StepEnd,
+    ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, BlockEvent, Kind, KVSnapshot,
+    KVTransfer, RequestEvent, RunInfo, SpecDecode, StepEnd,
 )
 from kvscope.inspector.metrics import fragmentation
 
@@ -30,6 +31,7 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                480.0, 960.0, 1920.0, 7680.0)
 ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)  # vLLM's, eager mode
+TRANSFER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FINISH_REASONS = ("stop", "length", "abort", "error")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -89,6 +91,10 @@ class ServeMetrics(EventFold):
                                    "Empty slots in referenced KV blocks / slots in referenced blocks.")
         self.contiguous_waste = gauge("kvscope:kv_contiguous_waste",
                                       "What a contiguous max-length reservation would leave empty, as a fraction.")
+        self.kv_transfer_bytes = counter("kvscope:kv_transfer_bytes",
+                                         "Bytes of K/V moved from prefill to decode engines (disaggregation).")
+        self.kv_transfer_seconds = histogram("kvscope:kv_transfer_seconds", "Histogram of KV transfer time per "
+                                             "request, the decode side asking to the K/V landing.", TRANSFER_BUCKETS)
         self.block_size = 0
         self.prefix_caching = False
         self._arrived: dict[int, int] = {}
@@ -150,6 +156,21 @@ class ServeMetrics(EventFold):
         self._finished.clear()
         self.running.set(ev.num_running)
         self.waiting.set(ev.num_waiting)
+
+    def on_kv_transfer(self, ev: KVTransfer) -> None:
+        if ev.ok:
+            self.kv_transfer_bytes.inc(ev.bytes)
+            self.kv_transfer_seconds.observe(max(ev.recv_end - ev.recv_start, 0) / 1e9)
+
+    def kv_transfer_observer(self, ev: Any) -> None:
+        """A subscriber for a deployment's engine buses: their KV transfers (the rest is the proxy's to count)."""
+        if ev.kind == Kind.KV_TRANSFER:
+            self.on_kv_transfer(ev)
+
+    def pool_observer(self, ev: Any) -> None:
+        """A subscriber for one engine bus of a deployment: its KV pool gauges (the proxy has no pool)."""
+        if ev.kind == Kind.KV:
+            self.on_kv(ev)
 
     def on_spec_decode(self, ev: SpecDecode) -> None:
         """A speculative verification (vLLM counts only those that had draft tokens)."""

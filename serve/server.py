@@ -42,18 +42,34 @@ def default_model_name(recipe: Recipe) -> str:
 
 
 def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | None = None) -> ServerState:
-    """Engine (not started), metrics and event hub subscribed to its bus, the handlers' shared state."""
+    """Engine (not started), metrics and event hub subscribed to its bus, the handlers' shared state.
+
+    A disaggregated recipe serves its deployment: the proxy (kvscope.engine.disaggregated) sends each request
+    to a prefill engine, then a decode engine, and the server streams what the decode side generates; the
+    metrics are the client's (the proxy's bus) plus the KV transfers'; an attached viewer watches the first
+    decode engine when it runs in this process (in-process transport)."""
     bus = EventBus()
-    engine = LLMEngine(recipe, loaded=loaded, bus=bus, kernel_events=options.kernel_events)
     name = options.served_model_name or default_model_name(recipe)
     metrics = ServeMetrics(name)
     hub = EventHub(options.event_buffer)
     bus.subscribe(metrics)
-    bus.subscribe(hub)
-    if options.on_engine is not None:
-        options.on_engine(engine, bus)
+    watched: LLMEngine | None
+    if recipe.deployment.disaggregated:
+        from kvscope.engine.disaggregated import build_deployment
+
+        engine: Any = build_deployment(recipe, loaded, kernel_events=options.kernel_events, bus=bus)
+        for engine_bus in engine.buses.values():
+            engine_bus.subscribe(metrics.kv_transfer_observer)
+        engine.buses[engine.decode[0].name].subscribe(metrics.pool_observer)
+        watched = engine.local_engine(engine.decode[0].name)
+    else:
+        engine = watched = LLMEngine(recipe, loaded=loaded, bus=bus, kernel_events=options.kernel_events)
+    if watched is not None:
+        watched.bus.subscribe(hub)
+        if options.on_engine is not None:
+            options.on_engine(watched, watched.bus)
     return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
-                       int(time.time()))
+                       int(time.time()), watched)
 
 
 def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:
@@ -71,7 +87,15 @@ def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
         uvicorn.Server(_config(state, options.host, options.port)).run()
     finally:
         state.engine.stop()
+        _close(state)
     return 0
+
+
+def _close(state: ServerState) -> None:
+    """Stop what the engine started outside this process (a deployment's Ray actors)."""
+    close = getattr(state.engine.engine, "close", None)
+    if close is not None:
+        close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,6 +137,7 @@ class ServerThread:
         self.server.should_exit = True
         self._thread.join(10)
         self.state.engine.stop()
+        _close(self.state)
 
     def __enter__(self) -> ServerThread:
         return self.start()
