@@ -272,6 +272,12 @@ class DisaggregatedEngine:
                                        req.num_output_tokens, 0, req.params.max_tokens, o.finish_reason))
         return o
 
+    def clock_offsets(self) -> dict[str, dict[str, int]]:
+        """Each engine's clock against this process's, as measured at start-up: offset (ns, added to its event
+        times) and the round trip it was measured with; 0 / 0 for an engine in this process."""
+        return {name: {"offset_ns": getattr(h, "clock_offset_ns", 0), "rtt_ns": getattr(h, "clock_rtt_ns", 0)}
+                for name, h in self.engines.items()}
+
     def local_engine(self, name: str) -> LLMEngine | None:
         """The LLMEngine behind engine `name` when it runs in this process (None for a Ray actor)."""
         return getattr(self.engines[name], "engine", None)

@@ -135,3 +135,25 @@ def test_ray_decode_actor_killed_releases_the_prefill_pins(ray_session):
     assert f"requests {', '.join(map(str, ids))} failed" in report
     pool = dep.engines["prefill-0"].pool()
     assert pool["free"] == pool["total"] and pool["pinned"] == 0
+
+
+def test_ray_trace_has_a_process_per_engine_and_transfers_between_the_steps(ray_session, tmp_path):
+    import json
+
+    from test_pd_disaggregation import check_transfers_between_steps
+    from trace_checks import check_chrome_trace
+
+    from kvscope.cli.main import main
+
+    recipe = tmp_path / "pd-ray.yaml"
+    recipe.write_text(json.dumps({
+        "model": {"source": "random", "shape": "tiny", "seed": 3}, "attention_backend": "torch",
+        "cache": {"block_size": 4, "num_blocks": 64}, "deployment": {"mode": "disaggregated", "transport": "ray"},
+        "workload": {"synthetic": {"num_requests": 6, "prompt_len": {"min": 2, "max": 20},
+                                   "output_len": {"min": 3, "max": 8}}}}))
+    assert main(["trace", str(recipe), "-o", str(tmp_path / "out")]) == 0
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    check_chrome_trace(trace)
+    assert check_transfers_between_steps(trace) == 6
+    offsets = trace["otherData"]["clock_offsets"]
+    assert set(offsets) == {"prefill-0", "decode-0"} and all(o["rtt_ns"] > 0 for o in offsets.values())
