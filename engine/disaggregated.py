@@ -67,6 +67,34 @@ class ProxyRequest:
         return self.prompt_token_ids + self.output_token_ids
 
 
+class DeploymentClock:
+    """Simulated engines' time as the proxy and the session see it: the earliest clock of an engine with work
+    (everything before it has happened everywhere), or the latest when every engine is idle."""
+
+    def __init__(self, proxy: DisaggregatedEngine) -> None:
+        self.proxy = proxy
+
+    def __call__(self) -> int:
+        p = self.proxy
+        busy = [h.bus.clock() for h in p.engines.values() if p._count[h.name]]
+        busy += [ready for ready, *_ in p._handoffs]
+        return min(busy) if busy else max(h.bus.clock() for h in p.engines.values())
+
+    def advance_to(self, ns: int) -> None:
+        """Jump the idle engines' clocks over an idle gap (never backwards)."""
+        p = self.proxy
+        for h in p.engines.values():
+            if not p._count[h.name]:
+                h.bus.clock.advance_to(ns)
+
+
+class SimulatedDeployment:
+    """What a session asks of a simulated device (`engine.sim`), for a deployment of simulated engines."""
+
+    def __init__(self, proxy: DisaggregatedEngine) -> None:
+        self.clock = DeploymentClock(proxy)
+
+
 class DisaggregatedEngine:
     """The proxy in front of a deployment's engines (module docstring)."""
 
@@ -82,7 +110,10 @@ class DisaggregatedEngine:
         self.front = front  # encode_prompt / check_fits for every engine (one recipe, the smallest pool)
         self.bus = bus or EventBus()  # the proxy's clock; the engines' events are on `buses`
         self.buses = {h.name: h.bus for h in self.prefill + self.decode}
-        self.sim = None
+        self.virtual = recipe.device == "sim"  # simulated engines: virtual clocks, stepped in time order
+        self.sim = SimulatedDeployment(self) if self.virtual else None
+        if self.sim is not None:
+            self.bus.clock = self.sim.clock
         self.device = device
         self.backend_name = backend_name
         self.block_size = recipe.cache.block_size
@@ -98,6 +129,7 @@ class DisaggregatedEngine:
         self.requests: dict[int, ProxyRequest] = {}
         self._on: dict[tuple[str, int], ProxyRequest] = {}  # (engine, its request id) -> the request there now
         self._count = Counter[str]()  # requests on each engine now
+        self._handoffs: list[tuple[int, ProxyRequest, RequestOutput, EngineHandle]] = []  # simulated: not yet due
         self.next_request_id = 0
         self.step_id = 0
 
@@ -112,7 +144,7 @@ class DisaggregatedEngine:
         return self.front.check_fits(num_prompt_tokens, max_tokens)
 
     def has_unfinished(self) -> bool:
-        return bool(self._on)
+        return bool(self._on or self._handoffs)
 
     def output(self, request_id: int) -> RequestOutput:
         r = self.requests[request_id]
@@ -145,6 +177,8 @@ class DisaggregatedEngine:
         ids = self.encode_prompt(prompt)
         self.front.check_fits(len(ids), params.max_tokens)  # the decode side will need room for all of it
         engine = self._least_busy(self.prefill)
+        if self.virtual and not self._count[engine.name]:
+            engine.bus.clock.advance_to(self.bus.clock())  # an idle simulated engine: its time is now
         first_leg = copy.copy(params)
         first_leg.max_tokens = 1
         try:
@@ -184,72 +218,105 @@ class DisaggregatedEngine:
         """One step of every engine with requests (Ray actors step at the same time); hand finished prompts to
         the decode engines; returns the client requests that finished. Decode engines step first, so a prompt
         handed over in this step is loaded in the next one, as it would be with engines running apart (and its
-        pinned blocks are there to see in between)."""
-        begin = self.bus.clock()
+        pinned blocks are there to see in between). Simulated engines step one at a time instead: the one
+        whose virtual clock is earliest (a discrete-event simulation of engines running side by side)."""
+        if self.virtual:
+            self._deliver_handoffs()
+            busy = [h for h in self.engines.values() if self._count[h.name]]
+            busy = [min(busy, key=lambda h: h.bus.clock())] if busy else []
+        else:
+            busy = [h for h in self.decode + self.prefill if self._count[h.name]]
+        begin = busy[0].bus.clock() if self.virtual and busy else self.bus.clock()
         if self.bus.active:
             self.bus.emit(StepBegin(begin, self.step_id))
-        busy = [h for h in self.decode + self.prefill if self._count[h.name]]
         for h in busy:
             h.start_step()
         received: dict[int, int] = {}  # client request -> tokens it received in this step
         finished: list[RequestOutput] = []
+        end = begin
         for h in busy:
             try:
                 report = h.finish_step()
             except EngineDied as exc:
                 finished += self._died(h, exc)
                 continue
+            now = h.bus.clock()  # its clock after the step: a simulated engine's own virtual time
+            end = max(end, now)
             for rid, tokens in report.new_tokens.items():
                 req = self._on.get((h.name, rid))
                 if req is not None:
-                    self._receive(req, tokens, received)
+                    self._receive(req, tokens, received, now)
             for out in report.finished:
                 req = self._on.pop((h.name, out.request_id), None)
                 if req is None:
                     continue
                 self._count[h.name] -= 1
                 if req.decode is None and out.kv_transfer_params is not None:
-                    finished += self._to_decode(req, out)
+                    finished += self._to_decode(req, out, now)
                 else:
-                    self._receive(req, out.token_ids[req.num_output_tokens:], received)
-                    finished.append(self._finish(req, out))
+                    self._receive(req, out.token_ids[req.num_output_tokens:], received, now)
+                    finished.append(self._finish(req, out, ts=now))
         if self.bus.active:
             waiting, running = self.queue_depths()
-            self.bus.emit(StepEnd(self.bus.clock(), self.step_id, begin, sum(received.values()), 0,
-                                  sampled=tuple(received.items()), num_running=running, num_waiting=waiting))
+            self.bus.emit(StepEnd(end if self.virtual else self.bus.clock(), self.step_id, begin,
+                                  sum(received.values()), 0, sampled=tuple(received.items()), num_running=running,
+                                  num_waiting=waiting))
         self.step_id += 1
         return finished
 
-    def _receive(self, req: ProxyRequest, tokens: list[int], received: dict[int, int]) -> None:
+    def _receive(self, req: ProxyRequest, tokens: list[int], received: dict[int, int], ts: int) -> None:
         """Tokens reach the client: the first ones are its first token (FIRST_TOKEN on the proxy's bus)."""
         if not tokens:
             return
         if not req.output_token_ids:
             req.status = RequestStatus.RUNNING
             if self.bus.active:
-                self.bus.emit(RequestEvent(self.bus.clock(), self.step_id, req.request_id, FIRST_TOKEN,
-                                           req.num_prompt_tokens, len(tokens), req.num_prompt_tokens,
-                                           req.params.max_tokens))
+                self.bus.emit(RequestEvent(ts, self.step_id, req.request_id, FIRST_TOKEN, req.num_prompt_tokens,
+                                           len(tokens), req.num_prompt_tokens, req.params.max_tokens))
         req.output_token_ids += tokens
         received[req.request_id] = received.get(req.request_id, 0) + len(tokens)
 
-    def _to_decode(self, req: ProxyRequest, out: RequestOutput) -> list[RequestOutput]:
+    def _to_decode(self, req: ProxyRequest, out: RequestOutput, ready_ns: int) -> list[RequestOutput]:
+        """Hand a prompt that ran to the least busy decode engine (simulated: once that engine's clock has
+        reached the moment the prompt finished, `ready_ns`)."""
         params = out.kv_transfer_params
         assert params is not None
         req.transfer_id = params.transfer_id
+        ended: list[RequestOutput] = []
         while self.decode:
             engine = self._least_busy(self.decode)
+            if self.virtual:
+                self._handoffs.append((ready_ns, req, out, engine))
+                self._deliver_handoffs()
+                return ended
             try:
-                rid = engine.add_remote_request(req.prompt_token_ids, out.token_ids[0], req.params, params)
+                self._hand(req, out, engine)
             except EngineDied as exc:
-                done = self._died(engine, exc)
+                ended += self._died(engine, exc)
                 continue
-            req.decode = (engine.name, rid)
-            self._place(req, engine.name, rid)
-            return []
+            return ended
         self._release(req)
-        done = [self._finish(req, out, "error", "no decode engine is alive")]
-        return done
+        return ended + [self._finish(req, out, "error", "no decode engine is alive")]
+
+    def _hand(self, req: ProxyRequest, out: RequestOutput, engine: EngineHandle) -> None:
+        params = out.kv_transfer_params
+        assert params is not None
+        rid = engine.add_remote_request(req.prompt_token_ids, out.token_ids[0], req.params, params)
+        req.decode = (engine.name, rid)
+        self._place(req, engine.name, rid)
+
+    def _deliver_handoffs(self) -> None:
+        """Simulated engines: hand each waiting prompt to its decode engine once that engine's clock has caught
+        up with the prompt's finish (an idle engine's clock jumps there)."""
+        waiting = []
+        for ready, req, out, engine in sorted(self._handoffs, key=lambda x: x[0]):
+            if not self._count[engine.name]:
+                engine.bus.clock.advance_to(ready)
+            if engine.bus.clock() >= ready:
+                self._hand(req, out, engine)
+            else:
+                waiting.append((ready, req, out, engine))
+        self._handoffs = waiting
 
     # --- bookkeeping ------------------------------------------------------------------------
     def _least_busy(self, engines: list[EngineHandle]) -> EngineHandle:
@@ -261,15 +328,17 @@ class DisaggregatedEngine:
         self._on[(engine, rid)] = req
         self._count[engine] += 1
 
-    def _finish(self, req: ProxyRequest, out: RequestOutput, reason: str = "", detail: str = "") -> RequestOutput:
+    def _finish(self, req: ProxyRequest, out: RequestOutput, reason: str = "", detail: str = "",
+                ts: int | None = None) -> RequestOutput:
         req.output = o = RequestOutput(req.request_id, req.prompt_token_ids, out.token_ids, out.text,
                                        reason or out.finish_reason, out.num_cached_tokens, out.num_preemptions, None,
                                        detail or out.finish_detail)
         req.status, req.finish_reason = RequestStatus.FINISHED, o.finish_reason
         req.num_cached_tokens = o.num_cached_tokens
         if self.bus.active:
-            self.bus.emit(RequestEvent(self.bus.clock(), self.step_id, o.request_id, FINISHED, req.num_prompt_tokens,
-                                       req.num_output_tokens, 0, req.params.max_tokens, o.finish_reason))
+            self.bus.emit(RequestEvent(self.bus.clock() if ts is None else ts, self.step_id, o.request_id, FINISHED,
+                                       req.num_prompt_tokens, req.num_output_tokens, 0, req.params.max_tokens,
+                                       o.finish_reason))
         return o
 
     def clock_offsets(self) -> dict[str, dict[str, int]]:
@@ -329,7 +398,13 @@ def build_local_deployment(recipe: Recipe, loaded: LoadedModel | None = None, ra
     prefill = [engine(PRODUCER, f"prefill-{i}") for i in range(spec.prefill)]
     decode = [engine(CONSUMER, f"decode-{i}") for i in range(spec.decode)]
     for d in decode:
-        d.kv_peers.update({p.engine_id: LocalPeer(p) for p in prefill})
+        if d.sim is not None:  # simulated engines: the transfer is a modelled link on the decode side's clock
+            from kvscope.engine.sim_link import SimLinkPeer
+
+            d.kv_peers.update({p.engine_id: SimLinkPeer(p, d.sim.clock, spec.link_gb_s, spec.link_latency_us)
+                               for p in prefill})
+        else:
+            d.kv_peers.update({p.engine_id: LocalPeer(p) for p in prefill})
     front = prefill[0]
     return DisaggregatedEngine(recipe, [LocalEngine(e) for e in prefill], [LocalEngine(e) for e in decode],
                                front.request_check, loaded.config, str(front.device), front.backend_name, bus)

@@ -176,7 +176,7 @@ class KVConnector:
             self._release(request.kv_transfer_params)
 
     # --- consumer (worker side) ---------------------------------------------------------
-    def start_load_kv(self, kv_cache: KVCache) -> None:
+    def start_load_kv(self, kv_cache: KVCache | None) -> None:
         """Move every pending load's K/V into this engine's blocks, acknowledge, and emit KVTransfer events."""
         loads, self.pending = self.pending, []
         for load in loads:
@@ -185,7 +185,7 @@ class KVConnector:
     def wait_for_layer_load(self, layer_name: str) -> None:
         """Loads complete in start_load_kv, before the forward pass: nothing to wait for per layer."""
 
-    def _load(self, kv_cache: KVCache, load: PendingLoad) -> None:
+    def _load(self, kv_cache: KVCache | None, load: PendingLoad) -> None:
         params, req = load.params, load.request
         peer = self.peers.get(params.remote_engine_id)
         recv_start = self.bus.clock()
@@ -200,7 +200,8 @@ class KVConnector:
                 data, send_start, send_end = peer.read_kv(params.transfer_id, load.remote_block_ids)
                 send_start += peer.clock_offset_ns
                 send_end += peer.clock_offset_ns
-                kv_cache.write_blocks(list(load.local_block_ids), data)
+                if data is not None:  # None: a simulated link (no K/V to move)
+                    kv_cache.write_blocks(list(load.local_block_ids), data)
             except Exception as exc:
                 why = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 error = f"KV transfer from {params.remote_engine_id} failed: {why}"

@@ -112,7 +112,9 @@ class DeploymentSpec:
     their own and generate the rest (kvscope.engine.disaggregated). transport: how the K/V moves: inprocess
     (every engine in this process) or ray (each engine a Ray actor, K/V through the object store).
     transfer_timeout_s: how long a prefill engine keeps a finished prompt's blocks pinned for a decode engine
-    that never reads them. cpus_per_engine: a Ray actor's CPUs (and its torch threads)."""
+    that never reads them. cpus_per_engine: a Ray actor's CPUs (and its torch threads). link_gb_s /
+    link_latency_us: on a simulated device (engines in this process, virtual clocks) the network link a
+    transfer crosses, modelled (kvscope.engine.sim_link)."""
 
     mode: str = "colocated"
     prefill: int = 1
@@ -120,6 +122,8 @@ class DeploymentSpec:
     transport: str = "inprocess"
     transfer_timeout_s: float = 30.0
     cpus_per_engine: int = 1
+    link_gb_s: float = 50.0        # simulated engines: the modelled link's bandwidth (400 Gb/s InfiniBand)
+    link_latency_us: float = 10.0  # and its latency per transfer
 
     @property
     def disaggregated(self) -> bool:
@@ -322,7 +326,9 @@ class _Validator:
         r.deployment = self.deployment(d.get("deployment"))
         if r.deployment.disaggregated:
             for what, bad in (("scheduler.policy static", r.scheduler.policy == "static"),
-                              ("speculative", r.speculative is not None), ("device: sim", r.device == "sim")):
+                              ("speculative", r.speculative is not None),
+                              ("device: sim over transport ray (simulated engines run in this process)",
+                               r.device == "sim" and r.deployment.transport == "ray")):
                 if bad:
                     raise self.fail("deployment.mode", f"disaggregated does not combine with {what} yet")
         r.variants = self.variants(d.get("variants"))
@@ -391,7 +397,8 @@ class _Validator:
         return s
 
     def deployment(self, value: Any) -> DeploymentSpec:
-        known = ("mode", "prefill", "decode", "transport", "transfer_timeout_s", "cpus_per_engine")
+        known = ("mode", "prefill", "decode", "transport", "transfer_timeout_s", "cpus_per_engine", "link_gb_s",
+                 "link_latency_us")
         d = self.mapping(value if value is not None else {}, "deployment", known)
         s = DeploymentSpec()
         s.mode = self.choice(d.get("mode", s.mode), "deployment.mode", DEPLOYMENT_MODES)
@@ -401,6 +408,10 @@ class _Validator:
                 setattr(s, key, self.pos_int(d[key], f"deployment.{key}"))
         if "transfer_timeout_s" in d:
             s.transfer_timeout_s = self.number(d["transfer_timeout_s"], "deployment.transfer_timeout_s", 0.001)
+        if "link_gb_s" in d:
+            s.link_gb_s = self.number(d["link_gb_s"], "deployment.link_gb_s", 1e-6)
+        if "link_latency_us" in d:
+            s.link_latency_us = self.number(d["link_latency_us"], "deployment.link_latency_us", 0.0)
         return s  # a colocated deployment ignores the rest (so a variant can switch the mode alone)
 
     def sim(self, value: Any) -> SimSpec:
