@@ -29,12 +29,12 @@ def run():
 
 
 def test_every_request_finishes_and_the_pools_end_empty(run):
-    session, _, client = run
+    session, _, _ = run
     assert len(session.outputs) == 12 and all(o.finish_reason == "length" for o in session.outputs.values())
     for name in ("prefill-0", "decode-0"):
         engine = session.engine.local_engine(name)
         assert engine.block_manager.num_free_blocks == engine.num_blocks and not engine.connector.pinned
-    items = {i: item for i, item in enumerate(session.items)}
+    items = dict(enumerate(session.items))
     for rid, out in session.outputs.items():
         assert len(out.token_ids) == items[rid].params.max_tokens
 
