@@ -157,3 +157,23 @@ def test_ray_trace_has_a_process_per_engine_and_transfers_between_the_steps(ray_
     assert check_transfers_between_steps(trace) == 6
     offsets = trace["otherData"]["clock_offsets"]
     assert set(offsets) == {"prefill-0", "decode-0"} and all(o["rtt_ns"] > 0 for o in offsets.values())
+
+
+def test_serve_over_ray_streams_the_decode_side_and_refuses_attach(ray_session):
+    import httpx
+    import openai
+
+    from kvscope.engine.llm import LLM, as_recipe
+    from kvscope.serve.server import ServerThread
+
+    base = {"model": {"source": "random", "shape": "tiny", "seed": 0}, "attention_backend": "torch",
+            "cache": {"block_size": 4, "num_blocks": 64}, "scheduler": {"max_model_len": 128}}
+    want = LLM(as_recipe(base)).generate(["hello there"], SamplingParams(max_tokens=10, ignore_eos=True))[0]
+    recipe = as_recipe(dict(base, deployment={"mode": "disaggregated", "transport": "ray"}))
+    with ServerThread(recipe) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        chunks = list(client.completions.create(model="tiny", prompt="hello there", max_tokens=10, stream=True,
+                                                extra_body={"ignore_eos": True}))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == want.text
+        answer = httpx.get(srv.url + "/kvscope/v1/snapshot")
+        assert answer.status_code == 501 and "Ray actors" in answer.json()["error"]["message"]
