@@ -28,6 +28,8 @@ def test_one_block_map_per_engine_and_pins_marked():
                 assert await asyncio.to_thread(c.wait_idle, 60)
                 app.sync()
                 await pilot.pause()
+                app.refresh_panels()  # a map mounted by this sync is filled from the next refresh on
+                await pilot.pause()
                 prefill_map = app.query_one("#block-map-prefill-0", BlockMap) if app.query(
                     "#block-map-prefill-0") else None
                 if prefill_map is None:
