@@ -34,7 +34,7 @@ class RunSession:
         self.bus = bus or EventBus()
         self.engine: LLMEngine | DisaggregatedEngine
         if recipe.deployment.disaggregated:  # engines of their own, each with its own bus (`buses`)
-            from kvscope.engine.disaggregated import build_deployment
+            from kvscope.engine.deployment import build_deployment
 
             self.engine = build_deployment(recipe, loaded, range_hook, kernel_events, bus=self.bus)
         else:

@@ -55,7 +55,7 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
     bus.subscribe(metrics)
     watched: LLMEngine | None
     if recipe.deployment.disaggregated:
-        from kvscope.engine.disaggregated import build_deployment
+        from kvscope.engine.deployment import build_deployment
 
         engine: Any = build_deployment(recipe, loaded, kernel_events=options.kernel_events, bus=bus)
         for engine_bus in engine.buses.values():

@@ -11,7 +11,7 @@ import time
 import pytest
 from trace_checks import check_chrome_trace
 
-from kvscope.engine.disaggregated import build_local_deployment
+from kvscope.engine.deployment import build_local_deployment
 from kvscope.engine.errors import RecipeError
 from kvscope.engine.llm import LLM
 from kvscope.engine.llm_engine import LLMEngine, load_for_recipe

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from hf_oracle import hf_greedy
 
-from kvscope.engine.disaggregated import build_local_deployment, build_ray_deployment
+from kvscope.engine.deployment import build_local_deployment, build_ray_deployment
 from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.sampling import SamplingParams
