@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
-
-from kvscope.engine.kv_connector import KVTransferParams
+from kvscope.engine.kv_connector import DoneRead, KVTransferParams
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.request import RequestOutput
 from kvscope.engine.sampling import SamplingParams
@@ -87,8 +85,9 @@ class LocalPeer:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
 
-    def read_kv(self, transfer_id: str, block_ids: tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
-        return self.engine.read_kv(transfer_id, block_ids)
+    def start_read(self, transfer_id: str, block_ids: tuple[int, ...]) -> DoneRead:
+        """In one process a read is a copy: done when it starts."""
+        return DoneRead(lambda: self.engine.read_kv(transfer_id, block_ids))
 
     def release_kv(self, transfer_id: str) -> None:
         self.engine.release_kv(transfer_id)

@@ -6,12 +6,15 @@ the free pool, a `kv_pin` block event) and returns KVTransferParams naming them.
 engine) admits the request with those params: `get_num_new_matched_tokens` says how many prompt tokens
 will come from the producer (those a local prefix-cache hit already holds are not moved),
 `update_state_after_alloc` notes the blocks it allocated for them (ids re-mapped: the consumer's own),
-and the step's kv_load phase (`start_load_kv`) reads the producer's blocks through a KVPeer, writes them
-into those blocks, tells the producer to release its pins (the acknowledgement) and emits a KVTransfer
-event. The request then decodes from its first token in the consumer's next step (`get_finished`).
+and the step's kv_load phase (`start_load_kv`) starts reading the producer's blocks through a KVPeer; in a
+later step's kv_load phase (the same one, in this process) the read has arrived: the K/V is written into
+those blocks, the producer is told to release its pins (the acknowledgement) and a KVTransfer event goes
+out. The request then decodes from its first token (`get_finished`). While a read is under way the
+consumer's steps go on with its other requests; an engine with nothing else to do waits for the earliest
+read (`wait_for_any`).
 
 Transfers are pulls, as with vLLM's NIXL connector, so the producer has nothing to save per layer
-(`save_kv_layer` / `wait_for_save` are not needed) and a load completes before the step's forward pass
+(`save_kv_layer` / `wait_for_save` are not needed) and a load lands whole before a step's forward pass
 (`wait_for_layer_load` returns at once). A producer drops pins nobody read after `timeout_ns`
 (`expire`), so a consumer that dies or never asks leaks nothing.
 """
@@ -50,19 +53,62 @@ class KVTransferParams:
     num_tokens: int
 
 
+class PendingRead(Protocol):
+    """A read of a producer's pinned blocks under way."""
+
+    def done(self) -> bool:
+        """Whether the K/V is here (never blocks)."""
+        ...
+
+    def wait(self) -> None:
+        """Until it is (a simulated link: the consumer's virtual clock moves to the read's end)."""
+        ...
+
+    def result(self) -> tuple[torch.Tensor | None, int, int]:
+        """The K/V (KVCache.read_blocks' layout; None over a simulated link) and the producer's read start / end
+        (ns, its clock); raises what the read raised."""
+        ...
+
+
 class KVPeer(Protocol):
-    """A producer as a consumer reaches it (in this process, or a Ray actor)."""
+    """A producer as a consumer reaches it (in this process, a Ray actor, a simulated link)."""
 
     transport: str
     clock_offset_ns: int  # add to the producer's timestamps to put them on the consumer's clock
 
-    def read_kv(self, transfer_id: str, block_ids: tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
-        """The K/V of pinned blocks (KVCache.read_blocks' layout) and the producer's read start / end (ns)."""
+    def start_read(self, transfer_id: str, block_ids: tuple[int, ...]) -> PendingRead:
+        """Start reading pinned blocks; the read completes while the consumer goes on with its steps."""
         ...
 
     def release_kv(self, transfer_id: str) -> None:
         """The acknowledgement: the producer may free the transfer's pinned blocks."""
         ...
+
+
+class DoneRead:
+    """A read that completed when it started (in this process), or failed there."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, read: Callable[[], tuple[torch.Tensor | None, int, int]]) -> None:
+        self.value: tuple[torch.Tensor | None, int, int] | None = None
+        self.error: BaseException | None = None
+        try:
+            self.value = read()
+        except Exception as exc:  # raised again by result(), where the consumer reports it
+            self.error = exc
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        return None
+
+    def result(self) -> tuple[torch.Tensor | None, int, int]:
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
 
 
 @dataclass(slots=True)
@@ -73,13 +119,17 @@ class PinnedTransfer:
 
 @dataclass(slots=True)
 class PendingLoad:
-    """A consumer's request waiting for its K/V: which remote blocks land in which of its own."""
+    """A consumer's request waiting for its K/V: which remote blocks land in which of its own, and the read
+    once started (with the time it started, on the consumer's clock)."""
 
     request: Request
     params: KVTransferParams
     remote_block_ids: tuple[int, ...]
     local_block_ids: tuple[int, ...]
     num_tokens: int
+    read: PendingRead | None = None
+    recv_start: int = 0
+    error: str = ""
 
 
 @dataclass(slots=True)
@@ -177,46 +227,69 @@ class KVConnector:
 
     # --- consumer (worker side) ---------------------------------------------------------
     def start_load_kv(self, kv_cache: KVCache | None) -> None:
-        """Move every pending load's K/V into this engine's blocks, acknowledge, and emit KVTransfer events."""
-        loads, self.pending = self.pending, []
-        for load in loads:
-            self._load(kv_cache, load)
+        """Start the reads of newly admitted requests; land those that arrived (write their K/V into this engine's
+        blocks, acknowledge, emit KVTransfer events). Reads still under way stay pending: the engine's steps go
+        on meanwhile (vLLM's asynchronous load: requests wait, the batch does not)."""
+        for load in self.pending:
+            if load.read is None and not load.error:
+                self._start(load)
+        still: list[PendingLoad] = []
+        for load in self.pending:
+            if load.error or load.read is None or load.read.done():
+                self._land(kv_cache, load)
+            else:
+                still.append(load)
+        self.pending = still
+
+    def wait_for_any(self) -> None:
+        """The engine has nothing else to do: wait until the earliest pending read has arrived."""
+        reads = [load.read for load in self.pending if load.read is not None and not load.error]
+        if reads and not any(r.done() for r in reads):
+            reads[0].wait()
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        """Loads complete in start_load_kv, before the forward pass: nothing to wait for per layer."""
+        """Loads land whole in start_load_kv, before the forward pass: nothing to wait for per layer."""
 
-    def _load(self, kv_cache: KVCache | None, load: PendingLoad) -> None:
+    def _start(self, load: PendingLoad) -> None:
+        params = load.params
+        load.recv_start = self.bus.clock()
+        if not load.remote_block_ids:  # a prefix-cache hit here covered every transferred token
+            return
+        peer = self.peers.get(params.remote_engine_id)
+        if peer is None:
+            load.error = f"no producer named {params.remote_engine_id}"
+            return
+        try:
+            load.read = peer.start_read(params.transfer_id, load.remote_block_ids)
+        except Exception as exc:  # a dead actor raises Ray's own errors: report, do not crash
+            load.error = _failure(params, exc)
+
+    def _land(self, kv_cache: KVCache | None, load: PendingLoad) -> None:
         params, req = load.params, load.request
         peer = self.peers.get(params.remote_engine_id)
-        recv_start = self.bus.clock()
-        send_start = send_end = recv_start
-        error = ""
-        if not load.remote_block_ids:  # a prefix-cache hit here covered every transferred token
-            data = None
-        elif peer is None:
-            error = f"no producer named {params.remote_engine_id}"
-        else:
+        send_start = send_end = load.recv_start
+        if load.read is not None and not load.error:
             try:
-                data, send_start, send_end = peer.read_kv(params.transfer_id, load.remote_block_ids)
+                data, send_start, send_end = load.read.result()
                 send_start += peer.clock_offset_ns
                 send_end += peer.clock_offset_ns
                 if data is not None:  # None: a simulated link (no K/V to move)
                     kv_cache.write_blocks(list(load.local_block_ids), data)
-            except Exception as exc:
-                why = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                error = f"KV transfer from {params.remote_engine_id} failed: {why}"
+            except Exception as exc:  # as in _start
+                load.error = _failure(params, exc)
         recv_end = self.bus.clock()
-        if not error:
+        if not load.error:
             self._release(params)
             self.finished_recving.append(req)
         else:
-            self.failed_recving.append((req, error))
+            self.failed_recving.append((req, load.error))
         if self.bus.active:
-            nbytes = len(load.local_block_ids) * self.bytes_per_block if not error else 0
+            nbytes = len(load.local_block_ids) * self.bytes_per_block if not load.error else 0
             self.bus.emit(KVTransfer(recv_end, self.step(), params.transfer_id, params.remote_engine_id, self.engine_id,
                                      params.remote_request_id, req.request_id, load.remote_block_ids,
-                                     load.local_block_ids, load.num_tokens, nbytes, send_start, send_end, recv_start,
-                                     recv_end, peer.transport if peer is not None else "", not error, error))
+                                     load.local_block_ids, load.num_tokens, nbytes, send_start, send_end,
+                                     load.recv_start, recv_end, peer.transport if peer is not None else "",
+                                     not load.error, load.error))
 
     def _release(self, params: KVTransferParams) -> None:
         peer = self.peers.get(params.remote_engine_id)
@@ -225,3 +298,8 @@ class KVConnector:
                 peer.release_kv(params.transfer_id)
             except Exception:
                 pass
+
+
+def _failure(params: KVTransferParams, exc: BaseException) -> str:
+    why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return f"KV transfer from {params.remote_engine_id} failed: {why}"

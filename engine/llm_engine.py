@@ -306,6 +306,8 @@ class LLMEngine:
             failed: list[Request] = []
             if self.connector is not None and self.connector.pending:
                 with probe.phase(Phase.KV_LOAD, len(self.connector.pending)):
+                    if not out.scheduled:  # nothing else to do: wait for the earliest K/V
+                        self.connector.wait_for_any()
                     self.connector.start_load_kv(self.kv_cache)
                     failed = self.scheduler.settle_loads()
             sampled: list[Request] = []

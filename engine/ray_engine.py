@@ -128,15 +128,37 @@ class RayPeer:
         self.handle = handle
         self.clock_offset_ns = clock_offset_ns
 
-    def read_kv(self, transfer_id: str, block_ids: tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
-        import ray
-
-        raw, shape, dtype, start, end = ray.get(self.handle.read_kv.remote(transfer_id, block_ids))
-        data = torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
-        return data, start, end
+    def start_read(self, transfer_id: str, block_ids: tuple[int, ...]) -> RayRead:
+        return RayRead(self.handle.read_kv.remote(transfer_id, block_ids))
 
     def release_kv(self, transfer_id: str) -> None:
         self.handle.release_kv.remote(transfer_id)  # the acknowledgement needs no answer
+
+
+class RayRead:
+    """A read from a prefill actor under way: its answer comes through the object store."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def done(self) -> bool:
+        import ray
+
+        ready, _ = ray.wait([self.ref], timeout=0)
+        return bool(ready)
+
+    def wait(self) -> None:
+        import ray
+
+        ray.wait([self.ref])
+
+    def result(self) -> tuple[torch.Tensor, int, int]:
+        import ray
+
+        raw, shape, dtype, start, end = ray.get(self.ref)
+        return torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape), start, end
 
 
 class RayEngine:

@@ -3,10 +3,11 @@ transfer process, and flow arrows that follow a request from engine to engine.
 
     pid 100k + 1 / 100k + 2   "<engine>: kvscope engine" / "<engine>: requests": kvscope.inspector.chrome_trace's
                               layout for the k-th engine (steps, kernels, blocks, counters; request threads)
-    pid 900 "KV transfer"     tid 1 + k "receive by <engine>": X "kv transfer P→D" from a decode engine asking
-                              for the blocks to their landing in its cache; tid 501 + k "send by <engine>":
-                              X "read P", a prefill engine reading its pinned blocks out; args: request ids,
-                              blocks, bytes, transport
+    pid 900 "KV transfer"     "receive by <engine>": X "kv transfer P→D" from a decode engine asking for the
+                              blocks to their landing in its cache (reads under way side by side take extra
+                              lanes, "(2)", ...); "send by <engine>": X "read P", a prefill engine reading its
+                              pinned blocks out (or a simulated link carrying them); args: request ids, blocks,
+                              bytes, transport
     flows                     "kv transfer": the prefill request's last slice → its transfer → the decode
                               request's first decode step
 
@@ -24,8 +25,8 @@ from kvscope.inspector.events import KVTransfer
 from kvscope.inspector.trace_clock import TraceClock
 
 PID_TRANSFER = 900
-TID_RECEIVE = 1  # + the receiving engine's index
-TID_SEND = 501   # + the sending engine's index
+TID_RECEIVE = 1       # + 100 x the receiving engine's index + its lane
+TID_SEND = 50_001     # + 100 x the sending engine's index + its lane
 PID_STRIDE = 100
 FLOW_STRIDE = 1_000_000
 
@@ -73,17 +74,16 @@ def _transfer_events(transfers: list[KVTransfer], clock: TraceClock, index: dict
         {"name": "process_name", "ph": "M", "pid": PID_TRANSFER, "tid": 0, "args": {"name": "KV transfer"}},
         {"name": "process_sort_index", "ph": "M", "pid": PID_TRANSFER, "tid": 0, "args": {"sort_index": PID_TRANSFER}},
     ]
-    for name in sorted({t.dst_engine for t in transfers}):
-        out.append({"name": "thread_name", "ph": "M", "pid": PID_TRANSFER, "tid": TID_RECEIVE + index.get(name, 0),
-                    "args": {"name": f"receive by {name}"}})
-    for name in sorted({t.src_engine for t in transfers}):
-        out.append({"name": "thread_name", "ph": "M", "pid": PID_TRANSFER, "tid": TID_SEND + index.get(name, 0),
-                    "args": {"name": f"send by {name}"}})
-    receive: list[dict[str, Any]] = []
-    send: dict[int, list[dict[str, Any]]] = {}
+    lanes = _Lanes(out)
     flows: list[dict[str, Any]] = []
     flow_id = 0
-    for t in transfers:
+    reads = sorted((t for t in transfers if t.ok), key=lambda t: t.send_start)
+    for t in reads:  # the senders' side, in the order the reads started
+        s_start, s_end = _span(t.send_start, t.send_end, clock)
+        send_tid = lanes.place(TID_SEND, index.get(t.src_engine, 0), f"send by {t.src_engine}", s_start, s_end)
+        out.append({"name": f"read {t.src_request_id}", "cat": "kv_transfer", "ph": "X", "pid": PID_TRANSFER,
+                    "tid": send_tid, "ts": s_start, "dur": s_end - s_start, "args": {"transfer_id": t.transfer_id}})
+    for t in transfers:  # the receivers' side (transfers come sorted by recv_start)
         args = {"transfer_id": t.transfer_id, "from": f"{t.src_engine} request {t.src_request_id}",
                 "to": f"{t.dst_engine} request {t.dst_request_id}", "src_blocks": list(t.src_block_ids),
                 "dst_blocks": list(t.dst_block_ids), "tokens": t.num_tokens, "bytes": t.bytes,
@@ -91,15 +91,9 @@ def _transfer_events(transfers: list[KVTransfer], clock: TraceClock, index: dict
         if t.error:
             args["error"] = t.error
         start, end = _span(t.recv_start, t.recv_end, clock)
-        name = f"kv transfer {t.src_request_id}→{t.dst_request_id}"
-        tid = TID_RECEIVE + index.get(t.dst_engine, 0)
-        receive.append({"name": name, "cat": "kv_transfer", "ph": "X", "pid": PID_TRANSFER, "tid": tid,
-                        "ts": start, "dur": end - start, "args": args})
-        s_start, s_end = _span(t.send_start, t.send_end, clock)
-        send_tid = TID_SEND + index.get(t.src_engine, 0)
-        send.setdefault(send_tid, []).append({"name": f"read {t.src_request_id}", "cat": "kv_transfer", "ph": "X",
-                                              "pid": PID_TRANSFER, "tid": send_tid, "ts": s_start,
-                                              "dur": s_end - s_start, "args": {"transfer_id": t.transfer_id}})
+        tid = lanes.place(TID_RECEIVE, index.get(t.dst_engine, 0), f"receive by {t.dst_engine}", start, end)
+        out.append({"name": f"kv transfer {t.src_request_id}→{t.dst_request_id}", "cat": "kv_transfer", "ph": "X",
+                    "pid": PID_TRANSFER, "tid": tid, "ts": start, "dur": end - start, "args": args})
         src = slices.get((t.src_engine, t.src_request_id))
         dst = [e for e in slices.get((t.dst_engine, t.dst_request_id), []) if e["ts"] >= end]
         if src:
@@ -110,27 +104,37 @@ def _transfer_events(transfers: list[KVTransfer], clock: TraceClock, index: dict
             flow_id += 1
             first = min(dst, key=lambda e: e["ts"])
             flows += _flow_pair(flow_id, PID_TRANSFER, tid, start, first["pid"], first["tid"], first["ts"])
-    for reads in send.values():
-        out += _nonoverlapping(reads)
-    return out + receive + flows
+    return out + flows
+
+
+class _Lanes:
+    """Tracks of the KV transfer process: per engine and side, as many lanes as transfers overlap in time (reads
+    run side by side); each slice goes to the first lane free at its start."""
+
+    LANES_PER_ENGINE = 100
+
+    def __init__(self, meta: list[dict[str, Any]]) -> None:
+        self.meta = meta
+        self.ends: dict[int, float] = {}  # tid -> end of its last slice
+
+    def place(self, base: int, engine_index: int, label: str, start: float, end: float) -> int:
+        first = base + engine_index * self.LANES_PER_ENGINE
+        lane = 0
+        while self.ends.get(first + lane, -1.0) > start:
+            lane += 1
+        tid = first + lane
+        if tid not in self.ends:
+            self.meta.append({"name": "thread_name", "ph": "M", "pid": PID_TRANSFER, "tid": tid,
+                              "args": {"name": label if not lane else f"{label} ({lane + 1})"}})
+            self.meta.append({"name": "thread_sort_index", "ph": "M", "pid": PID_TRANSFER, "tid": tid,
+                              "args": {"sort_index": tid}})
+        self.ends[tid] = end
+        return tid
 
 
 def _span(start_ns: int, end_ns: int, clock: TraceClock) -> tuple[float, float]:
     start = clock.us(start_ns)
     return start, max(clock.us(end_ns), start)
-
-
-def _nonoverlapping(slices: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Sender reads in time order, each cut to start where the previous one ended (reads of one sender never
-    overlap; rounding and shifted clocks could make two touch)."""
-    slices.sort(key=lambda e: e["ts"])
-    end = 0.0
-    for e in slices:
-        if e["ts"] < end:
-            e["dur"] = max(e["ts"] + e["dur"] - end, 0.0)
-            e["ts"] = end
-        end = e["ts"] + e["dur"]
-    return slices
 
 
 def _flow_pair(flow_id: int, pid_from: int, tid_from: int, ts_from: float, pid_to: int, tid_to: int,

@@ -160,7 +160,7 @@ def test_a_failed_read_ends_the_request_with_one_reason_and_frees_its_blocks(loa
     class DeadPeer:
         transport, clock_offset_ns = "test", 0
 
-        def read_kv(self, transfer_id, block_ids):
+        def start_read(self, transfer_id, block_ids):
             raise ConnectionError("the producer is gone")
 
         def release_kv(self, transfer_id):

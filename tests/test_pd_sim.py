@@ -53,9 +53,12 @@ def test_a_transfer_costs_what_the_link_says_and_follows_its_prefill(run):
                 first_step_after.setdefault(rid, e.begin_ts)
     for t in transfers:
         assert t.bytes == len(t.dst_block_ids) * bytes_per_block
-        assert t.recv_end - t.recv_start == round((20e-6 + t.bytes / 25e9) * 1e9)
+        assert t.send_end - t.send_start == round((20e-6 + t.bytes / 25e9) * 1e9)  # the link's time for it
         assert t.recv_start >= finished_prefill[t.src_request_id]  # the decode side never reads before the prompt ran
+        assert t.recv_start <= t.send_start and t.send_end <= t.recv_end  # landed once the link carried it
         assert first_step_after[t.dst_request_id] >= t.recv_end
+    reads = sorted((t.send_start, t.send_end) for t in transfers)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(reads, reads[1:]))  # one transfer at a time
 
 
 def test_client_ttft_contains_the_transfer(run):
