@@ -19,7 +19,11 @@ def test_fit_roofs_recovers_a_known_roofline():
     c0, a, b = 5e-6, 1e-11, 2e-10
     ops = [(f, n, c0 + max(f * a, n * b)) for f in (0, 10**5, 10**6, 10**7, 10**8) for n in (10**3, 10**5, 10**6)]
     got = fit_roofs(ops)
-    assert got == pytest.approx((c0, a, b), rel=1e-6)
+    assert got == pytest.approx((c0, a, b, 0.0), rel=1e-6)
+    # with 1 to 16 requests per op and 30 us each on top: the per-request term comes out too
+    seqs = [1 + i % 16 for i in range(len(ops))]
+    timed = [(f, n, t + 3e-5 * k) for (f, n, t), k in zip(ops, seqs)]
+    assert fit_roofs(timed, seqs) == pytest.approx((c0, a, b, 3e-5), rel=1e-6)
 
 
 def test_a_profile_derates_the_roofs():
