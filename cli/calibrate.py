@@ -55,7 +55,8 @@ def reference_device(device: str) -> str:
 def measure_op_timings(loaded: Any, dtype: str, clock: Any, rows: tuple[int, ...] = ROW_LADDER,
                        repeats: int = REPEATS) -> tuple[Any, ...]:
     """Per-shape timings (sim_profile.OpTiming, labelled `dtype`) of the loaded model's matmul ops: the median
-    of `repeats` timings by `clock` (ns) of each op at each row count, over every layer in turn, per call."""
+    of `repeats` timings by `clock` (ns) of each op at each row count, over every layer in turn, per call.
+    The ops are the engine's own callables (those the op timer wraps), fed random activations."""
     import statistics
 
     import torch
@@ -69,16 +70,18 @@ def measure_op_timings(loaded: Any, dtype: str, clock: Any, rows: tuple[int, ...
     for obj, attr, op in _op_sites(loaded.model, None):
         if op in calls:
             calls[op].append(getattr(obj, attr))
+    calls = {op: fns for op, fns in calls.items() if fns}
     cuda = loaded.device.type == "cuda"
-    times: dict[str, list[float]] = {op: [] for op in shapes}
+    runs: dict[tuple[str, int], list[float]] = {}
     with torch.inference_mode():
-        for n in rows:
-            for op, fns in calls.items():
-                x = torch.randn(n, shapes[op][0], dtype=loaded.dtype, device=loaded.device)
-                if n == rows[0]:
-                    fns[0](x)  # first call: allocations, lazy initialisation
-                runs = []
-                for _ in range(repeats):
+        inputs = {(op, n): torch.randn(n, shapes[op][0], dtype=loaded.dtype, device=loaded.device)
+                  for op in calls for n in rows}
+        for op, fns in calls.items():
+            fns[0](inputs[(op, rows[0])])  # first call: allocations, lazy initialisation
+        for _ in range(repeats):  # the repeats a whole ladder apart: a burst of other work spoils one of each
+            for n in rows:
+                for op, fns in calls.items():
+                    x = inputs[(op, n)]
                     if cuda:
                         torch.cuda.synchronize()
                     start = clock()
@@ -86,9 +89,9 @@ def measure_op_timings(loaded: Any, dtype: str, clock: Any, rows: tuple[int, ...
                         fn(x)
                     if cuda:
                         torch.cuda.synchronize()
-                    runs.append((clock() - start) / 1e9 / len(fns))
-                times[op].append(statistics.median(runs))
-    return tuple(OpTiming(op, *shapes[op], dtype, tuple(rows), tuple(times[op])) for op in calls if calls[op])
+                    runs.setdefault((op, n), []).append((clock() - start) / 1e9 / len(fns))
+    return tuple(OpTiming(op, *shapes[op], dtype, tuple(rows), tuple(statistics.median(runs[(op, n)]) for n in rows))
+                 for op in calls)
 
 
 def calibrate(recipe_data: dict[str, Any], reference: str, cpu_time: bool = False) -> Any:
@@ -168,8 +171,8 @@ def run_calibrate(out: str, *, device: str = "cpu", model: str | None = None, re
                              ("per-op overhead", {c: v * 1e6 for c, v in profile.op_overhead_s.items()}, "{:.1f} us")):
         print(f"{what}: " + "  ".join(f"{c} {fmt.format(v)}" for c, v in table.items()))
     for t in profile.op_timings:
-        print(f"{t.op} {t.in_features}x{t.out_features} {t.dtype}: " + "  ".join(
-            f"{n} rows {s * 1e6:.0f} us" for n, s in zip(t.rows, t.times) if n in (1, 2, 4, 16, t.rows[-1])))
+        print(f"{t.op} {t.in_features}x{t.out_features} {t.dtype}, us per call at 1, 2, 3, 4, 16, {t.rows[-1]} rows: "
+              + " ".join(f"{s * 1e6:.0f}" for n, s in zip(t.rows, t.times) if n in (1, 2, 3, 4, 16, t.rows[-1])))
     print(f"per step: {profile.step_overhead_s * 1e3:.3f} ms + {profile.per_seq_s * 1e6:.1f} us/request + "
           f"{profile.per_token_s * 1e6:.2f} us/token + {profile.per_sample_s * 1e6:.1f} us/sampled row; "
           f"attention {profile.attention_per_seq_s * 1e6:.1f} us/request/layer")
