@@ -2,7 +2,8 @@
 
 In one run: `kvscope calibrate`'s measurement (kvscope.cli.calibrate.calibrate: per-shape matmul timings,
 then the engine's ops fitted) on SmolLM2-135M, then for each recipe below (the SmolLM2 GGUF; mixed prefill
-chunks and decodes; one with preemption) a real run and a simulated one (`device: sim`, `sim: {gpu: cpu, profile: ...}`), and prints
+chunks and decodes; one with preemption) a real run and a simulated one (`device: sim`, `sim: {gpu: cpu,
+profile: ...}`), and prints
 
 - per-step time error: every step of the real run re-priced by the simulator's cost model for exactly
   that batch (its requests' query and context lengths), |sim - real| / real, median and p90;

@@ -91,7 +91,6 @@ def fit_roofs(ops: list[tuple[int, int, float]], seqs: list[int] | None = None, 
     a = t_sum / max(sum(f for f, _, _ in ops), 1)
     b = t_sum / max(sum(n for _, n, _ in ops), 1)
     weights = [1.0 / max(t, 1e-12) for _, _, t in ops]
-    counts = [float(n) for n in seqs] if seqs is not None else [0.0] * len(ops)
     fit = RoofFit(0.0, a, b)
     assigned: list[bool] = []
     for _ in range(rounds):
@@ -99,12 +98,13 @@ def fit_roofs(ops: list[tuple[int, int, float]], seqs: list[int] | None = None, 
         if compute == assigned:
             break
         assigned = compute
-        rows = [[w, w * k, w * f, 0.0] if c else [w, w * k, 0.0, w * n]
-                for (f, n, _), c, w, k in zip(ops, compute, weights, counts)]
-        c0, per_seq, a_new, b_new = fit_least_squares(rows, [1.0] * len(ops))
+        rows = [[w, w * f, 0.0] if c else [w, 0.0, w * n] for (f, n, _), c, w in zip(ops, compute, weights)]
+        if seqs is not None:
+            rows = [row + [w * k] for row, w, k in zip(rows, weights, seqs)]
+        c0, a_new, b_new, *per_seq = fit_least_squares(rows, [1.0] * len(ops))
         a = a_new if any(compute) else a  # a roof no op sits under keeps its last slope
         b = b_new if not all(compute) else b
-        fit = RoofFit(c0, a, b, per_seq)
+        fit = RoofFit(c0, a, b, per_seq[0] if per_seq else 0.0)
     return fit
 
 

@@ -42,7 +42,7 @@ ALL_REDUCES_PER_LAYER = 2
 def matmul_shapes(shape: ModelConfig, tp: int = 1) -> dict[str, tuple[int, int]]:
     """(in, out) of each matmul op's weights per GPU (the out side, or the in side of a row split, / tp), the
     key of per-shape timings: qkv (hidden, q + k + v), o_proj (q, hidden), the dense MLP (hidden,
-    intermediate), lm_head (hidden, vocab). None for MLA, whose absorbed projections are no plain matmuls."""
+    intermediate), lm_head (hidden, vocab). Nothing for MLA, whose absorbed projections are no plain matmuls."""
     if shape.is_mla:
         return {}
     h, heads, kvh, d, v = shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.v_dim
