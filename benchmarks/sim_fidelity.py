@@ -1,8 +1,9 @@
 """How faithful the simulator is: calibrate on this CPU, then simulate this CPU and compare with the real engine.
 
-In one run: `kvscope calibrate`'s measurement (kvscope.cli.calibrate.calibrate) on SmolLM2-135M, then for
-each recipe below (the SmolLM2 GGUF; mixed prefill chunks and decodes; one with preemption) a real run and
-a simulated one (`device: sim`, `sim: {gpu: cpu, profile: ...}`), and prints
+In one run: `kvscope calibrate`'s measurement (kvscope.cli.calibrate.calibrate: per-shape matmul timings,
+then the engine's ops fitted) on SmolLM2-135M, then for each recipe below (the SmolLM2 GGUF; mixed prefill
+chunks and decodes; one with preemption) a real run and a simulated one (`device: sim`, `sim: {gpu: cpu,
+profile: ...}`), and prints
 
 - per-step time error: every step of the real run re-priced by the simulator's cost model for exactly
   that batch (its requests' query and context lengths), |sim - real| / real, median and p90;
@@ -115,6 +116,11 @@ def main() -> None:
     print(f"real runs timed by {'CPU time' if cpu else 'the wall clock'}; {profile.measured_on}")
     print(f"calibrated: compute/memory efficiency {eff}; step overhead {profile.step_overhead_s * 1e3:.2f} ms "
           f"+ {profile.per_seq_s * 1e6:.0f} us/request + {profile.per_token_s * 1e6:.2f} us/token")
+    timed = profile.op_timings
+    if timed:
+        print(f"per-shape timings: {', '.join(t.op for t in timed)} at {len(timed[0].rows)} row counts "
+              f"({timed[0].rows[0]}-{timed[0].rows[-1]}) replace the matmul fit; attention "
+              f"{profile.attention_per_seq_s * 1e6:.0f} us per request and layer on top of its roofs")
     rows = []
     loaded = None
     for data in recipes(args.requests):

@@ -1,8 +1,11 @@
 """`kvscope calibrate [--device cpu|cuda] -o profile.json`: measure this machine for the simulator.
 
-Runs the real engine twice on one calibration workload (mixed prefill chunks and decodes, batches of 1 to
-16, contexts up to ~600 tokens), once with per-op timing and once without, and fits the simulator's
-efficiency factors and overheads to the events (kvscope.inspector.calibration). The factors are relative
+Times the model's matmul ops apart over a ladder of row counts (ROW_LADDER: every count to 16, where GEMM
+paths differ most, then sparser to 512), each op through all the layers in turn so that the weights
+stream as in a forward pass: the profile's per-shape timings. Then runs the real engine twice on one
+calibration workload (mixed prefill chunks and decodes, batches of 1 to 16, contexts up to ~600 tokens),
+once with per-op timing and once without, and fits the simulator's efficiency factors and overheads to
+the events (kvscope.inspector.calibration). The factors are relative
 to the peaks of a device preset: "cpu" on a CPU, the GPU's datasheet preset on CUDA. Simulate this
 machine with `sim: {gpu: cpu, profile: profile.json}` (or the GPU's preset name).
 
@@ -22,6 +25,8 @@ from typing import Any
 from kvscope.cli.errors import UsageError
 
 DEVICES = ("cpu", "cuda")
+ROW_LADDER = tuple(range(1, 17)) + (20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+REPEATS = 3
 
 
 def calibration_recipe(model: dict[str, Any], device: str, requests: int = 20) -> dict[str, Any]:
@@ -47,6 +52,48 @@ def reference_device(device: str) -> str:
     return preset_name("cuda", torch.cuda.get_device_name(0))
 
 
+def measure_op_timings(loaded: Any, dtype: str, clock: Any, rows: tuple[int, ...] = ROW_LADDER,
+                       repeats: int = REPEATS) -> tuple[Any, ...]:
+    """Per-shape timings (sim_profile.OpTiming, labelled `dtype`) of the loaded model's matmul ops: the median
+    of `repeats` timings by `clock` (ns) of each op at each row count, over every layer in turn, per call.
+    The ops are the engine's own callables (those the op timer wraps), fed random activations."""
+    import statistics
+
+    import torch
+
+    from kvscope.engine.op_timer import _op_sites
+    from kvscope.inspector.sim_cost import matmul_shapes
+    from kvscope.inspector.sim_profile import OpTiming
+
+    shapes = matmul_shapes(loaded.config)
+    calls: dict[str, list[Any]] = {op: [] for op in shapes}
+    for obj, attr, op in _op_sites(loaded.model, None):
+        if op in calls:
+            calls[op].append(getattr(obj, attr))
+    calls = {op: fns for op, fns in calls.items() if fns}
+    cuda = loaded.device.type == "cuda"
+    runs: dict[tuple[str, int], list[float]] = {}
+    with torch.inference_mode():
+        inputs = {(op, n): torch.randn(n, shapes[op][0], dtype=loaded.dtype, device=loaded.device)
+                  for op in calls for n in rows}
+        for op, fns in calls.items():
+            fns[0](inputs[(op, rows[0])])  # first call: allocations, lazy initialisation
+        for _ in range(repeats):  # the repeats a whole ladder apart: a burst of other work spoils one of each
+            for n in rows:
+                for op, fns in calls.items():
+                    x = inputs[(op, n)]
+                    if cuda:
+                        torch.cuda.synchronize()
+                    start = clock()
+                    for fn in fns:
+                        fn(x)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    runs.setdefault((op, n), []).append((clock() - start) / 1e9 / len(fns))
+    return tuple(OpTiming(op, *shapes[op], dtype, tuple(rows), tuple(statistics.median(runs[(op, n)]) for n in rows))
+                 for op in calls)
+
+
 def calibrate(recipe_data: dict[str, Any], reference: str, cpu_time: bool = False) -> Any:
     """Run the recipe twice (kernel events on, then off) and fit a SimProfile to the two runs. `cpu_time`: the
     steps and their ops are timed by this thread's CPU time, not the wall clock (EventBus.clock, which the
@@ -66,6 +113,8 @@ def calibrate(recipe_data: dict[str, Any], reference: str, cpu_time: bool = Fals
     recipe = Recipe.from_dict(recipe_data)
     loaded = load_for_recipe(recipe)
     ref = get_device(reference)
+    dtype = canonical_dtype(recipe.dtype)
+    timings = measure_op_timings(loaded, dtype, time.thread_time_ns if cpu_time else time.perf_counter_ns)
     samples = []
     for kernels in (True, False):
         bus = EventBus(clock=time.thread_time_ns) if cpu_time else EventBus()
@@ -74,8 +123,8 @@ def calibrate(recipe_data: dict[str, Any], reference: str, cpu_time: bool = Fals
         samples.append(recorder.samples())
     where = (f"{platform.node() or 'this machine'} ({recipe.device}, {loaded.config.name}, {recipe.dtype}, "
              f"{torch_threads()} thread(s){', CPU time' if cpu_time else ''})")
-    return fit_profile(samples[0], samples[1], ref, canonical_dtype(recipe.dtype), relative_to=reference,
-                       measured_on=where)
+    return fit_profile(samples[0], samples[1], ref, dtype, relative_to=reference,
+                       measured_on=where, op_timings=timings, num_layers=loaded.config.num_layers)
 
 
 def torch_threads() -> int:
@@ -121,7 +170,11 @@ def run_calibrate(out: str, *, device: str = "cpu", model: str | None = None, re
                              ("memory efficiency", profile.memory_efficiency, "{:.3g}"),
                              ("per-op overhead", {c: v * 1e6 for c, v in profile.op_overhead_s.items()}, "{:.1f} us")):
         print(f"{what}: " + "  ".join(f"{c} {fmt.format(v)}" for c, v in table.items()))
+    for t in profile.op_timings:
+        print(f"{t.op} {t.in_features}x{t.out_features} {t.dtype}, us per call at 1, 2, 3, 4, 16, {t.rows[-1]} rows: "
+              + " ".join(f"{s * 1e6:.0f}" for n, s in zip(t.rows, t.times) if n in (1, 2, 3, 4, 16, t.rows[-1])))
     print(f"per step: {profile.step_overhead_s * 1e3:.3f} ms + {profile.per_seq_s * 1e6:.1f} us/request + "
-          f"{profile.per_token_s * 1e6:.2f} us/token + {profile.per_sample_s * 1e6:.1f} us/sampled row")
+          f"{profile.per_token_s * 1e6:.2f} us/token + {profile.per_sample_s * 1e6:.1f} us/sampled row; "
+          f"attention {profile.attention_per_seq_s * 1e6:.1f} us/request/layer")
     print(f"wrote {out}; simulate this device with  sim: {{gpu: {profile.relative_to}, profile: {out}}}")
     return 0

@@ -3,8 +3,8 @@
 Pure python. For one scheduler step (request i brings query_lens[i] tokens and has seq_lens[i] of context)
 each operator's FLOPs and bytes come from kvscope.inspector.roofline (the model `kvscope roofline`
 prints), its time from roof_time at the device's peaks (kvscope.inspector.devices), each roof derated
-by the profile's compute and memory efficiency for the op's class, plus a fixed cost per call
-(kvscope.inspector.sim_profile).
+by the profile's compute and memory efficiency for the op's class, plus a fixed cost per call and, for
+the attention, per request (kvscope.inspector.sim_profile).
 
 With tensor parallelism over `tp` GPUs the projections, RoPE, the KV write, the attention and the LM head
 are split evenly (FLOPs and bytes / tp; Megatron-style column/row splits) while the norms and the
@@ -12,6 +12,11 @@ embedding gather run replicated; each layer then does two all-reduces of the ste
 (tokens x hidden x activation bytes), each a ring all-reduce: link latency + 2 (tp-1)/tp x bytes / link
 bandwidth. Outside the forward pass the profile's per-step overhead is added (scheduling, batch
 preparation, sampling).
+
+Where the profile carries per-shape timings for the modelled device and dtype (SimProfile.timings_on),
+a matmul op whose per-GPU weight shape (matmul_shapes) has a table takes the table's time at the step's
+row count instead of its derated roofline: the step's tokens, and for the LM head the rows the engine
+really runs it on, the sampled ones (the roofline's count is every request with tokens in the step).
 
 With the IDEAL profile and tp 1 a step's time is exactly the sum of `kvscope roofline`'s per-op times
 for the same batch: one implementation.
@@ -28,10 +33,21 @@ from kvscope.inspector.kv_estimate import canonical_dtype, dtype_bytes
 from kvscope.inspector.roofline import (
     LAYER_OPS, STEP_OPS, OpCost, attention_cost, layer_token_costs, model_token_costs, roof_time,
 )
-from kvscope.inspector.sim_profile import IDEAL, OP_CLASS, SimProfile
+from kvscope.inspector.sim_profile import IDEAL, OP_CLASS, OpTiming, SimProfile
 
 SHARDED_OPS = frozenset({"qkv", "rope", "kv_write", "attention", "o_proj", "mlp", "lm_head"})
 ALL_REDUCES_PER_LAYER = 2
+
+
+def matmul_shapes(shape: ModelConfig, tp: int = 1) -> dict[str, tuple[int, int]]:
+    """(in, out) of each matmul op's weights per GPU (the out side, or the in side of a row split, / tp), the
+    key of per-shape timings: qkv (hidden, q + k + v), o_proj (q, hidden), the dense MLP (hidden,
+    intermediate), lm_head (hidden, vocab). Nothing for MLA, whose absorbed projections are no plain matmuls."""
+    if shape.is_mla:
+        return {}
+    h, heads, kvh, d, v = shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.v_dim
+    return {"qkv": (h, (heads * d + kvh * (d + v)) // tp), "o_proj": (heads * v // tp, h),
+            "mlp": (h, shape.intermediate_size // tp), "lm_head": (h, shape.vocab_size // tp)}
 
 
 class StepTime(NamedTuple):
@@ -69,6 +85,9 @@ class StepCostModel:
         for layer in range(shape.num_layers):
             kinds.setdefault((shape.is_local(layer), shape.is_moe_layer(layer)), []).append(layer)
         self.layer_kinds = [(layers[0], len(layers)) for layers in kinds.values()]
+        measured = profile.timings_on(device, self.dtype)
+        self.timed: dict[str, OpTiming] = {op: measured[(op, *io)] for op, io in matmul_shapes(shape, tp).items()
+                                           if (op, *io) in measured}
         self._fixed: dict[tuple[int, int], dict[str, float]] = {}
 
     # --- per op -----------------------------------------------------------------------------------
@@ -81,7 +100,7 @@ class StepCostModel:
 
     def _token_times(self, tokens: int, rows: int) -> dict[str, float]:
         """Every op but the attention, whole step (all layers), the all-reduces ("comm") and their sum ("fixed"):
-        they depend on the token and row counts only."""
+        they depend on the token count and the LM head's rows only."""
         key = (tokens, rows)
         times = self._fixed.get(key)
         if times is None:
@@ -92,10 +111,16 @@ class StepCostModel:
                 costs = layer_token_costs(self.shape, tokens, weight_bytes=self.weight_bytes,
                                           act_bytes=self.act_bytes, kv_bytes=self.kv_bytes, layer=layer)
                 for op, cost in costs.items():
-                    times[op] += count * self.op_time(op, cost)
+                    timing = self.timed.get(op)
+                    if timing is not None and not (op == "mlp" and self.shape.is_moe_layer(layer)):
+                        times[op] += count * timing.seconds(tokens)
+                    else:
+                        times[op] += count * self.op_time(op, cost)
             outer = model_token_costs(self.shape, tokens, rows, weight_bytes=self.weight_bytes,
                                       act_bytes=self.act_bytes)
             times.update({op: self.op_time(op, cost) for op, cost in outer.items()})
+            if "lm_head" in self.timed:
+                times["lm_head"] = self.timed["lm_head"].seconds(rows)
             times["comm"] = self.shape.num_layers * ALL_REDUCES_PER_LAYER * self.all_reduce_time(tokens)
             times["fixed"] = sum(times[op] for op in STEP_OPS if op != "attention") + times["comm"]
             self._fixed[key] = times
@@ -116,12 +141,22 @@ class StepCostModel:
             cost = attention_cost(self.shape, query_lens, seq_lens, act_bytes=self.act_bytes,
                                   kv_bytes=self.kv_bytes, layer=layer)
             total += count * self.op_time("attention", cost)
+        per_seq = self.profile.attention_per_seq_s
+        if per_seq:
+            total += self.shape.num_layers * per_seq * sum(1 for q in query_lens if q > 0)
         return total
 
-    def op_times(self, query_lens: Sequence[int], seq_lens: Sequence[int]) -> dict[str, float]:
+    def lm_head_rows(self, query_lens: Sequence[int], num_sampled: int | None) -> int:
+        """The LM head's rows: the sampled ones where it is timed by shape (as the engine runs it), else the
+        roofline's one per request with tokens in the step."""
+        if num_sampled is not None and "lm_head" in self.timed:
+            return num_sampled
+        return sum(1 for q in query_lens if q > 0)
+
+    def op_times(self, query_lens: Sequence[int], seq_lens: Sequence[int],
+                 num_sampled: int | None = None) -> dict[str, float]:
         """Seconds per op of STEP_OPS for the whole step (layer ops summed over the layers)."""
-        rows = sum(1 for q in query_lens if q > 0)
-        fixed = self._token_times(sum(query_lens), rows)
+        fixed = self._token_times(sum(query_lens), self.lm_head_rows(query_lens, num_sampled))
         times = {op: fixed[op] for op in STEP_OPS}
         times["attention"] = self.attention_time(query_lens, seq_lens)
         return times
@@ -134,6 +169,6 @@ class StepCostModel:
     def step_time(self, query_lens: Sequence[int], seq_lens: Sequence[int], num_sampled: int) -> StepTime:
         """The step's forward time (ops + all-reduces) and host overhead, in seconds."""
         tokens = sum(query_lens)
-        fixed = self._token_times(tokens, sum(1 for q in query_lens if q > 0))
+        fixed = self._token_times(tokens, self.lm_head_rows(query_lens, num_sampled))
         forward = fixed["fixed"] + self.attention_time(query_lens, seq_lens)
         return StepTime(forward, fixed["comm"], self.overhead_time(len(query_lens), tokens, num_sampled))
