@@ -4,6 +4,8 @@ empty."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from kvscope.engine.recipe import Recipe
@@ -58,7 +60,7 @@ def test_a_transfer_costs_what_the_link_says_and_follows_its_prefill(run):
         assert t.recv_start <= t.send_start and t.send_end <= t.recv_end  # landed once the link carried it
         assert first_step_after[t.dst_request_id] >= t.recv_end
     reads = sorted((t.send_start, t.send_end) for t in transfers)
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(reads, reads[1:]))  # one transfer at a time
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(reads))  # one transfer at a time
 
 
 def test_client_ttft_contains_the_transfer(run):
