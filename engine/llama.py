@@ -70,6 +70,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
             return self.fused.rms_norm(x, self.weight, self.eps)
+        if x.dtype == torch.float32:  # one aten op, the same arithmetic as the lines below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         variance = x32.pow(2).mean(-1, keepdim=True)
         return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
@@ -89,6 +91,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", table.sin(), persistent=False)
         self.fused: Any = None
         self._cos_sin: torch.Tensor | None = None
+        self._step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def cos_sin(self) -> torch.Tensor:
         """[max_positions, head_dim]: cos of each frequency, then sin (the fused kernel's table)."""
@@ -101,14 +104,22 @@ class RotaryEmbedding(nn.Module):
         """q [T, H, D], k [T, KVH, D] rotated by each token's position."""
         if self.fused is not None:
             return self.fused.rope(q, k, positions, self.cos_sin())
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        cos, sin_signed = self._step_tables(positions, q.dtype)
+        half = q.shape[-1] // 2
+        # rotate_half(x) * sin == roll(x, half) * (-sin | sin): the same products, sign flips being exact
+        return (q * cos + q.roll(half, -1) * sin_signed, k * cos + k.roll(half, -1) * sin_signed)
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    def _step_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin rows [T, 1, D] of the step's positions, made by its first layer and kept for
+        the others (they all see the same positions tensor)."""
+        step = self._step
+        if step is None or step[0] is not positions or step[1].dtype != dtype:
+            half = self.cos.shape[-1] // 2
+            cos = self.cos[positions].unsqueeze(1).to(dtype)  # [T, 1, D]
+            sin = self.sin[positions].unsqueeze(1).to(dtype)
+            sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+            step = self._step = (positions, cos, sin_signed)
+        return step[1], step[2]
 
 
 class PagedAttention(nn.Module):

@@ -202,11 +202,12 @@ def paged_attention_torch(
     for c in plan.chunks:
         keys = c.context.read(k_cache).float()  # [S, n_kv, d]
         vals = c.context.read(v_cache).float()
+        # 4-d inputs: torch's CPU flash kernel (3-d ones fall back to the unfused math path)
         oi = F.scaled_dot_product_attention(
-            q[c.rows].float().transpose(0, 1), keys.transpose(0, 1), vals.transpose(0, 1),
+            q[c.rows].float().transpose(0, 1)[None], keys.transpose(0, 1)[None], vals.transpose(0, 1)[None],
             attn_mask=c.mask, is_causal=c.mask is None, scale=scale, enable_gqa=group > 1,
         )
-        out[c.rows] = oi.transpose(0, 1).to(q.dtype)
+        out[c.rows] = oi[0].transpose(0, 1).to(q.dtype)
     return out
 
 
