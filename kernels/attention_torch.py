@@ -86,14 +86,14 @@ class _Context:
 class _DecodeGroup:
     rows: torch.Tensor | None      # flat query rows of the group; None: every row of the batch, in order
     context: _Context
-    keep: torch.Tensor | None      # [B, 1, 1, L] key mask; None when every context has the group's length
+    keep: torch.Tensor | None      # [B, 1, 1, L] float32 key mask (0 or -inf); None when every context is as long
 
 
 @dataclass(slots=True)
 class _Chunk:
     rows: slice                    # the request's query rows
     context: _Context
-    mask: torch.Tensor | None      # [q_len, S]; None: causal over exactly its own keys (a fresh prompt)
+    mask: torch.Tensor | None      # [q_len, S] float32 (0 or -inf); None: causal over exactly its own keys
 
 
 @dataclass(slots=True)
@@ -142,9 +142,10 @@ def plan_paged_attention(
             ids = [tables[i][:n_blocks] + [0] * (n_blocks - min(n_blocks, len(tables[i]))) for i in rows]
             context = _Context(max_len, blocks=torch.tensor(ids, dtype=torch.int64, device=device))
         keep = None
-        if min(lens) != max_len:
+        if min(lens) != max_len:  # an additive mask: SDPA converts a boolean one on every call
             lens_t = torch.tensor(lens, device=device)
-            keep = (torch.arange(max_len, device=device)[None, :] < lens_t[:, None])[:, None, None, :]
+            pad = torch.arange(max_len, device=device)[None, :] >= lens_t[:, None]
+            keep = torch.zeros(pad.shape, device=device).masked_fill_(pad, float("-inf"))[:, None, None, :]
         tok = [qstarts[i] for i in rows]
         in_place = len(rows) == len(query_lens_host) == qstarts[-1] and tok == list(range(len(tok)))
         groups.append(_DecodeGroup(None if in_place else torch.tensor(tok, device=device), context, keep))
@@ -156,7 +157,8 @@ def plan_paged_attention(
         mask = None
         if q_len != s_len:
             q_pos = torch.arange(s_len - q_len, s_len, device=device)
-            mask = torch.arange(s_len, device=device)[None, :] <= q_pos[:, None]  # [q_len, S]
+            later = torch.arange(s_len, device=device)[None, :] > q_pos[:, None]  # [q_len, S]
+            mask = torch.zeros(later.shape, device=device).masked_fill_(later, float("-inf"))
         chunks.append(_Chunk(slice(qstarts[i], qstarts[i] + q_len), _context(tables[i], s_len, block_size, device),
                              mask))
     return AttentionPlan(qstarts[-1], groups, chunks)
