@@ -84,7 +84,7 @@ class _Context:
 
 @dataclass(slots=True)
 class _DecodeGroup:
-    rows: torch.Tensor | None      # flat query rows of the group; None: every row of the batch, in order
+    rows: torch.Tensor | None      # flat query rows of the group; None: every (non-padding) row, in order
     context: _Context
     keep: torch.Tensor | None      # [B, 1, 1, L] float32 key mask (0 or -inf); None when every context is as long
 
@@ -195,12 +195,14 @@ def paged_attention_torch(
         if seq_lens_host is None:
             seq_lens_host = seq_lens.tolist()
         plan = plan_paged_attention(block_tables, query_lens_host, seq_lens_host, k_cache.shape[1])
-    if len(plan.decode) == 1 and plan.decode[0].rows is None:  # a pure decode step: no scatter
+    n = plan.num_tokens  # rows after it are padding (never attended to, never read)
+    if len(plan.decode) == 1 and plan.decode[0].rows is None and num_tokens == n:  # pure decode: no scatter
         g = plan.decode[0]
         return _decode(q, k_cache, v_cache, g.context, g.keep, scale, n_kv, group).to(q.dtype)
     out = torch.empty(num_tokens, n_heads, d, dtype=q.dtype, device=q.device)
     for g in plan.decode:
-        out[g.rows] = _decode(q[g.rows], k_cache, v_cache, g.context, g.keep, scale, n_kv, group).to(q.dtype)
+        rows = slice(0, n) if g.rows is None else g.rows
+        out[rows] = _decode(q[rows], k_cache, v_cache, g.context, g.keep, scale, n_kv, group).to(q.dtype)
     for c in plan.chunks:
         keys = c.context.read(k_cache).float()  # [S, n_kv, d]
         vals = c.context.read(v_cache).float()

@@ -143,3 +143,14 @@ def test_plan_is_the_same_as_planning_inside():
                                    torch.tensor(pool.seq_lens, dtype=torch.int32), pool.scale)
     assert torch.equal(got, inside)
     assert not math.isnan(float(got.sum()))
+
+
+@pytest.mark.parametrize("case", ["decode-consecutive", "decode-batch"])
+def test_padding_rows_after_a_pure_decode_batch(case):
+    # the static policy pads the flat batch: q has rows after the plan's tokens, which attention leaves alone
+    pool = Pool(*CASES[case], seed=5)
+    want = pool.oracle()
+    pool.q = torch.cat([pool.q, torch.zeros(2, *pool.q.shape[1:])])
+    got, _ = pool.run()
+    assert got.shape == pool.q.shape
+    torch.testing.assert_close(got[:-2].double(), want, rtol=2e-5, atol=2e-5)
