@@ -152,7 +152,7 @@ def main() -> int:
         t_h, n_h = run_hf(hf, workload, args.hf_batch, pad_id=0)
         print(f"transformers static: {n_h:6d} tokens in {t_h:8.2f} s = {n_h / t_h:8.1f} tok/s  "
               f"(batches of {args.hf_batch})")
-        print(f"ratio kvscope / transformers: {(n_k / t_k) / (n_h / t_h):.2f}x  (goal >= 3x)")
+        print(f"ratio kvscope / transformers: {(n_k / t_k) / (n_h / t_h):.2f}x  (goal >= 2.5x)")
     if not args.skip_batched_bench:
         batched_bench(loaded)
     return 0

@@ -19,7 +19,12 @@ from typing import Protocol
 
 import torch
 
-from kvscope.kernels.attention_torch import paged_attention_torch, write_kv_cache_torch
+from kvscope.kernels.attention_torch import (
+    AttentionPlan,
+    paged_attention_torch,
+    plan_paged_attention,
+    write_kv_cache_torch,
+)
 
 
 @dataclass(slots=True)
@@ -34,6 +39,9 @@ class AttentionMetadata:
     seq_lens_host: list[int]
     max_query_len: int
     max_seq_len: int
+    block_tables_host: list[list[int]] | None = None
+    all_slots_valid: bool = False   # no slot is -1 (no padding tokens): the KV write needs no filter
+    torch_plan: AttentionPlan | None = None  # the torch backend's plan, made by the step's first layer
 
 
 class AttentionBackend(Protocol):
@@ -56,12 +64,15 @@ class TorchAttention:
     fused_ops = None  # the model's own torch RMSNorm / RoPE
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
-        write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping)
+        write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping, all_valid=meta.all_slots_valid)
 
     def attend(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        if meta.torch_plan is None:
+            meta.torch_plan = plan_paged_attention(meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
+                                                   k_cache.shape[1], meta.block_tables_host)
         return paged_attention_torch(
             q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
-            query_lens_host=meta.query_lens_host, seq_lens_host=meta.seq_lens_host,
+            plan=meta.torch_plan,
         )
 
 

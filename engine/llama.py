@@ -29,17 +29,20 @@ from torch import nn
 from kvscope.engine.attention import AttentionBackend, AttentionMetadata
 from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.model_config import ModelConfig
+from kvscope.kernels.linear_torch import input_major, linear_torch
 
 
 class Linear(nn.Module):
-    """y = x @ weight.T without bias. Weights start uninitialized (torch.empty): loaders fill them."""
+    """y = x @ weight.T without bias. Weights start uninitialized (torch.empty): loaders fill them.
+
+    On a CPU the weight is stored input-major (kvscope.kernels.linear_torch): few-token steps stream it faster."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return linear_torch(x, self.weight)
 
 
 class Embedding(nn.Module):
@@ -67,6 +70,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
             return self.fused.rms_norm(x, self.weight, self.eps)
+        if x.dtype == torch.float32:  # one aten op; bit-equal to the lines below in our checks (torch 2.13)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         variance = x32.pow(2).mean(-1, keepdim=True)
         return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
@@ -86,6 +91,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", table.sin(), persistent=False)
         self.fused: Any = None
         self._cos_sin: torch.Tensor | None = None
+        self._step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def cos_sin(self) -> torch.Tensor:
         """[max_positions, head_dim]: cos of each frequency, then sin (the fused kernel's table)."""
@@ -98,14 +104,22 @@ class RotaryEmbedding(nn.Module):
         """q [T, H, D], k [T, KVH, D] rotated by each token's position."""
         if self.fused is not None:
             return self.fused.rope(q, k, positions, self.cos_sin())
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        cos, sin_signed = self._step_tables(positions, q.dtype)
+        half = q.shape[-1] // 2
+        # rotate_half(x) * sin == roll(x, half) * (-sin | sin): the same products, sign flips being exact
+        return (q * cos + q.roll(half, -1) * sin_signed, k * cos + k.roll(half, -1) * sin_signed)
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    def _step_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin rows [T, 1, D] of the step's positions, made by its first layer and kept for
+        the others (they all see the same positions tensor)."""
+        step = self._step
+        if step is None or step[0] is not positions or step[1].dtype != dtype:
+            half = self.cos.shape[-1] // 2
+            cos = self.cos[positions].unsqueeze(1).to(dtype)  # [T, 1, D]
+            sin = self.sin[positions].unsqueeze(1).to(dtype)
+            sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+            step = self._step = (positions, cos, sin_signed)
+        return step[1], step[2]
 
 
 class PagedAttention(nn.Module):
@@ -203,7 +217,18 @@ class LlamaModel(nn.Module):
                 raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}")
         model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
         model.rope.to(device=device, dtype=dtype)
+        if device.type == "cpu":
+            model.store_input_major()
         return model.eval()
+
+    def store_input_major(self) -> None:
+        """Lay every matmul weight out [in, out] in memory (kvscope.kernels.linear_torch), the shapes unchanged;
+        with tied embeddings the embedding too (it is the LM head's weight; row lookups read it strided)."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.weight.data = input_major(module.weight.data)
+        if self.lm_head is None:
+            self.embed.weight.data = input_major(self.embed.weight.data)
 
     def bind_kv_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], backend: AttentionBackend) -> None:
         """Give each layer its (K, V) pools and the backend; norms and RoPE use the backend's fused kernels."""
@@ -228,4 +253,4 @@ class LlamaModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return linear_torch(hidden, weight).float()

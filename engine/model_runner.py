@@ -103,6 +103,8 @@ class ModelRunner:
             seq_lens_host=seq_lens,
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
+            block_tables_host=tables,
+            all_slots_valid=min(slots, default=0) >= 0,
         )
         return ForwardContext(self._tensor(positions, torch.int64), meta)
 
