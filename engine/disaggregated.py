@@ -214,11 +214,12 @@ class DisaggregatedEngine:
 
     # --- one step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One step of every engine with requests (Ray actors step at the same time); hand finished prompts to
-        the decode engines; returns the client requests that finished. Decode engines step first, so a prompt
-        handed over in this step is loaded in the next one, as it would be with engines running apart (and its
-        pinned blocks are there to see in between). Simulated engines step one at a time instead: the one
-        whose virtual clock is earliest (a discrete-event simulation of engines running side by side)."""
+        """One round: every engine with requests steps (in this process one after the other, decode engines
+        first, so a prompt handed over now loads in the next round, as it would with engines running apart);
+        Ray actors each step on their own, and a round takes the steps that finished first (an actor starts
+        its next step as soon as its last was taken: no engine waits for another). Simulated engines step one
+        at a time: the one whose virtual clock is earliest (a discrete-event simulation of engines side by
+        side). Finished prompts go to the decode engines; returns the client requests that finished."""
         if self.virtual:
             self._deliver_handoffs()
             busy = [h for h in self.engines.values() if self._count[h.name]]
@@ -229,7 +230,9 @@ class DisaggregatedEngine:
         if self.bus.active:
             self.bus.emit(StepBegin(begin, self.step_id))
         for h in busy:
-            h.start_step()
+            if not h.in_flight:
+                h.start_step()
+        busy = self._ready(busy)
         received: dict[int, int] = {}  # client request -> tokens it received in this step
         finished: list[RequestOutput] = []
         end = begin
@@ -262,6 +265,16 @@ class DisaggregatedEngine:
                                   num_waiting=waiting))
         self.step_id += 1
         return finished
+
+    @staticmethod
+    def _ready(busy: list[EngineHandle]) -> list[EngineHandle]:
+        """The engines whose step has finished: in this process, all of them; Ray actors step on their own, and
+        the proxy takes whichever finished first (no engine waits for another's step)."""
+        local = [h for h in busy if not h.asynchronous]
+        remote = [h for h in busy if h.asynchronous]
+        if local or not remote:
+            return local + [h for h in remote if h.step_done()]
+        return type(remote[0]).wait_any(remote)
 
     def _receive(self, req: ProxyRequest, tokens: list[int], received: dict[int, int], ts: int) -> None:
         """Tokens reach the client: the first ones are its first token (FIRST_TOKEN on the proxy's bus)."""

@@ -64,11 +64,14 @@ class EngineHandle(Protocol):
     name: str
     bus: EventBus  # where its events appear in this process
     num_blocks: int
+    asynchronous: bool  # its step runs elsewhere (Ray): start_step returns at once
+    in_flight: bool     # a step started and not yet finished
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, do_remote_decode: bool) -> int: ...
     def add_remote_request(self, prompt_token_ids: list[int], first_token: int, params: SamplingParams,
                            kv_transfer_params: KVTransferParams) -> int: ...
     def start_step(self) -> None: ...
+    def step_done(self) -> bool: ...
     def finish_step(self) -> StepReport: ...
     def abort(self, request_id: int) -> bool: ...
     def release_kv(self, transfer_id: str) -> None: ...
@@ -96,6 +99,9 @@ class LocalPeer:
 class LocalEngine:
     """An engine in this process (an EngineHandle): its step runs in start_step."""
 
+    asynchronous = False
+    in_flight = False  # start_step runs the whole step
+
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.name = engine.engine_id
@@ -113,6 +119,9 @@ class LocalEngine:
 
     def start_step(self) -> None:
         self._report = step_report(self.engine, self._progress)
+
+    def step_done(self) -> bool:
+        return True
 
     def finish_step(self) -> StepReport:
         report, self._report = self._report, StepReport()

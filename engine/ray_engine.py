@@ -164,6 +164,8 @@ class RayRead:
 class RayEngine:
     """An engine actor as the proxy drives it (an EngineHandle); its events appear on `bus`."""
 
+    asynchronous = True
+
     def __init__(self, ray: ModuleType, actor: Any, name: str) -> None:
         self.ray = ray
         self.actor = actor
@@ -200,8 +202,25 @@ class RayEngine:
         return self._get(self.actor.add_remote_request.remote(prompt_token_ids, first_token, params,
                                                               kv_transfer_params))
 
+    @property
+    def in_flight(self) -> bool:
+        return self._step is not None
+
     def start_step(self) -> None:
         self._step = self.actor.step.remote()
+
+    def step_done(self) -> bool:
+        ready, _ = self.ray.wait([self._step], timeout=0)
+        return bool(ready)
+
+    @staticmethod
+    def wait_any(engines: list[RayEngine]) -> list[RayEngine]:
+        """Block until at least one of the engines' steps has finished; those that have."""
+        ray = engines[0].ray
+        by_ref = {h._step: h for h in engines}
+        ready, _ = ray.wait(list(by_ref), num_returns=1)
+        more, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
+        return [by_ref[r] for r in {*ready, *more}]
 
     def finish_step(self) -> StepReport:
         ref, self._step = self._step, None
