@@ -22,6 +22,7 @@ Transfers are pulls, as with vLLM's NIXL connector, so the producer has nothing 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -149,6 +150,7 @@ class KVConnector:
     bytes_per_block: int = 0
     step: Callable[[], int] = lambda: -1
     _ids: itertools.count = field(default_factory=itertools.count)
+    pin_lock: threading.Lock = field(default_factory=threading.Lock)  # a read of pinned blocks vs their release
 
     # --- producer (scheduler side) ------------------------------------------------------
     def request_finished(self, request: Request) -> KVTransferParams | None:
@@ -167,22 +169,27 @@ class KVConnector:
         return KVTransferParams(transfer_id, self.engine_id, request.request_id, blocks, num_tokens)
 
     def read_kv(self, kv_cache: KVCache, transfer_id: str, block_ids: tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
-        """Serve a consumer's read of pinned blocks (KVTransferError when the pins are gone)."""
-        pin = self.pinned.get(transfer_id)
-        if pin is None:
-            raise KVTransferError(f"transfer {transfer_id}: {self.engine_id} holds no such pinned blocks "
-                                  f"(released, timed out, or never pinned)")
-        if not set(block_ids) <= set(pin.request.block_table):
-            raise KVTransferError(f"transfer {transfer_id}: blocks {block_ids} are not the request's")
-        start = self.bus.clock()
-        data = kv_cache.read_blocks(list(block_ids))
-        return data, start, self.bus.clock()
+        """Serve a consumer's read of pinned blocks (KVTransferError when the pins are gone). It may run beside
+        a step of this engine (another thread): pinned blocks are written by no one, and the pin lock keeps them
+        from being freed (and reused) while they are read."""
+        with self.pin_lock:
+            pin = self.pinned.get(transfer_id)
+            if pin is None:
+                raise KVTransferError(f"transfer {transfer_id}: {self.engine_id} holds no such pinned blocks "
+                                      f"(released, timed out, or never pinned)")
+            if not set(block_ids) <= set(pin.request.block_table):
+                raise KVTransferError(f"transfer {transfer_id}: blocks {block_ids} are not the request's")
+            start = self.bus.clock()
+            data = kv_cache.read_blocks(list(block_ids))
+            return data, start, self.bus.clock()
 
     def release_kv(self, transfer_id: str) -> None:
-        """The consumer is done with (or gave up on) a transfer: free its pinned blocks."""
-        pin = self.pinned.pop(transfer_id, None)
-        if pin is not None:
-            self.block_manager.free(pin.request)
+        """The consumer is done with (or gave up on) a transfer: free its pinned blocks (the engine's lock held:
+        the block manager is the step's)."""
+        with self.pin_lock:
+            pin = self.pinned.pop(transfer_id, None)
+            if pin is not None:
+                self.block_manager.free(pin.request)
 
     def expire(self) -> list[str]:
         """Free the pins whose timeout passed (a consumer that never read or acknowledged); their ids."""

@@ -254,10 +254,10 @@ class LLMEngine:
                 self.connector.release_kv(transfer_id)
 
     def read_kv(self, transfer_id: str, block_ids: tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
-        """A prefill engine: the K/V of a transfer's pinned blocks (KVConnector.read_kv)."""
-        with self._lock:
-            assert self.connector is not None, "read_kv on an engine that is not a kv_producer"
-            return self.connector.read_kv(self.kv_cache, transfer_id, block_ids)
+        """A prefill engine: the K/V of a transfer's pinned blocks (KVConnector.read_kv). Safe beside a step in
+        another thread (the connector's pin lock, not the engine's lock): a read need not wait for a prefill."""
+        assert self.connector is not None, "read_kv on an engine that is not a kv_producer"
+        return self.connector.read_kv(self.kv_cache, transfer_id, block_ids)
 
     def expire_transfers(self) -> None:
         """A prefill engine: free the pins whose transfer timed out (done at every step; this for an idle one)."""
