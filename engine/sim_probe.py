@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from kvscope.engine.kernel_events import KernelEventBuilder
 from kvscope.engine.step_probe import NULL_PROBE, NullProbe, StepProbe
-from kvscope.inspector.events import RangeCategory, StepBegin
 from kvscope.inspector.roofline import LAYER_OPS
 
 if TYPE_CHECKING:
@@ -47,17 +46,7 @@ class SimStepProbe(StepProbe):
         self._start = 0
 
     def begin_step(self, step: int) -> StepProbe | NullProbe:
-        bus, hook = self.engine.bus, self.hook
-        if not bus.active and hook is None:
-            return NULL_PROBE
-        self.step = step
-        self.phases = []
-        self.begin_ts = bus.clock()
-        if bus.active:
-            self.engine.emit(StepBegin(self.begin_ts, step))
-        if hook is not None:
-            hook.push("step", RangeCategory.STEP, step)
-        return self
+        return self if self._open_step(step) else NULL_PROBE
 
     def end_step(self, out: SchedulerOutput, sampled: list[Request]) -> None:
         runner = self.engine.runner

@@ -76,8 +76,17 @@ class StepProbe:
                 timer.attach(model, self.engine.runner)
         elif "forward" in model.embed.__dict__:  # a timer is on the model still: ours, or an earlier engine's
             strip_op_timers(model, self.engine.runner)
-        if not bus.active and hook is None:
+        if not self._open_step(step):
             return NULL_PROBE
+        if timed:
+            timer.start_step()
+        return self
+
+    def _open_step(self, step: int) -> bool:
+        """Begin recording `step` (its StepBegin, its live range); False when nothing listens."""
+        bus, hook = self.engine.bus, self.hook
+        if not bus.active and hook is None:
+            return False
         self.step = step
         self.phases = []
         self.begin_ts = bus.clock()
@@ -85,9 +94,7 @@ class StepProbe:
             self.engine.emit(StepBegin(self.begin_ts, step))
         if hook is not None:
             hook.push("step", RangeCategory.STEP, step)
-        if timed:
-            timer.start_step()
-        return self
+        return True
 
     def phase(self, name: str, tokens: int = 0) -> StepProbe:
         """`with probe.phase(name, tokens):` times the block as phase `name` (tokens: the range's payload)."""
