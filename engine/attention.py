@@ -19,6 +19,8 @@ from typing import Protocol
 
 import torch
 
+from kvscope.kernels.attention_cpu import paged_decode_available, paged_decode_cpu
+from kvscope.kernels.norm_rope_cpu import cpu_fused_ops
 from kvscope.kernels.attention_torch import (
     AttentionPlan,
     paged_attention_torch,
@@ -61,19 +63,27 @@ class AttentionBackend(Protocol):
 
 class TorchAttention:
     name = "torch"
-    fused_ops = None  # the model's own torch RMSNorm / RoPE
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        # on a CPU the C RMSNorm / RoPE when they build (kvscope.kernels.norm_rope_cpu); else the model's own
+        self.fused_ops = cpu_fused_ops() if torch.device(device).type == "cpu" else None
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
         write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping, all_valid=meta.all_slots_valid)
 
     def attend(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        if meta.torch_plan is None:
+        if meta.torch_plan is None:  # made by the step's first layer, for every layer
             meta.torch_plan = plan_paged_attention(meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
-                                                   k_cache.shape[1], meta.block_tables_host)
-        return paged_attention_torch(
-            q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
-            plan=meta.torch_plan,
+                                                   k_cache.shape[1], meta.block_tables_host,
+                                                   decode_groups=not paged_decode_available(q, k_cache))
+        plan = meta.torch_plan
+        out = paged_attention_torch(
+            q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale, plan=plan,
         )
+        if plan.decode_requests is not None:  # the decode rows: one C call (kvscope.kernels.attention_cpu)
+            paged_decode_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+                             plan.decode_requests, scale, out)
+        return out
 
 
 class TritonAttention:
@@ -129,7 +139,7 @@ def resolve_backend_name(name: str, device: torch.device) -> str:
 def make_attention_backend(name: str, device: torch.device) -> AttentionBackend:
     name = resolve_backend_name(name, device)
     if name == "torch":
-        return TorchAttention()
+        return TorchAttention(device)
     if name == "triton":
         return TritonAttention()
     raise ValueError(f"unknown attention backend {name!r} (expected torch, triton or auto)")

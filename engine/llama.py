@@ -29,20 +29,20 @@ from torch import nn
 from kvscope.engine.attention import AttentionBackend, AttentionMetadata
 from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.model_config import ModelConfig
-from kvscope.kernels.linear_torch import input_major, linear_torch
+from kvscope.kernels.linear_cpu import linear
 
 
 class Linear(nn.Module):
     """y = x @ weight.T without bias. Weights start uninitialized (torch.empty): loaders fill them.
 
-    On a CPU the weight is stored input-major (kvscope.kernels.linear_torch): few-token steps stream it faster."""
+    On a CPU in float32 the product is kvscope's C kernel (kvscope.kernels.linear_cpu)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear_torch(x, self.weight)
+        return linear(x, self.weight)
 
 
 class Embedding(nn.Module):
@@ -217,18 +217,7 @@ class LlamaModel(nn.Module):
                 raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}")
         model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
         model.rope.to(device=device, dtype=dtype)
-        if device.type == "cpu":
-            model.store_input_major()
         return model.eval()
-
-    def store_input_major(self) -> None:
-        """Lay every matmul weight out [in, out] in memory (kvscope.kernels.linear_torch), the shapes unchanged;
-        with tied embeddings the embedding too (it is the LM head's weight; row lookups read it strided)."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.weight.data = input_major(module.weight.data)
-        if self.lm_head is None:
-            self.embed.weight.data = input_major(self.embed.weight.data)
 
     def bind_kv_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], backend: AttentionBackend) -> None:
         """Give each layer its (K, V) pools and the backend; norms and RoPE use the backend's fused kernels."""
@@ -253,4 +242,4 @@ class LlamaModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return linear_torch(hidden, weight).float()
+        return linear(hidden, weight).float()

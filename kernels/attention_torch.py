@@ -104,6 +104,7 @@ class AttentionPlan:
     num_tokens: int
     decode: list[_DecodeGroup]
     chunks: list[_Chunk]
+    decode_requests: torch.Tensor | None = None  # int32 ids of the decode requests, when another kernel takes them
 
 
 def _context(table: list[int], length: int, block_size: int, device: torch.device) -> _Context:
@@ -120,14 +121,20 @@ def plan_paged_attention(
     seq_lens_host: list[int],
     block_size: int,
     block_tables_host: list[list[int]] | None = None,
+    decode_groups: bool = True,
 ) -> AttentionPlan:
-    """The step's AttentionPlan (see paged_attention_torch for the arguments)."""
+    """The step's AttentionPlan (see paged_attention_torch for the arguments). decode_groups=False: the decode
+    requests are left to another kernel (their ids in `decode_requests`), this plan covers the chunks only."""
     device = block_tables.device
     tables = block_tables.tolist() if block_tables_host is None else block_tables_host
     qstarts = [0]
     for n in query_lens_host:
         qstarts.append(qstarts[-1] + n)
     decode_rows = [i for i, n in enumerate(query_lens_host) if n == 1]
+    decode_requests = None
+    if not decode_groups:
+        decode_requests = torch.tensor(decode_rows, dtype=torch.int32, device=device) if decode_rows else None
+        decode_rows = []
     buckets = _length_buckets(decode_rows, seq_lens_host)
     if len(buckets) == 1:
         buckets[0].sort()  # one group: keep the batch's order (then, for a pure decode step, write in place)
@@ -161,7 +168,7 @@ def plan_paged_attention(
             mask = torch.zeros(later.shape, device=device).masked_fill_(later, float("-inf"))
         chunks.append(_Chunk(slice(qstarts[i], qstarts[i] + q_len), _context(tables[i], s_len, block_size, device),
                              mask))
-    return AttentionPlan(qstarts[-1], groups, chunks)
+    return AttentionPlan(qstarts[-1], groups, chunks, decode_requests)
 
 
 def paged_attention_torch(

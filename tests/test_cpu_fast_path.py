@@ -1,5 +1,5 @@
-"""The CPU fast path: split-K linear over input-major weights, and the per-step attention plan of the torch
-backend (in-place reads of consecutive blocks, grouped decode, causal prompts), against plain oracles."""
+"""The CPU fast path against plain oracles: the C linear kernel against F.linear (and how it is built), and the
+torch backend's per-step attention plan (in-place reads of consecutive blocks, grouped decode, causal prompts)."""
 
 from __future__ import annotations
 
@@ -9,58 +9,105 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kvscope.engine.attention import AttentionMetadata, TorchAttention
 from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.engine.recipe import Recipe
-from kvscope.kernels import linear_torch as lt
+from kvscope.kernels import linear_cpu as lc
+from kvscope.kernels.c_library import CLibraryUnavailable, load_c_library
 from kvscope.kernels.attention_torch import paged_attention_torch, plan_paged_attention
+from kvscope.kernels.norm_rope_cpu import rms_norm_cpu, rope_cpu_
+from kvscope.kernels.norm_rope_torch import apply_rope_torch, rms_norm_torch, rope_cos_sin_cache
 
 
-@pytest.mark.parametrize("tokens", [1, 5, 64])
-@pytest.mark.parametrize("chunks", [2, 3, 4])
-def test_split_k_linear_matches_f_linear(tokens, chunks, monkeypatch):
-    g = torch.Generator().manual_seed(tokens * 10 + chunks)
-    w = torch.randn(40, 96, generator=g)
-    x = torch.randn(tokens, 96, generator=g)
-    calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or real_bmm(*a))
-    got = lt.linear_torch(x, lt.input_major(w), chunks=chunks)
-    assert calls, "the split-K path did not run"
-    torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 17, 64, 300])
+@pytest.mark.parametrize(("out_features", "in_features"), [(8, 16), (13, 37), (40, 96), (72, 576), (300, 1536)])
+def test_c_linear_matches_f_linear(tokens, out_features, in_features):
+    g = torch.Generator().manual_seed(tokens * 1000 + out_features)
+    w = torch.randn(out_features, in_features, generator=g)
+    x = torch.randn(tokens, in_features, generator=g)
+    got = lc.linear_cpu(x, w)
+    assert got is not None, lc.linear_cpu_status()
+    torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-4)
 
 
-def test_linear_falls_back_to_one_gemm(monkeypatch):
+def test_c_linear_reads_rows_of_a_wider_tensor():
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(6, 200, generator=g)
+    x = wide[:, 40:136]  # rows 200 floats apart, unit stride within a row
+    w = torch.randn(24, 96, generator=g)
+    torch.testing.assert_close(lc.linear_cpu(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+def test_c_linear_is_the_same_on_any_thread_count():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(1000, 576, generator=g)  # big enough for the parallel region
+    x = torch.randn(5, 576, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lc.linear_cpu(x, w)
+        torch.set_num_threads(2)
+        two = lc.linear_cpu(x, w)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)  # each output is one thread's dot product, in the same order
+
+
+def test_linear_falls_back_to_f_linear_where_the_kernel_does_not_apply():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(40, 96, generator=g)
-    monkeypatch.setattr(torch, "bmm", lambda *a: pytest.fail("split-K used"))
-    x = torch.randn(lt.SPLIT_K_MAX_TOKENS + 1, 96, generator=g)
-    assert torch.equal(lt.linear_torch(x, lt.input_major(w), chunks=2), F.linear(x, lt.input_major(w)))
     x = torch.randn(3, 96, generator=g)
-    assert torch.equal(lt.linear_torch(x, w, chunks=2), F.linear(x, w))  # row-major weight
-    im = lt.input_major(w)
-    assert torch.equal(lt.linear_torch(x, im, chunks=5), F.linear(x, im))  # 96 % 5 != 0
+    assert lc.linear_cpu(x.double(), w.double()) is None
+    assert lc.linear_cpu(x.half(), w.half()) is None
+    assert lc.linear_cpu(x, w.t().contiguous().t()) is None  # a transposed (non-contiguous) weight
+    assert lc.linear_cpu(x.t().contiguous().t(), w) is None  # columns of x not unit-stride
+    assert torch.equal(lc.linear(x.double(), w.double()), F.linear(x.double(), w.double()))
+    assert lc.linear_cpu(x[:0], w).shape == (0, 40)
 
 
-def test_input_major_is_the_same_matrix():
-    w = torch.randn(7, 5)
-    im = lt.input_major(w)
-    assert torch.equal(im, w) and im.shape == w.shape
-    assert lt.is_input_major(im) and not lt.is_input_major(w)
-    ids = torch.tensor([0, 6, 3])
-    assert torch.equal(F.embedding(ids, im), F.embedding(ids, w))
-
-
-def test_cpu_model_stores_matmul_weights_input_major():
+def test_the_c_kernel_builds_here_and_the_model_uses_it(monkeypatch):
+    assert lc.linear_cpu_status() == "kvscope C kernel (float32)"
     loaded = load_for_recipe(Recipe.from_dict({
         "model": {"source": "random", "shape": "tiny", "seed": 0}, "device": "cpu",
         "cache": {"block_size": 16, "num_blocks": 8}, "workload": {"prompts": ["-"]},
     }))
-    model = loaded.model
-    layer = model.layers[0]
-    for weight in (layer.qkv.weight, layer.o_proj.weight, layer.mlp.gate_up.weight, layer.mlp.down.weight):
-        assert lt.is_input_major(weight)
-    head = model.embed.weight if model.lm_head is None else model.lm_head.weight
-    assert lt.is_input_major(head)
+    calls = []
+    real = lc.linear_cpu
+    monkeypatch.setattr(lc, "linear_cpu", lambda x, w: calls.append(tuple(w.shape)) or real(x, w))
+    layer = loaded.model.layers[0]
+    x = torch.randn(2, loaded.config.hidden_size)
+    torch.testing.assert_close(layer.qkv(x), F.linear(x, layer.qkv.weight), rtol=1e-5, atol=1e-5)
+    assert calls == [tuple(layer.qkv.weight.shape)]
+
+
+def test_c_library_unavailable_says_why_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("KVSCOPE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("KVSCOPE_CPU_KERNELS", "0")
+    with pytest.raises(CLibraryUnavailable, match="disabled by KVSCOPE_CPU_KERNELS=0"):
+        load_c_library("linear_cpu")
+    monkeypatch.delenv("KVSCOPE_CPU_KERNELS")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(CLibraryUnavailable, match="C compiler /nonexistent/cc does not run") as info:
+        load_c_library("linear_cpu")
+    assert "\n" not in str(info.value)
+    cc = tmp_path / "badcc"
+    cc.write_text("#!/bin/sh\necho 'gcc version x'\n[ \"$1\" = --version ] && exit 0\n"
+                  "echo 'foo.c:1: error: no good' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    with pytest.raises(CLibraryUnavailable, match="compiling linear_cpu.c with .* failed: foo.c:1: error: no good"):
+        load_c_library("linear_cpu")
+    assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
+
+
+def test_c_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("KVSCOPE_CACHE_DIR", str(tmp_path))
+    lib = load_c_library("linear_cpu")
+    built = list(tmp_path.glob("linear_cpu-*.so"))
+    assert len(built) == 1 and hasattr(lib, "kvscope_linear_f32")
+    mtime = built[0].stat().st_mtime_ns
+    load_c_library("linear_cpu")
+    assert built[0].stat().st_mtime_ns == mtime and len(list(tmp_path.iterdir())) == 1
 
 
 class Pool:
@@ -154,3 +201,82 @@ def test_padding_rows_after_a_pure_decode_batch(case):
     got, _ = pool.run()
     assert got.shape == pool.q.shape
     torch.testing.assert_close(got[:-2].double(), want, rtol=2e-5, atol=2e-5)
+
+
+def _attend_through_backend(pool: Pool) -> tuple[torch.Tensor, AttentionMetadata]:
+    """The torch backend's attend on a CPU: decode rows by the C kernel, chunks by the torch reference."""
+    meta = AttentionMetadata(
+        slot_mapping=torch.zeros(0, dtype=torch.int64), block_tables=pool.block_tables,
+        query_start_loc=torch.tensor(pool.starts, dtype=torch.int32),
+        seq_lens=torch.tensor(pool.seq_lens, dtype=torch.int32), query_lens_host=pool.q_lens,
+        seq_lens_host=pool.seq_lens, max_query_len=max(pool.q_lens), max_seq_len=max(pool.seq_lens))
+    return TorchAttention("cpu").attend(pool.q, pool.k, pool.v, meta, pool.scale), meta
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("group", [1, 3])
+def test_c_decode_attention_matches_dense_oracle(case, group):
+    tables, q_lens, seq_lens = CASES[case]
+    pool = Pool(tables, q_lens, seq_lens, group=group, seed=len(case) + group)
+    got, meta = _attend_through_backend(pool)
+    decodes = [i for i, n in enumerate(q_lens) if n == 1]
+    assert meta.torch_plan.decode == [] and meta.torch_plan.decode_requests.tolist() == decodes  # the C path ran
+    torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
+
+
+def test_c_decode_attention_long_contexts_many_requests():
+    # 24 decodes of 1-300 keys over scattered 16-slot blocks: every work-sharing path of the kernel
+    g = torch.Generator().manual_seed(7)
+    lens = [int(n) for n in torch.randint(1, 300, (24,), generator=g)]
+    lens[0], lens[1] = 1, 300
+    ids = torch.randperm(24 * 19 + 3, generator=g).tolist()
+    tables, at = [], 0
+    for n in lens:
+        tables.append(ids[at:at + (n + 15) // 16])
+        at += (n + 15) // 16
+    pool = Pool(tables, [1] * 24, lens, block_size=16, n_kv=3, group=3, d=64, seed=9)
+    got, _ = _attend_through_backend(pool)
+    torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, _ = _attend_through_backend(pool)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, got)  # one request per work item: the same arithmetic on any thread count
+
+
+def test_c_decode_attention_reads_strided_queries():
+    pool = Pool(*CASES["decode-batch"], n_kv=2, group=3, d=8, seed=11)
+    wide = torch.zeros(pool.q.shape[0], 80)
+    wide[:, 10:58] = pool.q.flatten(1)
+    pool.q = wide[:, 10:58].unflatten(-1, (6, 8))  # heads 8 apart, tokens 80 apart (as q inside qkv)
+    got, _ = _attend_through_backend(pool)
+    torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(("tokens", "hidden"), [(1, 576), (3, 37), (70, 1024)])
+def test_c_rms_norm_matches_the_torch_reference(tokens, hidden):
+    g = torch.Generator().manual_seed(hidden)
+    wide = torch.randn(tokens, hidden + 9, generator=g)
+    x = wide[:, 4:4 + hidden]  # rows hidden + 9 apart
+    w = torch.randn(hidden, generator=g)
+    got = rms_norm_cpu(x, w, 1e-5)
+    assert got is not None
+    torch.testing.assert_close(got, rms_norm_torch(x, w, 1e-5), rtol=1e-6, atol=1e-6)
+    assert rms_norm_cpu(x.double(), w.double(), 1e-5) is None
+    assert rms_norm_cpu(x, w[:-1], 1e-5) is None
+
+
+def test_c_rope_rotates_in_place_like_the_torch_reference():
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(5, 9 * 8 + 2 * 3 * 8, generator=g)
+    q, k = qkv[:, :72].unflatten(-1, (9, 8)), qkv[:, 72:96].unflatten(-1, (3, 8))
+    positions = torch.tensor([0, 7, 3, 40, 1])
+    table = rope_cos_sin_cache(64, 8)
+    want_q, want_k = apply_rope_torch(q, k, positions, table)
+    assert rope_cpu_(q, k, positions, table)
+    torch.testing.assert_close(q, want_q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k, want_k, rtol=1e-6, atol=1e-6)
+    assert not rope_cpu_(q, k, positions.int(), table)  # int32 positions: the torch reference's job
+    assert not rope_cpu_(q, k, positions[:4], table)

@@ -317,7 +317,8 @@ def test_trace_with_torch_profiler_merges_cpu_ops(tmp_path, capsys):
     assert torch_ops and any(e["name"].startswith("aten::") for e in torch_ops)
     steps = [e for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "step"]
     first, last = min(e["ts"] for e in steps), max(e["ts"] + e["dur"] for e in steps)
-    mms = [e["ts"] for e in torch_ops if e["name"] in ("aten::linear", "aten::mm", "aten::addmm", "aten::bmm")]
+    matmuls = ("aten::linear", "aten::mm", "aten::addmm", "aten::bmm", "kvscope::linear_cpu")
+    mms = [e["ts"] for e in torch_ops if e["name"] in matmuls]
     outside = [t for t in mms if not first - 1000 <= t <= last + 1000]
     assert mms and not outside, f"steps span {first}..{last} us; torch mm at {outside[:5]}"  # ±1 ms
     ours = {"traceEvents": [e for e in trace["traceEvents"] if e.get("pid", 0) < 10], "otherData": {}}

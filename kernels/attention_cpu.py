@@ -1,0 +1,64 @@
+"""Decode attention on a CPU in float32 as one C call per layer (kernels/attention_cpu.c).
+
+`paged_decode_cpu` computes the one-token queries of the chosen requests over their paged K/V, reading the
+pools in place through the block tables, and writes their rows of `out`. It is the torch backend's decode
+path on a CPU (kvscope.engine.attention); kvscope.kernels.attention_torch is its reference, and handles
+everything else (prompt chunks, other dtypes, a machine where the library does not build).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+import torch.autograd.profiler as torch_profiler
+
+from kvscope.kernels.c_library import c_kernels
+
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+
+
+@functools.cache
+def _function():
+    lib = c_kernels("attention_cpu", ("-ffast-math",))[0]  # vectorised expf (glibc's libmvec), reassociated sums
+    if lib is None:
+        return None
+    fn = lib.kvscope_paged_decode_f32
+    fn.argtypes = [_P, _L, _P, _L, _P, _P, _P, _L, _P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _I]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def paged_decode_available(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether paged_decode_cpu takes these queries and pools (float32 on a CPU, the library built)."""
+    return (q.dtype is torch.float32 and k_cache.dtype is torch.float32 and q.device.type == "cpu"
+            and _function() is not None)
+
+
+def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, requests: torch.Tensor, scale: float,
+                     out: torch.Tensor) -> None:
+    """Fill out's rows of the decode `requests` (indices into the batch). Layouts as in
+    kvscope.kernels.attention_torch; out [T, H, D] contiguous float32. Only inputs paged_decode_available
+    accepts (ValueError otherwise); other layouts of q, the pools and the index tensors are made contiguous."""
+    if not paged_decode_available(q, k_cache) or v_cache.dtype is not torch.float32:
+        raise ValueError("paged_decode_cpu takes float32 queries and pools on a CPU, with the C library built")
+    if out.dtype is not torch.float32 or not out.is_contiguous():
+        raise ValueError("paged_decode_cpu writes a contiguous float32 out")
+    heads, d = q.shape[1], q.shape[2]
+    if q.stride(2) != 1 or q.stride(1) != d:
+        q = q.contiguous()
+    k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
+    tables, starts, lens, reqs = (t.to(torch.int32).contiguous()
+                                  for t in (block_tables, query_start_loc, seq_lens, requests))
+    args = (q.data_ptr(), q.stride(0), out.data_ptr(), out.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+            tables.data_ptr(), tables.stride(0), starts.data_ptr(), lens.data_ptr(), reqs.data_ptr(), reqs.numel(),
+            heads, k_cache.shape[2], d, k_cache.shape[1], scale, torch.get_num_threads())
+    if torch_profiler._is_profiler_enabled:
+        with torch.profiler.record_function("kvscope::paged_decode_cpu"):
+            status = _function()(*args)
+    else:
+        status = _function()(*args)
+    if status != 0:
+        raise MemoryError("paged_decode_cpu: scratch allocation failed")
