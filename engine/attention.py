@@ -77,9 +77,12 @@ class TorchAttention:
                                                    k_cache.shape[1], meta.block_tables_host,
                                                    decode_groups=not paged_decode_available(q, k_cache))
         plan = meta.torch_plan
-        out = paged_attention_torch(
-            q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale, plan=plan,
-        )
+        if plan.chunks or plan.decode_requests is None:
+            out = paged_attention_torch(
+                q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale, plan=plan,
+            )
+        else:  # decodes only: the C kernel writes every row (padding rows after them stay unwritten, never read)
+            out = torch.empty(q.shape, dtype=q.dtype)
         if plan.decode_requests is not None:  # the decode rows: one C call (kvscope.kernels.attention_cpu)
             paged_decode_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
                              plan.decode_requests, scale, out)

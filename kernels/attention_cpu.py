@@ -42,23 +42,26 @@ def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """Fill out's rows of the decode `requests` (indices into the batch). Layouts as in
     kvscope.kernels.attention_torch; out [T, H, D] contiguous float32. Only inputs paged_decode_available
     accepts (ValueError otherwise); other layouts of q, the pools and the index tensors are made contiguous."""
-    if not paged_decode_available(q, k_cache) or v_cache.dtype is not torch.float32:
+    fn = _function()
+    if (fn is None or q.dtype is not torch.float32 or k_cache.dtype is not torch.float32
+            or v_cache.dtype is not torch.float32 or not q.is_cpu):
         raise ValueError("paged_decode_cpu takes float32 queries and pools on a CPU, with the C library built")
-    if out.dtype is not torch.float32 or not out.is_contiguous():
-        raise ValueError("paged_decode_cpu writes a contiguous float32 out")
+    if out.dtype is not torch.float32 or not out.is_contiguous() or out.shape != q.shape:
+        raise ValueError("paged_decode_cpu writes a contiguous float32 out shaped like q")
     heads, d = q.shape[1], q.shape[2]
     if q.stride(2) != 1 or q.stride(1) != d:
         q = q.contiguous()
-    k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
-    tables, starts, lens, reqs = (t.to(torch.int32).contiguous()
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
+    tables, starts, lens, reqs = (t if t.dtype is torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
                                   for t in (block_tables, query_start_loc, seq_lens, requests))
     args = (q.data_ptr(), q.stride(0), out.data_ptr(), out.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
             tables.data_ptr(), tables.stride(0), starts.data_ptr(), lens.data_ptr(), reqs.data_ptr(), reqs.numel(),
             heads, k_cache.shape[2], d, k_cache.shape[1], scale, torch.get_num_threads())
     if torch_profiler._is_profiler_enabled:
         with torch.profiler.record_function("kvscope::paged_decode_cpu"):
-            status = _function()(*args)
+            status = fn(*args)
     else:
-        status = _function()(*args)
+        status = fn(*args)
     if status != 0:
         raise MemoryError("paged_decode_cpu: scratch allocation failed")
