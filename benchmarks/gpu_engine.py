@@ -67,12 +67,13 @@ def prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return [torch.randint(0, min(vocab, 256), (length,), generator=g).tolist() for _ in range(n)]
 
 
-def greedy(loaded, backend: str, batch: list[list[int]], max_tokens: int) -> list[list[int]]:
+def greedy(loaded, backend: str, batch: list[list[int]], max_tokens: int,
+           extra: dict | None = None) -> list[list[int]]:
     from kvscope.engine.llm_engine import LLMEngine
     from kvscope.engine.sampling import SamplingParams
 
     need = sum(-(-(len(p) + max_tokens) // 16) for p in batch) + 4
-    engine = LLMEngine(recipe(loaded, backend, len(batch), need, 64), loaded=loaded, kernel_events=False)
+    engine = LLMEngine(recipe(loaded, backend, len(batch), need, 64, extra), loaded=loaded, kernel_events=False)
     ids = [engine.add_request(p, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
            for p in batch]
     while engine.has_unfinished():
@@ -97,6 +98,12 @@ def cmd_equality(args) -> dict:
         result["shapes"][shape] = {"identical": f"{same}/{len(want)}", "matching_prefix": prefix,
                                    "outputs_differ_by_prompt": varied, "seconds": round(time.perf_counter() - t0, 2)}
         print(f"{shape}: {same}/{len(want)} identical greedy sequences, matching prefixes {prefix}", flush=True)
+        if args.device == "cuda" and cuda_graphs_supported():  # decode steps replayed as CUDA graphs: same tokens
+            graphed = greedy(loaded, "triton", batch, args.max_tokens, {"cuda_graphs": True})
+            same_graphed = sum(a == b for a, b in zip(graphed, got))
+            all_equal &= same_graphed == len(got)
+            result["shapes"][shape]["cuda_graphs_identical_to_eager_triton"] = f"{same_graphed}/{len(got)}"
+            print(f"{shape}: CUDA graphs {same_graphed}/{len(got)} identical to eager triton", flush=True)
         del loaded
         if args.device == "cuda":
             torch.cuda.empty_cache()
@@ -147,8 +154,8 @@ def cuda_graphs_supported() -> bool:
     from kvscope.engine.recipe import Recipe
 
     try:
-        Recipe.from_dict({"model": {"source": "random", "shape": "tiny"}, "cuda_graphs": True,
-                          "workload": {"prompts": ["-"]}})
+        Recipe.from_dict({"model": {"source": "random", "shape": "tiny"}, "cuda_graphs": True, "device": "cuda",
+                          "attention_backend": "triton", "workload": {"prompts": ["-"]}})
     except Exception:
         return False
     return True
@@ -161,7 +168,8 @@ def cmd_throughput(args) -> dict:
     for batch in args.batches:
         for mode in [{"eager": "eager", "graphs": "cuda graphs"}[m] for m in args.modes]:
             if mode == "cuda graphs" and not graphs:
-                rows.append({"batch": batch, "mode": mode, "status": "not implemented (recipe has no cuda_graphs)"})
+                why = "needs CUDA" if cuda_graphs_supported() else "not implemented (recipe has no cuda_graphs)"
+                rows.append({"batch": batch, "mode": mode, "status": f"{why} (this run is on {args.device})"})
                 continue
             extra = {"cuda_graphs": mode == "cuda graphs"} if graphs else None
             row = {"mode": mode, **decode_run(loaded, batch, args.prompt_len, args.steps, extra)}

@@ -1,5 +1,10 @@
 """Kernel events: the op timer's records joined with the analytic cost model (one implementation:
-kvscope.inspector.roofline), so every KernelEvent carries its FLOPs and bytes."""
+kvscope.inspector.roofline), so every KernelEvent carries its FLOPs and bytes.
+
+A replayed CUDA graph is one record (`cuda_graph`, its CUDA-event time): it becomes the forward's ops
+(embedding, each layer's, final norm) laid end to end over that time, each given a share in proportion to
+the bytes the cost model says it moves (a decode step is bandwidth-bound), with the backend
+"cuda graph, split estimated" so no one mistakes them for measured launches."""
 
 from __future__ import annotations
 
@@ -8,7 +13,17 @@ import torch
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.scheduler import ScheduledRequest
 from kvscope.inspector.events import KernelEvent
-from kvscope.inspector.roofline import STEP_OPS, OpCost, attention_cost, layer_token_costs, model_token_costs
+from kvscope.inspector.roofline import (
+    LAYER_OPS,
+    STEP_OPS,
+    OpCost,
+    attention_cost,
+    layer_token_costs,
+    model_token_costs,
+)
+
+GRAPH_OP = "cuda_graph"  # the op timer's name for a replayed decode graph (kvscope.engine.cuda_graphs)
+GRAPH_BACKEND = "cuda graph, split estimated"  # the backend label of the ops a graph's time is split over
 
 
 class KernelEventBuilder:
@@ -55,5 +70,25 @@ class KernelEventBuilder:
         costs["sample"] = OpCost(num_sampled * self.vocab * 2, num_sampled * self.vocab * 4)
         shapes = f"T={num_tokens + num_padding_tokens} B={len(scheduled)}"
         backend_of = self.backend_of
-        return [KernelEvent(end, step, op, layer, backend_of[op], start, end, shapes, *costs[op])
-                for op, layer, start, end in records]
+        events = []
+        for op, layer, start, end in records:
+            if op == GRAPH_OP:
+                events.extend(self.graph_split(step, start, end, costs, shapes))
+            else:
+                events.append(KernelEvent(end, step, op, layer, backend_of[op], start, end, shapes, *costs[op]))
+        return events
+
+    def graph_split(self, step: int, start: int, end: int, costs: dict[str, OpCost],
+                    shapes: str) -> list[KernelEvent]:
+        """A replayed graph's [start, end) over the forward's ops, in call order, shares by modelled bytes."""
+        ops = [("embed", -1)] + [(op, i) for i in range(self.config.num_layers) for op in LAYER_OPS]
+        ops.append(("final_norm", -1))
+        weights = [max(costs[op].bytes, 1) for op, _ in ops]
+        total, span = sum(weights), end - start
+        events, done, t = [], 0, start
+        for (op, layer), w in zip(ops, weights):
+            done += w
+            t_end = start + span * done // total
+            events.append(KernelEvent(t_end, step, op, layer, GRAPH_BACKEND, t, t_end, shapes, *costs[op]))
+            t = t_end
+        return events

@@ -26,7 +26,8 @@ from kvscope.engine.loader import load_model, load_shape
 from kvscope.engine.math_utils import cdiv
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.model_runner import ModelRunner
-from kvscope.engine.op_timer import RangeHook
+from kvscope.engine.cuda_graphs import DecodeGraphs
+from kvscope.engine.op_timer import RangeHook, strip_op_timers
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.request import Request, RequestOutput
 from kvscope.engine.request_check import Prompt, RequestCheck, max_model_len
@@ -111,6 +112,8 @@ class LLMEngine:
             raise RecipeError(f"{recipe.source}: attention_backend: {refusal}")
         self.backend = make_attention_backend(self.backend_name, self.device)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.backend, self.device)
+        if recipe.cuda_graphs:
+            self._capture_decode_graphs()
         self.drafter: Drafter | None = make_drafter(recipe.speculative, self)
         self.probe = StepProbe(self, range_hook, kernel_events)
         self.generator = torch.Generator().manual_seed(recipe.sampling.seed or 0)
@@ -118,6 +121,15 @@ class LLMEngine:
         self.reset()
 
     # --- set-up -----------------------------------------------------------------------
+    def _capture_decode_graphs(self) -> None:
+        """CUDA graphs of the decode step for the batch-size ladder (kvscope.engine.cuda_graphs)."""
+        if self.device.type != "cuda" or self.backend_name != "triton":
+            raise RecipeError(f"{self.recipe.source}: cuda_graphs: needs a CUDA device and the triton attention "
+                              f"backend; this run is on {self.device.type} with {self.backend_name}")
+        strip_op_timers(self.loaded.model, self.runner)  # nothing of a timer may be captured into a graph
+        self.runner.graphs = DecodeGraphs(self.loaded.model, self.device, self.recipe.scheduler.max_num_seqs,
+                                          self.max_model_len, self.block_size)
+
     def _set_up_simulation(self, range_hook: RangeHook | None, kernel_events: bool) -> None:
         """The rest of __init__ on a simulated device: no weights, no KV tensors; a SimRunner, the virtual
         clock on the bus, the pool as `kvscope kv` sizes it (unless the recipe gives one)."""

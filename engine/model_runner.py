@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from kvscope.engine.attention import AttentionBackend, AttentionMetadata
+from kvscope.engine.cuda_graphs import DecodeGraphs
 from kvscope.engine.forward_context import ForwardContext
 from kvscope.engine.kv_cache import KVCache
 from kvscope.engine.rejection_sampler import verify
@@ -43,6 +44,7 @@ class ModelRunner:
         self.backend = backend
         self.device = device
         self.block_size = kv_cache.block_size
+        self.graphs: DecodeGraphs | None = None  # CUDA graphs for decode steps (kvscope.engine.cuda_graphs)
         model.bind_kv_cache(self.kv_layers, backend)
 
     def prepare(self, out: SchedulerOutput) -> PreparedBatch:
@@ -116,7 +118,11 @@ class ModelRunner:
         """Float32 logits [len(batch.sampled), vocab], or None when no request samples this step."""
         if self.model.layers[0].attn.k_cache is not self.kv_layers[0][0]:
             self.model.bind_kv_cache(self.kv_layers, self.backend)  # another engine on this model ran since
-        hidden = self.model(batch.input_ids, batch.ctx)
+        graphs = self.graphs
+        if graphs is not None and graphs.applies(batch.input_ids, batch.ctx, batch.num_verified):
+            hidden = graphs.run(batch.input_ids, batch.ctx)
+        else:
+            hidden = self.model(batch.input_ids, batch.ctx)
         if not batch.sampled:
             return None
         return self.model.compute_logits(hidden[batch.logits_rows])

@@ -49,6 +49,9 @@ def _op_sites(model: Any, runner: Any | None) -> Iterator[tuple[Any, str, str]]:
         yield layer.mlp, "forward", "mlp"
     yield model.final_norm, "forward", "final_norm"
     yield model, "compute_logits", "lm_head"
+    graphs = getattr(runner, "graphs", None)
+    if graphs is not None:  # a replayed decode graph: the ops above do not run, this does (one launch)
+        yield graphs, "replay", "cuda_graph"
     if runner is not None:
         yield runner, "sample_rows", "sample"
 

@@ -165,6 +165,7 @@ class Recipe:
     dtype: str = "float32"
     device: str = "cpu"
     attention_backend: str = "auto"
+    cuda_graphs: bool = False  # decode steps replayed as CUDA graphs (kvscope.engine.cuda_graphs): CUDA + triton
     cache: CacheSpec = field(default_factory=CacheSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -290,7 +291,7 @@ class _Validator:
 
     # --- sections ---------------------------------------------------------------------
     def recipe(self, data: Any) -> Recipe:
-        known = ("name", "description", "model", "dtype", "device", "attention_backend", "cache",
+        known = ("name", "description", "model", "dtype", "device", "attention_backend", "cuda_graphs", "cache",
                  "scheduler", "sampling", "workload", "speculative", "variants", "sim", "deployment")
         d = self.mapping(data, "", known)
         r = Recipe(source=self.source, raw=copy.deepcopy(d))
@@ -305,6 +306,11 @@ class _Validator:
         r.device = self.choice(d.get("device", r.device), "device", DEVICES)
         r.attention_backend = self.choice(d.get("attention_backend", r.attention_backend), "attention_backend",
                                           BACKENDS)
+        r.cuda_graphs = self.boolean(d.get("cuda_graphs", False), "cuda_graphs")
+        if r.cuda_graphs and (r.device in ("cpu", "sim") or r.attention_backend == "torch"):
+            raise self.fail("cuda_graphs", f"needs device cuda (or auto, on a GPU) and the triton attention backend; "
+                                           f"this recipe has device {r.device}, attention_backend "
+                                           f"{r.attention_backend}")
         if r.device == "sim":
             r.sim = self.sim(d.get("sim"))
         elif "sim" in d:
