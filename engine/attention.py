@@ -64,9 +64,11 @@ class AttentionBackend(Protocol):
 class TorchAttention:
     name = "torch"
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
-        # on a CPU the C RMSNorm / RoPE when they build (kvscope.kernels.norm_rope_cpu); else the model's own
-        self.fused_ops = cpu_fused_ops() if torch.device(device).type == "cpu" else None
+    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        # a float32 model on a CPU: the C RMSNorm / RoPE when they build (kvscope.kernels.norm_rope_cpu);
+        # anything else: the model's own torch code (for 16-bit dtypes it rounds as Hugging Face's does)
+        on_cpu = torch.device(device).type == "cpu" and dtype == torch.float32
+        self.fused_ops = cpu_fused_ops() if on_cpu else None
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
         write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping, all_valid=meta.all_slots_valid)
@@ -139,10 +141,10 @@ def resolve_backend_name(name: str, device: torch.device) -> str:
     return name
 
 
-def make_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+def make_attention_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> AttentionBackend:
     name = resolve_backend_name(name, device)
     if name == "torch":
-        return TorchAttention(device)
+        return TorchAttention(device, dtype)
     if name == "triton":
         return TritonAttention()
     raise ValueError(f"unknown attention backend {name!r} (expected torch, triton or auto)")

@@ -110,7 +110,7 @@ class LLMEngine:
         refusal = backend_refusal(self.backend_name, self.device)
         if refusal is not None:
             raise RecipeError(f"{recipe.source}: attention_backend: {refusal}")
-        self.backend = make_attention_backend(self.backend_name, self.device)
+        self.backend = make_attention_backend(self.backend_name, self.device, self.loaded.dtype)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.backend, self.device)
         if recipe.cuda_graphs:
             self._capture_decode_graphs()
