@@ -12,7 +12,8 @@ The markdown table is printed last.
 
 Steps: environment, ceilings (copy GB/s, matmul TFLOP/s), kernel_tests (tests/test_kernels_device.py,
 compiled), kernels_bench (benchmarks/kernels.py), engine_equality and engine_throughput
-(benchmarks/gpu_engine.py), engine_cuda_graphs (skipped until the recipe has `cuda_graphs`), trace
+(benchmarks/gpu_engine.py; equality also compares CUDA-graph decode with eager), engine_cuda_graphs
+(the throughput with `cuda_graphs: true`), trace
 (`kvscope trace` + tests/trace_checks.py), ncu (benchmarks/gpu_ncu_target.py against the cost model),
 kernels_flex, nsys (live `nsys profile` and ImportNvtxt), calibrate (when the CLI has it).
 `python benchmarks/gpu_check.py --step NAME --work DIR` runs one in-process step and prints `RESULT {...}`.

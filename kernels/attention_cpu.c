@@ -74,7 +74,7 @@ int kvscope_paged_decode_f32(const float *q, long q_tok, float *out, long o_tok,
     }
     work *= (long)H * D;
     int failed = 0;
-#pragma omp parallel num_threads(threads) if (threads > 1 && items > 1 && work >= 65536) reduction(| : failed)
+#pragma omp parallel num_threads(threads) if (threads > 1 && items > 1 && work >= 8192) reduction(| : failed)
     {
         float *s = malloc(sizeof(float) * (size_t)span * group * (size_t)longest);
         float *acc = malloc(sizeof(float) * (size_t)span * group * (size_t)D);
