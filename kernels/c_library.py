@@ -72,24 +72,35 @@ def load_c_library(name: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     key = hashlib.sha256("\0".join([source.read_text(), *flags, cc, version, _cpu_signature()]).encode())
     target = cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run([cc, *flags, "-o", tmp, str(source), "-lm"], capture_output=True, text=True,
-                                  timeout=300)
-            if done.returncode != 0:
-                lines = done.stderr.strip().splitlines() or ["no message"]
-                first = next((ln for ln in lines if "error" in ln), lines[0])
-                raise CLibraryUnavailable(f"compiling {source.name} with {cc} failed: {first}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _build(cc, flags, source, target)
     try:
         return ctypes.CDLL(str(target))
     except OSError as exc:
         raise CLibraryUnavailable(f"loading {target}: {exc}") from None
+
+
+def _build(cc: str, flags: tuple[str, ...], source: Path, target: Path) -> None:
+    """Compile into a temporary file beside `target`, then rename it into place (atomic)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise CLibraryUnavailable(f"cannot write the kernel cache {target.parent}: {exc.strerror or exc} "
+                                  f"(set KVSCOPE_CACHE_DIR to a writable folder)") from None
+    try:
+        done = subprocess.run([cc, *flags, "-o", tmp, str(source), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["no message"]
+            first = next((ln for ln in lines if "error" in ln), lines[0])
+            raise CLibraryUnavailable(f"compiling {source.name} with {cc} failed: {first}")
+        os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CLibraryUnavailable(f"compiling {source.name} with {cc} failed: {exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @functools.cache

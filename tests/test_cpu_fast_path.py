@@ -100,6 +100,14 @@ def test_c_library_unavailable_says_why_in_one_line(monkeypatch, tmp_path):
     assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
 
 
+def test_c_library_with_an_unwritable_cache_says_so(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("KVSCOPE_CACHE_DIR", str(blocked / "cache"))
+    with pytest.raises(CLibraryUnavailable, match="cannot write the kernel cache .*: Not a directory .set KVSCOPE_CACHE_DIR"):
+        load_c_library("linear_cpu")
+
+
 def test_c_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("KVSCOPE_CACHE_DIR", str(tmp_path))
     lib = load_c_library("linear_cpu")
