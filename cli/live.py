@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from kvscope.cli.recipe_args import recipe_header
-from kvscope.cli.text_probe import attach_text_probe
+from kvscope.cli.text_probe import attach_engine_text_probes, attach_text_probe
 from kvscope.engine.llm_engine import resolve_device
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.session import RunSession
@@ -41,7 +41,9 @@ def live_app(recipe: Recipe, *, subscribers: tuple[Callable[[Any], None], ...] =
         peaks = _measure_peaks_before_the_engine_starts(_resolved_device(recipe), recipe.dtype, gpu_name)
     def session(bus: EventBus) -> RunSession:
         run = RunSession(recipe, bus=bus, range_hook=range_hook)
-        if not recipe.deployment.disaggregated:  # a deployment's text lives on its engines, not on the proxy
+        if recipe.deployment.disaggregated:  # the panel follows a decode engine: its text, under its ids
+            attach_engine_text_probes(run)
+        else:
             attach_text_probe(run)  # the token stream: prompt and generated text, for the panel and the recording
         return run
 

@@ -12,6 +12,7 @@ cli, which may import the engine; the TUI only folds the events.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from kvscope.inspector.event_fold import EventFold
@@ -75,6 +76,20 @@ class TextProbe(EventFold):
                 self.bus.emit(TokenText(now_ns(), ev.step, rid, rest, "", 0))
         self._finished.clear()
         self._accepted.clear()
+
+
+def attach_engine_text_probes(session: RunSession) -> list[TextProbe]:
+    """A deployment: a TextProbe on each decode engine's own bus, in this process (the TUI's text panel follows
+    the first decode engine, under its request ids). Engines in Ray actors get none: their requests live there."""
+    probes = []
+    for name, handle in session.engine.engines.items():
+        engine = getattr(handle, "engine", None)  # an in-process handle's LLMEngine
+        if engine is None or not name.startswith("decode"):
+            continue
+        probe = TextProbe(SimpleNamespace(engine=engine, tokenizer=engine.tokenizer, bus=handle.bus))  # type: ignore[arg-type]
+        handle.bus.subscribe(probe)
+        probes.append(probe)
+    return probes
 
 
 def attach_text_probe(session: RunSession) -> TextProbe:

@@ -104,7 +104,7 @@ def test_c_library_with_an_unwritable_cache_says_so(monkeypatch, tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("KVSCOPE_CACHE_DIR", str(blocked / "cache"))
-    with pytest.raises(CLibraryUnavailable, match="cannot write the kernel cache .*: Not a directory .set KVSCOPE_CACHE_DIR"):
+    with pytest.raises(CLibraryUnavailable, match="cannot write the kernel cache .*KVSCOPE_CACHE_DIR"):
         load_c_library("linear_cpu")
 
 

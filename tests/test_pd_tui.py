@@ -50,6 +50,14 @@ def test_one_block_map_per_engine_and_pins_marked():
             assert main.border_title.startswith("decode-0: KV blocks")
             decode = c.session.engine.engines["decode-0"].engine
             assert app.model.view.tables == decode.block_tables()
+            # the text panel follows the decode engine too: its requests' prompts and outputs, under its ids
+            done = [r for r in decode.requests.values() if r.output_token_ids]
+            assert done
+            for r in done:
+                assert app.model.text.prompt(r.request_id) == decode.tokenizer.decode(r.prompt_token_ids,
+                                                                                      skip_special_tokens=False)
+                assert app.model.text.output(r.request_id) == decode.tokenizer.decode(r.output_token_ids,
+                                                                                      skip_special_tokens=False)
             await pilot.press("q")
 
     asyncio.run(scenario())
