@@ -99,13 +99,17 @@ class DecodeGraphs:
             self.block_tables[n:size].zero_()
             self.seq_lens[n:size].fill_(1)
         self.replays += 1
-        captured = self.graphs.get(size)
-        if captured is None:  # capture=False: the same buffers, eagerly
-            return self.model(self.input_ids[:size], self._context(size))[:n]
-        self.replay(captured)
-        return captured.hidden[:n]
+        return self._forward(size)[:n]
 
-    def replay(self, captured: _Captured) -> None:
+    def _forward(self, size: int) -> torch.Tensor:
+        """Hidden states [size, hidden] over the filled buffers: the captured graph, or (capture=False) eagerly."""
+        captured = self.graphs.get(size)
+        if captured is None:
+            return self.model(self.input_ids[:size], self._context(size))
+        self.replay(captured)
+        return captured.hidden
+
+    def replay(self, captured: Any) -> None:
         """Launch one captured forward pass (the op timer times this call as `cuda_graph`)."""
         captured.graph.replay()
 

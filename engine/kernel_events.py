@@ -63,7 +63,7 @@ class KernelEventBuilder:
                                             kv_bytes=elt)
         return costs
 
-    def events(self, step: int, records: list[tuple[str, int, int, int]], scheduled: list[ScheduledRequest],
+    def events(self, step: int, records: list[tuple], scheduled: list[ScheduledRequest],
                num_sampled: int, num_padding_tokens: int = 0, num_tokens: int = 0) -> list[KernelEvent]:
         """One KernelEvent per record, with the op's FLOPs and bytes for this step's batch."""
         costs = self.costs(scheduled, num_padding_tokens)
@@ -71,11 +71,13 @@ class KernelEventBuilder:
         shapes = f"T={num_tokens + num_padding_tokens} B={len(scheduled)}"
         backend_of = self.backend_of
         events = []
-        for op, layer, start, end in records:
+        for record in records:
+            op, layer, start, end = record[:4]
             if op == GRAPH_OP:
                 events.extend(self.graph_split(step, start, end, costs, shapes))
             else:
-                events.append(KernelEvent(end, step, op, layer, backend_of[op], start, end, shapes, *costs[op]))
+                backend = record[4] if len(record) > 4 else backend_of[op]  # a CPU decode program names itself
+                events.append(KernelEvent(end, step, op, layer, backend, start, end, shapes, *costs[op]))
         return events
 
     def graph_split(self, step: int, start: int, end: int, costs: dict[str, OpCost],

@@ -27,6 +27,7 @@ from kvscope.engine.math_utils import cdiv
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.model_runner import ModelRunner
 from kvscope.engine.cuda_graphs import DecodeGraphs
+from kvscope.engine.decode_program import CpuDecodePrograms
 from kvscope.engine.op_timer import RangeHook, strip_op_timers
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.request import Request, RequestOutput
@@ -114,6 +115,10 @@ class LLMEngine:
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.backend, self.device)
         if recipe.cuda_graphs:
             self._capture_decode_graphs()
+        elif CpuDecodePrograms.applies_to(self.loaded.model, self.loaded.dtype, self.device, self.backend):
+            self.runner.graphs = CpuDecodePrograms(self.loaded.model, self.runner.kv_layers,
+                                                   recipe.scheduler.max_num_seqs, self.max_model_len,
+                                                   self.block_size)
         self.drafter: Drafter | None = make_drafter(recipe.speculative, self)
         self.probe = StepProbe(self, range_hook, kernel_events)
         self.generator = torch.Generator().manual_seed(recipe.sampling.seed or 0)

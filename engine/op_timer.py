@@ -24,7 +24,8 @@ import torch
 
 from kvscope.inspector.events import RangeCategory
 
-OpRecord = tuple[str, int, int, int]  # (op, layer, start ns, end ns)
+OpRecord = tuple  # (op, layer, start ns, end ns), or with a 5th item: the backend that ran it (a CPU decode program)
+PROGRAM_BACKEND = "cpu decode program"  # the backend of ops measured inside one (kvscope.engine.decode_program)
 
 
 class RangeHook(Protocol):
@@ -82,7 +83,9 @@ class OpTimer:
         strip_op_timers(model, runner)
         self._installed = []
         for obj, attr, op in _op_sites(model, runner):
-            self._install(obj, attr, self._timed(getattr(obj, attr), op))
+            fn = getattr(obj, attr)
+            measured = op == "cuda_graph" and getattr(obj, "measures_ops", False)
+            self._install(obj, attr, self._measured(fn, obj) if measured else self._timed(fn, op))
         for index, layer in enumerate(model.layers):
             self._install(layer, "forward", self._in_layer(layer.forward, index))
 
@@ -143,6 +146,27 @@ class OpTimer:
                 return out
 
         return timed
+
+    def _measured(self, fn: Callable[..., Any], owner: Any) -> Callable[..., Any]:
+        """A CPU decode program (kvscope.engine.decode_program): it stamps its own ops; their times, taken on
+        perf_counter_ns, are mapped onto this timer's clock over the call's span (the identity, up to a few ns,
+        when the clock is perf_counter_ns; a CPU-time clock gets them scaled into the call)."""
+        records, hook, clock, mono = self.records, self.hook, self.clock, time.perf_counter_ns
+
+        def measured(*args: Any) -> Any:
+            if hook is not None:
+                hook.push("decode_program", RangeCategory.KERNEL)
+            c0, m0 = clock(), mono()
+            out = fn(*args)
+            m1, c1 = mono(), clock()
+            scale = (c1 - c0) / max(m1 - m0, 1)
+            records.extend((op, layer, c0 + int((s - m0) * scale), c0 + int((e - m0) * scale), PROGRAM_BACKEND)
+                           for op, layer, s, e in owner.op_records())
+            if hook is not None:
+                hook.pop()
+            return out
+
+        return measured
 
     # --- one step ---------------------------------------------------------------------
     def start_step(self) -> None:

@@ -60,6 +60,25 @@ static void decode_one(const float *q, float *out, const float *k_cache, const f
     for (int i = 0; i < heads * D; i++) out[i] = acc[i];
 }
 
+/* One thread's share (an orphaned `omp for`) of the decode attention; `s` and `acc` are this thread's scratch
+ * (group * span * longest and group * span * D floats, span = KVH / split). Returns -1 when they are NULL. */
+int kvscope_paged_decode_f32_team(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
+                                  const float *v_cache, const int *block_tables, long bt_stride,
+                                  const int *query_start_loc, const int *seq_lens, const int *requests, int R, int H,
+                                  int KVH, int D, int bs, float scale, int split, float *s, float *acc) {
+    const int group = H / KVH, items = R * split, span = KVH / split;
+#pragma omp for schedule(dynamic, 1)
+    for (int w = 0; w < items; w++) {
+        if (s == NULL || acc == NULL) continue;
+        const int r = requests[w / split], kh0 = (w % split) * span, t = query_start_loc[r];
+        const size_t head0 = (size_t)kh0 * group * D;
+        decode_one(q + (size_t)t * q_tok + head0, out + (size_t)t * o_tok + head0, k_cache, v_cache,
+                   block_tables + (size_t)r * bt_stride, seq_lens[r], kh0, kh0 + span, group, KVH, D, bs, scale, s,
+                   acc);
+    }
+    return s == NULL || acc == NULL ? -1 : 0;
+}
+
 /* Returns 0, or -1 when a scratch allocation failed. Work items are requests (whole slot rows read once), or
  * (request, K/V head) pairs when there are fewer requests than threads. */
 int kvscope_paged_decode_f32(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
@@ -78,16 +97,9 @@ int kvscope_paged_decode_f32(const float *q, long q_tok, float *out, long o_tok,
     {
         float *s = malloc(sizeof(float) * (size_t)span * group * (size_t)longest);
         float *acc = malloc(sizeof(float) * (size_t)span * group * (size_t)D);
-        if (s == NULL || acc == NULL) failed = 1;
-#pragma omp for schedule(dynamic, 1)
-        for (int w = 0; w < items; w++) {
-            if (s == NULL || acc == NULL) continue;
-            const int r = requests[w / split], kh0 = (w % split) * span, t = query_start_loc[r];
-            const size_t head0 = (size_t)kh0 * group * D;
-            decode_one(q + (size_t)t * q_tok + head0, out + (size_t)t * o_tok + head0, k_cache, v_cache,
-                       block_tables + (size_t)r * bt_stride, seq_lens[r], kh0, kh0 + span, group, KVH, D, bs, scale,
-                       s, acc);
-        }
+        failed |= kvscope_paged_decode_f32_team(q, q_tok, out, o_tok, k_cache, v_cache, block_tables, bt_stride,
+                                                query_start_loc, seq_lens, requests, R, H, KVH, D, bs, scale, split,
+                                                s, acc) != 0;
         free(s);
         free(acc);
     }

@@ -23,7 +23,7 @@ static inline int min_int(int a, int b) { return a < b ? a : b; }
 
 /* Any rows x tokens: one dot product at a time (tile edges). */
 static void tile_any(const float *restrict x, long ldx, const float *restrict w, int K, float *restrict y,
-                     int ldy, int rows, int toks) {
+                     int ldy, int rows, int toks, int acc) {
     for (int t = 0; t < toks; t++) {
         const float *xt = x + (size_t)t * ldx;
         for (int r = 0; r < rows; r++) {
@@ -31,7 +31,7 @@ static void tile_any(const float *restrict x, long ldx, const float *restrict w,
             float s = 0.f;
 #pragma omp simd reduction(+ : s)
             for (int k = 0; k < K; k++) s += wr[k] * xt[k];
-            y[(size_t)t * ldy + r] = s;
+            y[(size_t)t * ldy + r] = acc ? y[(size_t)t * ldy + r] + s : s;
         }
     }
 }
@@ -45,7 +45,7 @@ static inline __m512 load_k(const float *p, int k, int K) {
 }
 
 /* 8 rows x 1 token, one row at a time: a single stream through memory, four accumulators per row. */
-static void tile_8x1(const float *restrict x, const float *restrict w, int K, float *restrict y) {
+static void tile_8x1(const float *restrict x, const float *restrict w, int K, float *restrict y, int acc) {
     for (int r = 0; r < 8; r++) {
         const float *wr = w + (size_t)r * K;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -57,14 +57,15 @@ static void tile_8x1(const float *restrict x, const float *restrict w, int K, fl
             a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 48), _mm512_loadu_ps(x + k + 48), a3);
         }
         for (; k < K; k += 16) a0 = _mm512_fmadd_ps(load_k(wr, k, K), load_k(x, k, K), a0);
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        y[r] = acc ? y[r] + sum : sum;
     }
 }
 
 #else /* portable C: the compiler vectorises the `omp simd` reductions */
 
 /* 8 rows x 1 token: eight independent accumulators keep both FMA pipes busy while w streams. */
-static void tile_8x1(const float *restrict x, const float *restrict w, int K, float *restrict y) {
+static void tile_8x1(const float *restrict x, const float *restrict w, int K, float *restrict y, int acc) {
     const float *w0 = w, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K, *w4 = w3 + K, *w5 = w4 + K, *w6 = w5 + K,
                 *w7 = w6 + K;
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f, s5 = 0.f, s6 = 0.f, s7 = 0.f;
@@ -74,13 +75,15 @@ static void tile_8x1(const float *restrict x, const float *restrict w, int K, fl
         s0 += w0[k] * b; s1 += w1[k] * b; s2 += w2[k] * b; s3 += w3[k] * b;
         s4 += w4[k] * b; s5 += w5[k] * b; s6 += w6[k] * b; s7 += w7[k] * b;
     }
-    y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3; y[4] = s4; y[5] = s5; y[6] = s6; y[7] = s7;
+    const float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
+    for (int r = 0; r < 8; r++) y[r] = acc ? y[r] + s[r] : s[r];
 }
 
 #endif
 
 /* 4 rows x 4 tokens: sixteen accumulators, each weight and activation load used four times. */
-static void tile_4x4(const float *restrict x, long ldx, const float *restrict w, int K, float *restrict y, int ldy) {
+static void tile_4x4(const float *restrict x, long ldx, const float *restrict w, int K, float *restrict y, int ldy,
+                     int acc) {
     const float *w0 = w, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
     const float *x0 = x, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
     float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, b0 = 0.f, b1 = 0.f, b2 = 0.f, b3 = 0.f;
@@ -94,21 +97,22 @@ static void tile_4x4(const float *restrict x, long ldx, const float *restrict w,
         c0 += u0 * r; c1 += u1 * r; c2 += u2 * r; c3 += u3 * r;
         d0 += u0 * s; d1 += u1 * s; d2 += u2 * s; d3 += u3 * s;
     }
-    float *y0 = y, *y1 = y0 + ldy, *y2 = y1 + ldy, *y3 = y2 + ldy;
-    y0[0] = a0; y0[1] = a1; y0[2] = a2; y0[3] = a3;
-    y1[0] = b0; y1[1] = b1; y1[2] = b2; y1[3] = b3;
-    y2[0] = c0; y2[1] = c1; y2[2] = c2; y2[3] = c3;
-    y3[0] = d0; y3[1] = d1; y3[2] = d2; y3[3] = d3;
+    const float out[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {c0, c1, c2, c3}, {d0, d1, d2, d3}};
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) {
+            float *yr = y + (size_t)t * ldy + r;
+            *yr = acc ? *yr + out[t][r] : out[t][r];
+        }
 }
 
-/* y [T, N] (row-major, contiguous) = x [T, K] (rows ldx apart, unit stride) @ w [N, K]^T (contiguous). */
-void kvscope_linear_f32(const float *x, long ldx, const float *w, float *y, int T, int N, int K, int threads) {
+/* One thread's share of y [T, N] (+)= x [T, K] @ w [N, K]^T: an orphaned `omp for`, so it runs inside an
+ * enclosing parallel region (kvscope.kernels.decode_cpu's program) or, called alone, on one thread.
+ * acc: add to y (a residual stream) instead of overwriting it; the sum is rounded as torch's x + (x @ w.T). */
+void kvscope_linear_f32_team(const float *x, long ldx, const float *w, float *y, int T, int N, int K, int acc) {
     const int R = T == 1 ? 8 : 4;
     const int tiles = (N + R - 1) / R;
     int block = (int)((256L * 1024) / ((long)K * (long)sizeof(float))) / 4 * 4;
     if (block < 4) block = 4;
-    const int parallel = threads > 1 && (long)N * K >= 65536;
-#pragma omp parallel num_threads(threads) if (parallel)
     for (int t0 = 0; t0 < T; t0 += block) {
         const int t1 = min_int(T, t0 + block);
 #pragma omp for schedule(static) nowait
@@ -117,14 +121,20 @@ void kvscope_linear_f32(const float *x, long ldx, const float *w, float *y, int 
             const float *wt = w + (size_t)r0 * K;
             float *yt = y + r0;
             if (R == 8) {
-                if (rows == 8) tile_8x1(x, wt, K, yt);
-                else tile_any(x, ldx, wt, K, yt, N, rows, 1);
+                if (rows == 8) tile_8x1(x, wt, K, yt, acc);
+                else tile_any(x, ldx, wt, K, yt, N, rows, 1, acc);
                 continue;
             }
             int t = t0;
             if (rows == 4)
-                for (; t + 4 <= t1; t += 4) tile_4x4(x + (size_t)t * ldx, ldx, wt, K, yt + (size_t)t * N, N);
-            if (t < t1) tile_any(x + (size_t)t * ldx, ldx, wt, K, yt + (size_t)t * N, N, rows, t1 - t);
+                for (; t + 4 <= t1; t += 4) tile_4x4(x + (size_t)t * ldx, ldx, wt, K, yt + (size_t)t * N, N, acc);
+            if (t < t1) tile_any(x + (size_t)t * ldx, ldx, wt, K, yt + (size_t)t * N, N, rows, t1 - t, acc);
         }
     }
+}
+
+/* y [T, N] (row-major, contiguous) = x [T, K] (rows ldx apart, unit stride) @ w [N, K]^T (contiguous). */
+void kvscope_linear_f32(const float *x, long ldx, const float *w, float *y, int T, int N, int K, int threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1 && (long)N * K >= 65536)
+    kvscope_linear_f32_team(x, ldx, w, y, T, N, K, 0);
 }

@@ -11,10 +11,10 @@
 
 #define EXACT __attribute__((optimize("fp-contract=off")))
 
-/* y [T, H] (contiguous) = rms_norm(x [T, H], rows ldx apart) * w [H] */
-EXACT void kvscope_rms_norm_f32(const float *x, long ldx, const float *w, float *y, int T, int H, float eps,
-                                int threads) {
-#pragma omp parallel for num_threads(threads) if (threads > 1 && (long)T * H >= 65536) schedule(static)
+/* One thread's share (an orphaned `omp for` over rows) of y [T, H] (contiguous) = rms_norm(x [T, H], rows ldx
+ * apart) * w [H]. */
+EXACT void kvscope_rms_norm_f32_team(const float *x, long ldx, const float *w, float *y, int T, int H, float eps) {
+#pragma omp for schedule(static)
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * ldx;
         float *yt = y + (size_t)t * H;
@@ -25,6 +25,12 @@ EXACT void kvscope_rms_norm_f32(const float *x, long ldx, const float *w, float 
 #pragma omp simd
         for (int h = 0; h < H; h++) yt[h] = w[h] * (xt[h] * r);
     }
+}
+
+EXACT void kvscope_rms_norm_f32(const float *x, long ldx, const float *w, float *y, int T, int H, float eps,
+                                int threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1 && (long)T * H >= 65536)
+    kvscope_rms_norm_f32_team(x, ldx, w, y, T, H, eps);
 }
 
 /* Rotate `heads` vectors of D floats per token, in place: x [T, heads, D] with the given token and head

@@ -46,7 +46,9 @@ async def one(client: httpx.AsyncClient, url: str, rng: random.Random, i: int) -
                 assert "error" not in msg, msg
                 if msg["choices"]:
                     chunks += 1
-                    if leave_after is not None and chunks >= leave_after:
+                    # a fast engine sends several tokens a chunk: a leaving client leaves by the last one at the latest
+                    last = msg["choices"][0].get("finish_reason") is not None
+                    if leave_after is not None and (chunks >= leave_after or last):
                         return "left", 0  # closes the connection mid-stream
                 if msg.get("usage"):
                     usage = msg["usage"]

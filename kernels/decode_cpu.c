@@ -1,0 +1,129 @@
+/* kvscope's CPU decode program: every decoder layer of a decode step in one call, one OpenMP team.
+ *
+ * The CPU's counterpart of a CUDA graph. In a decode step of a small model the weights stream in about
+ * 7-13 ms, while the ~15 torch-level calls per layer between the matmuls cost more than 100 us each layer
+ * (each starts with cold caches after 14 MB of weights went through them). Here the same kernels run back
+ * to back from C, in the model's order, separated by team barriers:
+ *
+ *   attn_norm  h = rms_norm(x)                   (kvscope_rms_norm_f32_team)
+ *   qkv        qkv = h @ W_qkv^T                 (kvscope_linear_f32_team)
+ *   rope       q, k rotated in place             (kvscope_rope_f32, one thread)
+ *   kv_write   k, v rows to their slots          (here; slot -1: skipped)
+ *   attention  out = paged decode attention      (kvscope_paged_decode_f32_team)
+ *   o_proj     x += out @ W_o^T                  (linear, accumulating: torch's x + o, rounded alike)
+ *   mlp_norm   h = rms_norm(x)
+ *   mlp        x += (silu(gate) * up) @ W_down^T, gate | up = h @ W_gate_up^T
+ *
+ * The kernels come from their own libraries (built with their own flags) as function pointers; this file is
+ * built with -ffast-math for the SwiGLU's expf (vectorised), its only arithmetic. Thread 0
+ * stamps CLOCK_MONOTONIC (Python's perf_counter_ns) at every op's end, so each op keeps a measured slice.
+ * The embedding and the final norm run before and after, in Python.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef void (*linear_fn)(const float *, long, const float *, float *, int, int, int, int);
+typedef void (*norm_fn)(const float *, long, const float *, float *, int, int, float);
+typedef void (*rope_fn)(float *, long, long, int, float *, long, long, int, const long *, const float *, int, int);
+typedef int (*attend_fn)(const float *, long, float *, long, const float *, const float *, const int *, long,
+                         const int *, const int *, const int *, int, int, int, int, int, float, int, float *,
+                         float *);
+
+typedef struct {
+    int tokens, layers, hidden, q_size, kv_size, intermediate, heads, kv_heads, head_dim, block_size, threads;
+    float eps, scale;
+    long bt_stride;
+    const float *const *attn_norm, *const *qkv, *const *o_proj, *const *mlp_norm, *const *gate_up, *const *down;
+    float *const *k_cache, *const *v_cache;
+    const long *positions, *slots;
+    const int *block_tables, *query_start_loc, *seq_lens, *requests;
+    const float *cos_sin;
+    float *x, *h, *qkv_out, *attn_out, *gate_up_out, *act;
+    linear_fn linear;
+    norm_fn rms_norm;
+    rope_fn rope;
+    attend_fn attend;
+    long *times; /* [layers][8][2]: each op's start and end, ns */
+} DecodeProgram;
+
+enum { OPS_PER_LAYER = 8 };
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* Returns 0, or -1 when the attention's scratch could not be allocated (the step's output is then unusable). */
+int kvscope_decode_program_f32(const DecodeProgram *p) {
+    const int T = p->tokens, H = p->hidden, D = p->head_dim, I = p->intermediate;
+    const int qkv_n = p->q_size + 2 * p->kv_size, group = p->heads / p->kv_heads;
+    const int split = T < p->threads ? p->kv_heads : 1, span = p->kv_heads / split;
+    int longest = 1;
+    for (int t = 0; t < T; t++)
+        if (p->seq_lens[t] > longest) longest = p->seq_lens[t];
+    int failed = 0;
+#pragma omp parallel num_threads(p->threads) reduction(| : failed)
+    {
+        float *s = malloc(sizeof(float) * (size_t)span * group * (size_t)longest);
+        float *acc = malloc(sizeof(float) * (size_t)span * group * (size_t)D);
+        const int stamp = p->times != NULL && omp_get_thread_num() == 0;
+        long last = stamp ? now_ns() : 0;
+        for (int l = 0; l < p->layers; l++) {
+            long *times = p->times ? p->times + (size_t)l * OPS_PER_LAYER * 2 : NULL;
+#define END_OP(i)                                        \
+    do {                                                 \
+        _Pragma("omp barrier");                          \
+        if (stamp) {                                     \
+            const long now = now_ns();                   \
+            times[2 * (i)] = last;                       \
+            times[2 * (i) + 1] = now;                    \
+            last = now;                                  \
+        }                                                \
+    } while (0)
+            p->rms_norm(p->x, H, p->attn_norm[l], p->h, T, H, p->eps);
+            END_OP(0);
+            p->linear(p->h, H, p->qkv[l], p->qkv_out, T, qkv_n, H, 0);
+            END_OP(1);
+#pragma omp single
+            p->rope(p->qkv_out, qkv_n, D, p->heads, p->qkv_out + p->q_size, qkv_n, D, p->kv_heads, p->positions,
+                    p->cos_sin, D, T);
+            END_OP(2);
+#pragma omp for schedule(static)
+            for (int t = 0; t < T; t++) {
+                const long slot = p->slots[t];
+                if (slot < 0) continue;
+                const float *k = p->qkv_out + (size_t)t * qkv_n + p->q_size, *v = k + p->kv_size;
+                memcpy(p->k_cache[l] + (size_t)slot * p->kv_size, k, sizeof(float) * (size_t)p->kv_size);
+                memcpy(p->v_cache[l] + (size_t)slot * p->kv_size, v, sizeof(float) * (size_t)p->kv_size);
+            }
+            END_OP(3);
+            failed |= p->attend(p->qkv_out, qkv_n, p->attn_out, (long)p->heads * D, p->k_cache[l], p->v_cache[l],
+                                p->block_tables, p->bt_stride, p->query_start_loc, p->seq_lens, p->requests, T,
+                                p->heads, p->kv_heads, D, p->block_size, p->scale, split, s, acc) != 0;
+            END_OP(4);
+            p->linear(p->attn_out, (long)p->heads * D, p->o_proj[l], p->x, T, H, p->q_size, 1);
+            END_OP(5);
+            p->rms_norm(p->x, H, p->mlp_norm[l], p->h, T, H, p->eps);
+            END_OP(6);
+            p->linear(p->h, H, p->gate_up[l], p->gate_up_out, T, 2 * I, H, 0);
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (long j = 0; j < (long)T * I; j++) {  /* silu(gate) * up, vectorised expf (-ffast-math) */
+                const long t = j / I, i = j % I;
+                const float g = p->gate_up_out[t * 2 * I + i], u = p->gate_up_out[t * 2 * I + I + i];
+                p->act[j] = g / (1.0f + expf(-g)) * u;
+            }
+            p->linear(p->act, I, p->down[l], p->x, T, H, I, 1);
+            END_OP(7);
+#undef END_OP
+        }
+        free(s);
+        free(acc);
+    }
+    return failed ? -1 : 0;
+}

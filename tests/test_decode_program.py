@@ -1,0 +1,108 @@
+"""The CPU decode program (kvscope.engine.decode_program, kernels/decode_cpu.c): a float32 decode step's layers
+as one C call, against the model run eagerly; the engine's tokens with and without it; its measured ops."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from kvscope.engine.decode_program import CpuDecodePrograms
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.op_timer import PROGRAM_BACKEND
+from kvscope.engine.recipe import Recipe
+from kvscope.engine.sampling import SamplingParams
+from kvscope.inspector.events import EventBus, EventList, KernelEvent, StepEnd
+from kvscope.inspector.roofline import LAYER_OPS
+
+RECIPE = {
+    "model": {"source": "random", "shape": "tiny-gqa3", "seed": 0},
+    "dtype": "float32", "device": "cpu", "attention_backend": "torch",
+    "cache": {"block_size": 4, "num_blocks": 256},
+    "scheduler": {"max_num_seqs": 6, "max_num_batched_tokens": 64, "chunked_prefill": True},
+    "workload": {"prompts": ["-"]},
+}
+
+
+def _engine(**extra) -> LLMEngine:
+    return LLMEngine(Recipe.from_dict({**RECIPE, **extra}))
+
+
+def test_the_engine_uses_programs_for_float32_on_a_cpu_only():
+    assert isinstance(_engine().runner.graphs, CpuDecodePrograms)
+    assert _engine(dtype="bfloat16").runner.graphs is None  # 16-bit: the model's own torch code
+    assert _engine().runner.graphs.sizes == [1, 2, 4, 6]
+
+
+def test_program_hidden_states_match_the_eager_layers():
+    engine = _engine()
+    programs = engine.runner.graphs
+    g = torch.Generator().manual_seed(3)
+    k_cache = engine.runner.kv_layers[0][0]
+    for layer_k, layer_v in engine.runner.kv_layers:  # some context in the pools to attend to
+        layer_k.copy_(torch.randn(layer_k.shape, generator=g))
+        layer_v.copy_(torch.randn(layer_v.shape, generator=g))
+    for n in (1, 3, 5, 6):  # 3 and 5 pad to 4 and 6
+        tables = [[int(b) for b in torch.randperm(200, generator=g)[:5]] for _ in range(n)]
+        seq_lens = [int(s) for s in torch.randint(1, 20, (n,), generator=g)]
+        positions = [s - 1 for s in seq_lens]
+        slots = [t[p // 4] * 4 + p % 4 for t, p in zip(tables, positions)]
+        ids = torch.randint(0, 256, (n,), generator=g)
+        ctx = engine.runner.context(positions, slots, [1] * n, seq_lens, tables)
+        assert programs.applies(ids, ctx, num_verified=0)
+        pools = [(k.clone(), v.clone()) for k, v in engine.runner.kv_layers]
+        got = programs.run(ids, ctx)
+        written = [(k.clone(), v.clone()) for k, v in engine.runner.kv_layers]
+        for (k, v), (k0, v0) in zip(engine.runner.kv_layers, pools):
+            k.copy_(k0)
+            v.copy_(v0)
+        engine.runner.graphs = None
+        want = engine.loaded.model(ids, engine.runner.context(positions, slots, [1] * n, seq_lens, tables))
+        engine.runner.graphs = programs
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for (k, v), (k1, v1) in zip(engine.runner.kv_layers, written):  # the same K/V written, at the same slots
+            torch.testing.assert_close(k1, k, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(v1, v, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(k_cache, torch.zeros_like(k_cache))
+
+
+def _generate(programs: bool, bus: EventBus | None = None) -> tuple[list[list[int]], LLMEngine]:
+    engine = LLMEngine(Recipe.from_dict(RECIPE), bus=bus)
+    if not programs:
+        engine.runner.graphs = None
+    g = torch.Generator().manual_seed(7)
+    ids = [engine.add_request(torch.randint(0, 256, (n,), generator=g).tolist(),
+                              SamplingParams(max_tokens=new, ignore_eos=True))
+           for n, new in [(3, 4), (9, 6), (1, 8), (17, 10), (6, 12)]]
+    while engine.has_unfinished():
+        engine.step()
+    return [list(engine.output(i).token_ids) for i in ids], engine
+
+
+def test_engine_tokens_are_the_same_with_and_without_programs():
+    want, _ = _generate(programs=False)
+    got, engine = _generate(programs=True)
+    assert got == want and [len(t) for t in got] == [4, 6, 8, 10, 12]
+    assert engine.runner.graphs.replays >= 8
+
+
+def test_program_steps_keep_measured_kernel_events():
+    bus = EventBus()
+    events = bus.subscribe(EventList())
+    _, engine = _generate(programs=True, bus=bus)
+    layers = engine.config.num_layers
+    kernels = [e for e in events.events if isinstance(e, KernelEvent)]
+    steps = {e.step: e for e in events.events if isinstance(e, StepEnd)}
+    program_steps = sorted({e.step for e in kernels if e.backend == PROGRAM_BACKEND})
+    assert len(program_steps) >= 8
+    for step in program_steps:
+        ops = [e for e in kernels if e.step == step]
+        inside = [e for e in ops if e.backend == PROGRAM_BACKEND]
+        assert [(e.op, e.layer) for e in inside] == [(op, layer) for layer in range(layers) for op in LAYER_OPS]
+        assert all(e.start <= e.end for e in inside)
+        assert all(a.end <= b.start + 1 for a, b in itertools.pairwise(inside))  # one after the other
+        names = [e.op for e in ops]
+        assert names[0] == "embed" and "final_norm" in names and "lm_head" in names
+        end = steps[step]
+        assert end.begin_ts <= inside[0].start and inside[-1].end <= end.ts  # inside the step
+        assert all(e.flops > 0 and e.bytes > 0 for e in inside if e.op not in ("rope", "kv_write"))
