@@ -44,7 +44,7 @@ class ModelRunner:
         self.backend = backend
         self.device = device
         self.block_size = kv_cache.block_size
-        self.graphs: DecodeGraphs | None = None  # CUDA graphs for decode steps (kvscope.engine.cuda_graphs)
+        self.graphs: DecodeGraphs | None = None  # decode steps replayed: CUDA graphs or CPU decode programs
         model.bind_kv_cache(self.kv_layers, backend)
 
     def prepare(self, out: SchedulerOutput) -> PreparedBatch:
