@@ -31,7 +31,7 @@ typedef void (*norm_fn)(const float *, long, const float *, float *, int, int, f
 typedef void (*rope_fn)(float *, long, long, int, float *, long, long, int, const long *, const float *, int, int);
 typedef int (*attend_fn)(const float *, long, float *, long, const float *, const float *, const int *, long,
                          const int *, const int *, const int *, int, int, int, int, int, float, int, float *,
-                         float *);
+                         float *, float *);
 
 typedef struct {
     int tokens, layers, hidden, q_size, kv_size, intermediate, heads, kv_heads, head_dim, block_size, threads;
@@ -61,16 +61,17 @@ static long now_ns(void) {
 /* Returns 0, or -1 when the attention's scratch could not be allocated (the step's output is then unusable). */
 int kvscope_decode_program_f32(const DecodeProgram *p) {
     const int T = p->tokens, H = p->hidden, D = p->head_dim, I = p->intermediate;
-    const int qkv_n = p->q_size + 2 * p->kv_size, group = p->heads / p->kv_heads;
-    const int split = T < p->threads ? p->kv_heads : 1, span = p->kv_heads / split;
+    const int qkv_n = p->q_size + 2 * p->kv_size, heads = p->heads;
+    const int ksplit = T < p->threads ? p->threads : 1; /* one request: its keys split over the threads */
     int longest = 1;
     for (int t = 0; t < T; t++)
         if (p->seq_lens[t] > longest) longest = p->seq_lens[t];
+    float *part = ksplit > 1 ? malloc(sizeof(float) * (size_t)T * ksplit * heads * (D + 2)) : NULL;
     int failed = 0;
 #pragma omp parallel num_threads(p->threads) reduction(| : failed)
     {
-        float *s = malloc(sizeof(float) * (size_t)span * group * (size_t)longest);
-        float *acc = malloc(sizeof(float) * (size_t)span * group * (size_t)D);
+        float *s = malloc(sizeof(float) * (size_t)heads * (size_t)longest);
+        float *acc = malloc(sizeof(float) * (size_t)heads * (size_t)(D + 2));
         const int stamp = p->times != NULL && omp_get_thread_num() == 0;
         long last = stamp ? now_ns() : 0;
         for (int l = 0; l < p->layers; l++) {
@@ -104,7 +105,7 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
             END_OP(3);
             failed |= p->attend(p->qkv_out, qkv_n, p->attn_out, (long)p->heads * D, p->k_cache[l], p->v_cache[l],
                                 p->block_tables, p->bt_stride, p->query_start_loc, p->seq_lens, p->requests, T,
-                                p->heads, p->kv_heads, D, p->block_size, p->scale, split, s, acc) != 0;
+                                p->heads, p->kv_heads, D, p->block_size, p->scale, ksplit, part, s, acc) != 0;
             END_OP(4);
             p->linear(p->attn_out, (long)p->heads * D, p->o_proj[l], p->x, T, H, p->q_size, 1);
             END_OP(5);
@@ -125,5 +126,6 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
         free(s);
         free(acc);
     }
+    free(part);
     return failed ? -1 : 0;
 }

@@ -288,3 +288,19 @@ def test_c_rope_rotates_in_place_like_the_torch_reference():
     torch.testing.assert_close(k, want_k, rtol=1e-6, atol=1e-6)
     assert not rope_cpu_(q, k, positions.int(), table)  # int32 positions: the torch reference's job
     assert not rope_cpu_(q, k, positions[:4], table)
+
+
+@pytest.mark.parametrize("length", [1, 2, 17, 300, 1000])
+def test_c_decode_attention_one_request_split_over_the_threads(length):
+    # fewer requests than threads: the keys are split into ranges whose softmax states are merged
+    g = torch.Generator().manual_seed(length)
+    blocks = (length + 15) // 16
+    table = torch.randperm(blocks + 5, generator=g)[:blocks].tolist()
+    pool = Pool([table], [1], [length], block_size=16, n_kv=3, group=3, d=64, seed=length)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got, _ = _attend_through_backend(pool)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
