@@ -3,6 +3,7 @@ torch backend's per-step attention plan (in-place reads of consecutive blocks, g
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -17,6 +18,17 @@ from kvscope.kernels.c_library import CLibraryUnavailable, load_c_library
 from kvscope.kernels.attention_torch import paged_attention_torch, plan_paged_attention
 from kvscope.kernels.norm_rope_cpu import rms_norm_cpu, rope_cpu_
 from kvscope.kernels.norm_rope_torch import apply_rope_torch, rms_norm_torch, rope_cos_sin_cache
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's (and the C kernels') thread count set to n for the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 17, 64, 300])
@@ -42,14 +54,10 @@ def test_c_linear_is_the_same_on_any_thread_count():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(1000, 576, generator=g)  # big enough for the parallel region
     x = torch.randn(5, 576, generator=g)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = lc.linear_cpu(x, w)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = lc.linear_cpu(x, w)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(one, two)  # each output is one thread's dot product, in the same order
 
 
@@ -245,12 +253,8 @@ def test_c_decode_attention_long_contexts_many_requests():
     pool = Pool(tables, [1] * 24, lens, block_size=16, n_kv=3, group=3, d=64, seed=9)
     got, _ = _attend_through_backend(pool)
     torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one, _ = _attend_through_backend(pool)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(one, got)  # one request per work item: the same arithmetic on any thread count
 
 
@@ -297,10 +301,6 @@ def test_c_decode_attention_one_request_split_over_the_threads(length):
     blocks = (length + 15) // 16
     table = torch.randperm(blocks + 5, generator=g)[:blocks].tolist()
     pool = Pool([table], [1], [length], block_size=16, n_kv=3, group=3, d=64, seed=length)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         got, _ = _attend_through_backend(pool)
-    finally:
-        torch.set_num_threads(threads)
     torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
