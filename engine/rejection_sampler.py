@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kvscope.engine.sampling import target_probs
+from kvscope.engine.sampling import greedy_ids, target_probs
 from kvscope.engine.sampling_params import SamplingParams
 
 
@@ -60,5 +60,5 @@ def verify(logits: torch.Tensor, drafts: list[int], params: SamplingParams, q: t
            generator: torch.Generator | None) -> list[int]:
     """One request's emitted tokens from its 1 + k logits rows ([k + 1, vocab], float32)."""
     if params.greedy:
-        return accept_greedy(logits.argmax(dim=-1).tolist(), drafts)
+        return accept_greedy(greedy_ids(logits), drafts)
     return rejection_sample(target_probs(logits, params), drafts, q, generator)
