@@ -35,7 +35,7 @@ class CpuDecodePrograms(DecodeGraphs):
         buffers = {"h": torch.zeros(top, cfg.hidden_size), "qkv_out": torch.zeros(top, q_size + 2 * kv_size),
                    "attn_out": torch.zeros(top, q_size), "gate_up_out": torch.zeros(top, 2 * cfg.intermediate_size),
                    "act": torch.zeros(top, cfg.intermediate_size)}
-        self._buffers = buffers
+        self._buffers = buffers  # the programs hold raw pointers into these: they live as long as self
         self.requests = torch.arange(top, dtype=torch.int32)
         first = model.layers[0]
         layers = [{"attn_norm": layer.attn_norm.weight, "qkv": layer.qkv.weight, "o_proj": layer.o_proj.weight,

@@ -12,6 +12,7 @@ import torch
 
 from kvscope.engine.model_config import ModelConfig
 from kvscope.engine.scheduler import ScheduledRequest
+from kvscope.engine.op_timer import GRAPH_OP
 from kvscope.inspector.events import KernelEvent
 from kvscope.inspector.roofline import (
     LAYER_OPS,
@@ -22,7 +23,6 @@ from kvscope.inspector.roofline import (
     model_token_costs,
 )
 
-GRAPH_OP = "cuda_graph"  # the op timer's name for a replayed decode graph (kvscope.engine.cuda_graphs)
 GRAPH_BACKEND = "cuda graph, split estimated"  # the backend label of the ops a graph's time is split over
 
 

@@ -25,6 +25,7 @@ import torch
 from kvscope.inspector.events import RangeCategory
 
 OpRecord = tuple  # (op, layer, start ns, end ns), or with a 5th item: the backend that ran it (a CPU decode program)
+GRAPH_OP = "cuda_graph"  # the op of a replayed decode graph or program (kvscope.engine.cuda_graphs)
 PROGRAM_BACKEND = "cpu decode program"  # the backend of ops measured inside one (kvscope.engine.decode_program)
 
 
@@ -52,7 +53,7 @@ def _op_sites(model: Any, runner: Any | None) -> Iterator[tuple[Any, str, str]]:
     yield model, "compute_logits", "lm_head"
     graphs = getattr(runner, "graphs", None)
     if graphs is not None:  # a replayed decode graph: the ops above do not run, this does (one launch)
-        yield graphs, "replay", "cuda_graph"
+        yield graphs, "replay", GRAPH_OP
     if runner is not None:
         yield runner, "sample_rows", "sample"
 
@@ -84,7 +85,7 @@ class OpTimer:
         self._installed = []
         for obj, attr, op in _op_sites(model, runner):
             fn = getattr(obj, attr)
-            measured = op == "cuda_graph" and getattr(obj, "measures_ops", False)
+            measured = op == GRAPH_OP and getattr(obj, "measures_ops", False)
             self._install(obj, attr, self._measured(fn, obj) if measured else self._timed(fn, op))
         for index, layer in enumerate(model.layers):
             self._install(layer, "forward", self._in_layer(layer.forward, index))

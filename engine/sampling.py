@@ -22,8 +22,8 @@ def sample(
             return greedy_ids(logits)
     except TypeError:  # a poisoned row's temperature: sorted out row by row below
         pass
-    greedy_ids_ = greedy_ids(logits)
-    return [_sample_or_none(logits, row, greedy_ids_[row], p, gen)
+    argmaxes = greedy_ids(logits)
+    return [_sample_or_none(logits, row, argmaxes[row], p, gen)
             for row, (p, gen) in enumerate(zip(params, generators))]
 
 

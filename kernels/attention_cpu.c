@@ -107,14 +107,14 @@ int kvscope_paged_decode_f32_team(const float *q, long q_tok, float *out, long o
 }
 
 /* Key ranges per request: one, or (fewer requests than threads) as many as there are threads. */
-int kvscope_decode_key_splits(int R, int threads) { return R < threads ? threads : 1; }
+static int key_splits(int R, int threads) { return R < threads ? threads : 1; }
 
 /* Returns 0, or -1 when a scratch allocation failed. */
 int kvscope_paged_decode_f32(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
                              const float *v_cache, const int *block_tables, long bt_stride,
                              const int *query_start_loc, const int *seq_lens, const int *requests, int R, int H,
                              int KVH, int D, int bs, float scale, int threads) {
-    const int ksplit = kvscope_decode_key_splits(R, threads);
+    const int ksplit = key_splits(R, threads);
     long work = 0, longest = 1;
     for (int i = 0; i < R; i++) {
         work += seq_lens[requests[i]];

@@ -12,9 +12,8 @@ import ctypes
 import functools
 
 import torch
-import torch.autograd.profiler as torch_profiler
 
-from kvscope.kernels.c_library import c_kernels
+from kvscope.kernels.c_library import c_kernels, call_profiled
 
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
@@ -58,10 +57,5 @@ def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     args = (q.data_ptr(), q.stride(0), out.data_ptr(), out.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
             tables.data_ptr(), tables.stride(0), starts.data_ptr(), lens.data_ptr(), reqs.data_ptr(), reqs.numel(),
             heads, k_cache.shape[2], d, k_cache.shape[1], scale, torch.get_num_threads())
-    if torch_profiler._is_profiler_enabled:
-        with torch.profiler.record_function("kvscope::paged_decode_cpu"):
-            status = fn(*args)
-    else:
-        status = fn(*args)
-    if status != 0:
+    if call_profiled("kvscope::paged_decode_cpu", fn, *args) != 0:
         raise MemoryError("paged_decode_cpu: scratch allocation failed")

@@ -6,6 +6,8 @@ inductor compile their CPU stubs, so the C compiler these need is the only requi
 flags, the compiler and the CPU's model and feature flags; a build writes a temporary file and renames it,
 so processes that start together (Ray actors, test workers) never load a half-written library.
 
+`call_profiled(name, fn, *args)` calls a C function inside a torch.profiler range while a profiler records.
+
 `load_c_library(name)` returns the loaded library, or raises CLibraryUnavailable with one line saying why
 (no compiler, a failed compile, `KVSCOPE_CPU_KERNELS=0`); `c_kernels(name)` does so once per process and
 returns (library or None, why not). torch is imported first: its OpenMP runtime then
@@ -22,12 +24,23 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import torch  # noqa: F401  (loads torch's libgomp before ours, so both share one OpenMP runtime)
+import torch  # loads torch's libgomp before ours, so both share one OpenMP runtime
+import torch.autograd.profiler as torch_profiler
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 HERE = Path(__file__).resolve().parent
+
+
+def call_profiled(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args); while torch.profiler records, inside a range `name` (profiles still show the C kernels)."""
+    if torch_profiler._is_profiler_enabled:
+        with torch.profiler.record_function(name):
+            return fn(*args)
+    return fn(*args)
 
 
 class CLibraryUnavailable(RuntimeError):

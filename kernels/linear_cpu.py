@@ -18,10 +18,9 @@ import functools
 from collections.abc import Callable
 
 import torch
-import torch.autograd.profiler as torch_profiler
 import torch.nn.functional as F
 
-from kvscope.kernels.c_library import c_kernels
+from kvscope.kernels.c_library import c_kernels, call_profiled
 
 @functools.cache
 def _kernel() -> tuple[Callable | None, str]:
@@ -54,11 +53,7 @@ def linear_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     if tokens:
         args = (x.data_ptr(), x.stride(0), weight.data_ptr(), y.data_ptr(), tokens, out_features, in_features,
                 torch.get_num_threads())
-        if torch_profiler._is_profiler_enabled:
-            with torch.profiler.record_function("kvscope::linear_cpu"):
-                fn(*args)
-        else:
-            fn(*args)
+        call_profiled("kvscope::linear_cpu", fn, *args)
     return y
 
 

@@ -13,9 +13,8 @@ import ctypes
 import functools
 
 import torch
-import torch.autograd.profiler as torch_profiler
 
-from kvscope.kernels.c_library import c_kernels
+from kvscope.kernels.c_library import c_kernels, call_profiled
 from kvscope.kernels.norm_rope_torch import apply_rope_torch, rms_norm_torch
 
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
@@ -40,8 +39,8 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
             or weight.numel() != x.shape[1]):
         return None
     y = torch.empty(x.shape)
-    fns[0](x.data_ptr(), x.stride(0), weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps,
-           torch.get_num_threads())
+    call_profiled("kvscope::rms_norm_cpu", fns[0], x.data_ptr(), x.stride(0), weight.data_ptr(), y.data_ptr(),
+                  x.shape[0], x.shape[1], eps, torch.get_num_threads())
     return y
 
 
@@ -65,11 +64,7 @@ class CpuFusedOps:
     """The torch backend's fused ops on a CPU: the C kernels where they apply, the torch references elsewhere."""
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        if torch_profiler._is_profiler_enabled:
-            with torch.profiler.record_function("kvscope::rms_norm_cpu"):
-                y = rms_norm_cpu(x, weight, eps)
-        else:
-            y = rms_norm_cpu(x, weight, eps)
+        y = rms_norm_cpu(x, weight, eps)
         return rms_norm_torch(x, weight, eps) if y is None else y
 
     def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
