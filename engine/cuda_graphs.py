@@ -83,7 +83,8 @@ class DecodeGraphs:
                 and self.padded_size(n) is not None)
 
     def run(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """Final-normed hidden states [n, hidden] of a step `applies` accepted."""
+        """The forward's output for the n requests of a step `applies` accepted: final-normed hidden states
+        [n, hidden] (a CPU decode program's: logits [n, vocab])."""
         n = input_ids.shape[0]
         size = self.padded_size(n)
         meta = ctx.attn
@@ -100,6 +101,11 @@ class DecodeGraphs:
             self.seq_lens[n:size].fill_(1)
         self.replays += 1
         return self._forward(size)[:n]
+
+    def logits_of(self, input_ids: torch.Tensor, ctx: ForwardContext, logits_rows: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [len(logits_rows), vocab] of the rows `logits_rows` (increasing) of a step `applies`
+        accepted."""
+        return self.model.compute_logits(self.run(input_ids, ctx)[logits_rows])
 
     def _forward(self, size: int) -> torch.Tensor:
         """Hidden states [size, hidden] over the filled buffers: the captured graph, or (capture=False) eagerly."""

@@ -1,10 +1,12 @@
 """The CPU's decode programs: a decode step's layers as one C call (kvscope.kernels.decode_cpu), per batch size.
 
 What CUDA graphs are to a GPU (kvscope.engine.cuda_graphs), and built on the same static, padded buffers:
-a float32 decode-only step on a CPU copies its inputs there, pads up the size ladder, runs the embedding in
-Python, every layer in one C call, and the final norm in Python. Steps with prompt chunks, drafts to
-verify or padding tokens, and batches above the ladder, run the model eagerly. The per-op kernel events
-stay measured: the program stamps each op of each layer (the op timer takes them through `op_records`).
+a float32 decode-only step on a CPU copies its inputs there, pads up the size ladder and runs the whole
+forward pass, embedding to logits, in one C call (no Python between the step's weights streaming through
+the caches and its logits: each Python call after that costs tens of microseconds in cache misses). Steps
+with prompt chunks, drafts to verify or padding tokens, and batches above the ladder, run the model
+eagerly. The per-op kernel events stay measured: the program stamps each op (the op timer takes them
+through `op_records`).
 
 The engine uses it by default where it applies: a float32 model on a CPU with the torch attention backend,
 its C RMSNorm / RoPE in place, and the four C libraries built (`KVSCOPE_CPU_KERNELS=0` turns all of them
@@ -16,8 +18,11 @@ from __future__ import annotations
 import torch
 
 from kvscope.engine.cuda_graphs import DecodeGraphs
+from kvscope.engine.forward_context import ForwardContext
 from kvscope.inspector.roofline import LAYER_OPS
-from kvscope.kernels.decode_cpu import DecodeProgram, decode_program_available
+from kvscope.kernels.decode_cpu import STEP_OPS, DecodeProgram, decode_program_available
+
+PROGRAM_OPS = {**dict(enumerate(LAYER_OPS)), **STEP_OPS}  # the program's op indices: their op names
 
 
 class CpuDecodePrograms(DecodeGraphs):
@@ -37,14 +42,18 @@ class CpuDecodePrograms(DecodeGraphs):
                    "act": torch.zeros(top, cfg.intermediate_size)}
         self._buffers = buffers  # the programs hold raw pointers into these: they live as long as self
         self.requests = torch.arange(top, dtype=torch.int32)
+        self.logits = torch.zeros(top, cfg.vocab_size)
         first = model.layers[0]
+        lm_head = model.embed.weight if model.lm_head is None else model.lm_head.weight
         layers = [{"attn_norm": layer.attn_norm.weight, "qkv": layer.qkv.weight, "o_proj": layer.o_proj.weight,
                    "mlp_norm": layer.mlp_norm.weight, "gate_up": layer.mlp.gate_up.weight,
                    "down": layer.mlp.down.weight} for layer in model.layers]
         self.programs = {size: DecodeProgram(
             tokens=size, layers=layers, k_caches=[k for k, _ in kv_layers], v_caches=[v for _, v in kv_layers],
             heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, eps=first.attn_norm.eps,
-            scale=first.attn.scale, positions=self.positions, slots=self.slot_mapping,
+            scale=first.attn.scale, embed=model.embed.weight, final_norm=model.final_norm.weight,
+            final_eps=model.final_norm.eps, lm_head=lm_head, input_ids=self.input_ids, logits=self.logits,
+            positions=self.positions, slots=self.slot_mapping,
             block_tables=self.block_tables, query_start_loc=self.query_start_loc, seq_lens=self.seq_lens,
             requests=self.requests, cos_sin=model.rope.cos_sin(), x=self.x, **buffers) for size in self.sizes}
         self._last: DecodeProgram | None = None
@@ -57,9 +66,13 @@ class CpuDecodePrograms(DecodeGraphs):
                 and decode_program_available())
 
     def _forward(self, size: int) -> torch.Tensor:
-        self.x[:size].copy_(self.model.embed(self.input_ids[:size]))
+        """Logits [size, vocab] (a view of the static buffer, rewritten by the next step)."""
         self.replay(self.programs[size])
-        return self.model.final_norm(self.x[:size])
+        return self.logits[:size]
+
+    def logits_of(self, input_ids: torch.Tensor, ctx: ForwardContext, logits_rows: torch.Tensor) -> torch.Tensor:
+        logits = self.run(input_ids, ctx)  # the program's output is the logits themselves
+        return logits if logits_rows.shape[0] == logits.shape[0] else logits[logits_rows]
 
     def replay(self, program: DecodeProgram) -> None:
         """Run one program (the op timer wraps this and then reads op_records)."""
@@ -68,4 +81,4 @@ class CpuDecodePrograms(DecodeGraphs):
 
     def op_records(self) -> list[tuple[str, int, int, int]]:
         """The last program's ops as the op timer's records: (op, layer, start ns, end ns), perf_counter_ns."""
-        return [(LAYER_OPS[i], layer, start, end) for i, layer, start, end in self._last.op_times()]
+        return [(PROGRAM_OPS[i], layer, start, end) for i, layer, start, end in self._last.op_times()]

@@ -120,9 +120,11 @@ class ModelRunner:
             self.model.bind_kv_cache(self.kv_layers, self.backend)  # another engine on this model ran since
         graphs = self.graphs
         if graphs is not None and graphs.applies(batch.input_ids, batch.ctx, batch.num_verified):
-            hidden = graphs.run(batch.input_ids, batch.ctx)
-        else:
-            hidden = self.model(batch.input_ids, batch.ctx)
+            if batch.sampled:
+                return graphs.logits_of(batch.input_ids, batch.ctx, batch.logits_rows)
+            graphs.run(batch.input_ids, batch.ctx)
+            return None
+        hidden = self.model(batch.input_ids, batch.ctx)
         if not batch.sampled:
             return None
         return self.model.compute_logits(hidden[batch.logits_rows])

@@ -59,8 +59,8 @@ static void decode_range(const float *q, const float *k_cache, const float *v_ca
     }
 }
 
-/* One thread's share (orphaned `omp for`s) of the decode attention of `R` requests, each request's keys in
- * `ksplit` ranges. s: this thread's scratch, H * longest context floats; acc: H * (D + 2) floats; part (shared by
+/* One thread's share (orphaned `omp for`s; no barrier at the end: the caller's) of the decode attention of `R`
+ * requests, each request's keys in `ksplit` ranges. s: this thread's scratch, H * longest context floats; acc: H * (D + 2) floats; part (shared by
  * the team, used when ksplit > 1): R * ksplit * H * (D + 2) floats. Returns -1 when scratch is missing. */
 int kvscope_paged_decode_f32_team(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
                                   const float *v_cache, const int *block_tables, long bt_stride,
@@ -70,7 +70,7 @@ int kvscope_paged_decode_f32_team(const float *q, long q_tok, float *out, long o
     const int group = H / KVH, items = R * ksplit;
     const size_t state = (size_t)H * (D + 2); /* one item's partial softmax state */
     int missing = s == NULL || acc == NULL || (ksplit > 1 && part == NULL);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (int w = 0; w < items; w++) {
         if (missing) continue;
         const int r = requests[w / ksplit], ks = w % ksplit, t = query_start_loc[r], L = seq_lens[r];
@@ -82,8 +82,9 @@ int kvscope_paged_decode_f32_team(const float *q, long q_tok, float *out, long o
             for (int h = 0; h < H; h++)
                 for (int d = 0; d < D; d++) out[(size_t)t * o_tok + (size_t)h * D + d] = a[(size_t)h * D + d] / l[h];
     }
-    if (ksplit > 1 && !missing) {
-#pragma omp for schedule(static)
+    if (ksplit > 1 && part != NULL) { /* the same for every thread (a thread without scratch fails the call) */
+#pragma omp barrier
+#pragma omp for schedule(static) nowait
         for (int w = 0; w < R * H; w++) { /* merge one head's ranges: rescale to the common max, sum, divide */
             const int i = w / H, h = w % H, t = query_start_loc[requests[i]];
             float top = -FLT_MAX, total = 0.f;

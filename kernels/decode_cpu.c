@@ -1,10 +1,13 @@
-/* kvscope's CPU decode program: every decoder layer of a decode step in one call, one OpenMP team.
+/* kvscope's CPU decode program: a whole decode step, ids to logits, in one call and one OpenMP team.
  *
  * The CPU's counterpart of a CUDA graph. In a decode step of a small model the weights stream in about
  * 7-13 ms, while the ~15 torch-level calls per layer between the matmuls cost more than 100 us each layer
- * (each starts with cold caches after 14 MB of weights went through them). Here the same kernels run back
- * to back from C, in the model's order, separated by team barriers:
+ * (each starts with cold caches after 14 MB of weights went through them), and so does every Python call
+ * after the step's weights went through the caches. Here the same kernels run back to back from C, in the
+ * model's order, separated by team barriers:
  *
+ *   embed      x = E[ids]                        (rows copied; an id outside the vocabulary fails the step)
+ *   for each layer:
  *   attn_norm  h = rms_norm(x)                   (kvscope_rms_norm_f32_team)
  *   qkv        qkv = h @ W_qkv^T                 (kvscope_linear_f32_team)
  *   rope       q, k rotated in place             (kvscope_rope_f32, one thread)
@@ -13,11 +16,13 @@
  *   o_proj     x += out @ W_o^T                  (linear, accumulating: torch's x + o, rounded alike)
  *   mlp_norm   h = rms_norm(x)
  *   mlp        x += (silu(gate) * up) @ W_down^T, gate | up = h @ W_gate_up^T
+ *   then:
+ *   final_norm h = rms_norm(x)
+ *   lm_head    logits = h @ W_lm^T
  *
  * The kernels come from their own libraries (built with their own flags) as function pointers; this file is
  * built with -ffast-math for the SwiGLU's expf (vectorised), its only arithmetic. Thread 0
  * stamps CLOCK_MONOTONIC (Python's perf_counter_ns) at every op's end, so each op keeps a measured slice.
- * The embedding and the final norm run before and after, in Python.
  */
 #include <math.h>
 #include <omp.h>
@@ -34,9 +39,12 @@ typedef int (*attend_fn)(const float *, long, float *, long, const float *, cons
                          float *, float *);
 
 typedef struct {
-    int tokens, layers, hidden, q_size, kv_size, intermediate, heads, kv_heads, head_dim, block_size, threads;
-    float eps, scale;
+    int tokens, layers, hidden, q_size, kv_size, intermediate, heads, kv_heads, head_dim, block_size, threads, vocab;
+    float eps, scale, final_eps;
     long bt_stride;
+    const long *input_ids;
+    const float *embed, *final_norm, *lm_head; /* embed [vocab, hidden], lm_head [vocab, hidden] (may be embed) */
+    float *logits;                             /* [tokens, vocab] */
     const float *const *attn_norm, *const *qkv, *const *o_proj, *const *mlp_norm, *const *gate_up, *const *down;
     float *const *k_cache, *const *v_cache;
     const long *positions, *slots;
@@ -47,7 +55,8 @@ typedef struct {
     norm_fn rms_norm;
     rope_fn rope;
     attend_fn attend;
-    long *times; /* [layers][8][2]: each op's start and end, ns */
+    long *times;      /* [layers][8][2]: each op's start and end, ns */
+    long *step_times; /* [3][2]: embed, final_norm, lm_head */
 } DecodeProgram;
 
 enum { OPS_PER_LAYER = 8 };
@@ -58,7 +67,8 @@ static long now_ns(void) {
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-/* Returns 0, or -1 when the attention's scratch could not be allocated (the step's output is then unusable). */
+/* Returns 0; -1 when the attention's scratch could not be allocated, -2 when a token id is outside the
+ * vocabulary (the step's output is then unusable). */
 int kvscope_decode_program_f32(const DecodeProgram *p) {
     const int T = p->tokens, H = p->hidden, D = p->head_dim, I = p->intermediate;
     const int qkv_n = p->q_size + 2 * p->kv_size, heads = p->heads;
@@ -67,15 +77,13 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
     for (int t = 0; t < T; t++)
         if (p->seq_lens[t] > longest) longest = p->seq_lens[t];
     float *part = ksplit > 1 ? malloc(sizeof(float) * (size_t)T * ksplit * heads * (D + 2)) : NULL;
-    int failed = 0;
-#pragma omp parallel num_threads(p->threads) reduction(| : failed)
+    int failed = 0, bad_id = 0;
+#pragma omp parallel num_threads(p->threads) reduction(| : failed, bad_id)
     {
         float *s = malloc(sizeof(float) * (size_t)heads * (size_t)longest);
         float *acc = malloc(sizeof(float) * (size_t)heads * (size_t)(D + 2));
-        const int stamp = p->times != NULL && omp_get_thread_num() == 0;
-        long last = stamp ? now_ns() : 0;
-        for (int l = 0; l < p->layers; l++) {
-            long *times = p->times ? p->times + (size_t)l * OPS_PER_LAYER * 2 : NULL;
+        const int stamp = omp_get_thread_num() == 0;
+        long last = stamp ? now_ns() : 0, *times = p->step_times;
 #define END_OP(i)                                        \
     do {                                                 \
         _Pragma("omp barrier");                          \
@@ -86,15 +94,28 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
             last = now;                                  \
         }                                                \
     } while (0)
+#pragma omp for schedule(static) nowait
+        for (int t = 0; t < T; t++) {
+            const long id = p->input_ids[t];
+            if (id < 0 || id >= p->vocab) {
+                bad_id = 1;
+                memset(p->x + (size_t)t * H, 0, sizeof(float) * (size_t)H);
+            } else {
+                memcpy(p->x + (size_t)t * H, p->embed + (size_t)id * H, sizeof(float) * (size_t)H);
+            }
+        }
+        END_OP(0);
+        for (int l = 0; l < p->layers; l++) {
+            times = p->times + (size_t)l * OPS_PER_LAYER * 2;
             p->rms_norm(p->x, H, p->attn_norm[l], p->h, T, H, p->eps);
             END_OP(0);
             p->linear(p->h, H, p->qkv[l], p->qkv_out, T, qkv_n, H, 0);
             END_OP(1);
-#pragma omp single
+#pragma omp single nowait
             p->rope(p->qkv_out, qkv_n, D, p->heads, p->qkv_out + p->q_size, qkv_n, D, p->kv_heads, p->positions,
                     p->cos_sin, D, T);
             END_OP(2);
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
             for (int t = 0; t < T; t++) {
                 const long slot = p->slots[t];
                 if (slot < 0) continue;
@@ -121,11 +142,16 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
             }
             p->linear(p->act, I, p->down[l], p->x, T, H, I, 1);
             END_OP(7);
-#undef END_OP
         }
+        times = p->step_times;
+        p->rms_norm(p->x, H, p->final_norm, p->h, T, H, p->final_eps);
+        END_OP(1);
+        p->linear(p->h, H, p->lm_head, p->logits, T, p->vocab, H, 0);
+        END_OP(2);
+#undef END_OP
         free(s);
         free(acc);
     }
     free(part);
-    return failed ? -1 : 0;
+    return failed ? -1 : bad_id ? -2 : 0;
 }

@@ -1,10 +1,11 @@
-"""The CPU decode program (kernels/decode_cpu.c): every decoder layer of a float32 decode step in one C call.
+"""The CPU decode program (kernels/decode_cpu.c): a float32 decode step, token ids to logits, in one C call.
 
-`DecodeProgram(...)` binds, once, the layers' weights, their K/V pools, the step's metadata buffers and the
-activation buffers (all float32 / int tensors that must outlive it) for a fixed number of tokens; `run()`
-computes the layers over whatever the buffers hold now: x [T, hidden] in, x out (the residual stream after
-the last layer, before the final norm). `op_times()` gives each op's measured (op index, layer, start,
-end) from the last run, ns on time.perf_counter_ns's clock. The kernels are those of linear_cpu,
+`DecodeProgram(...)` binds, once, the model's weights, the layers' K/V pools, the step's metadata buffers and
+the activation buffers (all float32 / int tensors that must outlive it) for a fixed number of tokens; `run()`
+computes the step over whatever the buffers hold now: input_ids [T] in, logits [T, vocab] out (through the
+embedding, every layer and the final norm). `op_times()` gives each op's measured (op index, layer, start,
+end) from the last run, ns on time.perf_counter_ns's clock: indices 0-7 are a layer's ops (OPS_PER_LAYER, in
+the program's order), STEP_OPS those outside the layers (layer -1). The kernels are those of linear_cpu,
 norm_rope_cpu and attention_cpu; `decode_program_available()` says whether all four libraries build here.
 """
 
@@ -18,18 +19,19 @@ import torch
 from kvscope.kernels.c_library import c_kernels
 
 OPS_PER_LAYER = 8  # attn_norm, qkv, rope, kv_write, attention, o_proj, mlp_norm, mlp (the program's order)
+STEP_OPS = {OPS_PER_LAYER: "embed", OPS_PER_LAYER + 1: "final_norm", OPS_PER_LAYER + 2: "lm_head"}  # op index: name
 
 _I, _F, _L, _P = ctypes.c_int, ctypes.c_float, ctypes.c_long, ctypes.c_void_p
 
 
 class _Program(ctypes.Structure):
     _fields_ = [(name, _I) for name in ("tokens", "layers", "hidden", "q_size", "kv_size", "intermediate", "heads",
-                                        "kv_heads", "head_dim", "block_size", "threads")] + [
-        ("eps", _F), ("scale", _F), ("bt_stride", _L)] + [
-        (name, _P) for name in ("attn_norm", "qkv", "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache",
+                                        "kv_heads", "head_dim", "block_size", "threads", "vocab")] + [
+        ("eps", _F), ("scale", _F), ("final_eps", _F), ("bt_stride", _L)] + [
+        (name, _P) for name in ("input_ids", "embed", "final_norm", "lm_head", "logits", "attn_norm", "qkv", "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache",
                                 "positions", "slots", "block_tables", "query_start_loc", "seq_lens", "requests",
                                 "cos_sin", "x", "h", "qkv_out", "attn_out", "gate_up_out", "act",
-                                "linear", "rms_norm", "rope", "attend", "times")]
+                                "linear", "rms_norm", "rope", "attend", "times", "step_times")]
 
 
 @functools.cache
@@ -64,7 +66,8 @@ class DecodeProgram:
 
     def __init__(self, *, tokens: int, layers: list[dict[str, torch.Tensor]], k_caches: list[torch.Tensor],
                  v_caches: list[torch.Tensor], heads: int, kv_heads: int, head_dim: int, eps: float, scale: float,
-                 positions: torch.Tensor, slots: torch.Tensor, block_tables: torch.Tensor,
+                 embed: torch.Tensor, final_norm: torch.Tensor, final_eps: float, lm_head: torch.Tensor,
+                 input_ids: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, block_tables: torch.Tensor,
                  query_start_loc: torch.Tensor, seq_lens: torch.Tensor, requests: torch.Tensor,
                  cos_sin: torch.Tensor, x: torch.Tensor, h: torch.Tensor, qkv_out: torch.Tensor,
                  attn_out: torch.Tensor, gate_up_out: torch.Tensor, act: torch.Tensor) -> None:
@@ -74,6 +77,7 @@ class DecodeProgram:
         self._run = entry["run"]
         hidden = x.shape[1]
         self.times = torch.zeros(len(layers), OPS_PER_LAYER, 2, dtype=torch.int64)
+        self.step_times = torch.zeros(len(STEP_OPS), 2, dtype=torch.int64)
         self._keep = [_pointers([w[name] for w in layers]) for name in
                       ("attn_norm", "qkv", "o_proj", "mlp_norm", "gate_up", "down")]
         self._keep += [_pointers(k_caches), _pointers(v_caches)]
@@ -81,11 +85,12 @@ class DecodeProgram:
             tokens=tokens, layers=len(layers), hidden=hidden, q_size=heads * head_dim,
             kv_size=kv_heads * head_dim, intermediate=act.shape[1], heads=heads, kv_heads=kv_heads,
             head_dim=head_dim, block_size=k_caches[0].shape[1], threads=torch.get_num_threads(), eps=eps,
-            scale=scale, bt_stride=block_tables.stride(0))
+            vocab=embed.shape[0], scale=scale, final_eps=final_eps, bt_stride=block_tables.stride(0))
         for name, arr in zip(("attn_norm", "qkv", "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache"),
                              self._keep):
             setattr(p, name, ctypes.cast(arr, _P))
-        for name, t in (("positions", positions), ("slots", slots), ("block_tables", block_tables),
+        for name, t in (("input_ids", input_ids), ("embed", embed), ("final_norm", final_norm), ("lm_head", lm_head),
+                        ("logits", logits), ("step_times", self.step_times), ("positions", positions), ("slots", slots), ("block_tables", block_tables),
                         ("query_start_loc", query_start_loc), ("seq_lens", seq_lens), ("requests", requests),
                         ("cos_sin", cos_sin), ("x", x), ("h", h), ("qkv_out", qkv_out), ("attn_out", attn_out),
                         ("gate_up_out", gate_up_out), ("act", act), ("times", self.times)):
@@ -95,12 +100,18 @@ class DecodeProgram:
         self._ref = ctypes.byref(p)
 
     def run(self) -> None:
-        """The layers over the buffers' current contents (the thread count is torch's, read now)."""
+        """The step over the buffers' current contents (the thread count is torch's, read now)."""
         self._program.threads = torch.get_num_threads()
-        if self._run(self._ref) != 0:
+        status = self._run(self._ref)
+        if status == -2:
+            raise IndexError(f"the CPU decode program: a token id outside the vocabulary (0 to "
+                             f"{self._program.vocab - 1})")
+        if status != 0:
             raise MemoryError("the CPU decode program could not allocate its attention scratch")
 
     def op_times(self) -> list[tuple[int, int, int, int]]:
-        """(op index in the program's order, layer, start ns, end ns) of the last run."""
-        rows = self.times.tolist()
-        return [(i, layer, start, end) for layer, ops in enumerate(rows) for i, (start, end) in enumerate(ops)]
+        """(op index, layer, start ns, end ns) of the last run, in the program's order (see the module docstring)."""
+        (embed, final_norm, lm_head), rows = self.step_times.tolist(), self.times.tolist()
+        layers = [(i, layer, start, end) for layer, ops in enumerate(rows) for i, (start, end) in enumerate(ops)]
+        return [(OPS_PER_LAYER, -1, *embed), *layers, (OPS_PER_LAYER + 1, -1, *final_norm),
+                (OPS_PER_LAYER + 2, -1, *lm_head)]

@@ -11,10 +11,10 @@
 
 #define EXACT __attribute__((optimize("fp-contract=off")))
 
-/* One thread's share (an orphaned `omp for` over rows) of y [T, H] (contiguous) = rms_norm(x [T, H], rows ldx
- * apart) * w [H]. */
+/* One thread's share (an orphaned `omp for` over rows, no barrier at its end: the caller's) of y [T, H]
+ * (contiguous) = rms_norm(x [T, H], rows ldx apart) * w [H]. */
 EXACT void kvscope_rms_norm_f32_team(const float *x, long ldx, const float *w, float *y, int T, int H, float eps) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * ldx;
         float *yt = y + (size_t)t * H;

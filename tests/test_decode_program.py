@@ -1,5 +1,6 @@
-"""The CPU decode program (kvscope.engine.decode_program, kernels/decode_cpu.c): a float32 decode step's layers
-as one C call, against the model run eagerly; the engine's tokens with and without it; its measured ops."""
+"""The CPU decode program (kvscope.engine.decode_program, kernels/decode_cpu.c): a float32 decode step, ids to
+logits, as one C call, against the model run eagerly; the engine's tokens with and without it; its measured
+ops; a bad token id."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from kvscope.engine.op_timer import PROGRAM_BACKEND
 from kvscope.engine.recipe import Recipe
 from kvscope.engine.sampling import SamplingParams
 from kvscope.inspector.events import EventBus, EventList, KernelEvent, StepEnd
-from kvscope.inspector.roofline import LAYER_OPS
+import pytest
+
+from kvscope.inspector.roofline import LAYER_OPS, STEP_OPS
 
 RECIPE = {
     "model": {"source": "random", "shape": "tiny-gqa3", "seed": 0},
@@ -34,7 +37,7 @@ def test_the_engine_uses_programs_for_float32_on_a_cpu_only():
     assert _engine().runner.graphs.sizes == [1, 2, 4, 6]
 
 
-def test_program_hidden_states_match_the_eager_layers():
+def test_program_logits_match_the_eager_model():
     engine = _engine()
     programs = engine.runner.graphs
     g = torch.Generator().manual_seed(3)
@@ -57,9 +60,13 @@ def test_program_hidden_states_match_the_eager_layers():
             k.copy_(k0)
             v.copy_(v0)
         engine.runner.graphs = None
-        want = engine.loaded.model(ids, engine.runner.context(positions, slots, [1] * n, seq_lens, tables))
+        model = engine.loaded.model
+        want = model.compute_logits(model(ids, engine.runner.context(positions, slots, [1] * n, seq_lens, tables)))
         engine.runner.graphs = programs
+        assert got.shape == (n, engine.config.vocab_size)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        rows = torch.tensor([n - 1])
+        torch.testing.assert_close(programs.logits_of(ids, ctx, rows), want[rows], rtol=1e-5, atol=1e-5)
         for (k, v), (k1, v1) in zip(engine.runner.kv_layers, written):  # the same K/V written, at the same slots
             torch.testing.assert_close(k1, k, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(v1, v, rtol=1e-5, atol=1e-5)
@@ -98,11 +105,22 @@ def test_program_steps_keep_measured_kernel_events():
     for step in program_steps:
         ops = [e for e in kernels if e.step == step]
         inside = [e for e in ops if e.backend == PROGRAM_BACKEND]
-        assert [(e.op, e.layer) for e in inside] == [(op, layer) for layer in range(layers) for op in LAYER_OPS]
+        assert [(e.op, e.layer) for e in inside] == (
+            [("embed", -1)] + [(op, layer) for layer in range(layers) for op in LAYER_OPS]
+            + [("final_norm", -1), ("lm_head", -1)])
+        assert {e.op for e in inside} == set(STEP_OPS)
         assert all(e.start <= e.end for e in inside)
         assert all(a.end <= b.start + 1 for a, b in itertools.pairwise(inside))  # one after the other
-        names = [e.op for e in ops]
-        assert names[0] == "embed" and "final_norm" in names and "lm_head" in names
+        assert [e.op for e in ops if e.backend != PROGRAM_BACKEND] == ["sample"]  # nothing else ran in Python
         end = steps[step]
         assert end.begin_ts <= inside[0].start and inside[-1].end <= end.ts  # inside the step
-        assert all(e.flops > 0 and e.bytes > 0 for e in inside if e.op not in ("rope", "kv_write"))
+        assert all(e.flops > 0 and e.bytes > 0 for e in inside if e.op not in ("rope", "kv_write", "embed"))
+
+
+def test_a_token_id_outside_the_vocabulary_fails_the_step_in_one_line():
+    engine = _engine()
+    programs = engine.runner.graphs
+    ctx = engine.runner.context([0], [0], [1], [1], [[0]])
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        programs.run(torch.tensor([engine.config.vocab_size]), ctx)
+    assert programs.run(torch.tensor([5]), ctx).shape == (1, engine.config.vocab_size)  # the next step runs
