@@ -67,26 +67,35 @@ static long now_ns(void) {
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-/* Returns 0; -1 when the attention's scratch could not be allocated, -2 when a token id is outside the
- * vocabulary (the step's output is then unusable). */
+/* Returns 0; -1 when the scratch could not be allocated, -2 when a token id is outside the vocabulary (the
+ * step's output is then unusable). */
 int kvscope_decode_program_f32(const DecodeProgram *p) {
-    const int T = p->tokens, H = p->hidden, D = p->head_dim, I = p->intermediate;
+    const int T = p->tokens, H = p->hidden, D = p->head_dim, I = p->intermediate, nth = p->threads;
     const int qkv_n = p->q_size + 2 * p->kv_size, heads = p->heads;
-    const int ksplit = T < p->threads ? p->threads : 1; /* one request: its keys split over the threads */
+    const int ksplit = T < nth ? nth : 1; /* fewer requests than threads: their keys split over the threads */
     int longest = 1;
     for (int t = 0; t < T; t++)
         if (p->seq_lens[t] > longest) longest = p->seq_lens[t];
+    /* every thread's scratch, allocated before the team so that no thread can fail alone inside it */
+    const size_t n_s = (size_t)heads * longest, n_acc = (size_t)heads * (D + 2);
+    const size_t per_thread = n_s + n_acc;
+    const long n_act = (long)T * I;
+    float *scratch = malloc(sizeof(float) * per_thread * nth);
     float *part = ksplit > 1 ? malloc(sizeof(float) * (size_t)T * ksplit * heads * (D + 2)) : NULL;
-    int failed = 0, bad_id = 0;
-#pragma omp parallel num_threads(p->threads) reduction(| : failed, bad_id)
+    if (scratch == NULL || (ksplit > 1 && part == NULL)) {
+        free(scratch);
+        free(part);
+        return -1;
+    }
+    int bad_id = 0;
+#pragma omp parallel num_threads(nth) reduction(| : bad_id)
     {
-        float *s = malloc(sizeof(float) * (size_t)heads * (size_t)longest);
-        float *acc = malloc(sizeof(float) * (size_t)heads * (size_t)(D + 2));
-        const int stamp = omp_get_thread_num() == 0;
+        const int tid = omp_get_thread_num(), t0 = T * tid / nth, t1 = T * (tid + 1) / nth; /* this thread's tokens */
+        float *s = scratch + per_thread * tid, *acc = s + n_s;
+        const int stamp = tid == 0;
         long last = stamp ? now_ns() : 0, *times = p->step_times;
-#define END_OP(i)                                        \
+#define STAMP(i)                                         \
     do {                                                 \
-        _Pragma("omp barrier");                          \
         if (stamp) {                                     \
             const long now = now_ns();                   \
             times[2 * (i)] = last;                       \
@@ -94,8 +103,12 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
             last = now;                                  \
         }                                                \
     } while (0)
-#pragma omp for schedule(static) nowait
-        for (int t = 0; t < T; t++) {
+#define END_OP(i)                                        \
+    do {                                                 \
+        _Pragma("omp barrier");                          \
+        STAMP(i);                                        \
+    } while (0)
+        for (int t = t0; t < t1; t++) {
             const long id = p->input_ids[t];
             if (id < 0 || id >= p->vocab) {
                 bad_id = 1;
@@ -111,12 +124,12 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
             END_OP(0);
             p->linear(p->h, H, p->qkv[l], p->qkv_out, T, qkv_n, H, 0);
             END_OP(1);
-#pragma omp single nowait
-            p->rope(p->qkv_out, qkv_n, D, p->heads, p->qkv_out + p->q_size, qkv_n, D, p->kv_heads, p->positions,
-                    p->cos_sin, D, T);
-            END_OP(2);
-#pragma omp for schedule(static) nowait
-            for (int t = 0; t < T; t++) {
+            /* this thread's tokens: q and k rotated, then k and v to their slots (no barrier between) */
+            float *q_t = p->qkv_out + (size_t)t0 * qkv_n;
+            p->rope(q_t, qkv_n, D, p->heads, q_t + p->q_size, qkv_n, D, p->kv_heads, p->positions + t0, p->cos_sin, D,
+                    t1 - t0);
+            STAMP(2);
+            for (int t = t0; t < t1; t++) {
                 const long slot = p->slots[t];
                 if (slot < 0) continue;
                 const float *k = p->qkv_out + (size_t)t * qkv_n + p->q_size, *v = k + p->kv_size;
@@ -124,9 +137,9 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
                 memcpy(p->v_cache[l] + (size_t)slot * p->kv_size, v, sizeof(float) * (size_t)p->kv_size);
             }
             END_OP(3);
-            failed |= p->attend(p->qkv_out, qkv_n, p->attn_out, (long)p->heads * D, p->k_cache[l], p->v_cache[l],
-                                p->block_tables, p->bt_stride, p->query_start_loc, p->seq_lens, p->requests, T,
-                                p->heads, p->kv_heads, D, p->block_size, p->scale, ksplit, part, s, acc) != 0;
+            p->attend(p->qkv_out, qkv_n, p->attn_out, (long)p->heads * D, p->k_cache[l], p->v_cache[l],
+                      p->block_tables, p->bt_stride, p->query_start_loc, p->seq_lens, p->requests, T, p->heads,
+                      p->kv_heads, D, p->block_size, p->scale, ksplit, part, s, acc);
             END_OP(4);
             p->linear(p->attn_out, (long)p->heads * D, p->o_proj[l], p->x, T, H, p->q_size, 1);
             END_OP(5);
@@ -134,12 +147,13 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
             END_OP(6);
             p->linear(p->h, H, p->gate_up[l], p->gate_up_out, T, 2 * I, H, 0);
 #pragma omp barrier
-#pragma omp for schedule(static)
-            for (long j = 0; j < (long)T * I; j++) {  /* silu(gate) * up, vectorised expf (-ffast-math) */
-                const long t = j / I, i = j % I;
-                const float g = p->gate_up_out[t * 2 * I + i], u = p->gate_up_out[t * 2 * I + I + i];
-                p->act[j] = g / (1.0f + expf(-g)) * u;
+            for (long j = n_act * tid / nth, j1 = n_act * (tid + 1) / nth; j < j1;) { /* this thread's share */
+                const long t = j / I, i1 = j1 - t * I < I ? j1 - t * I : I;   /* of act = silu(gate) * up: */
+                const float *g = p->gate_up_out + t * 2 * I, *u = g + I;       /* row t, from column j - t I */
+                for (long i = j - t * I; i < i1; i++) p->act[t * I + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+                j = t * I + i1;
             }
+#pragma omp barrier
             p->linear(p->act, I, p->down[l], p->x, T, H, I, 1);
             END_OP(7);
         }
@@ -149,9 +163,9 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
         p->linear(p->h, H, p->lm_head, p->logits, T, p->vocab, H, 0);
         END_OP(2);
 #undef END_OP
-        free(s);
-        free(acc);
+#undef STAMP
     }
+    free(scratch);
     free(part);
-    return failed ? -1 : bad_id ? -2 : 0;
+    return bad_id ? -2 : 0;
 }

@@ -107,7 +107,7 @@ class DecodeProgram:
             raise IndexError(f"the CPU decode program: a token id outside the vocabulary (0 to "
                              f"{self._program.vocab - 1})")
         if status != 0:
-            raise MemoryError("the CPU decode program could not allocate its attention scratch")
+            raise MemoryError("the CPU decode program could not allocate its scratch")
 
     def op_times(self) -> list[tuple[int, int, int, int]]:
         """(op index, layer, start ns, end ns) of the last run, in the program's order (see the module docstring)."""

@@ -37,16 +37,21 @@ def test_the_engine_uses_programs_for_float32_on_a_cpu_only():
     assert _engine().runner.graphs.sizes == [1, 2, 4, 6]
 
 
-def test_program_logits_match_the_eager_model():
-    engine = _engine()
+@pytest.mark.parametrize("max_num_seqs, batches", [(6, (1, 3, 5, 6)), (96, (90,))])
+def test_program_logits_match_the_eager_model(max_num_seqs, batches):
+    """Small batches, some padded, and one of 90 (padded to 96): every thread has tokens of its own to
+    rotate and store."""
+    engine = _engine(scheduler={**RECIPE["scheduler"], "max_num_seqs": max_num_seqs},
+                     cache={"block_size": 4, "num_blocks": 5 * max_num_seqs + 8})
     programs = engine.runner.graphs
     g = torch.Generator().manual_seed(3)
     k_cache = engine.runner.kv_layers[0][0]
     for layer_k, layer_v in engine.runner.kv_layers:  # some context in the pools to attend to
         layer_k.copy_(torch.randn(layer_k.shape, generator=g))
         layer_v.copy_(torch.randn(layer_v.shape, generator=g))
-    for n in (1, 3, 5, 6):  # 3 and 5 pad to 4 and 6
-        tables = [[int(b) for b in torch.randperm(200, generator=g)[:5]] for _ in range(n)]
+    for n in batches:  # 3, 5 and 90 pad to 4, 6 and 96
+        blocks = torch.randperm(5 * n, generator=g).tolist()  # each request its own blocks: no slot written twice
+        tables = [blocks[5 * i:5 * i + 5] for i in range(n)]
         seq_lens = [int(s) for s in torch.randint(1, 20, (n,), generator=g)]
         positions = [s - 1 for s in seq_lens]
         slots = [t[p // 4] * 4 + p % 4 for t, p in zip(tables, positions)]
