@@ -28,10 +28,11 @@ class _Program(ctypes.Structure):
     _fields_ = [(name, _I) for name in ("tokens", "layers", "hidden", "q_size", "kv_size", "intermediate", "heads",
                                         "kv_heads", "head_dim", "block_size", "threads", "vocab")] + [
         ("eps", _F), ("scale", _F), ("final_eps", _F), ("bt_stride", _L)] + [
-        (name, _P) for name in ("input_ids", "embed", "final_norm", "lm_head", "logits", "attn_norm", "qkv", "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache",
-                                "positions", "slots", "block_tables", "query_start_loc", "seq_lens", "requests",
-                                "cos_sin", "x", "h", "qkv_out", "attn_out", "gate_up_out", "act",
-                                "linear", "rms_norm", "rope", "attend", "times", "step_times")]
+        (name, _P) for name in ("input_ids", "embed", "final_norm", "lm_head", "logits", "attn_norm", "qkv",
+                                "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache", "positions", "slots",
+                                "block_tables", "query_start_loc", "seq_lens", "requests", "cos_sin", "x", "h",
+                                "qkv_out", "attn_out", "gate_up_out", "act", "linear", "rms_norm", "rope", "attend",
+                                "times", "step_times")]
 
 
 @functools.cache
@@ -67,10 +68,10 @@ class DecodeProgram:
     def __init__(self, *, tokens: int, layers: list[dict[str, torch.Tensor]], k_caches: list[torch.Tensor],
                  v_caches: list[torch.Tensor], heads: int, kv_heads: int, head_dim: int, eps: float, scale: float,
                  embed: torch.Tensor, final_norm: torch.Tensor, final_eps: float, lm_head: torch.Tensor,
-                 input_ids: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, block_tables: torch.Tensor,
-                 query_start_loc: torch.Tensor, seq_lens: torch.Tensor, requests: torch.Tensor,
-                 cos_sin: torch.Tensor, x: torch.Tensor, h: torch.Tensor, qkv_out: torch.Tensor,
-                 attn_out: torch.Tensor, gate_up_out: torch.Tensor, act: torch.Tensor) -> None:
+                 input_ids: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                 block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                 requests: torch.Tensor, cos_sin: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+                 qkv_out: torch.Tensor, attn_out: torch.Tensor, gate_up_out: torch.Tensor, act: torch.Tensor) -> None:
         entry = _entry_points()
         if entry is None:
             raise RuntimeError("the CPU decode program's C libraries do not build here")
@@ -90,7 +91,8 @@ class DecodeProgram:
                              self._keep):
             setattr(p, name, ctypes.cast(arr, _P))
         for name, t in (("input_ids", input_ids), ("embed", embed), ("final_norm", final_norm), ("lm_head", lm_head),
-                        ("logits", logits), ("step_times", self.step_times), ("positions", positions), ("slots", slots), ("block_tables", block_tables),
+                        ("logits", logits), ("step_times", self.step_times), ("positions", positions),
+                        ("slots", slots), ("block_tables", block_tables),
                         ("query_start_loc", query_start_loc), ("seq_lens", seq_lens), ("requests", requests),
                         ("cos_sin", cos_sin), ("x", x), ("h", h), ("qkv_out", qkv_out), ("attn_out", attn_out),
                         ("gate_up_out", gate_up_out), ("act", act), ("times", self.times)):
