@@ -19,6 +19,15 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+/* Software prefetch of key j's slot row (row floats): the hardware prefetchers lose the stream at every block
+ * boundary (a block's rows are contiguous, the next block is anywhere), and one request's keys are read by one
+ * thread, one dependent load at a time. Keys are prefetched 16 ahead, values 8 ahead: the attention 10-25% faster
+ * at 64 requests and at one (step-interleaved in the decode program; 8 or 32 ahead measured the same). */
+static inline void prefetch_slot(const float *cache, const int *table, int j, int bs, size_t row) {
+    const float *r = cache + ((size_t)table[j / bs] * bs + j % bs) * row;
+    for (size_t c = 0; c < row; c += 16) __builtin_prefetch(r + c);
+}
+
 /* Keys [j0, j1) of one decode token, all its heads (q and every slot row read whole): for query head h its
  * scores' max m[h], l[h] = sum_j exp(score_j - m[h]) and the unnormalised acc[h * D ..] = sum_j exp(..) v_j.
  * s: heads * (j1 - j0) floats of scratch. An empty range gives m = -FLT_MAX, l = 0, acc = 0. */
@@ -32,6 +41,7 @@ static void decode_range(const float *q, const float *k_cache, const float *v_ca
     if (n <= 0) return;
     for (int j = j0; j < j1; j++) {
         const float *kr = k_cache + ((size_t)table[j / bs] * bs + j % bs) * row;
+        if (j + 16 < j1) prefetch_slot(k_cache, table, j + 16, bs, row);
         for (int h = 0; h < heads; h++) {
             const float *qh = q + (size_t)h * D, *kh = kr + (size_t)(h / group) * D;
             float dot = 0.f;
@@ -48,8 +58,10 @@ static void decode_range(const float *q, const float *k_cache, const float *v_ca
         m[h] = mh;
         l[h] = sum;
     }
+    for (int j = j0; j < j0 + 8 && j < j1; j++) prefetch_slot(v_cache, table, j, bs, row);
     for (int j = j0; j < j1; j++) {
         const float *vr = v_cache + ((size_t)table[j / bs] * bs + j % bs) * row;
+        if (j + 8 < j1) prefetch_slot(v_cache, table, j + 8, bs, row);
         for (int h = 0; h < heads; h++) {
             const float p = s[(size_t)h * n + (j - j0)], *vh = vr + (size_t)(h / group) * D;
             float *ah = acc + (size_t)h * D;
