@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from kvscope.kernels.attention_cpu import paged_decode_available, paged_decode_cpu
+from kvscope.kernels.attention_cpu import paged_decode_available, paged_decode_cpu, paged_prefill_cpu
 from kvscope.kernels.norm_rope_cpu import cpu_fused_ops
 from kvscope.kernels.attention_torch import (
     AttentionPlan,
@@ -79,15 +79,19 @@ class TorchAttention:
                                                    k_cache.shape[1], meta.block_tables_host,
                                                    decode_groups=not paged_decode_available(q, k_cache))
         plan = meta.torch_plan
-        if plan.chunks or plan.decode_requests is None:
-            out = paged_attention_torch(
+        if plan.decode or plan.chunks:
+            return paged_attention_torch(
                 q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale, plan=plan,
             )
-        else:  # decodes only: the C kernel writes every row (padding rows after them stay unwritten, never read)
-            out = torch.empty(q.shape, dtype=q.dtype)
-        if plan.decode_requests is not None:  # the decode rows: one C call (kvscope.kernels.attention_cpu)
+        # the C kernels (kvscope.kernels.attention_cpu) write every request's rows; padding rows after them stay
+        # unwritten, never read
+        out = torch.empty(q.shape, dtype=q.dtype)
+        if plan.decode_requests is not None:  # one-token requests: one C call
             paged_decode_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
                              plan.decode_requests, scale, out)
+        if plan.chunk_requests is not None:  # prompt chunks and drafts to verify: one more
+            paged_prefill_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+                              plan.chunk_requests, scale, out)
         return out
 
 

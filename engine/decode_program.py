@@ -9,7 +9,7 @@ eagerly. The per-op kernel events stay measured: the program stamps each op (the
 through `op_records`).
 
 The engine uses it by default where it applies: a float32 model on a CPU with the torch attention backend,
-its C RMSNorm / RoPE in place, and the four C libraries built (`KVSCOPE_CPU_KERNELS=0` turns all of them
+its C RMSNorm / RoPE in place, and the five C libraries built (`KVSCOPE_CPU_KERNELS=0` turns all of them
 off).
 """
 

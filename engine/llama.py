@@ -152,9 +152,13 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_up = Linear(hidden_size, 2 * intermediate_size)
         self.down = Linear(intermediate_size, hidden_size)
+        self.silu_and_mul: Any = None  # the backend's fused activation (gate | up -> silu(gate) * up), or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate_up = self.gate_up(x)
+        if self.silu_and_mul is not None:
+            return self.down(self.silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
 
 
@@ -227,6 +231,7 @@ class LlamaModel(nn.Module):
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             layer.attn.bind(k_cache, v_cache, backend)
             layer.attn_norm.fused = layer.mlp_norm.fused = fused
+            layer.mlp.silu_and_mul = getattr(fused, "silu_and_mul", None)
         self.final_norm.fused = self.rope.fused = fused
 
     @torch.inference_mode()

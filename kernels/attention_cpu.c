@@ -15,6 +15,7 @@
  * int32 (context length including the new token); requests [R] int32: which of the B requests to compute.
  */
 #include <float.h>
+#include <omp.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -148,4 +149,236 @@ int kvscope_paged_decode_f32(const float *q, long q_tok, float *out, long o_tok,
     }
     free(part);
     return failed ? -1 : 0;
+}
+
+/* ---- prompt chunks: causal attention of several query tokens per request (prefill, drafts to verify) ---- */
+
+enum { KEY_BLOCK = 16, QUERY_TILE = 16 }; /* keys per step of the online softmax; query tokens per work item */
+
+/* One work item: query tokens [i0, i1) of a request (positions first_pos + i; rows row0 + i of q and out), the
+ * `group` query heads of K/V head g, each over keys 0 .. its position, read in place through `table`. Rows
+ * r = (i - i0) * group + hh (head g * group + hh). A flash-attention loop: per block of 16 keys the scores of
+ * every row (the keys transposed once, so a row's 16 scores are one vector), the online softmax, then the
+ * values added in. scratch: rows * (2 D + 2 + KEY_BLOCK) + D * KEY_BLOCK floats. */
+static void prefill_item(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
+                         const float *v_cache, const int *table, int row0, int i0, int i1, int first_pos, int g,
+                         int group, int KVH, int D, int bs, float scale, float *scratch) {
+    const int rows = (i1 - i0) * group;
+    const size_t slot_row = (size_t)KVH * D;
+    float *Q = scratch, *O = Q + (size_t)rows * D, *m = O + (size_t)rows * D, *l = m + rows, *S = l + rows;
+    float *Kt = S + (size_t)rows * KEY_BLOCK;
+    for (int r = 0; r < rows; r++) {
+        const float *qr = q + (size_t)(row0 + i0 + r / group) * q_tok + (size_t)(g * group + r % group) * D;
+        for (int d = 0; d < D; d++) {
+            Q[(size_t)r * D + d] = qr[d] * scale;
+            O[(size_t)r * D + d] = 0.f;
+        }
+        m[r] = -1e30f; /* finite: this file is built with -ffast-math, which assumes no infinities */
+        l[r] = 0.f;
+    }
+    const int last = first_pos + i1 - 1; /* the tile's last position: its keys end there */
+    for (int j0 = 0; j0 <= last; j0 += KEY_BLOCK) {
+        const int nk = last + 1 - j0 < KEY_BLOCK ? last + 1 - j0 : KEY_BLOCK;
+        for (int c = 0; c < KEY_BLOCK; c++) { /* Kt[d][c] = key j0 + c of head g (0 past the tile's keys) */
+            const float *kr = c < nk ? k_cache + ((size_t)table[(j0 + c) / bs] * bs + (j0 + c) % bs) * slot_row
+                                           + (size_t)g * D : NULL;
+            for (int d = 0; d < D; d++) Kt[(size_t)d * KEY_BLOCK + c] = kr ? kr[d] : 0.f;
+        }
+        for (int r = 0; r < rows; r++) {
+            const int pos = first_pos + i0 + r / group;
+            if (pos < j0) { /* every key of this block is after this row's position */
+                for (int c = 0; c < KEY_BLOCK; c++) S[(size_t)r * KEY_BLOCK + c] = 0.f;
+                continue;
+            }
+            float s[KEY_BLOCK] = {0.f};
+            const float *qr = Q + (size_t)r * D;
+            for (int d = 0; d < D; d++) {
+                const float qd = qr[d], *kt = Kt + (size_t)d * KEY_BLOCK;
+#pragma omp simd
+                for (int c = 0; c < KEY_BLOCK; c++) s[c] += qd * kt[c];
+            }
+            float top = m[r];
+            for (int c = 0; c < KEY_BLOCK; c++) {
+                if (j0 + c > pos) s[c] = -1e30f;
+                top = s[c] > top ? s[c] : top;
+            }
+            const float alpha = expf(m[r] - top);
+            float sum = 0.f, *p = S + (size_t)r * KEY_BLOCK;
+#pragma omp simd reduction(+ : sum)
+            for (int c = 0; c < KEY_BLOCK; c++) {
+                p[c] = expf(s[c] - top);
+                sum += p[c];
+            }
+            m[r] = top;
+            l[r] = l[r] * alpha + sum;
+            float *o = O + (size_t)r * D;
+#pragma omp simd
+            for (int d = 0; d < D; d++) o[d] *= alpha;
+        }
+        for (int c = 0; c < nk; c++) {
+            const float *vr = v_cache + ((size_t)table[(j0 + c) / bs] * bs + (j0 + c) % bs) * slot_row + (size_t)g * D;
+            for (int r = 0; r < rows; r++) {
+                const float p = S[(size_t)r * KEY_BLOCK + c];
+                float *o = O + (size_t)r * D;
+#pragma omp simd
+                for (int d = 0; d < D; d++) o[d] += p * vr[d];
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)(row0 + i0 + r / group) * o_tok + (size_t)(g * group + r % group) * D;
+        const float inv = 1.0f / l[r];
+        for (int d = 0; d < D; d++) o[d] = O[(size_t)r * D + d] * inv;
+    }
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* prefill_item with AVX-512, for D a multiple of 16: rows go four at a time through one key block (their 16
+ * scores in four vectors, each key vector loaded once for the four; their output rows held in registers, 64
+ * floats of each at a time, while the block's 16 values are added in). The same arithmetic as the portable
+ * loop, the additions grouped differently. */
+static void prefill_item_avx512(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
+                                const float *v_cache, const int *table, int row0, int i0, int i1, int first_pos,
+                                int g, int group, int KVH, int D, int bs, float scale, float *scratch) {
+    const int rows = (i1 - i0) * group;
+    const size_t slot_row = (size_t)KVH * D;
+    float *Q = scratch, *O = Q + (size_t)(rows + 3) * D, *m = O + (size_t)(rows + 3) * D, *l = m + rows + 3;
+    float *Kt = l + rows + 3, *P = Kt + (size_t)D * KEY_BLOCK;
+    const float *vrow[KEY_BLOCK];
+    for (int r = 0; r < rows + 3; r++) { /* up to 3 padding rows (zero queries) round the rows up to fours */
+        const float *qr = r < rows ? q + (size_t)(row0 + i0 + r / group) * q_tok + (size_t)(g * group + r % group) * D
+                                   : NULL;
+        for (int d = 0; d < D; d++) {
+            Q[(size_t)r * D + d] = qr ? qr[d] * scale : 0.f;
+            O[(size_t)r * D + d] = 0.f;
+        }
+        m[r] = -1e30f;
+        l[r] = 0.f;
+    }
+    const int last = first_pos + i1 - 1;
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int j0 = 0; j0 <= last; j0 += KEY_BLOCK) {
+        const int nk = last + 1 - j0 < KEY_BLOCK ? last + 1 - j0 : KEY_BLOCK;
+        for (int c = 0; c < KEY_BLOCK; c++) {
+            const size_t slot = c < nk ? (size_t)table[(j0 + c) / bs] * bs + (j0 + c) % bs : 0;
+            const float *kr = k_cache + slot * slot_row + (size_t)g * D;
+            vrow[c] = v_cache + slot * slot_row + (size_t)g * D;
+            for (int d = 0; d < D; d++) Kt[(size_t)d * KEY_BLOCK + c] = c < nk ? kr[d] : 0.f;
+        }
+        for (int r = 0; r < rows; r += 4) {
+            __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            const float *q0 = Q + (size_t)r * D;
+            for (int d = 0; d < D; d++) {
+                const __m512 kt = _mm512_loadu_ps(Kt + (size_t)d * KEY_BLOCK);
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) s[u] = _mm512_fmadd_ps(_mm512_set1_ps(q0[(size_t)u * D + d]), kt, s[u]);
+            }
+            float alpha[4];
+            for (int u = 0; u < 4; u++) { /* masked online softmax of row r + u over this block */
+                const int pos = first_pos + i0 + (r + u) / group; /* padding rows: any position, output unused */
+                const __mmask16 after = _mm512_cmp_ps_mask(_mm512_add_ps(lane, _mm512_set1_ps((float)j0)),
+                                                           _mm512_set1_ps((float)pos), _CMP_GT_OQ);
+                const __m512 sm = _mm512_mask_blend_ps(after, s[u], _mm512_set1_ps(-1e30f));
+                const float top = fmaxf(m[r + u], _mm512_reduce_max_ps(sm));
+                float *p = P + (size_t)u * KEY_BLOCK, sum = 0.f;
+                _mm512_storeu_ps(p, _mm512_sub_ps(sm, _mm512_set1_ps(top)));
+#pragma omp simd reduction(+ : sum)
+                for (int c = 0; c < KEY_BLOCK; c++) {
+                    p[c] = expf(p[c]);
+                    sum += p[c];
+                }
+                alpha[u] = expf(m[r + u] - top);
+                m[r + u] = top;
+                l[r + u] = l[r + u] * alpha[u] + sum;
+            }
+            for (int d = 0; d < D; d += 64) { /* O rows r .. r + 3, floats d .. d + 63, in 16 registers */
+                const int nv = D - d < 64 ? (D - d) / 16 : 4;
+                __m512 o[4][4];
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++)
+                        o[u][v] = v < nv ? _mm512_mul_ps(_mm512_loadu_ps(O + (size_t)(r + u) * D + d + 16 * v),
+                                                         _mm512_set1_ps(alpha[u]))
+                                         : _mm512_setzero_ps();
+                for (int c = 0; c < nk; c++) {
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) {
+                        if (v >= nv) break;
+                        const __m512 val = _mm512_loadu_ps(vrow[c] + d + 16 * v);
+#pragma GCC unroll 4
+                        for (int u = 0; u < 4; u++)
+                            o[u][v] = _mm512_fmadd_ps(_mm512_set1_ps(P[(size_t)u * KEY_BLOCK + c]), val, o[u][v]);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++)
+                        if (v < nv) _mm512_storeu_ps(O + (size_t)(r + u) * D + d + 16 * v, o[u][v]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)(row0 + i0 + r / group) * o_tok + (size_t)(g * group + r % group) * D;
+        const float inv = 1.0f / l[r];
+        for (int d = 0; d < D; d++) o[d] = O[(size_t)r * D + d] * inv;
+    }
+}
+#endif
+
+/* The query tokens of the `R` chosen requests (indices into the batch; each request's tokens are rows
+ * query_start_loc[r] .. query_start_loc[r + 1] - 1, at the last positions of its seq_lens[r] keys), causal
+ * over their paged K/V. Layouts as kvscope_paged_decode_f32's. Work items (request, K/V head, tile of 16
+ * query tokens) go to the threads longest first. Returns 0, or -1 when scratch could not be allocated. */
+int kvscope_paged_prefill_f32(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
+                              const float *v_cache, const int *block_tables, long bt_stride,
+                              const int *query_start_loc, const int *seq_lens, const int *requests, int R, int H,
+                              int KVH, int D, int bs, float scale, int threads) {
+    const int group = H / KVH;
+    int items = 0;
+    for (int i = 0; i < R; i++) {
+        const int r = requests[i], n = query_start_loc[r + 1] - query_start_loc[r];
+        items += KVH * ((n + QUERY_TILE - 1) / QUERY_TILE);
+    }
+    int *work = malloc(sizeof(int) * 3 * (size_t)(items > 0 ? items : 1)); /* (request index, head, first token) */
+    if (work == NULL) return -1;
+    int w = 0;
+    for (int i = 0; i < R; i++) { /* the last tiles (most keys) first */
+        const int r = requests[i], n = query_start_loc[r + 1] - query_start_loc[r];
+        for (int t = (n - 1) / QUERY_TILE * QUERY_TILE; t >= 0 && n > 0; t -= QUERY_TILE)
+            for (int g = 0; g < KVH; g++, w++) {
+                work[3 * w] = i;
+                work[3 * w + 1] = g;
+                work[3 * w + 2] = t;
+            }
+    }
+    const size_t rows = (size_t)QUERY_TILE * group;
+    const size_t per_thread = (rows + 3) * (2 * (size_t)D + 2 + KEY_BLOCK) + (size_t)D * KEY_BLOCK + 4 * KEY_BLOCK;
+    int nth = threads > 1 && items > 1 ? threads : 1;
+    float *scratch = malloc(sizeof(float) * per_thread * nth);
+    if (scratch == NULL) {
+        free(work);
+        return -1;
+    }
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (nth > 1)
+    for (int k = 0; k < items; k++) {
+        const int i = work[3 * k], g = work[3 * k + 1], i0 = work[3 * k + 2], r = requests[i];
+        const int row0 = query_start_loc[r], n = query_start_loc[r + 1] - row0;
+        const int i1 = i0 + QUERY_TILE < n ? i0 + QUERY_TILE : n;
+        float *mine = scratch + per_thread * omp_get_thread_num();
+#if defined(__AVX512F__)
+        if (D % 16 == 0) {
+            prefill_item_avx512(q, q_tok, out, o_tok, k_cache, v_cache, block_tables + (size_t)r * bt_stride, row0, i0,
+                                i1, seq_lens[r] - n, g, group, KVH, D, bs, scale, mine);
+            continue;
+        }
+#endif
+        prefill_item(q, q_tok, out, o_tok, k_cache, v_cache, block_tables + (size_t)r * bt_stride, row0, i0, i1,
+                     seq_lens[r] - n, g, group, KVH, D, bs, scale, mine);
+    }
+    free(scratch);
+    free(work);
+    return 0;
 }

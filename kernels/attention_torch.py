@@ -105,6 +105,7 @@ class AttentionPlan:
     decode: list[_DecodeGroup]
     chunks: list[_Chunk]
     decode_requests: torch.Tensor | None = None  # int32 ids of the decode requests, when another kernel takes them
+    chunk_requests: torch.Tensor | None = None   # int32 ids of the several-token requests, likewise
 
 
 def _context(table: list[int], length: int, block_size: int, device: torch.device) -> _Context:
@@ -123,8 +124,9 @@ def plan_paged_attention(
     block_tables_host: list[list[int]] | None = None,
     decode_groups: bool = True,
 ) -> AttentionPlan:
-    """The step's AttentionPlan (see paged_attention_torch for the arguments). decode_groups=False: the decode
-    requests are left to another kernel (their ids in `decode_requests`), this plan covers the chunks only."""
+    """The step's AttentionPlan (see paged_attention_torch for the arguments). decode_groups=False: every request
+    is left to other kernels (the decode ones' ids in `decode_requests`, those with several query tokens in
+    `chunk_requests`), and the plan has no groups or chunks of its own."""
     device = block_tables.device
     tables = block_tables.tolist() if block_tables_host is None else block_tables_host
     qstarts = [0]
@@ -157,6 +159,10 @@ def plan_paged_attention(
         in_place = len(rows) == len(query_lens_host) == qstarts[-1] and tok == list(range(len(tok)))
         groups.append(_DecodeGroup(None if in_place else torch.tensor(tok, device=device), context, keep))
     chunks = []
+    if not decode_groups:
+        rows = [i for i, n in enumerate(query_lens_host) if n > 1]
+        chunk_requests = torch.tensor(rows, dtype=torch.int32, device=device) if rows else None
+        return AttentionPlan(qstarts[-1], groups, chunks, decode_requests, chunk_requests)
     for i, q_len in enumerate(query_lens_host):
         if q_len <= 1:
             continue

@@ -20,11 +20,10 @@
  *   final_norm h = rms_norm(x)
  *   lm_head    logits = h @ W_lm^T
  *
- * The kernels come from their own libraries (built with their own flags) as function pointers; this file is
- * built with -ffast-math for the SwiGLU's expf (vectorised), its only arithmetic. Thread 0
+ * The kernels come from their own libraries (built with their own flags) as function pointers; this file does
+ * no arithmetic of its own. Thread 0
  * stamps CLOCK_MONOTONIC (Python's perf_counter_ns) at every op's end, so each op keeps a measured slice.
  */
-#include <math.h>
 #include <omp.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -32,6 +31,7 @@
 #include <time.h>
 
 typedef void (*linear_fn)(const float *, long, const float *, float *, int, int, int, int);
+typedef void (*silu_mul_fn)(const float *, float *, int, int, int, int);
 typedef void (*norm_fn)(const float *, long, const float *, float *, int, int, float);
 typedef void (*rope_fn)(float *, long, long, int, float *, long, long, int, const long *, const float *, int, int);
 typedef int (*attend_fn)(const float *, long, float *, long, const float *, const float *, const int *, long,
@@ -53,6 +53,7 @@ typedef struct {
     float *x, *h, *qkv_out, *attn_out, *gate_up_out, *act;
     linear_fn linear;
     norm_fn rms_norm;
+    silu_mul_fn silu_and_mul;
     rope_fn rope;
     attend_fn attend;
     long *times;      /* [layers][8][2]: each op's start and end, ns */
@@ -79,7 +80,6 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
     /* every thread's scratch, allocated before the team so that no thread can fail alone inside it */
     const size_t n_s = (size_t)heads * longest, n_acc = (size_t)heads * (D + 2);
     const size_t per_thread = n_s + n_acc;
-    const long n_act = (long)T * I;
     float *scratch = malloc(sizeof(float) * per_thread * nth);
     float *part = ksplit > 1 ? malloc(sizeof(float) * (size_t)T * ksplit * heads * (D + 2)) : NULL;
     if (scratch == NULL || (ksplit > 1 && part == NULL)) {
@@ -147,12 +147,7 @@ int kvscope_decode_program_f32(const DecodeProgram *p) {
             END_OP(6);
             p->linear(p->h, H, p->gate_up[l], p->gate_up_out, T, 2 * I, H, 0);
 #pragma omp barrier
-            for (long j = n_act * tid / nth, j1 = n_act * (tid + 1) / nth; j < j1;) { /* this thread's share */
-                const long t = j / I, i1 = j1 - t * I < I ? j1 - t * I : I;   /* of act = silu(gate) * up: */
-                const float *g = p->gate_up_out + t * 2 * I, *u = g + I;       /* row t, from column j - t I */
-                for (long i = j - t * I; i < i1; i++) p->act[t * I + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-                j = t * I + i1;
-            }
+            p->silu_and_mul(p->gate_up_out, p->act, T, I, tid, nth);
 #pragma omp barrier
             p->linear(p->act, I, p->down[l], p->x, T, H, I, 1);
             END_OP(7);

@@ -6,7 +6,8 @@ computes the step over whatever the buffers hold now: input_ids [T] in, logits [
 embedding, every layer and the final norm). `op_times()` gives each op's measured (op index, layer, start,
 end) from the last run, ns on time.perf_counter_ns's clock: indices 0-7 are a layer's ops (OPS_PER_LAYER, in
 the program's order), STEP_OPS those outside the layers (layer -1). The kernels are those of linear_cpu,
-norm_rope_cpu and attention_cpu; `decode_program_available()` says whether all four libraries build here.
+norm_rope_cpu, activation_cpu and attention_cpu; `decode_program_available()` says whether all five libraries
+build here.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class _Program(ctypes.Structure):
         (name, _P) for name in ("input_ids", "embed", "final_norm", "lm_head", "logits", "attn_norm", "qkv",
                                 "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache", "positions", "slots",
                                 "block_tables", "query_start_loc", "seq_lens", "requests", "cos_sin", "x", "h",
-                                "qkv_out", "attn_out", "gate_up_out", "act", "linear", "rms_norm", "rope", "attend",
-                                "times", "step_times")]
+                                "qkv_out", "attn_out", "gate_up_out", "act", "linear", "rms_norm", "silu_and_mul",
+                                "rope", "attend", "times", "step_times")]
 
 
 @functools.cache
@@ -40,7 +41,7 @@ def _entry_points() -> dict[str, int] | None:
     """Addresses of the team kernels and the program itself, or None when a library does not build."""
     libs = {"linear": c_kernels("linear_cpu")[0], "norm_rope": c_kernels("norm_rope_cpu")[0],
             "attention": c_kernels("attention_cpu", ("-ffast-math",))[0],
-            "decode": c_kernels("decode_cpu", ("-ffast-math",))[0]}
+            "activation": c_kernels("activation_cpu", ("-ffast-math",))[0], "decode": c_kernels("decode_cpu")[0]}
     if any(lib is None for lib in libs.values()):
         return None
     address = lambda lib, name: ctypes.cast(getattr(libs[lib], name), _P).value
@@ -48,6 +49,7 @@ def _entry_points() -> dict[str, int] | None:
     run.argtypes, run.restype = [ctypes.POINTER(_Program)], _I
     return {"linear": address("linear", "kvscope_linear_f32_team"),
             "rms_norm": address("norm_rope", "kvscope_rms_norm_f32_team"),
+            "silu_and_mul": address("activation", "kvscope_silu_and_mul_f32_team"),
             "rope": address("norm_rope", "kvscope_rope_f32"),
             "attend": address("attention", "kvscope_paged_decode_f32_team"), "run": run}
 
@@ -97,7 +99,7 @@ class DecodeProgram:
                         ("cos_sin", cos_sin), ("x", x), ("h", h), ("qkv_out", qkv_out), ("attn_out", attn_out),
                         ("gate_up_out", gate_up_out), ("act", act), ("times", self.times)):
             setattr(p, name, t.data_ptr())
-        for name in ("linear", "rms_norm", "rope", "attend"):
+        for name in ("linear", "rms_norm", "silu_and_mul", "rope", "attend"):
             setattr(p, name, entry[name])
         self._ref = ctypes.byref(p)
 

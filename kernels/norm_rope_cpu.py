@@ -14,6 +14,7 @@ import functools
 
 import torch
 
+from kvscope.kernels.activation_cpu import silu_and_mul_cpu, silu_and_mul_torch
 from kvscope.kernels.c_library import c_kernels, call_profiled
 from kvscope.kernels.norm_rope_torch import apply_rope_torch, rms_norm_torch
 
@@ -61,7 +62,12 @@ def rope_cpu_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin
 
 
 class CpuFusedOps:
-    """The torch backend's fused ops on a CPU: the C kernels where they apply, the torch references elsewhere."""
+    """The torch backend's fused ops on a CPU: the C kernels where they apply, the torch references elsewhere
+    (and the SwiGLU activation, kvscope.kernels.activation_cpu, which the Triton backend does not offer)."""
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        act = silu_and_mul_cpu(gate_up)
+        return silu_and_mul_torch(gate_up) if act is None else act
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         y = rms_norm_cpu(x, weight, eps)

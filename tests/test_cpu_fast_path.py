@@ -14,6 +14,7 @@ from kvscope.engine.attention import AttentionMetadata, TorchAttention
 from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.engine.recipe import Recipe
 from kvscope.kernels import linear_cpu as lc
+from kvscope.kernels.activation_cpu import silu_and_mul_cpu, silu_and_mul_torch
 from kvscope.kernels.c_library import CLibraryUnavailable, load_c_library
 from kvscope.kernels.attention_torch import paged_attention_torch, plan_paged_attention
 from kvscope.kernels.norm_rope_cpu import rms_norm_cpu, rope_cpu_
@@ -231,13 +232,41 @@ def _attend_through_backend(pool: Pool) -> tuple[torch.Tensor, AttentionMetadata
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("group", [1, 3])
-def test_c_decode_attention_matches_dense_oracle(case, group):
+def test_c_attention_matches_dense_oracle(case, group):
     tables, q_lens, seq_lens = CASES[case]
     pool = Pool(tables, q_lens, seq_lens, group=group, seed=len(case) + group)
     got, meta = _attend_through_backend(pool)
+    plan = meta.torch_plan
     decodes = [i for i, n in enumerate(q_lens) if n == 1]
-    assert meta.torch_plan.decode == [] and meta.torch_plan.decode_requests.tolist() == decodes  # the C path ran
+    chunks = [i for i, n in enumerate(q_lens) if n > 1]
+    assert plan.decode == [] and plan.chunks == []  # the C kernels ran, for both kinds of request
+    assert (plan.decode_requests.tolist() if decodes else plan.decode_requests) == (decodes or None)
+    assert (plan.chunk_requests.tolist() if chunks else plan.chunk_requests) == (chunks or None)
     torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("d", [64, 24])  # 64: the AVX-512 tile where the CPU has it; 24: the portable loop
+@pytest.mark.parametrize("group", [1, 3])
+def test_c_prefill_attention_long_chunks_over_scattered_blocks(d, group):
+    """Prompts and chunks after cached context, of lengths around the kernel's 16-token and 16-key tiles,
+    with a decode beside them; the chunks' rows the same to the bit on one thread (a work item is one
+    thread's)."""
+    g = torch.Generator().manual_seed(d + group)
+    q_lens = [70, 1, 16, 33, 2, 17]
+    seq_lens = [70, 40, 100, 33, 300, 81]
+    ids = torch.randperm(sum((n + 15) // 16 for n in seq_lens) + 5, generator=g).tolist()
+    tables, at = [], 0
+    for n in seq_lens:
+        tables.append(ids[at:at + (n + 15) // 16])
+        at += (n + 15) // 16
+    pool = Pool(tables, q_lens, seq_lens, block_size=16, n_kv=2, group=group, d=d, seed=d)
+    got, meta = _attend_through_backend(pool)
+    assert meta.torch_plan.chunk_requests.tolist() == [0, 2, 3, 4, 5]
+    torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
+    with torch_threads(1):
+        one, _ = _attend_through_backend(pool)
+    chunk_rows = [r for i in (0, 2, 3, 4, 5) for r in range(pool.starts[i], pool.starts[i + 1])]
+    assert torch.equal(one[chunk_rows], got[chunk_rows])  # (a lone decode splits its keys over the threads)
 
 
 def test_c_decode_attention_long_contexts_many_requests():
@@ -304,3 +333,14 @@ def test_c_decode_attention_one_request_split_over_the_threads(length):
     with torch_threads(2):
         got, _ = _attend_through_backend(pool)
     torch.testing.assert_close(got.double(), pool.oracle(), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_c_silu_and_mul_matches_the_torch_reference(tokens):
+    g = torch.Generator().manual_seed(tokens)
+    gate_up = torch.randn(tokens, 2 * 96, generator=g) * 4
+    got = silu_and_mul_cpu(gate_up)
+    assert got is not None and got.shape == (tokens, 96)
+    torch.testing.assert_close(got, silu_and_mul_torch(gate_up), rtol=1e-6, atol=1e-6)
+    assert silu_and_mul_cpu(gate_up.double()) is None  # not float32: the caller's torch code runs
+    assert silu_and_mul_cpu(torch.randn(7, 300)[:, :192]) is None  # strided rows
