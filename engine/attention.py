@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from kvscope.kernels.attention_cpu import paged_decode_available, paged_decode_cpu, paged_prefill_cpu
+from kvscope.kernels.attention_cpu import paged_cpu_available, paged_decode_cpu, paged_prefill_cpu
 from kvscope.kernels.norm_rope_cpu import cpu_fused_ops
 from kvscope.kernels.attention_torch import (
     AttentionPlan,
@@ -77,7 +77,7 @@ class TorchAttention:
         if meta.torch_plan is None:  # made by the step's first layer, for every layer
             meta.torch_plan = plan_paged_attention(meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
                                                    k_cache.shape[1], meta.block_tables_host,
-                                                   decode_groups=not paged_decode_available(q, k_cache))
+                                                   torch_kernels=not paged_cpu_available(q, k_cache))
         plan = meta.torch_plan
         if plan.decode or plan.chunks:
             return paged_attention_torch(

@@ -1,18 +1,22 @@
-/* kvscope's CPU decode attention in float32: each decode token's query heads over its paged K/V, read in
- * place through the block table (no gather, no padding, no mask), one call for every decode token of a step.
+/* kvscope's CPU attention in float32 over the paged K/V, read in place through the block tables (no gather, no
+ * padding, no mask): one call for every decode token of a step, one for every request with several query
+ * tokens (prompt chunks, drafts to verify).
  *
- * Work items are requests, spread over the threads; with fewer requests than threads each request's keys
- * are split into as many ranges (flash-decoding's split-KV), whose partial softmax states are merged after
+ * Decode: work items are requests, spread over the threads; with fewer requests than threads each request's
+ * keys are split into as many ranges (flash-decoding's split-KV), whose partial softmax states are merged after
  * a barrier. An item reads each of its slot rows once, whole: scores = q . k * scale for every query head
  * and context position, then per head the running max m, l = sum exp(score - m) and acc = sum exp(...) v;
- * out = acc / l (or, split, the partial states rescaled to their common max and summed). Float32 throughout.
- * Built with -ffast-math (so the expf loop is vectorised), which lets the compiler reorder additions:
- * results differ from torch's scaled_dot_product_attention in the last bits (the tests bound it).
+ * out = acc / l (or, split, the partial states rescaled to their common max and summed).
+ * Prompt chunks: a flash-attention loop per (request, K/V head, 16 query tokens), causal, 16 keys at a time.
+ * Float32 throughout. Built with -ffast-math (so the expf loops are vectorised), which lets the compiler
+ * reorder additions: results differ from torch's scaled_dot_product_attention in the last bits (the tests
+ * bound it).
  *
  * Layouts: q [T, H, D] (token rows q_tok apart, heads D apart, unit stride), out likewise (o_tok apart);
  * k_cache, v_cache [num_blocks, block_size, KVH, D] contiguous; block_tables [B, bt_stride] int32;
- * query_start_loc [B + 1] int32 (a decode request's one token is row query_start_loc[r]); seq_lens [B]
- * int32 (context length including the new token); requests [R] int32: which of the B requests to compute.
+ * query_start_loc [B + 1] int32 (request r's tokens are rows query_start_loc[r] .. query_start_loc[r + 1] - 1);
+ * seq_lens [B] int32 (context length including the new tokens); requests [R] int32: which of the B requests
+ * to compute.
  */
 #include <float.h>
 #include <omp.h>
@@ -20,12 +24,17 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+/* Key j's slot row of a pool (`row` floats a slot), through the request's block table. */
+static inline const float *slot_row(const float *cache, const int *table, int j, int bs, size_t row) {
+    return cache + ((size_t)table[j / bs] * bs + j % bs) * row;
+}
+
 /* Software prefetch of key j's slot row (row floats): the hardware prefetchers lose the stream at every block
  * boundary (a block's rows are contiguous, the next block is anywhere), and one request's keys are read by one
  * thread, one dependent load at a time. Keys are prefetched 16 ahead, values 8 ahead: the attention 10-25% faster
  * at 64 requests and at one (step-interleaved in the decode program; 8 or 32 ahead measured the same). */
 static inline void prefetch_slot(const float *cache, const int *table, int j, int bs, size_t row) {
-    const float *r = cache + ((size_t)table[j / bs] * bs + j % bs) * row;
+    const float *r = slot_row(cache, table, j, bs, row);
     for (size_t c = 0; c < row; c += 16) __builtin_prefetch(r + c);
 }
 
@@ -41,7 +50,7 @@ static void decode_range(const float *q, const float *k_cache, const float *v_ca
     for (int h = 0; h < heads; h++) { m[h] = -FLT_MAX; l[h] = 0.f; }
     if (n <= 0) return;
     for (int j = j0; j < j1; j++) {
-        const float *kr = k_cache + ((size_t)table[j / bs] * bs + j % bs) * row;
+        const float *kr = slot_row(k_cache, table, j, bs, row);
         if (j + 16 < j1) prefetch_slot(k_cache, table, j + 16, bs, row);
         for (int h = 0; h < heads; h++) {
             const float *qh = q + (size_t)h * D, *kh = kr + (size_t)(h / group) * D;
@@ -61,7 +70,7 @@ static void decode_range(const float *q, const float *k_cache, const float *v_ca
     }
     for (int j = j0; j < j0 + 8 && j < j1; j++) prefetch_slot(v_cache, table, j, bs, row);
     for (int j = j0; j < j1; j++) {
-        const float *vr = v_cache + ((size_t)table[j / bs] * bs + j % bs) * row;
+        const float *vr = slot_row(v_cache, table, j, bs, row);
         if (j + 8 < j1) prefetch_slot(v_cache, table, j + 8, bs, row);
         for (int h = 0; h < heads; h++) {
             const float p = s[(size_t)h * n + (j - j0)], *vh = vr + (size_t)(h / group) * D;
@@ -73,8 +82,9 @@ static void decode_range(const float *q, const float *k_cache, const float *v_ca
 }
 
 /* One thread's share (orphaned `omp for`s; no barrier at the end: the caller's) of the decode attention of `R`
- * requests, each request's keys in `ksplit` ranges. s: this thread's scratch, H * longest context floats; acc: H * (D + 2) floats; part (shared by
- * the team, used when ksplit > 1): R * ksplit * H * (D + 2) floats. Returns -1 when scratch is missing. */
+ * requests, each request's keys in `ksplit` ranges. s: this thread's scratch, H * longest context floats; acc:
+ * H * (D + 2) floats; part (shared by the team, used when ksplit > 1): R * ksplit * H * (D + 2) floats. Returns
+ * -1 when scratch is missing. */
 int kvscope_paged_decode_f32_team(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
                                   const float *v_cache, const int *block_tables, long bt_stride,
                                   const int *query_start_loc, const int *seq_lens, const int *requests, int R, int H,
@@ -155,178 +165,196 @@ int kvscope_paged_decode_f32(const float *q, long q_tok, float *out, long o_tok,
 
 enum { KEY_BLOCK = 16, QUERY_TILE = 16 }; /* keys per step of the online softmax; query tokens per work item */
 
-/* One work item: query tokens [i0, i1) of a request (positions first_pos + i; rows row0 + i of q and out), the
- * `group` query heads of K/V head g, each over keys 0 .. its position, read in place through `table`. Rows
- * r = (i - i0) * group + hh (head g * group + hh). A flash-attention loop: per block of 16 keys the scores of
- * every row (the keys transposed once, so a row's 16 scores are one vector), the online softmax, then the
- * values added in. scratch: rows * (2 D + 2 + KEY_BLOCK) + D * KEY_BLOCK floats. */
-static void prefill_item(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
-                         const float *v_cache, const int *table, int row0, int i0, int i1, int first_pos, int g,
-                         int group, int KVH, int D, int bs, float scale, float *scratch) {
-    const int rows = (i1 - i0) * group;
-    const size_t slot_row = (size_t)KVH * D;
-    float *Q = scratch, *O = Q + (size_t)rows * D, *m = O + (size_t)rows * D, *l = m + rows, *S = l + rows;
-    float *Kt = S + (size_t)rows * KEY_BLOCK;
-    for (int r = 0; r < rows; r++) {
-        const float *qr = q + (size_t)(row0 + i0 + r / group) * q_tok + (size_t)(g * group + r % group) * D;
+/* One work item's state: query tokens [i0, i1) of a request (positions first_pos + i; rows row0 + i of q and
+ * out), the `group` query heads of K/V head g, each over keys 0 .. its position. Rows r = (i - i0) * group + hh
+ * (head g * group + hh), `rows` of them, rounded up to fours (`padded`, the padding rows zero queries whose
+ * output is dropped). In the thread's scratch: Q (scaled) and O [padded][D], m and l [padded], the block's keys
+ * transposed Kt [D][KEY_BLOCK], the block's probabilities S [padded][KEY_BLOCK]. */
+typedef struct {
+    int rows, padded, first_pos, i0, g, group, D;
+    float *Q, *O, *m, *l, *Kt, *S;
+    const float *vrow[KEY_BLOCK]; /* the block's value rows of head g */
+} Tile;
+
+static size_t tile_floats(int padded, int D) {
+    return (size_t)padded * (2 * (size_t)D + 2 + KEY_BLOCK) + (size_t)D * KEY_BLOCK;
+}
+
+static void tile_begin(Tile *t, float *scratch, const float *q, long q_tok, int row0, int i0, int i1, int first_pos,
+                       int g, int group, int D, float scale) {
+    t->rows = (i1 - i0) * group;
+    t->padded = (t->rows + 3) / 4 * 4;
+    t->first_pos = first_pos, t->i0 = i0, t->g = g, t->group = group, t->D = D;
+    t->Q = scratch, t->O = t->Q + (size_t)t->padded * D, t->m = t->O + (size_t)t->padded * D;
+    t->l = t->m + t->padded, t->Kt = t->l + t->padded, t->S = t->Kt + (size_t)D * KEY_BLOCK;
+    for (int r = 0; r < t->padded; r++) {
+        const float *qr = r < t->rows
+                               ? q + (size_t)(row0 + i0 + r / group) * q_tok + (size_t)(g * group + r % group) * D
+                               : NULL;
         for (int d = 0; d < D; d++) {
-            Q[(size_t)r * D + d] = qr[d] * scale;
-            O[(size_t)r * D + d] = 0.f;
+            t->Q[(size_t)r * D + d] = qr ? qr[d] * scale : 0.f;
+            t->O[(size_t)r * D + d] = 0.f;
         }
-        m[r] = -1e30f; /* finite: this file is built with -ffast-math, which assumes no infinities */
-        l[r] = 0.f;
+        t->m[r] = -1e30f; /* finite: this file is built with -ffast-math, which assumes no infinities */
+        t->l[r] = 0.f;
     }
-    const int last = first_pos + i1 - 1; /* the tile's last position: its keys end there */
-    for (int j0 = 0; j0 <= last; j0 += KEY_BLOCK) {
-        const int nk = last + 1 - j0 < KEY_BLOCK ? last + 1 - j0 : KEY_BLOCK;
-        for (int c = 0; c < KEY_BLOCK; c++) { /* Kt[d][c] = key j0 + c of head g (0 past the tile's keys) */
-            const float *kr = c < nk ? k_cache + ((size_t)table[(j0 + c) / bs] * bs + (j0 + c) % bs) * slot_row
-                                           + (size_t)g * D : NULL;
-            for (int d = 0; d < D; d++) Kt[(size_t)d * KEY_BLOCK + c] = kr ? kr[d] : 0.f;
+}
+
+/* Keys j0 .. j0 + nk - 1 of head g: Kt[d][c] (zero past nk) and the value rows. */
+static void tile_keys(Tile *t, const float *k_cache, const float *v_cache, const int *table, int j0, int nk, int bs,
+                      size_t slot_row_floats) {
+    const int D = t->D;
+    for (int c = 0; c < KEY_BLOCK; c++) {
+        const float *kr = slot_row(k_cache, table, c < nk ? j0 + c : 0, bs, slot_row_floats) + (size_t)t->g * D;
+        t->vrow[c] = slot_row(v_cache, table, c < nk ? j0 + c : 0, bs, slot_row_floats) + (size_t)t->g * D;
+        for (int d = 0; d < D; d++) t->Kt[(size_t)d * KEY_BLOCK + c] = c < nk ? kr[d] : 0.f;
+    }
+}
+
+/* out's rows = O / l. */
+static void tile_end(const Tile *t, float *out, long o_tok, int row0) {
+    const int D = t->D, group = t->group;
+    for (int r = 0; r < t->rows; r++) {
+        float *o = out + (size_t)(row0 + t->i0 + r / group) * o_tok + (size_t)(t->g * group + r % group) * D;
+        const float inv = 1.0f / t->l[r];
+        for (int d = 0; d < D; d++) o[d] = t->O[(size_t)r * D + d] * inv;
+    }
+}
+
+/* One key block of a tile, portable: per row its 16 scores (one vector: the keys are transposed), the masked
+ * online softmax, then the values added in. */
+static void tile_block(Tile *t, int j0, int nk) {
+    const int D = t->D;
+    for (int r = 0; r < t->rows; r++) {
+        const int pos = t->first_pos + t->i0 + r / t->group;
+        float *p = t->S + (size_t)r * KEY_BLOCK;
+        if (pos < j0) { /* every key of this block is after this row's position */
+            for (int c = 0; c < KEY_BLOCK; c++) p[c] = 0.f;
+            continue;
         }
-        for (int r = 0; r < rows; r++) {
-            const int pos = first_pos + i0 + r / group;
-            if (pos < j0) { /* every key of this block is after this row's position */
-                for (int c = 0; c < KEY_BLOCK; c++) S[(size_t)r * KEY_BLOCK + c] = 0.f;
-                continue;
-            }
-            float s[KEY_BLOCK] = {0.f};
-            const float *qr = Q + (size_t)r * D;
-            for (int d = 0; d < D; d++) {
-                const float qd = qr[d], *kt = Kt + (size_t)d * KEY_BLOCK;
+        float s[KEY_BLOCK] = {0.f};
+        const float *qr = t->Q + (size_t)r * D;
+        for (int d = 0; d < D; d++) {
+            const float qd = qr[d], *kt = t->Kt + (size_t)d * KEY_BLOCK;
 #pragma omp simd
-                for (int c = 0; c < KEY_BLOCK; c++) s[c] += qd * kt[c];
-            }
-            float top = m[r];
-            for (int c = 0; c < KEY_BLOCK; c++) {
-                if (j0 + c > pos) s[c] = -1e30f;
-                top = s[c] > top ? s[c] : top;
-            }
-            const float alpha = expf(m[r] - top);
-            float sum = 0.f, *p = S + (size_t)r * KEY_BLOCK;
+            for (int c = 0; c < KEY_BLOCK; c++) s[c] += qd * kt[c];
+        }
+        float top = t->m[r];
+        for (int c = 0; c < KEY_BLOCK; c++) {
+            if (j0 + c > pos) s[c] = -1e30f;
+            top = s[c] > top ? s[c] : top;
+        }
+        const float alpha = expf(t->m[r] - top);
+        float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-            for (int c = 0; c < KEY_BLOCK; c++) {
-                p[c] = expf(s[c] - top);
-                sum += p[c];
-            }
-            m[r] = top;
-            l[r] = l[r] * alpha + sum;
-            float *o = O + (size_t)r * D;
-#pragma omp simd
-            for (int d = 0; d < D; d++) o[d] *= alpha;
+        for (int c = 0; c < KEY_BLOCK; c++) {
+            p[c] = expf(s[c] - top);
+            sum += p[c];
         }
-        for (int c = 0; c < nk; c++) {
-            const float *vr = v_cache + ((size_t)table[(j0 + c) / bs] * bs + (j0 + c) % bs) * slot_row + (size_t)g * D;
-            for (int r = 0; r < rows; r++) {
-                const float p = S[(size_t)r * KEY_BLOCK + c];
-                float *o = O + (size_t)r * D;
+        t->m[r] = top;
+        t->l[r] = t->l[r] * alpha + sum;
+        float *o = t->O + (size_t)r * D;
 #pragma omp simd
-                for (int d = 0; d < D; d++) o[d] += p * vr[d];
-            }
-        }
+        for (int d = 0; d < D; d++) o[d] *= alpha;
     }
-    for (int r = 0; r < rows; r++) {
-        float *o = out + (size_t)(row0 + i0 + r / group) * o_tok + (size_t)(g * group + r % group) * D;
-        const float inv = 1.0f / l[r];
-        for (int d = 0; d < D; d++) o[d] = O[(size_t)r * D + d] * inv;
+    for (int c = 0; c < nk; c++) {
+        const float *vr = t->vrow[c];
+        for (int r = 0; r < t->rows; r++) {
+            const float p = t->S[(size_t)r * KEY_BLOCK + c];
+            float *o = t->O + (size_t)r * D;
+#pragma omp simd
+            for (int d = 0; d < D; d++) o[d] += p * vr[d];
+        }
     }
 }
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
-/* prefill_item with AVX-512, for D a multiple of 16: rows go four at a time through one key block (their 16
- * scores in four vectors, each key vector loaded once for the four; their output rows held in registers, 64
- * floats of each at a time, while the block's 16 values are added in). The same arithmetic as the portable
- * loop, the additions grouped differently. */
-static void prefill_item_avx512(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
-                                const float *v_cache, const int *table, int row0, int i0, int i1, int first_pos,
-                                int g, int group, int KVH, int D, int bs, float scale, float *scratch) {
-    const int rows = (i1 - i0) * group;
-    const size_t slot_row = (size_t)KVH * D;
-    float *Q = scratch, *O = Q + (size_t)(rows + 3) * D, *m = O + (size_t)(rows + 3) * D, *l = m + rows + 3;
-    float *Kt = l + rows + 3, *P = Kt + (size_t)D * KEY_BLOCK;
-    const float *vrow[KEY_BLOCK];
-    for (int r = 0; r < rows + 3; r++) { /* up to 3 padding rows (zero queries) round the rows up to fours */
-        const float *qr = r < rows ? q + (size_t)(row0 + i0 + r / group) * q_tok + (size_t)(g * group + r % group) * D
-                                   : NULL;
-        for (int d = 0; d < D; d++) {
-            Q[(size_t)r * D + d] = qr ? qr[d] * scale : 0.f;
-            O[(size_t)r * D + d] = 0.f;
-        }
-        m[r] = -1e30f;
-        l[r] = 0.f;
-    }
-    const int last = first_pos + i1 - 1;
+/* tile_block with AVX-512, for D a multiple of 16: rows go four at a time (their 16 scores in four vectors, each
+ * key vector loaded once for the four; their output rows held in registers, 64 floats of each at a time, while
+ * the block's values are added in). The same arithmetic as the portable loop, the additions grouped
+ * differently. */
+static void tile_block_avx512(Tile *t, int j0, int nk) {
+    const int D = t->D;
     const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (int j0 = 0; j0 <= last; j0 += KEY_BLOCK) {
-        const int nk = last + 1 - j0 < KEY_BLOCK ? last + 1 - j0 : KEY_BLOCK;
-        for (int c = 0; c < KEY_BLOCK; c++) {
-            const size_t slot = c < nk ? (size_t)table[(j0 + c) / bs] * bs + (j0 + c) % bs : 0;
-            const float *kr = k_cache + slot * slot_row + (size_t)g * D;
-            vrow[c] = v_cache + slot * slot_row + (size_t)g * D;
-            for (int d = 0; d < D; d++) Kt[(size_t)d * KEY_BLOCK + c] = c < nk ? kr[d] : 0.f;
-        }
-        for (int r = 0; r < rows; r += 4) {
-            __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-            const float *q0 = Q + (size_t)r * D;
-            for (int d = 0; d < D; d++) {
-                const __m512 kt = _mm512_loadu_ps(Kt + (size_t)d * KEY_BLOCK);
+    float *P = t->S; /* the four rows' probabilities */
+    for (int r = 0; r < t->rows; r += 4) {
+        __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        const float *q0 = t->Q + (size_t)r * D;
+        for (int d = 0; d < D; d++) {
+            const __m512 kt = _mm512_loadu_ps(t->Kt + (size_t)d * KEY_BLOCK);
 #pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) s[u] = _mm512_fmadd_ps(_mm512_set1_ps(q0[(size_t)u * D + d]), kt, s[u]);
-            }
-            float alpha[4];
-            for (int u = 0; u < 4; u++) { /* masked online softmax of row r + u over this block */
-                const int pos = first_pos + i0 + (r + u) / group; /* padding rows: any position, output unused */
-                const __mmask16 after = _mm512_cmp_ps_mask(_mm512_add_ps(lane, _mm512_set1_ps((float)j0)),
-                                                           _mm512_set1_ps((float)pos), _CMP_GT_OQ);
-                const __m512 sm = _mm512_mask_blend_ps(after, s[u], _mm512_set1_ps(-1e30f));
-                const float top = fmaxf(m[r + u], _mm512_reduce_max_ps(sm));
-                float *p = P + (size_t)u * KEY_BLOCK, sum = 0.f;
-                _mm512_storeu_ps(p, _mm512_sub_ps(sm, _mm512_set1_ps(top)));
+            for (int u = 0; u < 4; u++) s[u] = _mm512_fmadd_ps(_mm512_set1_ps(q0[(size_t)u * D + d]), kt, s[u]);
+        }
+        float alpha[4];
+        for (int u = 0; u < 4; u++) { /* masked online softmax of row r + u over this block */
+            const int pos = t->first_pos + t->i0 + (r + u) / t->group; /* padding rows: any, output unused */
+            const __mmask16 after = _mm512_cmp_ps_mask(_mm512_add_ps(lane, _mm512_set1_ps((float)j0)),
+                                                       _mm512_set1_ps((float)pos), _CMP_GT_OQ);
+            const __m512 sm = _mm512_mask_blend_ps(after, s[u], _mm512_set1_ps(-1e30f));
+            const float top = fmaxf(t->m[r + u], _mm512_reduce_max_ps(sm));
+            float *p = P + (size_t)u * KEY_BLOCK, sum = 0.f;
+            _mm512_storeu_ps(p, _mm512_sub_ps(sm, _mm512_set1_ps(top)));
 #pragma omp simd reduction(+ : sum)
-                for (int c = 0; c < KEY_BLOCK; c++) {
-                    p[c] = expf(p[c]);
-                    sum += p[c];
-                }
-                alpha[u] = expf(m[r + u] - top);
-                m[r + u] = top;
-                l[r + u] = l[r + u] * alpha[u] + sum;
+            for (int c = 0; c < KEY_BLOCK; c++) {
+                p[c] = expf(p[c]);
+                sum += p[c];
             }
-            for (int d = 0; d < D; d += 64) { /* O rows r .. r + 3, floats d .. d + 63, in 16 registers */
-                const int nv = D - d < 64 ? (D - d) / 16 : 4;
-                __m512 o[4][4];
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++)
-                        o[u][v] = v < nv ? _mm512_mul_ps(_mm512_loadu_ps(O + (size_t)(r + u) * D + d + 16 * v),
-                                                         _mm512_set1_ps(alpha[u]))
-                                         : _mm512_setzero_ps();
-                for (int c = 0; c < nk; c++) {
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) {
-                        if (v >= nv) break;
-                        const __m512 val = _mm512_loadu_ps(vrow[c] + d + 16 * v);
-#pragma GCC unroll 4
-                        for (int u = 0; u < 4; u++)
-                            o[u][v] = _mm512_fmadd_ps(_mm512_set1_ps(P[(size_t)u * KEY_BLOCK + c]), val, o[u][v]);
-                    }
-                }
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++)
-                        if (v < nv) _mm512_storeu_ps(O + (size_t)(r + u) * D + d + 16 * v, o[u][v]);
-            }
+            alpha[u] = expf(t->m[r + u] - top);
+            t->m[r + u] = top;
+            t->l[r + u] = t->l[r + u] * alpha[u] + sum;
         }
-    }
-    for (int r = 0; r < rows; r++) {
-        float *o = out + (size_t)(row0 + i0 + r / group) * o_tok + (size_t)(g * group + r % group) * D;
-        const float inv = 1.0f / l[r];
-        for (int d = 0; d < D; d++) o[d] = O[(size_t)r * D + d] * inv;
+        for (int d = 0; d < D; d += 64) { /* O rows r .. r + 3, floats d .. d + 63, in 16 registers */
+            const int nv = D - d < 64 ? (D - d) / 16 : 4;
+            float *o_rows = t->O + (size_t)r * D + d;
+            __m512 o[4][4];
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; v++)
+                    o[u][v] = v < nv ? _mm512_mul_ps(_mm512_loadu_ps(o_rows + (size_t)u * D + 16 * v),
+                                                     _mm512_set1_ps(alpha[u]))
+                                     : _mm512_setzero_ps();
+            for (int c = 0; c < nk; c++) {
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; v++) {
+                    if (v >= nv) break;
+                    const __m512 val = _mm512_loadu_ps(t->vrow[c] + d + 16 * v);
+#pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++)
+                        o[u][v] = _mm512_fmadd_ps(_mm512_set1_ps(P[(size_t)u * KEY_BLOCK + c]), val, o[u][v]);
+                }
+            }
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; v++)
+                    if (v < nv) _mm512_storeu_ps(o_rows + (size_t)u * D + 16 * v, o[u][v]);
+        }
     }
 }
 #endif
+
+/* One work item (see Tile), over keys 0 .. its last position, 16 at a time. */
+static void prefill_item(const float *q, long q_tok, float *out, long o_tok, const float *k_cache,
+                         const float *v_cache, const int *table, int row0, int i0, int i1, int first_pos, int g,
+                         int group, int KVH, int D, int bs, float scale, float *scratch) {
+    Tile t;
+    tile_begin(&t, scratch, q, q_tok, row0, i0, i1, first_pos, g, group, D, scale);
+    const int last = first_pos + i1 - 1; /* the tile's last position: its keys end there */
+    for (int j0 = 0; j0 <= last; j0 += KEY_BLOCK) {
+        const int nk = last + 1 - j0 < KEY_BLOCK ? last + 1 - j0 : KEY_BLOCK;
+        tile_keys(&t, k_cache, v_cache, table, j0, nk, bs, (size_t)KVH * D);
+#if defined(__AVX512F__)
+        if (D % 16 == 0) {
+            tile_block_avx512(&t, j0, nk);
+            continue;
+        }
+#endif
+        tile_block(&t, j0, nk);
+    }
+    tile_end(&t, out, o_tok, row0);
+}
 
 /* The query tokens of the `R` chosen requests (indices into the batch; each request's tokens are rows
  * query_start_loc[r] .. query_start_loc[r + 1] - 1, at the last positions of its seq_lens[r] keys), causal
@@ -354,9 +382,8 @@ int kvscope_paged_prefill_f32(const float *q, long q_tok, float *out, long o_tok
                 work[3 * w + 2] = t;
             }
     }
-    const size_t rows = (size_t)QUERY_TILE * group;
-    const size_t per_thread = (rows + 3) * (2 * (size_t)D + 2 + KEY_BLOCK) + (size_t)D * KEY_BLOCK + 4 * KEY_BLOCK;
-    int nth = threads > 1 && items > 1 ? threads : 1;
+    const size_t per_thread = tile_floats((QUERY_TILE * group + 3) / 4 * 4, D);
+    const int nth = threads > 1 && items > 1 ? threads : 1;
     float *scratch = malloc(sizeof(float) * per_thread * nth);
     if (scratch == NULL) {
         free(work);
@@ -367,16 +394,8 @@ int kvscope_paged_prefill_f32(const float *q, long q_tok, float *out, long o_tok
         const int i = work[3 * k], g = work[3 * k + 1], i0 = work[3 * k + 2], r = requests[i];
         const int row0 = query_start_loc[r], n = query_start_loc[r + 1] - row0;
         const int i1 = i0 + QUERY_TILE < n ? i0 + QUERY_TILE : n;
-        float *mine = scratch + per_thread * omp_get_thread_num();
-#if defined(__AVX512F__)
-        if (D % 16 == 0) {
-            prefill_item_avx512(q, q_tok, out, o_tok, k_cache, v_cache, block_tables + (size_t)r * bt_stride, row0, i0,
-                                i1, seq_lens[r] - n, g, group, KVH, D, bs, scale, mine);
-            continue;
-        }
-#endif
         prefill_item(q, q_tok, out, o_tok, k_cache, v_cache, block_tables + (size_t)r * bt_stride, row0, i0, i1,
-                     seq_lens[r] - n, g, group, KVH, D, bs, scale, mine);
+                     seq_lens[r] - n, g, group, KVH, D, bs, scale, scratch + per_thread * omp_get_thread_num());
     }
     free(scratch);
     free(work);

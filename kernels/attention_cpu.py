@@ -31,7 +31,7 @@ def _functions() -> dict | None:
     return fns
 
 
-def paged_decode_available(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+def paged_cpu_available(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether paged_decode_cpu and paged_prefill_cpu take these queries and pools (float32 on a CPU, the library
     built)."""
     return (q.dtype is torch.float32 and k_cache.dtype is torch.float32 and q.device.type == "cpu"
@@ -42,7 +42,7 @@ def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, requests: torch.Tensor, scale: float,
                      out: torch.Tensor) -> None:
     """Fill out's rows of the decode `requests` (indices into the batch; one query token each). Layouts as in
-    kvscope.kernels.attention_torch; out [T, H, D] contiguous float32. Only inputs paged_decode_available
+    kvscope.kernels.attention_torch; out [T, H, D] contiguous float32. Only inputs paged_cpu_available
     accepts (ValueError otherwise); other layouts of q, the pools and the index tensors are made contiguous."""
     _paged("decode", q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, requests, scale, out)
 

@@ -122,21 +122,21 @@ def plan_paged_attention(
     seq_lens_host: list[int],
     block_size: int,
     block_tables_host: list[list[int]] | None = None,
-    decode_groups: bool = True,
+    torch_kernels: bool = True,
 ) -> AttentionPlan:
-    """The step's AttentionPlan (see paged_attention_torch for the arguments). decode_groups=False: every request
+    """The step's AttentionPlan (see paged_attention_torch for the arguments). torch_kernels=False: every request
     is left to other kernels (the decode ones' ids in `decode_requests`, those with several query tokens in
     `chunk_requests`), and the plan has no groups or chunks of its own."""
     device = block_tables.device
-    tables = block_tables.tolist() if block_tables_host is None else block_tables_host
     qstarts = [0]
     for n in query_lens_host:
         qstarts.append(qstarts[-1] + n)
+    if not torch_kernels:
+        ids = lambda rows: torch.tensor(rows, dtype=torch.int32, device=device) if rows else None
+        return AttentionPlan(qstarts[-1], [], [], ids([i for i, n in enumerate(query_lens_host) if n == 1]),
+                             ids([i for i, n in enumerate(query_lens_host) if n > 1]))
+    tables = block_tables.tolist() if block_tables_host is None else block_tables_host
     decode_rows = [i for i, n in enumerate(query_lens_host) if n == 1]
-    decode_requests = None
-    if not decode_groups:
-        decode_requests = torch.tensor(decode_rows, dtype=torch.int32, device=device) if decode_rows else None
-        decode_rows = []
     buckets = _length_buckets(decode_rows, seq_lens_host)
     if len(buckets) == 1:
         buckets[0].sort()  # one group: keep the batch's order (then, for a pure decode step, write in place)
@@ -159,10 +159,6 @@ def plan_paged_attention(
         in_place = len(rows) == len(query_lens_host) == qstarts[-1] and tok == list(range(len(tok)))
         groups.append(_DecodeGroup(None if in_place else torch.tensor(tok, device=device), context, keep))
     chunks = []
-    if not decode_groups:
-        rows = [i for i, n in enumerate(query_lens_host) if n > 1]
-        chunk_requests = torch.tensor(rows, dtype=torch.int32, device=device) if rows else None
-        return AttentionPlan(qstarts[-1], groups, chunks, decode_requests, chunk_requests)
     for i, q_len in enumerate(query_lens_host):
         if q_len <= 1:
             continue
@@ -174,7 +170,7 @@ def plan_paged_attention(
             mask = torch.zeros(later.shape, device=device).masked_fill_(later, float("-inf"))
         chunks.append(_Chunk(slice(qstarts[i], qstarts[i] + q_len), _context(tables[i], s_len, block_size, device),
                              mask))
-    return AttentionPlan(qstarts[-1], groups, chunks, decode_requests)
+    return AttentionPlan(qstarts[-1], groups, chunks)
 
 
 def paged_attention_torch(

@@ -11,20 +11,20 @@
 
 #define EXACT __attribute__((optimize("fp-contract=off")))
 
-EXACT static inline void norm_row(const float *xt, const float *w, float *yt, int H, float eps) {
-    float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-    for (int h = 0; h < H; h++) ss += xt[h] * xt[h];
-    const float r = 1.0f / sqrtf(ss / (float)H + eps);
-#pragma omp simd
-    for (int h = 0; h < H; h++) yt[h] = w[h] * (xt[h] * r);
-}
-
 /* One thread's share (an orphaned `omp for` over rows, no barrier at its end: the caller's) of y [T, H]
  * (contiguous) = rms_norm(x [T, H], rows ldx apart) * w [H]. */
 EXACT void kvscope_rms_norm_f32_team(const float *x, long ldx, const float *w, float *y, int T, int H, float eps) {
 #pragma omp for schedule(static) nowait
-    for (int t = 0; t < T; t++) norm_row(x + (size_t)t * ldx, w, y + (size_t)t * H, H, eps);
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * ldx;
+        float *yt = y + (size_t)t * H;
+        float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+        for (int h = 0; h < H; h++) ss += xt[h] * xt[h];
+        const float r = 1.0f / sqrtf(ss / (float)H + eps);
+#pragma omp simd
+        for (int h = 0; h < H; h++) yt[h] = w[h] * (xt[h] * r);
+    }
 }
 
 EXACT void kvscope_rms_norm_f32(const float *x, long ldx, const float *w, float *y, int T, int H, float eps,
