@@ -73,11 +73,17 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
-def bandwidths(repeats: int) -> tuple[float, float]:
-    """(copy bytes/s counting read + write, read bytes/s) over a buffer far larger than the caches."""
+def copy_buffers() -> tuple[torch.Tensor, torch.Tensor]:
+    """(source, destination) of BUFFER_BYTES each, far larger than the caches, every page touched."""
     src = torch.ones(BUFFER_BYTES // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)  # touch every page first
+    dst.copy_(src)
+    return src, dst
+
+
+def bandwidths(repeats: int) -> tuple[float, float]:
+    """(copy bytes/s counting read + write, read bytes/s) over a buffer far larger than the caches."""
+    src, dst = copy_buffers()
     copy = 2 * BUFFER_BYTES / best_time(lambda: dst.copy_(src), repeats)
     read = BUFFER_BYTES / best_time(lambda: src.sum(), repeats)
     return copy, read
@@ -95,11 +101,23 @@ def matmul_rates(tokens: int, hidden: int, out: int, repeats: int) -> dict[str, 
     return rates
 
 
-def kvscope_decode(loaded: LoadedModel, prompt: list[int], new_tokens: int, extra: dict) -> tuple[float, list[int]]:
-    """(decode tokens/s after the first token, the tokens) for one request alone."""
+def one_request(loaded: LoadedModel, prompt: list[int], new_tokens: int, extra: dict) -> LLMEngine:
+    """An engine holding one greedy request, EOS ignored, not yet stepped."""
     blocks = -(-(len(prompt) + new_tokens) // 16) + 1
     engine = LLMEngine(engine_recipe(max(len(prompt), 64), blocks, extra), loaded=loaded)
     engine.add_request(prompt, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
+    return engine
+
+
+def decode_step_bytes(config, context: int) -> int:
+    """The analytic model's bytes of one batch-1 decode step at this context (kvscope.inspector.roofline)."""
+    return sum(c.bytes for c in step_op_costs(config, [1], [context], weight_bytes=4, act_bytes=4,
+                                              kv_bytes=4).values())
+
+
+def kvscope_decode(loaded: LoadedModel, prompt: list[int], new_tokens: int, extra: dict) -> tuple[float, list[int]]:
+    """(decode tokens/s after the first token, the tokens) for one request alone."""
+    engine = one_request(loaded, prompt, new_tokens, extra)
     tokens: list[int] = []
     for out in engine.step():  # the prefill step samples the first token
         tokens.extend(out.token_ids)
@@ -113,12 +131,8 @@ def kvscope_decode(loaded: LoadedModel, prompt: list[int], new_tokens: int, extr
 def paired_decode(loaded: LoadedModel, prompt: list[int], new_tokens: int,
                   extra: dict) -> list[tuple[float, float, int]]:
     """(step seconds, copy bytes/s measured just before it, its context) of every decode step of one request."""
-    src = torch.ones(BUFFER_BYTES // 4)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    blocks = -(-(len(prompt) + new_tokens) // 16) + 1
-    engine = LLMEngine(engine_recipe(max(len(prompt), 64), blocks, extra), loaded=loaded)
-    engine.add_request(prompt, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
+    src, dst = copy_buffers()
+    engine = one_request(loaded, prompt, new_tokens, extra)
     engine.step()
     pairs, context = [], len(prompt)
     while engine.has_unfinished():
@@ -238,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy bandwidth {copy_bw / 1e9:7.1f} GB/s, the highest of {len(copies)} measurements "
           f"(lowest {min(c[0] for c in copies) / 1e9:.1f}); read bandwidth {read_bw / 1e9:7.1f} GB/s")
     mean_ctx = args.prompt_len + args.new_tokens // 2
-    step = step_op_costs(config, [1], [mean_ctx], weight_bytes=4, act_bytes=4, kv_bytes=4)
-    step_bytes = sum(c.bytes for c in step.values())
+    step_bytes = decode_step_bytes(config, mean_ctx)
     floor_rate = copy_bw / step_bytes
     print(f"floor        decode {floor_rate:8.2f} tok/s   ({step_bytes / 1e6:.0f} MB a step at context {mean_ctx} "
           f"over the copy bandwidth; {read_bw / step_bytes:.2f} tok/s over the read bandwidth)")
@@ -253,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
               f"floor {bw / step_bytes:6.2f} tok/s, ratio {rate / (bw / step_bytes):.2f}")
     print(f"ratio decode kvscope / floor, median of the runs in their own windows {per_run[len(per_run) // 2]:.2f}")
     pairs = paired_decode(loaded, prompt, args.new_tokens, extra)
-    bytes_at = lambda ctx: sum(c.bytes for c in step_op_costs(config, [1], [ctx], weight_bytes=4, act_bytes=4,
-                                                             kv_bytes=4).values())
-    ratios = [bytes_at(ctx) / bw / step for step, bw, ctx in pairs]
+    ratios = [decode_step_bytes(config, ctx) / bw / step for step, bw, ctx in pairs]
     q1, median, q3 = statistics.quantiles(ratios, n=4)
     print(f"paired steps: median step {statistics.median(p[0] for p in pairs) * 1e3:.2f} ms, median copy bandwidth "
           f"just before a step {statistics.median(p[1] for p in pairs) / 1e9:.1f} GB/s ({len(pairs)} steps)")
