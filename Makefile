@@ -19,15 +19,17 @@ run: $(STAMP)
 headless: $(STAMP)
 	$(VENV)/bin/kvscope run recipes/quickstart.yaml --headless
 
+# The pytest script, not `python -m pytest`: that would put the repository's root on sys.path, where the
+# kernels/ folder shadows Hugging Face's `kernels` package that transformers imports.
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 # ruff, then the import contracts of pyproject.toml. lint-imports reads the package from a view where the
 # top-level folders sit under kvscope/ (as pyproject maps them), since grimp walks one folder per package.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	rm -rf build/import-view && mkdir -p build/import-view/kvscope
-	cp kvscope/*.py build/import-view/kvscope/
+	rm -rf build/import-view && mkdir -p build/import-view
+	cp -r kvscope build/import-view/kvscope
 	for d in engine kernels inspector tui cli serve recipes; do ln -s ../../../$$d build/import-view/kvscope/$$d; done
 	cd build && PYTHONPATH=import-view ../$(VENV)/bin/lint-imports --config ../pyproject.toml
 

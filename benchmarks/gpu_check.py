@@ -10,11 +10,11 @@ The markdown table is printed last.
     python benchmarks/gpu_check.py --out DIR            # on a GPU (about 6 minutes)
     python benchmarks/gpu_check.py --dry-run --out DIR  # on a CPU: the steps that can run there, < 90 s
 
-Steps: environment, ceilings (copy GB/s, matmul TFLOP/s), kernel_tests (tests/test_kernels_device.py,
+Steps: environment, ceilings (copy GB/s, matmul TFLOP/s), kernel_tests (tests/kernels/test_kernels_device.py,
 compiled), kernels_bench (benchmarks/kernels.py), engine_equality and engine_throughput
 (benchmarks/gpu_engine.py; equality also compares CUDA-graph decode with eager), engine_cuda_graphs
 (the throughput with `cuda_graphs: true`), trace
-(`kvscope trace` + tests/trace_checks.py), ncu (benchmarks/gpu_ncu_target.py against the cost model),
+(`kvscope trace` + tests/support/trace_checks.py), ncu (benchmarks/gpu_ncu_target.py against the cost model),
 kernels_flex, nsys (live `nsys profile` and ImportNvtxt), calibrate (when the CLI has it).
 `python benchmarks/gpu_check.py --step NAME --work DIR` runs one in-process step and prints `RESULT {...}`.
 """
@@ -128,12 +128,12 @@ def has_module(name: str) -> bool:
 
 def trace_cmd(recipe: Path, out: Path) -> tuple[list[str], str]:
     """`kvscope trace RECIPE -o OUT`, or, where the CLI cannot start (typer or pydantic missing on the device
-    image and not carried), the same run through kvscope.cli.trace.run_trace; with a note saying which."""
+    image and not carried), the same run through kvscope.cli.commands.trace.run_trace; with a note saying which."""
     if has_module("typer") and has_module("pydantic"):
         return [PY, "-m", "kvscope.cli.main", "trace", str(recipe), "-o", str(out)], ""
-    code = ("import sys; from kvscope.cli.trace import run_trace; "
+    code = ("import sys; from kvscope.cli.commands.trace import run_trace; "
             f"sys.exit(run_trace({str(recipe)!r}, out={str(out)!r}))")
-    return [PY, "-c", code], "typer/pydantic missing: ran kvscope.cli.trace.run_trace directly"
+    return [PY, "-c", code], "typer/pydantic missing: ran kvscope.cli.commands.trace.run_trace directly"
 
 
 def missing_module(output: str) -> str | None:
@@ -242,7 +242,7 @@ def write_recipe(ctx: Ctx, name: str, recipe: dict) -> Path:
 
 def step_trace(ctx: Ctx) -> tuple[str, dict, str]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from trace_checks import check_chrome_trace, check_kernels_inside_forward, check_nvtxt, device_overrun_steps
+    from support.trace_checks import check_chrome_trace, check_kernels_inside_forward, check_nvtxt, device_overrun_steps
 
     cuda = has_cuda()
     recipe = write_recipe(ctx, "trace.yaml", trace_recipe(cuda))
@@ -438,7 +438,7 @@ def self_step(name: str) -> Callable[[Ctx], list[str]]:
 
 
 def kernel_tests(ctx: Ctx) -> list[str]:
-    return [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels_device.py"]
+    return [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_kernels_device.py"]
 
 
 def kernels_bench(ctx: Ctx) -> list[str]:

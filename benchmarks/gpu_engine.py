@@ -5,9 +5,9 @@ decode throughput, on random-weight models; each prints one JSON line `RESULT {.
     python benchmarks/gpu_engine.py throughput --shape llama-1b --batches 1 64 256 --copy-gbps 4300
     python benchmarks/gpu_engine.py equality --shapes tiny-gqa3 --dtype float32 --device cpu   # CPU dry run
 
-Shapes: the engine's presets (kvscope.engine.model_presets) plus `llama-1b`, Llama-3.2-1B's shape
+Shapes: the engine's presets (kvscope.config.model_presets) plus `llama-1b`, Llama-3.2-1B's shape
 (https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json), built here with the loader's own
-random weights (kvscope.engine.loader.random_state_dict) and handed to LLMEngine as a LoadedModel.
+random weights (kvscope.engine.model.loader.random_state_dict) and handed to LLMEngine as a LoadedModel.
 Throughput: B requests of PROMPT random tokens, then STEPS decode steps with every request decoding;
 decode tokens/s and the median decode step against its bandwidth floor (weights + K/V read, over the copy
 bandwidth given). CUDA graphs: measured only when the recipe schema knows `cuda_graphs`, else reported as
@@ -34,15 +34,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def load(shape: str, dtype: str, device: str):
     """A LoadedModel of random weights (seed 0) of a preset shape or llama-1b."""
     from kvscope.engine.llm_engine import LoadedModel
-    from kvscope.engine.loader import load_model, random_state_dict
-    from kvscope.engine.model_config import ModelConfig, with_special_tokens
-    from kvscope.engine.tokenizer import ByteTokenizer
+    from kvscope.engine.model.loader import load_model, random_state_dict
+    from kvscope.config.model_config import ModelConfig, with_special_tokens
+    from kvscope.engine.model.tokenizer import ByteTokenizer
 
     dev, dt = torch.device(device), DTYPES[dtype]
     if shape != "llama-1b":
         model, config, tok = load_model({"source": "random", "shape": shape, "seed": 0}, dt, dev)
         return LoadedModel(model, config, tok, dt, dev)
-    from kvscope.engine.llama import LlamaModel
+    from kvscope.engine.model.llama import LlamaModel
 
     tok = ByteTokenizer(LLAMA_1B["vocab_size"])
     config = with_special_tokens(ModelConfig(**LLAMA_1B), tok.bos_token_id, tok.eos_token_ids)
@@ -51,7 +51,7 @@ def load(shape: str, dtype: str, device: str):
 
 
 def recipe(loaded, backend: str, max_seqs: int, num_blocks: int, budget: int, extra: dict | None = None):
-    from kvscope.engine.recipe import Recipe
+    from kvscope.config.recipe import Recipe
 
     return Recipe.from_dict({
         "model": {"source": "random", "shape": "tiny"},  # unused: the engine gets the LoadedModel
@@ -70,7 +70,7 @@ def prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 def greedy(loaded, backend: str, batch: list[list[int]], max_tokens: int,
            extra: dict | None = None) -> list[list[int]]:
     from kvscope.engine.llm_engine import LLMEngine
-    from kvscope.engine.sampling import SamplingParams
+    from kvscope.config.sampling_params import SamplingParams
 
     need = sum(-(-(len(p) + max_tokens) // 16) for p in batch) + 4
     engine = LLMEngine(recipe(loaded, backend, len(batch), need, 64, extra), loaded=loaded, kernel_events=False)
@@ -119,7 +119,7 @@ def _sync(device: torch.device) -> None:
 def decode_run(loaded, batch: int, prompt_len: int, steps: int, extra: dict | None) -> dict:
     """tokens/s of decode steps with every request decoding, and the median step time."""
     from kvscope.engine.llm_engine import LLMEngine
-    from kvscope.engine.sampling import SamplingParams
+    from kvscope.config.sampling_params import SamplingParams
 
     blocks = batch * -(-(prompt_len + steps + 2) // 16) + 4
     engine = LLMEngine(recipe(loaded, "auto", batch, blocks, max(2048, prompt_len), extra), loaded=loaded,
@@ -151,7 +151,7 @@ def bandwidth_floor_ms(loaded, batch: int, context: int, copy_gbps: float) -> fl
 
 
 def cuda_graphs_supported() -> bool:
-    from kvscope.engine.recipe import Recipe
+    from kvscope.config.recipe import Recipe
 
     try:
         Recipe.from_dict({"model": {"source": "random", "shape": "tiny"}, "cuda_graphs": True, "device": "cuda",

@@ -8,7 +8,7 @@ Shapes: decode attention at batch 64 x 4096 context, 32 query / 4 KV heads, head
 (benchmarks/gpu_engine.py's llama-1b) over 64 decode tokens, bf16. The op runs twice outside the profiled
 range (Triton compiles, cuBLAS picks its kernels), then once between torch.cuda.profiler.start and stop
 (cudaProfilerStart / Stop). The last line is `COST {"flops": ..., "bytes": ...}` from
-kvscope.inspector.roofline for the same shapes.
+kvscope.costmodel.roofline for the same shapes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import sys
 import torch
 from gpu_engine import LLAMA_1B  # benchmarks/ is the script's folder, first on sys.path
 
-from kvscope.engine.model_config import ModelConfig
-from kvscope.inspector.roofline import attention_cost, layer_token_costs
+from kvscope.config.model_config import ModelConfig
+from kvscope.costmodel.roofline import attention_cost, layer_token_costs
 
 BATCH, CONTEXT, BLOCK = 64, 4096, 16
 ATTN = ModelConfig("decode-case", num_layers=1, hidden_size=4096, num_heads=32, num_kv_heads=4, head_dim=128,
@@ -40,7 +40,7 @@ def cost(op: str) -> dict:
 def make_op(op: str, device: torch.device):
     dt = torch.bfloat16
     if op == "attention":
-        from kvscope.kernels.attention_triton import paged_attention_triton
+        from kvscope.kernels.triton.attention_triton import paged_attention_triton
 
         per_seq = CONTEXT // BLOCK
         k = torch.randn(BATCH * per_seq, BLOCK, ATTN.num_kv_heads, ATTN.head_dim, dtype=dt, device=device)
@@ -52,7 +52,7 @@ def make_op(op: str, device: torch.device):
         out = torch.empty_like(q)
         return lambda: paged_attention_triton(q, k, v, tables, qsl, lens, ATTN.head_dim**-0.5, max_query_len=1,
                                               max_seq_len=CONTEXT, out=out)
-    from kvscope.engine.llama import MLP
+    from kvscope.engine.model.llama import MLP
 
     mlp = MLP(MLP_SHAPE.hidden_size, MLP_SHAPE.intermediate_size)
     for p in mlp.parameters():

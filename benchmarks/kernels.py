@@ -176,7 +176,7 @@ def make_flex(case: PagedCase, scale: float) -> Callable[[], torch.Tensor] | str
 
 
 def bench_decode(args, timer: Timer, dtype, device, free_bytes: int, rows: list[Row], flex_ok: bool) -> None:
-    from kvscope.kernels.attention_triton import attention_flops_and_bytes, paged_attention_triton
+    from kvscope.kernels.triton.attention_triton import attention_flops_and_bytes, paged_attention_triton
 
     elem = torch.tensor([], dtype=dtype).element_size()
     scale = args.head_dim**-0.5
@@ -215,7 +215,7 @@ def bench_decode(args, timer: Timer, dtype, device, free_bytes: int, rows: list[
 
 
 def bench_prefill(args, timer: Timer, dtype, device, free_bytes: int, rows: list[Row]) -> None:
-    from kvscope.kernels.attention_triton import attention_flops_and_bytes, paged_attention_triton
+    from kvscope.kernels.triton.attention_triton import attention_flops_and_bytes, paged_attention_triton
 
     elem = torch.tensor([], dtype=dtype).element_size()
     scale = args.head_dim**-0.5
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
               "(use --smoke with TRITON_INTERPRET=1 to check the code path on CPU)", file=sys.stderr)
         return 2
     if not has_cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before kvscope.kernels.attention_triton imports triton
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before kvscope.kernels.triton.attention_triton imports triton
     if args.smoke:
         args.batches, args.contexts, args.prefill_cases = [1, 3], [40], [(2, 8)]
         if not has_cuda:

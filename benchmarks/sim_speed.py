@@ -16,9 +16,9 @@ import cProfile
 import pstats
 import time
 
-from kvscope.engine.recipe import Recipe
+from kvscope.config.recipe import Recipe
 from kvscope.engine.session import RunSession
-from kvscope.inspector.events import EventBus
+from kvscope.events.bus import EventBus
 from kvscope.inspector.metrics import Metrics
 
 GOAL_S = 60.0

@@ -22,8 +22,8 @@ import time
 import torch
 
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
-from kvscope.engine.recipe import Recipe
-from kvscope.engine.sampling import SamplingParams
+from kvscope.config.recipe import Recipe
+from kvscope.config.sampling_params import SamplingParams
 from kvscope.inspector.spec_metrics import SpecDecodeStats
 
 COPY = [

@@ -30,8 +30,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch
 
 from kvscope.engine.llm_engine import LLMEngine, load_for_recipe
-from kvscope.engine.recipe import Recipe
-from kvscope.engine.sampling import SamplingParams
+from kvscope.config.recipe import Recipe
+from kvscope.config.sampling_params import SamplingParams
 
 
 def make_workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
@@ -146,7 +146,7 @@ def main() -> int:
                                               tie_word_embeddings=c.tie_embeddings)).to(loaded.device).eval()
         else:
             sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-            from hf_oracle import hf_model
+            from support.hf_oracle import hf_model
 
             hf = hf_model()
         t_h, n_h = run_hf(hf, workload, args.hf_batch, pad_id=0)

@@ -78,7 +78,7 @@ def run(
         help="print each request's generated text (default: on for prompt/chat workloads)")] = None,
 ) -> int:
     """Run a recipe: the live TUI, or with --headless (or no terminal) a run and its summary."""
-    from kvscope.cli.run import run_recipe
+    from kvscope.cli.commands.run import run_recipe
 
     return run_recipe(recipe, headless=headless, as_json=as_json, record=record, nvtx=not no_nvtx, threads=threads,
                       show_outputs=show_outputs)
@@ -112,7 +112,7 @@ def trace(
 
         raise UsageError("trace: give a RECIPE or --attach URL (one of them)")
     if attach is not None:
-        from kvscope.cli.attach import run_trace_attach
+        from kvscope.cli.commands.attach import run_trace_attach
 
         if torch_profiler:
             from kvscope.cli.errors import UsageError
@@ -121,7 +121,7 @@ def trace(
 
         return run_trace_attach(attach, out=out, seconds=seconds, kernels=not no_kernels)
     assert recipe is not None
-    from kvscope.cli.trace import run_trace
+    from kvscope.cli.commands.trace import run_trace
 
     return run_trace(recipe, out=out, torch_profiler=torch_profiler, nvtx=not no_nvtx, kernels=not no_kernels)
 
@@ -137,7 +137,7 @@ def replay(
                                                           "up to it")] = False,
 ) -> int:
     """Open the TUI over a recording: step back and forward, jump to step N."""
-    from kvscope.cli.replay import run_replay_command
+    from kvscope.cli.commands.replay import run_replay_command
 
     return run_replay_command(events, strict=strict)
 
@@ -169,7 +169,7 @@ def kv(
     as_json: Annotated[bool, typer.Option("--json", help="print the estimate as JSON")] = False,
 ) -> int:
     """One-shot KV-cache memory estimate: bytes per token, per request and batch, what fits on the GPU."""
-    from kvscope.cli.kv import run_kv
+    from kvscope.cli.commands.kv import run_kv
 
     return run_kv(model, context=context, batch=batch, kv_dtype=kv_dtype, weights_dtype=weights_dtype,
                   block_size=block_size, gpu=gpu, gpu_mem=gpu_mem, gpus=gpus, mem_util=mem_util, max_len=max_len,
@@ -197,7 +197,7 @@ def roofline(
     as_json: Annotated[bool, typer.Option("--json", help="print the analysis as JSON")] = False,
 ) -> int:
     """One-shot roofline: per-operator FLOPs, bytes, intensity and bound for a step on a GPU."""
-    from kvscope.cli.roofline import run_roofline
+    from kvscope.cli.commands.roofline import run_roofline
 
     return run_roofline(model, gpu=gpu, gpu_mem=gpu_mem, phase=phase, batch=batch, context=context, dtype=dtype,
                         kv_dtype=kv_dtype, plot=not no_plot, as_json=as_json)
@@ -278,7 +278,7 @@ def bench_recipe(
     """Run a recipe's variants on the same workload and compare them in one table (`kvscope bench RECIPE.yaml`
     is short for `kvscope bench recipe RECIPE.yaml`)."""
     if max_rate:
-        from kvscope.cli.capacity import run_capacity
+        from kvscope.cli.commands.capacity import run_capacity
 
         return run_capacity(recipe, slo, json_out=json_out, chart=chart, max_requests=max_requests,
                             variants=variant, start_rate=start_rate)
@@ -286,7 +286,7 @@ def bench_recipe(
         from kvscope.cli.errors import UsageError
 
         raise UsageError("--slo: only a capacity search reads SLOs (add --max-rate)")
-    from kvscope.cli.bench import run_bench
+    from kvscope.cli.commands.bench import run_bench
 
     return run_bench(recipe, json_out=json_out, chart=chart, model=model_override, max_requests=max_requests,
                      variants=variant)
@@ -311,7 +311,7 @@ def calibrate(
     = False,
 ) -> int:
     """Measure this machine's operators and per-step overhead; write the simulator's efficiency factors."""
-    from kvscope.cli.calibrate import run_calibrate
+    from kvscope.cli.commands.calibrate import run_calibrate
 
     return run_calibrate(out, device=device, model=model_override, requests=requests, threads=threads,
                          cpu_time=cpu_time)
@@ -343,7 +343,7 @@ def serve(
     = True,
 ) -> int:
     """An OpenAI-compatible server (vLLM's endpoints, errors and /metrics) on the recipe's engine."""
-    from kvscope.cli.serve import run_serve
+    from kvscope.cli.commands.serve import run_serve
 
     return run_serve(recipe, host=host, port=port, served_model_name=served_model_name, max_waiting=max_waiting,
                      kernel_events=kernel_events, model=model_override, threads=threads, text_events=text_events)
@@ -393,7 +393,7 @@ def bench_serve(
 ) -> int:
     """Load a running OpenAI-compatible server (kvscope's, vLLM's, any) with `vllm bench serve`'s options and
     report, plus the server's own /metrics deltas (preemptions, prefix-cache hit rate, peak KV use)."""
-    from kvscope.serve.bench_serve import BenchServeArgs, run_bench_serve
+    from kvscope.serve.client.bench_serve import BenchServeArgs, run_bench_serve
 
     args = BenchServeArgs(base_url, host, port, endpoint, model, dataset_name, num_prompts, random_input_len,
                           random_output_len, random_range_ratio, random_prefix_len, prefix_repetition_prefix_len,
@@ -416,6 +416,6 @@ def attach(
 ) -> int:
     """Open the live TUI on a running `kvscope serve`: its block map, requests and metrics as they happen;
     pause / step / delay act on the server's engine."""
-    from kvscope.cli.attach import run_attach
+    from kvscope.cli.commands.attach import run_attach
 
     return run_attach(url, kernels=kernels)

@@ -1,6 +1,6 @@
 """The CLI's own usage error (bad arguments); printed as one line with exit code 2."""
 
-from kvscope.engine.errors import KVScopeError
+from kvscope.errors import KVScopeError
 
 
 class UsageError(KVScopeError):

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from kvscope.engine.errors import KVScopeError
+from kvscope.errors import KVScopeError
 
 
 class OutputError(KVScopeError):

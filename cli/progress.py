@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 
 from kvscope.cli.console import is_terminal
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import FINISHED, RequestEvent, RunInfo, StepEnd
+from kvscope.events.vocabulary import FINISHED
+from kvscope.events.records import RequestEvent, RunInfo, StepEnd
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from kvscope.inspector.events import EventBus
+    from kvscope.events.bus import EventBus
 
 
 class ProgressBars:

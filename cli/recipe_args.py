@@ -1,12 +1,12 @@
 """What the commands that take a recipe share: a label for its model, and the header of a recording of its
-run. (The recipe itself is read by kvscope.engine.recipe.load_recipe: every problem one line.)"""
+run. (The recipe itself is read by kvscope.config.recipe.load_recipe: every problem one line.)"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kvscope.engine.recipe import Recipe
-from kvscope.inspector.recording import make_header
+from kvscope.config.recipe import Recipe
+from kvscope.inspector.export.recording import make_header
 
 
 def model_label(recipe: Recipe) -> str:
@@ -18,5 +18,5 @@ def model_label(recipe: Recipe) -> str:
 
 
 def recipe_header(recipe: Recipe, device: str) -> dict[str, Any]:
-    """The recording header (kvscope.inspector.recording.make_header) of a run of `recipe` on `device`."""
+    """The recording header (kvscope.inspector.export.recording.make_header) of a run of `recipe` on `device`."""
     return make_header(recipe.raw | {"name": recipe.name}, device, recipe_path=recipe.source)

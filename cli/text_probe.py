@@ -1,4 +1,4 @@
-"""The text probe: TokenText events (kvscope.inspector.events) for a running session's requests.
+"""The text probe: TokenText events (kvscope.events) for a running session's requests.
 
 The engine's events carry token counts, not text; the TUI's token stream and a recording that replays it
 need the text. The probe sits beside the engine as a bus subscriber: when a request arrives it decodes the
@@ -16,9 +16,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import (
-    ARRIVED, FINISHED, RequestEvent, RunInfo, SpecDecode, StepEnd, TokenText, now_ns,
-)
+from kvscope.events.vocabulary import ARRIVED, FINISHED
+from kvscope.events.records import RequestEvent, RunInfo, SpecDecode, StepEnd, TokenText
+from kvscope.events.bus import now_ns
 
 if TYPE_CHECKING:
     from kvscope.engine.session import RunSession

@@ -13,10 +13,10 @@ import sys
 from rich.console import Console, Group
 from rich.text import Text
 
-from kvscope.cli.roofline import render_plot, render_report
-from kvscope.engine.model_presets import get_preset
-from kvscope.inspector.devices import get_device
-from kvscope.inspector.roofline_report import analyze_step
+from kvscope.cli.commands.roofline import render_plot, render_report
+from kvscope.config.model_presets import get_preset
+from kvscope.costmodel.devices import get_device
+from kvscope.costmodel.roofline_report import analyze_step
 
 COMMAND = "kvscope roofline llama-3.1-8b --batch 8 --context 2048"
 

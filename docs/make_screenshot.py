@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from kvscope.cli.live import live_app
-from kvscope.engine.recipe import load_recipe
-from kvscope.tui.block_map import BlockMap
+from kvscope.cli.commands.live import live_app
+from kvscope.config.recipe import load_recipe
+from kvscope.tui.widgets.block_map import BlockMap
 
 
 async def shoot(steps: int, out: str, size: tuple[int, int]) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel, Prompt
-from kvscope.engine.recipe import Recipe, load_recipe
-from kvscope.engine.request import RequestOutput
-from kvscope.engine.sampling import SamplingParams
-from kvscope.inspector.events import EventBus
+from kvscope.config.recipe import Recipe, load_recipe
+from kvscope.engine.core.request import RequestOutput
+from kvscope.config.sampling_params import SamplingParams
+from kvscope.events.bus import EventBus
 
 _MINIMAL_WORKLOAD = {"prompts": ["-"]}
 

@@ -2,9 +2,9 @@
 
 One step = schedule -> prepare -> forward -> sample and update (LLMEngine.step); an engine in a
 disaggregated deployment (kv_role) also pins prompts' blocks for another engine or loads another engine's
-K/V between schedule and prepare (kvscope.engine.kv_connector). The step's
+K/V between schedule and prepare (kvscope.engine.core.kv_connector). The step's
 instruments (phase times, live ranges, per-op timing, the step's events) sit beside it in a
-StepProbe (kvscope.engine.step_probe); with a subscriber on the bus a step emits StepBegin,
+StepProbe (kvscope.engine.probe.step_probe); with a subscriber on the bus a step emits StepBegin,
 request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd.
 """
 
@@ -16,31 +16,33 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kvscope.engine.attention import backend_refusal, make_attention_backend, resolve_backend_name
-from kvscope.engine.block_manager import BlockManager
-from kvscope.engine.drafter import Drafter, make_drafter
-from kvscope.engine.errors import RecipeError, RequestError
-from kvscope.engine.kv_cache import KVCache, available_memory
-from kvscope.engine.kv_connector import KVConnector, KVPeer, KVTransferParams
-from kvscope.engine.loader import load_model, load_shape
-from kvscope.engine.math_utils import cdiv
-from kvscope.engine.model_config import ModelConfig
-from kvscope.engine.model_runner import ModelRunner
-from kvscope.engine.cuda_graphs import DecodeGraphs
-from kvscope.engine.decode_program import CpuDecodePrograms
-from kvscope.engine.op_timer import RangeHook, strip_op_timers
-from kvscope.engine.recipe import Recipe
-from kvscope.engine.request import Request, RequestOutput
-from kvscope.engine.request_check import Prompt, RequestCheck, max_model_len
-from kvscope.engine.sampling import SamplingParams
-from kvscope.engine.scheduler import Scheduler, make_scheduler
-from kvscope.engine.step_probe import StepProbe
-from kvscope.engine.stop_check import output_text
-from kvscope.engine.tokenizer import Tokenizer
-from kvscope.inspector.events import ARRIVED, EventBus, Phase, RequestEvent, RunInfo
+from kvscope.engine.model.attention import backend_refusal, make_attention_backend, resolve_backend_name
+from kvscope.engine.core.block_manager import BlockManager
+from kvscope.engine.spec.drafter import Drafter, make_drafter
+from kvscope.errors import RecipeError, RequestError
+from kvscope.engine.worker.kv_cache import KVCache, available_memory
+from kvscope.engine.core.kv_connector import KVConnector, KVPeer, KVTransferParams
+from kvscope.engine.model.loader import load_model, load_shape
+from kvscope.engine.core.math_utils import cdiv
+from kvscope.config.model_config import ModelConfig
+from kvscope.engine.worker.model_runner import ModelRunner
+from kvscope.engine.worker.cuda_graphs import DecodeGraphs
+from kvscope.engine.worker.decode_program import CpuDecodePrograms
+from kvscope.engine.probe.op_timer import RangeHook, strip_op_timers
+from kvscope.config.recipe import Recipe
+from kvscope.engine.core.request import Request, RequestOutput
+from kvscope.engine.core.request_check import Prompt, RequestCheck, max_model_len
+from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.scheduler import Scheduler, make_scheduler
+from kvscope.engine.probe.step_probe import StepProbe
+from kvscope.engine.core.stop_check import output_text
+from kvscope.engine.model.tokenizer import Tokenizer
+from kvscope.events.vocabulary import ARRIVED, Phase
+from kvscope.events.bus import EventBus
+from kvscope.events.records import RequestEvent, RunInfo
 
 if TYPE_CHECKING:
-    from kvscope.engine.sim_setup import Simulation
+    from kvscope.engine.sim.setup import Simulation
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -127,7 +129,7 @@ class LLMEngine:
 
     # --- set-up -----------------------------------------------------------------------
     def _capture_decode_graphs(self) -> None:
-        """CUDA graphs of the decode step for the batch-size ladder (kvscope.engine.cuda_graphs)."""
+        """CUDA graphs of the decode step for the batch-size ladder (kvscope.engine.worker.cuda_graphs)."""
         if self.device.type != "cuda" or self.backend_name != "triton":
             raise RecipeError(f"{self.recipe.source}: cuda_graphs: needs a CUDA device and the triton attention "
                               f"backend; this run is on {self.device.type} with {self.backend_name}")
@@ -138,8 +140,8 @@ class LLMEngine:
     def _set_up_simulation(self, range_hook: RangeHook | None, kernel_events: bool) -> None:
         """The rest of __init__ on a simulated device: no weights, no KV tensors; a SimRunner, the virtual
         clock on the bus, the pool as `kvscope kv` sizes it (unless the recipe gives one)."""
-        from kvscope.engine.sim_probe import SimStepProbe
-        from kvscope.engine.sim_setup import build_simulation
+        from kvscope.engine.sim.probe import SimStepProbe
+        from kvscope.engine.sim.setup import build_simulation
 
         self.sim = sim = build_simulation(self.recipe, self.config, self.tokenizer)
         self.device = sim.label

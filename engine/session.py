@@ -15,16 +15,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from kvscope.engine.errors import RecipeError, RequestError
+from kvscope.errors import RecipeError, RequestError
 from kvscope.engine.llm_engine import LLMEngine, LoadedModel
-from kvscope.engine.op_timer import RangeHook
-from kvscope.engine.recipe import Recipe
-from kvscope.engine.request import RequestOutput
+from kvscope.engine.probe.op_timer import RangeHook
+from kvscope.config.recipe import Recipe
+from kvscope.engine.core.request import RequestOutput
 from kvscope.engine.workload import WorkItem, build_workload
-from kvscope.inspector.events import EventBus
+from kvscope.events.bus import EventBus
 
 if TYPE_CHECKING:
-    from kvscope.engine.disaggregated import DisaggregatedEngine
+    from kvscope.engine.disagg.proxy import DisaggregatedEngine
 
 
 class RunSession:
@@ -34,7 +34,7 @@ class RunSession:
         self.bus = bus or EventBus()
         self.engine: LLMEngine | DisaggregatedEngine
         if recipe.deployment.disaggregated:  # engines of their own, each with its own bus (`buses`)
-            from kvscope.engine.deployment import build_deployment
+            from kvscope.engine.disagg.deployment import build_deployment
 
             self.engine = build_deployment(recipe, loaded, range_hook, kernel_events, bus=self.bus)
         else:

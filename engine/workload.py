@@ -11,8 +11,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kvscope.engine.recipe import Recipe
-from kvscope.engine.sampling_params import SamplingParams
+from kvscope.config.recipe import Recipe
+from kvscope.config.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)

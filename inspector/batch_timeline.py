@@ -4,7 +4,7 @@ Rows are requests, columns are steps; a cell says whether the request was waitin
 chunk (and how many tokens), decoded, was preempted, or finished in that step. It is the picture of
 continuous batching: under the static policy a batch's seats stay empty until its longest request ends;
 under continuous batching a finished request's seat is refilled at the next step. The TUI draws it live
-and in replay (kvscope.tui.batch_timeline); `kvscope bench --chart` draws each variant's whole run.
+and in replay (kvscope.tui.widgets.batch_timeline); `kvscope bench --chart` draws each variant's whole run.
 
 Per request a Lane keeps its arrival and finish steps and the steps it did something in (a mark: what,
 and tokens for a prefill chunk), append-only; "waiting" is every other step between arrival and finish
@@ -18,7 +18,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import ARRIVED, FINISHED, PREEMPTED, RequestEvent, RunInfo, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED
+from kvscope.events.records import RequestEvent, RunInfo, StepEnd
 
 # what a cell shows (Cell.kind)
 ABSENT = 0       # not arrived yet, or finished before this step

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 from kvscope.inspector.batch_timeline import BatchTimeline
 from kvscope.inspector.human_units import percent
 from kvscope.inspector.metrics import RunSummary
-from kvscope.inspector.timeline_svg import timeline_section
+from kvscope.inspector.export.timeline_svg import timeline_section
 
 JSON_SCHEMA = 1
 
@@ -132,7 +132,7 @@ def render_svg(report: BenchReport, metrics: Sequence[ChartMetric] = CHART_METRI
 
     Each panel is a <g class="panel" data-metric=...>; every bar in it is a <rect class="bar">
     carrying data-variant and data-value, so the chart can be checked without parsing geometry.
-    Under the bars, each variant's batch timeline (kvscope.inspector.timeline_svg), when the report has them.
+    Under the bars, each variant's batch timeline (kvscope.inspector.export.timeline_svg), when the report has them.
     """
     n = len(report.variants)
     panel_h = _PANEL_PAD + n * (_BAR_H + _BAR_GAP) + 10

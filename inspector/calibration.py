@@ -1,4 +1,4 @@
-"""Calibration: fit a simulator profile (kvscope.inspector.sim_profile) to a real engine's events.
+"""Calibration: fit a simulator profile (kvscope.costmodel.sim_profile) to a real engine's events.
 
 Pure python, events in, a profile out. Two runs of the same workload, all requests arriving at once, so
 both schedule the same batches step by step (the scheduler does not read the clock):
@@ -26,9 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from kvscope.inspector.devices import Device
-from kvscope.inspector.events import Kind, Phase
-from kvscope.inspector.sim_profile import (
+from kvscope.costmodel.devices import Device
+from kvscope.events.vocabulary import Kind, Phase
+from kvscope.costmodel.sim_profile import (
     MATMUL_OPS, OP_CLASS, OP_CLASSES, OpTiming, SimProfile, fit_least_squares,
 )
 

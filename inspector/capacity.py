@@ -1,6 +1,6 @@
 """Capacity search: the highest request rate a configuration serves within its latency SLOs (Vidur-Search's
 question), by doubling then bisecting the Poisson arrival rate. Pure python: the caller runs a workload at
-a rate and hands back its metrics (kvscope.cli.capacity does, on a simulated device).
+a rate and hands back its metrics (kvscope.cli.commands.capacity does, on a simulated device).
 
 An SLO reads METRIC_pNN:MS, e.g. `ttft_p90:2000` (90% of first tokens within 2 s) or `tbt_p99:200` (99% of
 inter-token gaps within 200 ms); metrics: ttft, tbt (= itl), e2e. A rate meets the SLOs when every request

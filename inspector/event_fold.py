@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-from kvscope.inspector.events import EVENT_TYPES
+from kvscope.events.records import EVENT_TYPES
 
 Handler = Callable[[Any, Any], None]
 

@@ -1,7 +1,7 @@
 """What the KV transfers of a disaggregated deployment cost, from its engines' KVTransfer events.
 
 The client's view (TTFT with the transfer in it, ITL, throughput) is the ordinary Metrics over the proxy's
-bus (kvscope.engine.disaggregated announces what a client sees there). This fold adds the transfers: how
+bus (kvscope.engine.disagg.proxy announces what a client sees there). This fold adds the transfers: how
 many, their bytes, the receiver's time from asking to landing (`transfer`), the sender's read, the bytes
 per second of the transport, and how much of the mean TTFT the mean transfer is (`share_of`). Subscribe it
 to every engine's bus (transfers are announced by the receiving side). Pure python.
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import KVTransfer
+from kvscope.events.records import KVTransfer
 from kvscope.inspector.metrics import Percentiles, RunSummary
 
 

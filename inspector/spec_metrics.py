@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import RunInfo, SpecDecode
+from kvscope.events.records import RunInfo, SpecDecode
 
 
 @dataclass

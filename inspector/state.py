@@ -2,7 +2,7 @@
 
 EngineView is a bus subscriber (an EventFold: `view.apply(event)` or `view(event)`) that works the
 same on a live bus and on a replayed recording. It knows nothing of the engine's objects: only
-the records of kvscope.inspector.events. Pure python, no torch.
+the records of kvscope.events. Pure python, no torch.
 
 Block semantics (see BlockEvent):
     alloc / prefix_hit  the request's table gets block_ids at logical_index..; ref counts
@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import (
-    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, SPEC_ALLOC,
-    SPEC_ROLLBACK, KV_LOAD_ALLOC, KV_PIN,
-    BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd,
+from kvscope.events.vocabulary import (
+    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
+    SPEC_ALLOC, SPEC_ROLLBACK, KV_LOAD_ALLOC, KV_PIN
 )
+from kvscope.events.records import BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
 
 WAITING = "waiting"
 RUNNING = "running"

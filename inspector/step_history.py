@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from itertools import islice
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import KernelEvent, KVSnapshot, Phase, RunInfo, StepBegin, StepEnd
+from kvscope.events.records import KernelEvent, KVSnapshot, RunInfo, StepBegin, StepEnd
+from kvscope.events.vocabulary import Phase
 
 HISTORY_STEPS = 240
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvscope.inspector.events import ARRIVED, FINISHED, Kind
+from kvscope.events.vocabulary import ARRIVED, FINISHED, Kind
 
 
 class StreamCheck:

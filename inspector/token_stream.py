@@ -1,5 +1,5 @@
 """The token stream: each request's prompt and generated text so far, folded from TokenText events
-(kvscope.inspector.events; a probe beside the engine emits them, kvscope.cli.text_probe). The TUI shows
+(kvscope.events; a probe beside the engine emits them, kvscope.cli.text_probe). The TUI shows
 the selected request's, live and in replay; a run or recording without those events has no text.
 Pure python.
 """
@@ -7,7 +7,7 @@ Pure python.
 from __future__ import annotations
 
 from kvscope.inspector.event_fold import EventFold
-from kvscope.inspector.events import RunInfo, TokenText
+from kvscope.events.records import RunInfo, TokenText
 
 KEEP_REQUESTS = 1024  # the oldest requests' text is forgotten past this many
 

@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return LLM
     if name == "SamplingParams":
-        from kvscope.engine.sampling_params import SamplingParams
+        from kvscope.config.sampling_params import SamplingParams
 
         return SamplingParams
     raise AttributeError(f"module 'kvscope' has no attribute {name!r}")

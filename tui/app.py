@@ -4,7 +4,7 @@ or a replay of a JSONL recording (a ReplayCursor), drawn by the same panels.
 The UI thread pulls events at a steady refresh rate (REFRESH_HZ), folds them into a UIModel (EngineView,
 Metrics, StepHistory, BatchTimeline, TokenStream) and redraws; the engine never waits for it. The app only
 reads and steers: the cli builds the session or the cursor, measures the device's peaks and records
-(kvscope.cli.live, kvscope.cli.replay).
+(kvscope.cli.commands.live, kvscope.cli.commands.replay).
 """
 
 from __future__ import annotations
@@ -20,27 +20,27 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Footer
 
-from kvscope.inspector.controller import FAILED, FINISHED, LOADING, PAUSED, RUNNING
-from kvscope.inspector.device_stats import DeviceSampler
-from kvscope.inspector.roofline_bound import Peaks
-from kvscope.tui.batch_timeline import LEGEND, BatchTimelineView
-from kvscope.tui.block_map import BlockMap
-from kvscope.tui.device_panel import DevicePanel
-from kvscope.tui.info_panel import InfoPanel
-from kvscope.tui.latency_panel import LatencyPanel
-from kvscope.tui.spec_panel import SpecDecodePanel
-from kvscope.tui.meters import FragmentationMeters
+from kvscope.inspector.live.controller import FAILED, FINISHED, LOADING, PAUSED, RUNNING
+from kvscope.inspector.live.device_stats import DeviceSampler
+from kvscope.costmodel.roofline_bound import Peaks
+from kvscope.tui.widgets.batch_timeline import LEGEND, BatchTimelineView
+from kvscope.tui.widgets.block_map import BlockMap
+from kvscope.tui.panels.device_panel import DevicePanel
+from kvscope.tui.panels.info_panel import InfoPanel
+from kvscope.tui.panels.latency_panel import LatencyPanel
+from kvscope.tui.panels.spec_panel import SpecDecodePanel
+from kvscope.tui.widgets.meters import FragmentationMeters
 from kvscope.tui.model import UIModel
 from kvscope.tui.peaks import peaks_for
-from kvscope.tui.request_list import RequestList
-from kvscope.tui.roofline_panel import RooflinePanel
-from kvscope.tui.scheduler_panel import SchedulerPanel
+from kvscope.tui.widgets.request_list import RequestList
+from kvscope.tui.panels.roofline_panel import RooflinePanel
+from kvscope.tui.panels.scheduler_panel import SchedulerPanel
 from kvscope.tui.screens import GotoScreen, HelpScreen
-from kvscope.tui.text_lines import TextLines
+from kvscope.tui.widgets.text_lines import TextLines
 
 if TYPE_CHECKING:
-    from kvscope.inspector.controller import SessionController
-    from kvscope.inspector.replay import ReplayCursor
+    from kvscope.inspector.live.controller import SessionController
+    from kvscope.inspector.export.replay import ReplayCursor
 
 REFRESH_HZ = 15
 STATS_REFRESH_S = 0.25  # the statistics panels (latency, roofline) while a live run streams: 4 Hz is plenty

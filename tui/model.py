@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvscope.inspector.batch_timeline import BatchTimeline
-from kvscope.inspector.controller import EngineEvent
+from kvscope.inspector.live.controller import EngineEvent
 from kvscope.inspector.event_fold import fan_out
 from kvscope.inspector.metrics import Metrics
 from kvscope.inspector.state import EngineView

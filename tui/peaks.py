@@ -1,8 +1,8 @@
 """Device peaks for the roofline panel, labelled.
 
 Live runs compare against peaks the cli measured on this device before the engine started
-(kvscope.inspector.peak_probe), labelled with the datasheet preset NVML's name matches; replays and
-snapshot tests, which must not measure this machine, use the presets in kvscope.inspector.devices
+(kvscope.inspector.live.peak_probe), labelled with the datasheet preset NVML's name matches; replays and
+snapshot tests, which must not measure this machine, use the presets in kvscope.costmodel.devices
 (the "cpu" one is a labelled placeholder). Nothing here measures.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvscope.inspector.devices import DeviceError, get_device
-from kvscope.inspector.roofline_bound import Peaks
+from kvscope.costmodel.devices import DeviceError, get_device
+from kvscope.costmodel.roofline_bound import Peaks
 
 if TYPE_CHECKING:
-    from kvscope.inspector.peak_probe import MeasuredPeaks
+    from kvscope.inspector.live.peak_probe import MeasuredPeaks
 
 # NVML names ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", ...) -> preset; first match wins
 _NVML_PATTERNS = (

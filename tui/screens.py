@@ -7,7 +7,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from kvscope.tui.info_panel import legend
+from kvscope.tui.panels.info_panel import legend
 
 LIVE_KEYS = """\
 space   pause / resume the engine

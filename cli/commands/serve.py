@@ -1,0 +1,42 @@
+"""`kvscope serve RECIPE`: the recipe's engine behind the OpenAI-compatible server (kvscope.serve). The
+recipe's workload is not run: requests come over HTTP; its `sampling` gives the defaults of unset fields."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from kvscope.errors import KVScopeError
+from kvscope.config.recipe import load_recipe
+
+
+def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str | None, max_waiting: int | None,
+              kernel_events: bool, model: str | None, threads: int | None, text_events: bool = True) -> int:
+    if not 0 < port < 65536:
+        raise KVScopeError(f"--port: expected 1..65535, got {port}")
+    if max_waiting is not None and max_waiting < 1:
+        raise KVScopeError(f"--max-waiting: must be at least 1, got {max_waiting}")
+    if threads is not None and threads < 1:
+        raise KVScopeError(f"--threads: must be at least 1, got {threads}")
+    recipe = load_recipe(recipe_path)
+    if model is not None:
+        from kvscope.cli.commands.bench import model_override
+
+        recipe = recipe.with_overrides({"model": model_override(model)})
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    from kvscope.serve.server.api_server import ServeOptions, serve_recipe
+
+    options = ServeOptions(host, port, served_model_name, max_waiting, kernel_events,
+                           on_engine=attach_text_events if text_events else None)
+    return serve_recipe(recipe, options)
+
+
+def attach_text_events(engine: Any, bus: Any) -> None:
+    """TokenText events on the server's bus (the prompt, then each step's new text), for an attached TUI's
+    token stream: the cli's text probe, over the server's engine."""
+    from kvscope.cli.text_probe import TextProbe
+
+    bus.subscribe(TextProbe(SimpleNamespace(engine=engine, tokenizer=engine.tokenizer, bus=bus)))  # type: ignore[arg-type]

@@ -1,0 +1,154 @@
+"""Attention backends: the seam between the model and the paged-attention kernels.
+
+The model runner builds one AttentionMetadata per step; every attention layer
+(kvscope.engine.model.llama.PagedAttention, bound to its pools and the backend once)
+calls `backend.write_kv(k, v, k_cache, v_cache, meta)` to store the new K/V
+through the slot mapping, then `backend.attend(q, k_cache, v_cache, meta, scale)`
+to attend over the paged cache (two calls, so each is timed as its own kernel).
+
+Backends: `torch` (reference kernels, the CPU default) and `triton`
+(kvscope.kernels.triton.attention_triton; on CPU it needs TRITON_INTERPRET=1).
+`auto` picks triton on CUDA and torch elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from kvscope.kernels.cpu.attention_cpu import paged_cpu_available, paged_decode_cpu, paged_prefill_cpu
+from kvscope.kernels.cpu.norm_rope_cpu import cpu_fused_ops
+from kvscope.kernels.reference.attention_torch import (
+    AttentionPlan,
+    paged_attention_torch,
+    plan_paged_attention,
+    write_kv_cache_torch,
+)
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Everything attention needs for one flat, unpadded batch (see kernels/reference/attention_torch.py)."""
+
+    slot_mapping: torch.Tensor      # [T] int64
+    block_tables: torch.Tensor      # [B, max_blocks] int32
+    query_start_loc: torch.Tensor   # [B + 1] int32
+    seq_lens: torch.Tensor          # [B] int32
+    query_lens_host: list[int]
+    seq_lens_host: list[int]
+    max_query_len: int
+    max_seq_len: int
+    block_tables_host: list[list[int]] | None = None
+    all_slots_valid: bool = False   # no slot is -1 (no padding tokens): the KV write needs no filter
+    torch_plan: AttentionPlan | None = None  # the torch backend's plan, made by the step's first layer
+
+
+class AttentionBackend(Protocol):
+    name: str
+    fused_ops: object | None  # rms_norm(x, w, eps) and rope(q, k, positions, cos_sin), or None
+
+    def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, meta: AttentionMetadata) -> None:
+        """k/v [T, KVH, D] into the pools at meta.slot_mapping."""
+        ...
+
+    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        """q [T, H, D] -> [T, H, D], causal over each request's paged context."""
+        ...
+
+
+class TorchAttention:
+    name = "torch"
+
+    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        # a float32 model on a CPU: the C RMSNorm / RoPE when they build (kvscope.kernels.cpu.norm_rope_cpu);
+        # anything else: the model's own torch code (for 16-bit dtypes it rounds as Hugging Face's does)
+        on_cpu = torch.device(device).type == "cpu" and dtype == torch.float32
+        self.fused_ops = cpu_fused_ops() if on_cpu else None
+
+    def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
+        write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping, all_valid=meta.all_slots_valid)
+
+    def attend(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        if meta.torch_plan is None:  # made by the step's first layer, for every layer
+            meta.torch_plan = plan_paged_attention(meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
+                                                   k_cache.shape[1], meta.block_tables_host,
+                                                   torch_kernels=not paged_cpu_available(q, k_cache))
+        plan = meta.torch_plan
+        if plan.decode or plan.chunks:
+            return paged_attention_torch(
+                q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale, plan=plan,
+            )
+        # the C kernels (kvscope.kernels.cpu.attention_cpu) write every request's rows; padding rows after them stay
+        # unwritten, never read
+        out = torch.empty(q.shape, dtype=q.dtype)
+        if plan.decode_requests is not None:  # one-token requests: one C call
+            paged_decode_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+                             plan.decode_requests, scale, out)
+        if plan.chunk_requests is not None:  # prompt chunks and drafts to verify: one more
+            paged_prefill_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+                              plan.chunk_requests, scale, out)
+        return out
+
+
+class TritonAttention:
+    """Triton kernels (kvscope.kernels.triton.attention_triton), imported on first use: triton is optional."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        from kvscope.kernels.triton import attention_triton, norm_rope_triton
+
+        self._kernels = attention_triton
+        self.fused_ops = TritonFusedOps(norm_rope_triton)
+
+    def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
+        self._kernels.write_kv_cache_triton(k, v, k_cache, v_cache, meta.slot_mapping)
+
+    def attend(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        return self._kernels.paged_attention_triton(
+            q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
+        )
+
+
+class TritonFusedOps:
+    """RMSNorm and RoPE as single Triton launches (the model calls these when the backend offers them)."""
+
+    def __init__(self, kernels) -> None:
+        self._kernels = kernels
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return self._kernels.rms_norm_triton(x, weight, eps)
+
+    def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+             cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._kernels.apply_rope_triton(q, k, positions, cos_sin)
+
+
+def backend_refusal(name: str, device: torch.device) -> str | None:
+    """Why backend `name` cannot run on `device` (None: it can): Triton needs CUDA, or its interpreter on a CPU."""
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return (f"triton runs on a CUDA device, or on a CPU under TRITON_INTERPRET=1 (the Triton interpreter); "
+                f"this run is on {device.type}: use torch or auto")
+    return None
+
+
+def resolve_backend_name(name: str, device: torch.device) -> str:
+    """`auto` -> `triton` on CUDA, `torch` elsewhere."""
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return name
+
+
+def make_attention_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> AttentionBackend:
+    name = resolve_backend_name(name, device)
+    if name == "torch":
+        return TorchAttention(device, dtype)
+    if name == "triton":
+        return TritonAttention()
+    raise ValueError(f"unknown attention backend {name!r} (expected torch, triton or auto)")

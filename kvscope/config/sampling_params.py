@@ -1,0 +1,82 @@
+"""Sampling parameters: how one request picks its tokens and when it stops (pure python: recipes use it too).
+
+Checked when made and again when a request is admitted (`validate`): a value that could not
+be sampled from (a NaN temperature, top_p 0, max_tokens 0, an empty stop string, a seed torch
+cannot take) is a RequestError naming the field, never a failure in the middle of a step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvscope.errors import RequestError
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """How one request picks its tokens and when it stops.
+
+    temperature 0 means greedy. top_k 0 and top_p 1.0 disable those filters.
+    seed: a per-request generator seed (None draws from the engine's generator).
+    stop: strings that end the output (not included in the text); one string may be given as is.
+    stop_token_ids: extra token ids that end the output (included in token_ids).
+    ignore_eos: keep generating past EOS until max_tokens.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # one stop string, not a set of characters
+            self.stop = [self.stop]
+        self.validate()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def validate(self, where: str = "sampling") -> None:
+        """RequestError naming the first field (`where.field`) whose value cannot be used."""
+        problem = _problem(self)
+        if problem is not None:
+            name, expected, value = problem
+            raise RequestError(f"{where}.{name}: must be {expected}, got {value!r}")
+
+
+def _problem(p: SamplingParams) -> tuple[str, str, Any] | None:
+    """(field, what it must be, its value) for the first unusable field, or None."""
+    if not _is_number(p.temperature) or p.temperature < 0:
+        return "temperature", "a finite number >= 0", p.temperature
+    if not _is_int(p.top_k) or p.top_k < 0:
+        return "top_k", "an integer >= 0 (0: no top-k)", p.top_k
+    if not _is_number(p.top_p) or not 0 < p.top_p <= 1:
+        return "top_p", "a number in (0, 1]", p.top_p
+    if not _is_int(p.max_tokens) or p.max_tokens < 1:
+        return "max_tokens", "a positive integer", p.max_tokens
+    if p.seed is not None and (not _is_int(p.seed) or not 0 <= p.seed <= MAX_SEED):
+        return "seed", f"null or an integer from 0 to {MAX_SEED}", p.seed
+    if not isinstance(p.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in p.stop):
+        return "stop", "a list of non-empty strings", p.stop
+    if not isinstance(p.stop_token_ids, (list, tuple)) or not all(_is_int(t) and t >= 0 for t in p.stop_token_ids):
+        return "stop_token_ids", "a list of token ids (integers >= 0)", p.stop_token_ids
+    if not isinstance(p.ignore_eos, bool):
+        return "ignore_eos", "true or false", p.ignore_eos
+    return None

@@ -1,0 +1,146 @@
+"""Putting a server together: the engine from a recipe, its thread, metrics and event hub on its bus, the
+app, and uvicorn. `serve_recipe` is `kvscope serve`; `ServerThread` runs one in the background on a free
+loopback port (tests, benchmarks, `kvscope bench serve --serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from kvscope.engine.llm_engine import LLMEngine, LoadedModel
+from kvscope.config.recipe import Recipe
+from kvscope.events.bus import EventBus
+from kvscope.serve.server.app import ServerState, build_app
+from kvscope.serve.server.engine_loop import EngineLoop
+from kvscope.serve.server.event_hub import DEFAULT_CAPACITY, EventHub
+from kvscope.serve.server.metrics import ServeMetrics
+
+
+@dataclass(slots=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    max_waiting: int | None = None
+    kernel_events: bool = False
+    event_buffer: int = DEFAULT_CAPACITY
+    on_engine: Callable[[LLMEngine, EventBus], Any] | None = None  # more subscribers (the cli's text probe)
+
+
+def default_model_name(recipe: Recipe) -> str:
+    """What clients pass as `model` unless --served-model-name says otherwise: the random preset's name, or the
+    model path as the recipe gives it (`smollm2` for the packaged GGUF), as vLLM serves a model by its path."""
+    model = recipe.model
+    return model.shape if model.source == "random" else model.path
+
+
+def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | None = None) -> ServerState:
+    """Engine (not started), metrics and event hub subscribed to its bus, the handlers' shared state.
+
+    A disaggregated recipe serves its deployment: the proxy (kvscope.engine.disagg.proxy) sends each request
+    to a prefill engine, then a decode engine, and the server streams what the decode side generates; the
+    metrics are the client's (the proxy's bus) plus the KV transfers'; an attached viewer watches the first
+    decode engine when it runs in this process (in-process transport)."""
+    bus = EventBus()
+    name = options.served_model_name or default_model_name(recipe)
+    metrics = ServeMetrics(name)
+    hub = EventHub(options.event_buffer)
+    bus.subscribe(metrics)
+    watched: LLMEngine | None
+    if recipe.deployment.disaggregated:
+        from kvscope.engine.disagg.deployment import build_deployment
+
+        engine: Any = build_deployment(recipe, loaded, kernel_events=options.kernel_events, bus=bus)
+        for engine_bus in engine.buses.values():
+            engine_bus.subscribe(metrics.kv_transfer_observer)
+        engine.buses[engine.decode[0].name].subscribe(metrics.pool_observer)
+        watched = engine.local_engine(engine.decode[0].name)
+    else:
+        engine = watched = LLMEngine(recipe, loaded=loaded, bus=bus, kernel_events=options.kernel_events)
+    if watched is not None:
+        watched.bus.subscribe(hub)
+        if options.on_engine is not None:
+            options.on_engine(watched, watched.bus)
+    return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
+                       int(time.time()), watched)
+
+
+def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(build_app(state), host=host, port=port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=1, lifespan="off")
+
+
+def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
+    """`kvscope serve`: run until interrupted."""
+    state = build_state(recipe, options)
+    state.engine.start()
+    print(f"kvscope serve: {state.model_name} on http://{options.host}:{options.port}/v1 "
+          f"(metrics /metrics, attach: kvscope attach http://{options.host}:{options.port})", flush=True)
+    try:
+        uvicorn.Server(_config(state, options.host, options.port)).run()
+    finally:
+        state.engine.stop()
+        _close(state)
+    return 0
+
+
+def _close(state: ServerState) -> None:
+    """Stop what the engine started outside this process (a deployment's Ray actors)."""
+    close = getattr(state.engine.engine, "close", None)
+    if close is not None:
+        close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A server in a background thread on a free loopback port: `with ServerThread(recipe) as srv: srv.url`."""
+
+    def __init__(self, recipe: Recipe, options: ServeOptions | None = None,
+                 loaded: LoadedModel | None = None) -> None:
+        self.options = options or ServeOptions(port=0)
+        if not self.options.port:  # 0: any free port
+            self.options.port = free_port(self.options.host)
+        self.state = build_state(recipe, self.options, loaded)
+        self.server = uvicorn.Server(_config(self.state, self.options.host, self.options.port))
+        self._thread = threading.Thread(target=self._run, name="kvscope-serve-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}"
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self.state.engine.start()
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self.state.engine.stop()
+        _close(self.state)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,37 @@
+"""The static baseline behaves like a padded static batch: fixed batches, max-length reservations,
+padding computed and thrown away, and the same greedy tokens as continuous batching."""
+
+from kvscope.engine.llm import LLM
+from kvscope.config.sampling_params import SamplingParams
+from kvscope.events.bus import EventBus, EventList
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16], [17, 18, 19, 20, 21]]
+MAX_TOKENS = [2, 6, 3, 5]
+
+
+def run(policy: str):
+    bus = EventBus()
+    events = bus.subscribe(EventList())
+    llm = LLM({"model": {"source": "random", "shape": "tiny-gqa3", "seed": 1},
+               "cache": {"block_size": 4, "num_blocks": 64},
+               "scheduler": {"policy": policy, "max_num_seqs": 2}}, bus=bus)
+    outs = llm.generate(PROMPTS, [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS])
+    steps = [e for e in events.events if e.kind == "step_end"]
+    return [o.token_ids for o in outs], steps, events.events
+
+
+def test_static_pads_prompts_and_finished_seats_and_keeps_tokens():
+    static_tokens, steps, events = run("static")
+    continuous_tokens, cont_steps, _ = run("continuous")
+    assert static_tokens == continuous_tokens
+    assert all(s.padding_tokens == 0 for s in cont_steps)
+    # batch 1 = requests 0 and 1: prompts 3 and 7 tokens, outputs 2 and 6
+    assert steps[0].padding_tokens == 7 - 3
+    # request 0 finishes after its 2nd token; its seat decodes padding until request 1's 6th token
+    pads_batch1 = [s.padding_tokens for s in steps[1:6]]
+    assert pads_batch1 == [0, 1, 1, 1, 1]
+    # batch 2 = requests 2 and 3 starts only after batch 1 is done: prompts 2 and 5 -> 3 pad tokens
+    assert steps[6].padding_tokens == 5 - 2 and {rid for rid, _ in steps[6].prefill} == {2, 3}
+    # each request reserved its batch's longest prompt + longest output up front
+    allocs = {e.request_id: len(e.block_ids) for e in events if e.kind == "block" and e.what == "alloc"}
+    assert allocs[0] == allocs[1] == -(-(7 + 6) // 4) and allocs[2] == allocs[3] == -(-(5 + 5) // 4)
