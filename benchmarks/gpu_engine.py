@@ -33,9 +33,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def load(shape: str, dtype: str, device: str):
     """A LoadedModel of random weights (seed 0) of a preset shape or llama-1b."""
-    from kvscope.engine.llm_engine import LoadedModel
-    from kvscope.engine.model.loader import load_model, random_state_dict
     from kvscope.config.model_config import ModelConfig, with_special_tokens
+    from kvscope.engine.model.loader import LoadedModel, load_model, random_state_dict
     from kvscope.engine.model.tokenizer import ByteTokenizer
 
     dev, dt = torch.device(device), DTYPES[dtype]
@@ -69,8 +68,8 @@ def prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 
 def greedy(loaded, backend: str, batch: list[list[int]], max_tokens: int,
            extra: dict | None = None) -> list[list[int]]:
-    from kvscope.engine.llm_engine import LLMEngine
     from kvscope.config.sampling_params import SamplingParams
+    from kvscope.engine.llm_engine import LLMEngine
 
     need = sum(-(-(len(p) + max_tokens) // 16) for p in batch) + 4
     engine = LLMEngine(recipe(loaded, backend, len(batch), need, 64, extra), loaded=loaded, kernel_events=False)
@@ -118,8 +117,8 @@ def _sync(device: torch.device) -> None:
 
 def decode_run(loaded, batch: int, prompt_len: int, steps: int, extra: dict | None) -> dict:
     """tokens/s of decode steps with every request decoding, and the median step time."""
-    from kvscope.engine.llm_engine import LLMEngine
     from kvscope.config.sampling_params import SamplingParams
+    from kvscope.engine.llm_engine import LLMEngine
 
     blocks = batch * -(-(prompt_len + steps + 2) // 16) + 4
     engine = LLMEngine(recipe(loaded, "auto", batch, blocks, max(2048, prompt_len), extra), loaded=loaded,

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.config.recipe import Recipe, load_recipe
+from kvscope.engine.model.loader import load_for_recipe
+from kvscope.engine.probe.nvtx_ranges import nvtx_range_hook
 from kvscope.engine.session import RunSession
 from kvscope.events.bus import EventBus
-from kvscope.engine.probe.nvtx_ranges import nvtx_range_hook
 from kvscope.inspector.export.recording import attach_recorder, make_header
 
 

@@ -46,10 +46,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
-from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
 from kvscope.costmodel.roofline import step_op_costs
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import LoadedModel, load_for_recipe
 
 MODEL = {"source": "gguf", "path": "smollm2"}
 BUFFER_BYTES = 256 * 1024 * 1024

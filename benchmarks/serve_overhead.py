@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from kvscope.engine.llm import LLM
-from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
-from kvscope.events.vocabulary import ARRIVED, FIRST_TOKEN
+from kvscope.engine.llm import LLM
+from kvscope.engine.model.loader import load_for_recipe
 from kvscope.events.records import RequestEvent
+from kvscope.events.vocabulary import ARRIVED, FIRST_TOKEN
 from kvscope.serve.client.bench_dataset import random_dataset
 from kvscope.serve.server.api_server import ServerThread
 

@@ -34,15 +34,15 @@ from typing import Any
 import torch
 
 from kvscope.cli.commands.calibrate import calibrate, calibration_recipe
-from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.config.recipe import Recipe
-from kvscope.engine.session import RunSession
 from kvscope.costmodel.devices import get_device
+from kvscope.costmodel.sim_cost import StepCostModel
+from kvscope.costmodel.sim_profile import load_profile
+from kvscope.engine.model.loader import load_for_recipe
+from kvscope.engine.session import RunSession
 from kvscope.events.bus import EventBus
 from kvscope.events.records import StepEnd
 from kvscope.inspector.metrics import Metrics
-from kvscope.costmodel.sim_cost import StepCostModel
-from kvscope.costmodel.sim_profile import load_profile
 
 MODEL = {"source": "gguf", "path": "smollm2"}
 

@@ -21,9 +21,10 @@ import time
 
 import torch
 
-from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import LoadedModel, load_for_recipe
 from kvscope.inspector.spec_metrics import SpecDecodeStats
 
 COPY = [

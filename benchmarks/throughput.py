@@ -29,9 +29,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
-from kvscope.engine.llm_engine import LLMEngine, load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import load_for_recipe
 
 
 def make_workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from instrumentation import synthetic_recipe
 
 from kvscope.cli.commands.live import _set_engine_threads, live_app
-from kvscope.engine.llm_engine import load_for_recipe
+from kvscope.engine.model.loader import load_for_recipe
 from kvscope.engine.session import RunSession
 from kvscope.events.bus import EventBus
 from kvscope.tui.app import REFRESH_HZ

@@ -31,12 +31,12 @@ import time
 from textual._compositor import CompositorUpdate
 from textual.geometry import Region
 
-from kvscope.events.vocabulary import ALLOC, ARRIVED, CACHED, FINISHED, FREE, PREFIX_HIT, SCHEDULED
 from kvscope.events.records import BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
+from kvscope.events.vocabulary import ALLOC, ARRIVED, CACHED, FINISHED, FREE, PREFIX_HIT, SCHEDULED
 from kvscope.inspector.export.replay import ReplayCursor, Timeline
 from kvscope.tui.app import KVScopeApp
-from kvscope.tui.widgets.block_map import BlockMap
 from kvscope.tui.model import UIModel
+from kvscope.tui.widgets.block_map import BlockMap
 
 WARMUP_STEPS = 3  # the first frames lay out the screen and fill caches
 

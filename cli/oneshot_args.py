@@ -6,10 +6,10 @@ Every lookup failure becomes a UsageError (one line, exit code 2). Imports stay 
 from __future__ import annotations
 
 from kvscope.cli.errors import UsageError
-from kvscope.errors import ModelShapeError
 from kvscope.config.model_config import ModelConfig
 from kvscope.costmodel.devices import Device, DeviceError, get_device, with_memory
 from kvscope.engine.checkpoint.resolve import resolve_model
+from kvscope.errors import ModelShapeError
 
 
 def load_model(spec: str) -> ModelConfig:

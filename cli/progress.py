@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from kvscope.cli.console import is_terminal
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import FINISHED
 from kvscope.events.records import RequestEvent, RunInfo, StepEnd
+from kvscope.events.vocabulary import FINISHED
+from kvscope.inspector.event_fold import EventFold
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

@@ -15,10 +15,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import ARRIVED, FINISHED
-from kvscope.events.records import RequestEvent, RunInfo, SpecDecode, StepEnd, TokenText
 from kvscope.events.bus import now_ns
+from kvscope.events.records import RequestEvent, RunInfo, SpecDecode, StepEnd, TokenText
+from kvscope.events.vocabulary import ARRIVED, FINISHED
+from kvscope.inspector.event_fold import EventFold
 
 if TYPE_CHECKING:
     from kvscope.engine.session import RunSession

@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvscope.engine.llm_engine import LLMEngine, LoadedModel, Prompt
 from kvscope.config.recipe import Recipe, load_recipe
-from kvscope.engine.core.request import RequestOutput
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.request import RequestOutput
+from kvscope.engine.core.request_check import Prompt
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import LoadedModel
 from kvscope.events.bus import EventBus
 
 _MINIMAL_WORKLOAD = {"prompts": ["-"]}

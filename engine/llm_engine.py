@@ -11,70 +11,35 @@ request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kvscope.engine.model.attention import backend_refusal, make_attention_backend, resolve_backend_name
-from kvscope.engine.core.block_manager import BlockManager
-from kvscope.engine.spec.drafter import Drafter, make_drafter
-from kvscope.errors import RecipeError, RequestError
-from kvscope.engine.worker.kv_cache import KVCache, available_memory
-from kvscope.engine.core.kv_connector import KVConnector, KVPeer, KVTransferParams
-from kvscope.engine.model.loader import load_model, load_shape
-from kvscope.engine.core.math_utils import cdiv
-from kvscope.config.model_config import ModelConfig
-from kvscope.engine.worker.model_runner import ModelRunner
-from kvscope.engine.worker.cuda_graphs import DecodeGraphs
-from kvscope.engine.worker.decode_program import CpuDecodePrograms
-from kvscope.engine.probe.op_timer import RangeHook, strip_op_timers
 from kvscope.config.recipe import Recipe
+from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.block_manager import BlockManager
+from kvscope.engine.core.kv_connector import KVConnector, KVPeer, KVTransferParams
+from kvscope.engine.core.math_utils import cdiv
 from kvscope.engine.core.request import Request, RequestOutput
 from kvscope.engine.core.request_check import Prompt, RequestCheck, max_model_len
-from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.core.scheduler import Scheduler, make_scheduler
-from kvscope.engine.probe.step_probe import StepProbe
 from kvscope.engine.core.stop_check import output_text
-from kvscope.engine.model.tokenizer import Tokenizer
-from kvscope.events.vocabulary import ARRIVED, Phase
+from kvscope.engine.model.attention import backend_refusal, make_attention_backend, resolve_backend_name
+from kvscope.engine.model.loader import LoadedModel, load_for_recipe
+from kvscope.engine.probe.op_timer import RangeHook, strip_op_timers
+from kvscope.engine.probe.step_probe import StepProbe
+from kvscope.engine.spec.drafter import Drafter, make_drafter
+from kvscope.engine.worker.cuda_graphs import DecodeGraphs
+from kvscope.engine.worker.decode_program import CpuDecodePrograms
+from kvscope.engine.worker.kv_cache import KVCache, available_memory
+from kvscope.engine.worker.model_runner import ModelRunner
+from kvscope.errors import RecipeError, RequestError
 from kvscope.events.bus import EventBus
 from kvscope.events.records import RequestEvent, RunInfo
+from kvscope.events.vocabulary import ARRIVED, Phase
 
 if TYPE_CHECKING:
     from kvscope.engine.sim.setup import Simulation
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(slots=True)
-class LoadedModel:
-    """A model with its config and tokenizer, loaded once and reused across engine resets."""
-
-    model: torch.nn.Module | None  # None on a simulated device
-    config: ModelConfig
-    tokenizer: Tokenizer
-    dtype: torch.dtype
-    device: torch.device
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("device: cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
-def load_for_recipe(recipe: Recipe) -> LoadedModel:
-    dtype = _DTYPES[recipe.dtype]
-    if recipe.device == "sim":  # a simulated device: the shape and the tokenizer, no weights
-        config, tokenizer = load_shape(recipe.model.as_dict())
-        return LoadedModel(None, config, tokenizer, dtype, torch.device("cpu"))
-    device = resolve_device(recipe.device)
-    model, config, tokenizer = load_model(recipe.model.as_dict(), dtype, device)
-    return LoadedModel(model, config, tokenizer, dtype, device)
-
 
 MEMORY_FRACTION = 0.9  # of the device's free memory a KV pool may take
 

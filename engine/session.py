@@ -15,12 +15,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from kvscope.errors import RecipeError, RequestError
-from kvscope.engine.llm_engine import LLMEngine, LoadedModel
-from kvscope.engine.probe.op_timer import RangeHook
 from kvscope.config.recipe import Recipe
 from kvscope.engine.core.request import RequestOutput
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import LoadedModel
+from kvscope.engine.probe.op_timer import RangeHook
 from kvscope.engine.workload import WorkItem, build_workload
+from kvscope.errors import RecipeError, RequestError
 from kvscope.events.bus import EventBus
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED
 from kvscope.events.records import RequestEvent, RunInfo, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED
+from kvscope.inspector.event_fold import EventFold
 
 # what a cell shows (Cell.kind)
 ABSENT = 0       # not arrived yet, or finished before this step

@@ -14,9 +14,9 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from kvscope.inspector.batch_timeline import BatchTimeline
+from kvscope.inspector.export.timeline_svg import timeline_section
 from kvscope.inspector.human_units import percent
 from kvscope.inspector.metrics import RunSummary
-from kvscope.inspector.export.timeline_svg import timeline_section
 
 JSON_SCHEMA = 1
 

@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kvscope.costmodel.devices import Device
-from kvscope.events.vocabulary import Kind, Phase
 from kvscope.costmodel.sim_profile import (
-    MATMUL_OPS, OP_CLASS, OP_CLASSES, OpTiming, SimProfile, fit_least_squares,
+    MATMUL_OPS,
+    OP_CLASS,
+    OP_CLASSES,
+    OpTiming,
+    SimProfile,
+    fit_least_squares,
 )
+from kvscope.events.vocabulary import Kind, Phase
 
 
 @dataclass(slots=True)

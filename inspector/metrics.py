@@ -27,9 +27,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED
 from kvscope.events.records import BlockEvent, KVSnapshot, RequestEvent, RunInfo, SpecDecode, StepBegin, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED
+from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.spec_metrics import SpecDecodeStats, SpecDecodeSummary
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from kvscope.inspector.event_fold import EventFold
 from kvscope.events.records import KVTransfer
+from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.metrics import Percentiles, RunSummary
 
 

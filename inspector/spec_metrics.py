@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvscope.inspector.event_fold import EventFold
 from kvscope.events.records import RunInfo, SpecDecode
+from kvscope.inspector.event_fold import EventFold
 
 
 @dataclass

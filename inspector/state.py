@@ -17,12 +17,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import (
-    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED,
-    SPEC_ALLOC, SPEC_ROLLBACK, KV_LOAD_ALLOC, KV_PIN
-)
 from kvscope.events.records import BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
+from kvscope.events.vocabulary import (
+    ALLOC,
+    ARRIVED,
+    CACHED,
+    EVICT,
+    FINISHED,
+    FIRST_TOKEN,
+    FREE,
+    KV_LOAD_ALLOC,
+    KV_PIN,
+    PREEMPTED,
+    PREFIX_HIT,
+    RESUMED,
+    SCHEDULED,
+    SPEC_ALLOC,
+    SPEC_ROLLBACK,
+)
+from kvscope.inspector.event_fold import EventFold
 
 WAITING = "waiting"
 RUNNING = "running"

@@ -13,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import islice
 
-from kvscope.inspector.event_fold import EventFold
 from kvscope.events.records import KernelEvent, KVSnapshot, RunInfo, StepBegin, StepEnd
 from kvscope.events.vocabulary import Phase
+from kvscope.inspector.event_fold import EventFold
 
 HISTORY_STEPS = 240
 

@@ -6,8 +6,8 @@ Pure python.
 
 from __future__ import annotations
 
-from kvscope.inspector.event_fold import EventFold
 from kvscope.events.records import RunInfo, TokenText
+from kvscope.inspector.event_fold import EventFold
 
 KEEP_REQUESTS = 1024  # the oldest requests' text is forgotten past this many
 

@@ -20,27 +20,27 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Footer
 
+from kvscope.costmodel.roofline_bound import Peaks
 from kvscope.inspector.live.controller import FAILED, FINISHED, LOADING, PAUSED, RUNNING
 from kvscope.inspector.live.device_stats import DeviceSampler
-from kvscope.costmodel.roofline_bound import Peaks
-from kvscope.tui.widgets.batch_timeline import LEGEND, BatchTimelineView
-from kvscope.tui.widgets.block_map import BlockMap
+from kvscope.tui.model import UIModel
 from kvscope.tui.panels.device_panel import DevicePanel
 from kvscope.tui.panels.info_panel import InfoPanel
 from kvscope.tui.panels.latency_panel import LatencyPanel
-from kvscope.tui.panels.spec_panel import SpecDecodePanel
-from kvscope.tui.widgets.meters import FragmentationMeters
-from kvscope.tui.model import UIModel
-from kvscope.tui.peaks import peaks_for
-from kvscope.tui.widgets.request_list import RequestList
 from kvscope.tui.panels.roofline_panel import RooflinePanel
 from kvscope.tui.panels.scheduler_panel import SchedulerPanel
+from kvscope.tui.panels.spec_panel import SpecDecodePanel
+from kvscope.tui.peaks import peaks_for
 from kvscope.tui.screens import GotoScreen, HelpScreen
+from kvscope.tui.widgets.batch_timeline import LEGEND, BatchTimelineView
+from kvscope.tui.widgets.block_map import BlockMap
+from kvscope.tui.widgets.meters import FragmentationMeters
+from kvscope.tui.widgets.request_list import RequestList
 from kvscope.tui.widgets.text_lines import TextLines
 
 if TYPE_CHECKING:
-    from kvscope.inspector.live.controller import SessionController
     from kvscope.inspector.export.replay import ReplayCursor
+    from kvscope.inspector.live.controller import SessionController
 
 REFRESH_HZ = 15
 STATS_REFRESH_S = 0.25  # the statistics panels (latency, roofline) while a live run streams: 4 Hz is plenty

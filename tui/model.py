@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from kvscope.inspector.batch_timeline import BatchTimeline
-from kvscope.inspector.live.controller import EngineEvent
 from kvscope.inspector.event_fold import fan_out
+from kvscope.inspector.live.controller import EngineEvent
 from kvscope.inspector.metrics import Metrics
 from kvscope.inspector.state import EngineView
 from kvscope.inspector.step_history import StepHistory

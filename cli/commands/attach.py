@@ -41,8 +41,8 @@ def run_attach(url: str, *, kernels: bool = False) -> int:
 def run_trace_attach(url: str, *, out: str | None, seconds: float, kernels: bool) -> int:
     """Record `seconds` of a live server: the snapshot's events, then everything the server emits."""
     from kvscope.cli.commands.trace import output_folder
-    from kvscope.inspector.export.chrome_trace import write_chrome_trace
     from kvscope.events.bus import EventList
+    from kvscope.inspector.export.chrome_trace import write_chrome_trace
     from kvscope.inspector.export.nvtxt import write_nvtxt
     from kvscope.inspector.export.recording import JsonlRecorder, make_header
     from kvscope.serve.client.attach_client import AttachStream

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 from kvscope.cli.errors import UsageError
 from kvscope.cli.progress import ProgressBars
 from kvscope.cli.recipe_args import model_label
-from kvscope.errors import RecipeError
 from kvscope.config.recipe import load_recipe
+from kvscope.errors import RecipeError
 
 if TYPE_CHECKING:
-    from kvscope.engine.llm_engine import LoadedModel
     from kvscope.config.recipe import Recipe
+    from kvscope.engine.model.loader import LoadedModel
     from kvscope.engine.workload import WorkItem
     from kvscope.inspector.bench_report import BenchReport, VariantResult
 
@@ -150,7 +150,7 @@ def run_variants(recipe: Recipe, model: dict[str, Any] | None = None, max_reques
                  only: list[str] | None = None, progress: bool = False) -> BenchReport:
     """Run every variant of `recipe` on one shared workload; the report holds each run's summary.
     `progress`: a bar per model load and per variant on standard error, when it is a terminal."""
-    from kvscope.engine.llm_engine import load_for_recipe
+    from kvscope.engine.model.loader import load_for_recipe
     from kvscope.inspector.bench_report import BenchReport
 
     variants = variant_recipes(recipe, model, only)
@@ -180,9 +180,9 @@ def _run_one(name: str, overrides: dict[str, Any], recipe: Recipe, loaded: Loade
              workloads: dict[tuple[Any, ...], list[WorkItem]], base: Recipe, max_requests: int | None,
              bars: ProgressBars, label: str) -> tuple[VariantResult, Any]:
     from kvscope.engine.session import RunSession
+    from kvscope.events.bus import EventBus
     from kvscope.inspector.batch_timeline import BatchTimeline
     from kvscope.inspector.bench_report import VariantResult
-    from kvscope.events.bus import EventBus
     from kvscope.inspector.metrics import Metrics
 
     bus = EventBus()

@@ -61,9 +61,9 @@ def measure_op_timings(loaded: Any, dtype: str, clock: Any, rows: tuple[int, ...
 
     import torch
 
-    from kvscope.engine.probe.op_timer import _op_sites
     from kvscope.costmodel.sim_cost import matmul_shapes
     from kvscope.costmodel.sim_profile import OpTiming
+    from kvscope.engine.probe.op_timer import _op_sites
 
     shapes = matmul_shapes(loaded.config)
     calls: dict[str, list[Any]] = {op: [] for op in shapes}
@@ -98,17 +98,16 @@ def calibrate(recipe_data: dict[str, Any], reference: str, cpu_time: bool = Fals
     """Run the recipe twice (kernel events on, then off) and fit a SimProfile to the two runs. `cpu_time`: the
     steps and their ops are timed by this thread's CPU time, not the wall clock (EventBus.clock, which the
     op timer follows)."""
+    import platform
     import time
 
-    import platform
-
-    from kvscope.engine.llm_engine import load_for_recipe
     from kvscope.config.recipe import Recipe
-    from kvscope.engine.session import RunSession
-    from kvscope.inspector.calibration import StepRecorder, fit_profile
     from kvscope.costmodel.devices import get_device
-    from kvscope.events.bus import EventBus
     from kvscope.costmodel.kv_estimate import canonical_dtype
+    from kvscope.engine.model.loader import load_for_recipe
+    from kvscope.engine.session import RunSession
+    from kvscope.events.bus import EventBus
+    from kvscope.inspector.calibration import StepRecorder, fit_profile
 
     recipe = Recipe.from_dict(recipe_data)
     loaded = load_for_recipe(recipe)

@@ -63,10 +63,10 @@ def run_capacity(recipe_path: str, slos: list[str] | None, *, json_out: str | No
 
 def search_variant(name: str, overrides: dict[str, Any], recipe: Recipe, slos: list[Slo],
                    max_requests: int | None, start_rate: float) -> CapacityResult:
-    from kvscope.engine.llm_engine import load_for_recipe
+    from kvscope.engine.model.loader import load_for_recipe
     from kvscope.engine.session import RunSession
-    from kvscope.inspector.capacity import CapacityResult, probe, search_max_rate
     from kvscope.events.bus import EventBus
+    from kvscope.inspector.capacity import CapacityResult, probe, search_max_rate
     from kvscope.inspector.metrics import Metrics
 
     loaded = load_for_recipe(recipe)

@@ -11,11 +11,11 @@ from kvscope.cli.progress import ProgressBars
 from kvscope.cli.recipe_args import model_label, recipe_header
 from kvscope.cli.text_probe import attach_text_probe
 from kvscope.config.recipe import Recipe
+from kvscope.engine.probe.nvtx_ranges import nvtx_range_hook
 from kvscope.engine.session import RunSession
 from kvscope.events.bus import EventBus
-from kvscope.inspector.metrics import Metrics
-from kvscope.engine.probe.nvtx_ranges import nvtx_range_hook
 from kvscope.inspector.export.recording import attach_recorder
+from kvscope.inspector.metrics import Metrics
 
 
 def run_headless(recipe: Recipe, as_json: bool = False, record: str | None = None,

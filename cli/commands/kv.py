@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from kvscope.cli.errors import UsageError
 from kvscope.cli.oneshot_args import load_device, load_model
-from kvscope.inspector.human_units import human_bytes, human_count
 from kvscope.costmodel.kv_estimate import EstimateError, KVEstimate, estimate_kv
+from kvscope.inspector.human_units import human_bytes, human_count
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

@@ -15,14 +15,14 @@ import torch
 
 from kvscope.cli.recipe_args import recipe_header
 from kvscope.cli.text_probe import attach_engine_text_probes, attach_text_probe
-from kvscope.engine.llm_engine import resolve_device
 from kvscope.config.recipe import Recipe
+from kvscope.costmodel.roofline_bound import Peaks
+from kvscope.engine.model.loader import resolve_device
 from kvscope.engine.session import RunSession
-from kvscope.inspector.live.controller import SessionController
-from kvscope.inspector.live.device_stats import DeviceSampler
 from kvscope.events.bus import EventBus
 from kvscope.inspector.export.recording import JsonlRecorder
-from kvscope.costmodel.roofline_bound import Peaks
+from kvscope.inspector.live.controller import SessionController
+from kvscope.inspector.live.device_stats import DeviceSampler
 from kvscope.tui.app import REFRESH_HZ, KVScopeApp
 from kvscope.tui.peaks import peaks_for
 

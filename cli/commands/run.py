@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from kvscope.errors import KVScopeError
 from kvscope.config.recipe import load_recipe
+from kvscope.errors import KVScopeError
 
 
 def run_recipe(recipe_path: str, *, headless: bool = False, as_json: bool = False, record: str | None = None,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from kvscope.errors import KVScopeError
 from kvscope.config.recipe import load_recipe
+from kvscope.errors import KVScopeError
 
 
 def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str | None, max_waiting: int | None,

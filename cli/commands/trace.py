@@ -40,13 +40,13 @@ def run_trace(recipe_path: str, *, out: str | None = None, torch_profiler: bool 
               kernels: bool = True) -> int:
     """Run the recipe (a progress bar on a terminal) and write the three files; exit code 2 if requests were
     rejected."""
-    from kvscope.engine.session import RunSession
-    from kvscope.inspector.export.chrome_trace import trace_origin, write_chrome_trace
-    from kvscope.events.bus import EventBus, EventList
-    from kvscope.inspector.metrics import Metrics
     from kvscope.engine.probe.nvtx_ranges import nvtx_range_hook
+    from kvscope.engine.session import RunSession
+    from kvscope.events.bus import EventBus, EventList
+    from kvscope.inspector.export.chrome_trace import trace_origin, write_chrome_trace
     from kvscope.inspector.export.nvtxt import write_nvtxt
     from kvscope.inspector.export.recording import attach_recorder
+    from kvscope.inspector.metrics import Metrics
 
     recipe = load_recipe(recipe_path)
     folder = output_folder(out if out else f"trace-{recipe.name}")
@@ -108,13 +108,13 @@ def trace_deployment(recipe: Recipe, folder: Path, *, nvtx: bool, kernels: bool)
     flows across), and per engine ENGINE.nvtxt and ENGINE.events.jsonl."""
     from rich.text import Text
 
+    from kvscope.cli.commands.headless import report_problems
     from kvscope.cli.console import emit
     from kvscope.cli.deployment_report import DeploymentWatch, deployment_report
-    from kvscope.cli.commands.headless import report_problems
-    from kvscope.engine.session import RunSession
-    from kvscope.inspector.export.deployment_trace import build_deployment_trace
-    from kvscope.events.bus import EventBus, EventList
     from kvscope.engine.probe.nvtx_ranges import nvtx_range_hook
+    from kvscope.engine.session import RunSession
+    from kvscope.events.bus import EventBus, EventList
+    from kvscope.inspector.export.deployment_trace import build_deployment_trace
     from kvscope.inspector.export.nvtxt import write_nvtxt
     from kvscope.inspector.export.recording import attach_recorder
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from kvscope.errors import ModelShapeError
-from kvscope.engine.checkpoint.gguf_header import ArrayLength, HasDims, num_elements
 from kvscope.config.model_config import ModelConfig, count_params
+from kvscope.engine.checkpoint.gguf_header import ArrayLength, HasDims, num_elements
+from kvscope.errors import ModelShapeError
 
 
 def _is_int(value: Any) -> bool:

@@ -15,12 +15,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from kvscope.errors import ModelLoadError, ModelShapeError
 from kvscope.config.model_config import ModelConfig
-from kvscope.engine.checkpoint.formats import config_from_gguf, config_from_hf
 from kvscope.config.model_presets import get_preset
-from kvscope.engine.checkpoint.packaged import GGUF_ALIASES, default_gguf_path
+from kvscope.engine.checkpoint.formats import config_from_gguf, config_from_hf
 from kvscope.engine.checkpoint.gguf_metadata import GGUFError, read_gguf_header
+from kvscope.engine.checkpoint.packaged import GGUF_ALIASES, default_gguf_path
+from kvscope.errors import ModelLoadError, ModelShapeError
 
 
 def resolve_model(spec: str) -> ModelConfig:

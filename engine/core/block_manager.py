@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 from kvscope.engine.core.math_utils import cdiv
 from kvscope.engine.core.request import Request
-from kvscope.events.vocabulary import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, SPEC_ROLLBACK
-from kvscope.events.records import BlockEvent
 from kvscope.events.bus import EventBus
+from kvscope.events.records import BlockEvent
+from kvscope.events.vocabulary import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, SPEC_ROLLBACK
 
 _HASH_MASK = (1 << 62) - 1
 

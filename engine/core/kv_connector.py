@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from kvscope.engine.core.math_utils import cdiv
-from kvscope.events.vocabulary import KV_PIN
-from kvscope.events.records import BlockEvent, KVTransfer
 from kvscope.events.bus import EventBus
+from kvscope.events.records import BlockEvent, KVTransfer
+from kvscope.events.vocabulary import KV_PIN
 
 if TYPE_CHECKING:
     from kvscope.engine.core.block_manager import BlockManager
-    from kvscope.engine.worker.kv_cache import KVCache
     from kvscope.engine.core.request import Request
+    from kvscope.engine.worker.kv_cache import KVCache
 
 
 class KVTransferError(RuntimeError):

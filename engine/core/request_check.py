@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvscope.errors import RequestError
 from kvscope.engine.core.math_utils import cdiv
+from kvscope.errors import RequestError
 
 if TYPE_CHECKING:
     from kvscope.config.model_config import ModelConfig

@@ -33,13 +33,13 @@ from kvscope.engine.core.block_manager import BlockManager
 from kvscope.engine.core.math_utils import cdiv
 from kvscope.engine.core.request import Request, RequestStatus
 from kvscope.engine.core.stop_check import check_stop
-from kvscope.events.vocabulary import FINISHED, FIRST_TOKEN, KV_LOAD_ALLOC, PREEMPTED, RESUMED, SCHEDULED, SPEC_ALLOC
 from kvscope.events.bus import EventBus
 from kvscope.events.records import RequestEvent
+from kvscope.events.vocabulary import FINISHED, FIRST_TOKEN, KV_LOAD_ALLOC, PREEMPTED, RESUMED, SCHEDULED, SPEC_ALLOC
 
 if TYPE_CHECKING:
-    from kvscope.engine.core.kv_connector import KVConnector
     from kvscope.config.recipe import SchedulerSpec, SpeculativeSpec
+    from kvscope.engine.core.kv_connector import KVConnector
     from kvscope.engine.model.tokenizer import Tokenizer
 
 

@@ -3,12 +3,13 @@ each decode engine connected to every prefill engine, and the proxy in front (kv
 
 from __future__ import annotations
 
-from kvscope.engine.disagg.proxy import DisaggregatedEngine
-from kvscope.engine.disagg.handles import CONSUMER, PRODUCER, LocalEngine, LocalPeer
-from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
-from kvscope.engine.probe.op_timer import RangeHook
 from kvscope.config.recipe import Recipe
 from kvscope.engine.core.request_check import RequestCheck
+from kvscope.engine.disagg.handles import CONSUMER, PRODUCER, LocalEngine, LocalPeer
+from kvscope.engine.disagg.proxy import DisaggregatedEngine
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import LoadedModel, load_for_recipe
+from kvscope.engine.probe.op_timer import RangeHook
 from kvscope.events.bus import EventBus
 
 
@@ -42,8 +43,8 @@ def build_ray_deployment(recipe: Recipe, kernel_events: bool = True,
                          bus: EventBus | None = None) -> DisaggregatedEngine:
     """Every engine of the recipe's deployment a Ray actor (kvscope.engine.disagg.ray_engine); the proxy here reads
     only the model's shape and tokenizer."""
-    from kvscope.engine.model.loader import load_shape
     from kvscope.engine.disagg.ray_engine import start_ray_deployment
+    from kvscope.engine.model.loader import load_shape
 
     config, tokenizer = load_shape(recipe.model.as_dict())
     prefill, decode = start_ray_deployment(recipe, kernel_events)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kvscope.engine.core.kv_connector import DoneRead, KVTransferParams
-from kvscope.engine.llm_engine import LLMEngine
-from kvscope.engine.core.request import RequestOutput
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.kv_connector import DoneRead, KVTransferParams
+from kvscope.engine.core.request import RequestOutput
+from kvscope.engine.llm_engine import LLMEngine
 from kvscope.events.bus import EventBus
 
 PRODUCER, CONSUMER = "kv_producer", "kv_consumer"

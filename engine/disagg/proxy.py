@@ -25,17 +25,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kvscope.engine.disagg.handles import EngineHandle
-from kvscope.errors import EngineDied, RequestError
-from kvscope.engine.llm_engine import LLMEngine
 from kvscope.config.model_config import ModelConfig
 from kvscope.config.recipe import Recipe
+from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.core.request import RequestOutput, RequestStatus
 from kvscope.engine.core.request_check import Prompt, RequestCheck
-from kvscope.config.sampling_params import SamplingParams
-from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN
+from kvscope.engine.disagg.handles import EngineHandle
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.errors import EngineDied, RequestError
 from kvscope.events.bus import EventBus
 from kvscope.events.records import RequestEvent, StepBegin, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN
 
 
 @dataclass(slots=True)

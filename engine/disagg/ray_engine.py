@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from kvscope.engine.disagg.handles import CONSUMER, PRODUCER, OutputProgress, StepReport, step_report
-from kvscope.errors import EngineDied, RecipeError
-from kvscope.engine.core.kv_connector import KVTransferParams
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.kv_connector import KVTransferParams
+from kvscope.engine.disagg.handles import CONSUMER, PRODUCER, OutputProgress, StepReport, step_report
+from kvscope.errors import EngineDied, RecipeError
 from kvscope.events.bus import EventBus, EventList, now_ns
 from kvscope.events.records import StepEnd
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kvscope.config.model_config import ModelConfig
 from kvscope.engine.model.attention import AttentionBackend, AttentionMetadata
 from kvscope.engine.model.forward_context import ForwardContext
-from kvscope.config.model_config import ModelConfig
 from kvscope.kernels.cpu.linear_cpu import linear
 
 

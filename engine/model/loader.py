@@ -18,25 +18,57 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from kvscope.errors import ModelLoadError, ModelShapeError, RecipeError
+from kvscope.config.model_config import ModelConfig, with_special_tokens
+from kvscope.config.model_presets import get_preset
+from kvscope.config.recipe import Recipe
+from kvscope.engine.checkpoint.formats import config_from_gguf, config_from_hf
 from kvscope.engine.checkpoint.gguf_file import GGUFFile, read_gguf_file
 from kvscope.engine.checkpoint.gguf_header import GGUFError
-from kvscope.engine.model.llama import LlamaModel
-from kvscope.config.model_config import ModelConfig, with_special_tokens
-from kvscope.engine.checkpoint.formats import config_from_gguf, config_from_hf
-from kvscope.config.model_presets import get_preset
-from kvscope.engine.model.support import config_refusal, gguf_refusal, hf_refusal, runnable_presets
 from kvscope.engine.checkpoint.packaged import GGUF_ALIASES, default_gguf_path
+from kvscope.engine.model.llama import LlamaModel
+from kvscope.engine.model.support import config_refusal, gguf_refusal, hf_refusal, runnable_presets
 from kvscope.engine.model.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
+from kvscope.errors import ModelLoadError, ModelShapeError, RecipeError
 
 Loaded = tuple[LlamaModel, ModelConfig, Tokenizer]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A model with its config and tokenizer, loaded once and reused across engine resets."""
+
+    model: torch.nn.Module | None  # None on a simulated device
+    config: ModelConfig
+    tokenizer: Tokenizer
+    dtype: torch.dtype
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def load_for_recipe(recipe: Recipe) -> LoadedModel:
+    dtype = _DTYPES[recipe.dtype]
+    if recipe.device == "sim":  # a simulated device: the shape and the tokenizer, no weights
+        config, tokenizer = load_shape(recipe.model.as_dict())
+        return LoadedModel(None, config, tokenizer, dtype, torch.device("cpu"))
+    device = resolve_device(recipe.device)
+    model, config, tokenizer = load_model(recipe.model.as_dict(), dtype, device)
+    return LoadedModel(model, config, tokenizer, dtype, device)
 
 
 def load_model(spec: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:

@@ -14,8 +14,8 @@ from collections.abc import Container, Mapping
 from typing import Any
 
 from kvscope.config.model_config import ModelConfig
-from kvscope.engine.checkpoint.formats import rope_parameters
 from kvscope.config.model_presets import PRESETS
+from kvscope.engine.checkpoint.formats import rope_parameters
 
 
 def config_refusal(config: ModelConfig, rotary_dims: int | None = None) -> str | None:

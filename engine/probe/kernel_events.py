@@ -11,9 +11,6 @@ from __future__ import annotations
 import torch
 
 from kvscope.config.model_config import ModelConfig
-from kvscope.engine.core.scheduler import ScheduledRequest
-from kvscope.engine.probe.op_timer import GRAPH_OP
-from kvscope.events.records import KernelEvent
 from kvscope.costmodel.roofline import (
     LAYER_OPS,
     STEP_OPS,
@@ -22,6 +19,9 @@ from kvscope.costmodel.roofline import (
     layer_token_costs,
     model_token_costs,
 )
+from kvscope.engine.core.scheduler import ScheduledRequest
+from kvscope.engine.probe.op_timer import GRAPH_OP
+from kvscope.events.records import KernelEvent
 
 GRAPH_BACKEND = "cuda graph, split estimated"  # the backend label of the ops a graph's time is split over
 

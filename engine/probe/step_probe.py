@@ -21,9 +21,9 @@ from kvscope.events.records import KVSnapshot, SpecDecode, StepBegin, StepEnd
 from kvscope.events.vocabulary import Phase, RangeCategory
 
 if TYPE_CHECKING:
-    from kvscope.engine.llm_engine import LLMEngine
     from kvscope.engine.core.request import Request
     from kvscope.engine.core.scheduler import SchedulerOutput
+    from kvscope.engine.llm_engine import LLMEngine
 
 
 class NullProbe:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvscope.costmodel.roofline import LAYER_OPS
 from kvscope.engine.probe.kernel_events import KernelEventBuilder
 from kvscope.engine.probe.step_probe import NULL_PROBE, NullProbe, StepProbe
-from kvscope.costmodel.roofline import LAYER_OPS
 
 if TYPE_CHECKING:
-    from kvscope.engine.llm_engine import LLMEngine
-    from kvscope.engine.probe.op_timer import RangeHook
+    from kvscope.costmodel.sim_cost import StepCostModel
     from kvscope.engine.core.request import Request
     from kvscope.engine.core.scheduler import SchedulerOutput
+    from kvscope.engine.llm_engine import LLMEngine
+    from kvscope.engine.probe.op_timer import RangeHook
     from kvscope.engine.sim.runner import SimBatch
-    from kvscope.costmodel.sim_cost import StepCostModel
 
 ESTIMATED = "estimated"
 

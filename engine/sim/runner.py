@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvscope.costmodel.sim_cost import StepCostModel, StepTime
 from kvscope.engine.core.request import Request
 from kvscope.engine.core.scheduler import SchedulerOutput
-from kvscope.costmodel.sim_cost import StepCostModel, StepTime
 
 START_NS = 1_000_000_000  # the virtual clock starts at 1 s (0 reads as "not yet" in some timestamps)
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvscope.errors import RecipeError
 from kvscope.config.model_config import ModelConfig
 from kvscope.config.recipe import Recipe
-from kvscope.engine.sim.runner import SimClock, SimRunner
-from kvscope.engine.model.tokenizer import Tokenizer
 from kvscope.costmodel.devices import GIB, DeviceError, get_device
 from kvscope.costmodel.kv_estimate import canonical_dtype, estimate_kv
 from kvscope.costmodel.sim_cost import StepCostModel
 from kvscope.costmodel.sim_profile import IDEAL, ProfileError, load_profile
+from kvscope.engine.model.tokenizer import Tokenizer
+from kvscope.engine.sim.runner import SimClock, SimRunner
+from kvscope.errors import RecipeError
 
 
 @dataclass(frozen=True, slots=True)

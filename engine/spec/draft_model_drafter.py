@@ -14,20 +14,20 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kvscope.engine.core.block_manager import BlockManager
-from kvscope.errors import RecipeError
-from kvscope.engine.worker.kv_cache import KVCache
-from kvscope.engine.model.loader import load_model
 from kvscope.config.model_config import ModelConfig
-from kvscope.engine.worker.model_runner import ModelRunner
+from kvscope.engine.core.block_manager import BlockManager
 from kvscope.engine.core.request import Request, RequestStatus
+from kvscope.engine.model.loader import load_model
+from kvscope.engine.worker.kv_cache import KVCache
+from kvscope.engine.worker.model_runner import ModelRunner
 from kvscope.engine.worker.sampler import target_probs
+from kvscope.errors import RecipeError
 from kvscope.events.bus import EventBus
 
 if TYPE_CHECKING:
-    from kvscope.engine.llm_engine import LLMEngine
     from kvscope.config.recipe import SpeculativeSpec
     from kvscope.engine.core.scheduler import ScheduledRequest
+    from kvscope.engine.llm_engine import LLMEngine
 
 
 class DraftModelDrafter:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 from kvscope.errors import RecipeError
 
 if TYPE_CHECKING:
-    from kvscope.engine.llm_engine import LLMEngine
     from kvscope.config.recipe import SpeculativeSpec
     from kvscope.engine.core.scheduler import ScheduledRequest
+    from kvscope.engine.llm_engine import LLMEngine
 
 
 class Drafter(Protocol):

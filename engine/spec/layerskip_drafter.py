@@ -17,8 +17,8 @@ import torch
 from kvscope.engine.worker.sampler import target_probs
 
 if TYPE_CHECKING:
-    from kvscope.engine.llm_engine import LLMEngine
     from kvscope.engine.core.scheduler import ScheduledRequest
+    from kvscope.engine.llm_engine import LLMEngine
 
 
 class LayerSkipDrafter:

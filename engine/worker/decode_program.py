@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from kvscope.engine.worker.cuda_graphs import DecodeGraphs
-from kvscope.engine.model.forward_context import ForwardContext
 from kvscope.costmodel.roofline import LAYER_OPS
+from kvscope.engine.model.forward_context import ForwardContext
+from kvscope.engine.worker.cuda_graphs import DecodeGraphs
 from kvscope.kernels.cpu.decode_cpu import STEP_OPS, DecodeProgram, decode_program_available
 
 PROGRAM_OPS = {**dict(enumerate(LAYER_OPS)), **STEP_OPS}  # the program's op indices: their op names

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+from kvscope.engine.core.request import Request
+from kvscope.engine.core.scheduler import SchedulerOutput
 from kvscope.engine.model.attention import AttentionBackend, AttentionMetadata
-from kvscope.engine.worker.cuda_graphs import DecodeGraphs
 from kvscope.engine.model.forward_context import ForwardContext
+from kvscope.engine.worker.cuda_graphs import DecodeGraphs
 from kvscope.engine.worker.kv_cache import KVCache
 from kvscope.engine.worker.rejection_sampler import verify
-from kvscope.engine.core.request import Request
 from kvscope.engine.worker.sampler import sample
-from kvscope.engine.core.scheduler import SchedulerOutput
 
 
 @dataclass(slots=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from kvscope.engine.worker.sampler import greedy_ids, target_probs
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.worker.sampler import greedy_ids, target_probs
 
 
 def accept_greedy(target_ids: list[int], drafts: list[int]) -> list[int]:

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED, RESUMED, SCHEDULED, Kind, Phase, RangeCategory
 from kvscope.events.records import BlockEvent, KernelEvent, KVSnapshot, RequestEvent, RunInfo, SpecDecode, StepEnd
-from kvscope.inspector.metrics import fragmentation
+from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED, RESUMED, SCHEDULED, Kind, Phase, RangeCategory
+from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.export.trace_clock import END_NS, START_NS, TraceClock, fit_slices
+from kvscope.inspector.metrics import fragmentation
 
 PID_ENGINE = 1
 PID_REQUESTS = 2

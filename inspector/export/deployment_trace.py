@@ -20,9 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvscope.inspector.export.chrome_trace import (PID_ENGINE, PID_REQUESTS, build_chrome_trace, request_tid,
-                                                   trace_origin)
 from kvscope.events.records import KVTransfer
+from kvscope.inspector.export.chrome_trace import (
+    PID_ENGINE,
+    PID_REQUESTS,
+    build_chrome_trace,
+    request_tid,
+    trace_origin,
+)
 from kvscope.inspector.export.trace_clock import TraceClock
 
 PID_TRANSFER = 900

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, Kind, Phase, RangeCategory
 from kvscope.events.records import KernelEvent, RequestEvent, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, RESUMED, Kind, Phase, RangeCategory
+from kvscope.inspector.event_fold import EventFold
 
 THREAD_STEPS = 1
 THREAD_PHASES = 2

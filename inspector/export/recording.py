@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from kvscope.errors import KVScopeError
-from kvscope.events.records import EVENT_TYPES
-from kvscope.events.codec import SCHEMA_VERSION, EventDecodeError, event_from_dict
 from kvscope.events.bus import EventBus
+from kvscope.events.codec import SCHEMA_VERSION, EventDecodeError, event_from_dict
+from kvscope.events.records import EVENT_TYPES
 from kvscope.events.vocabulary import Kind
 from kvscope.inspector.stream_check import StreamCheck
 

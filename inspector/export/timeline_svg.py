@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
 from kvscope.inspector.batch_timeline import (
-    ABSENT, DECODE, FINISHED_AT, KIND_NAMES, PREEMPTED_AT, PREFILL, REQUEUED, WAITING, BatchTimeline, mark_kind,
+    ABSENT,
+    DECODE,
+    FINISHED_AT,
+    KIND_NAMES,
+    PREEMPTED_AT,
+    PREFILL,
+    REQUEUED,
+    WAITING,
+    BatchTimeline,
+    mark_kind,
     mark_tokens,
 )
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from kvscope.kernels.cpu.c_library import c_kernels, call_profiled
 
+
 @functools.cache
 def _kernel() -> tuple[Callable | None, str]:
     """(the ctypes function or None, what float32 CPU matmuls use and why), loaded once per process."""

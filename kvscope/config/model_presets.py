@@ -9,8 +9,8 @@ the byte-level tokenizer's special ids (kvscope.engine.model.tokenizer.ByteToken
 
 from __future__ import annotations
 
-from kvscope.errors import ModelShapeError
 from kvscope.config.model_config import ModelConfig
+from kvscope.errors import ModelShapeError
 
 _BYTE_TOKENS = {"bos_token_id": 256, "eos_token_ids": (257, 260)}
 

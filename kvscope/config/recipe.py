@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from kvscope.errors import ModelShapeError, RecipeError
 from kvscope.config.model_presets import get_preset, preset_names
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.errors import ModelShapeError, RecipeError
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto", "sim")

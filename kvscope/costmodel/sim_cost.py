@@ -31,7 +31,13 @@ from kvscope.config.model_config import ModelConfig
 from kvscope.costmodel.devices import Device
 from kvscope.costmodel.kv_estimate import canonical_dtype, dtype_bytes
 from kvscope.costmodel.roofline import (
-    LAYER_OPS, STEP_OPS, OpCost, attention_cost, layer_token_costs, model_token_costs, roof_time,
+    LAYER_OPS,
+    STEP_OPS,
+    OpCost,
+    attention_cost,
+    layer_token_costs,
+    model_token_costs,
+    roof_time,
 )
 from kvscope.costmodel.sim_profile import IDEAL, OP_CLASS, OpTiming, SimProfile
 

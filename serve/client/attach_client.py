@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from kvscope.inspector.live.controller import FAILED, LOADING, PAUSED, RUNNING, STOPPED, drain_queue
 from kvscope.events.codec import EventDecodeError, event_from_dict
+from kvscope.inspector.live.controller import FAILED, LOADING, PAUSED, RUNNING, STOPPED, drain_queue
 
 Sink = Callable[[Any], None]
 

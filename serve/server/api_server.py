@@ -14,8 +14,9 @@ from typing import Any
 
 import uvicorn
 
-from kvscope.engine.llm_engine import LLMEngine, LoadedModel
 from kvscope.config.recipe import Recipe
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import LoadedModel
 from kvscope.events.bus import EventBus
 from kvscope.serve.server.app import ServerState, build_app
 from kvscope.serve.server.engine_loop import EngineLoop

@@ -22,8 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from kvscope.errors import RequestError
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.errors import RequestError
 from kvscope.serve.server.attach_routes import add_attach_routes
 from kvscope.serve.server.engine_loop import EngineLoop
 from kvscope.serve.server.errors import ServeError, bad_request, error_body

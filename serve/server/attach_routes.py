@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from kvscope.events.vocabulary import Kind
 from kvscope.events.codec import event_to_dict
+from kvscope.events.vocabulary import Kind
 from kvscope.serve.server.errors import ServeError, bad_request
 from kvscope.serve.server.snapshot import build_snapshot
 

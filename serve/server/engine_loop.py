@@ -19,14 +19,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
-from kvscope.errors import RequestError
-from kvscope.engine.llm_engine import LLMEngine, Prompt
-from kvscope.engine.core.request import RequestStatus
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.request import RequestStatus
+from kvscope.engine.core.request_check import Prompt
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.errors import RequestError
 
 if TYPE_CHECKING:
     from kvscope.engine.disagg.proxy import DisaggregatedEngine

@@ -17,9 +17,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from kvscope.inspector.event_fold import EventFold
-from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, Kind
 from kvscope.events.records import BlockEvent, KVSnapshot, KVTransfer, RequestEvent, RunInfo, SpecDecode, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED, Kind
+from kvscope.inspector.event_fold import EventFold
 from kvscope.inspector.metrics import fragmentation
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,

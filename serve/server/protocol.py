@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from kvscope.errors import RequestError
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.errors import RequestError
 from kvscope.serve.server.errors import ServeError, bad_request
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions

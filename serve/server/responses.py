@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from kvscope.errors import RequestError
 from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.core.text_delta import OutputTextStream
 from kvscope.engine.model.tokenizer import Tokenizer
+from kvscope.errors import RequestError
 from kvscope.serve.server.engine_loop import Channel, Delta, EngineLoop, EngineStopped
 from kvscope.serve.server.errors import ServeError, sse_error
 

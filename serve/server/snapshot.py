@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.core.request import RequestStatus
-from kvscope.events.vocabulary import ALLOC, ARRIVED, CACHED, FIRST_TOKEN, PREEMPTED, SCHEDULED
-from kvscope.events.records import BlockEvent, RequestEvent
+from kvscope.engine.llm_engine import LLMEngine
 from kvscope.events.codec import event_to_dict
+from kvscope.events.records import BlockEvent, RequestEvent
+from kvscope.events.vocabulary import ALLOC, ARRIVED, CACHED, FIRST_TOKEN, PREEMPTED, SCHEDULED
 from kvscope.serve.server.event_hub import EventHub
 
 

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+
 from support.paths import REPO_ROOT
 
 ROOT = REPO_ROOT

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from support.paths import RECIPES
-
 from kvscope.cli.commands.bench import run_variants, variant_recipes
 from kvscope.cli.main import main
-from kvscope.engine.model.loader import load_tokenizer
 from kvscope.config.model_presets import get_preset
 from kvscope.config.recipe import Recipe, load_recipe
+from kvscope.engine.model.loader import load_tokenizer
 from kvscope.engine.workload import build_workload
 from kvscope.inspector.bench_report import CHART_METRICS
+from support.paths import RECIPES
 
 TINY = {"source": "random", "shape": "tiny", "seed": 0}
 

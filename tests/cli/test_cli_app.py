@@ -11,14 +11,13 @@ import re
 import subprocess
 import sys
 
+from kvscope.cli.main import main
+from kvscope.events.records import RequestEvent, RunInfo, StepBegin, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FINISHED
+from support.cli import KVSCOPE
 from support.paths import REPO_ROOT
 
-from kvscope.cli.main import main
-from kvscope.events.vocabulary import ARRIVED, FINISHED
-from kvscope.events.records import RequestEvent, RunInfo, StepBegin, StepEnd
-
 ROOT = REPO_ROOT
-KVSCOPE = [sys.executable, "-m", "kvscope.cli.main"]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-9]|38|9[0-7])[;m]")
 

@@ -2,12 +2,11 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-KVSCOPE = [sys.executable, "-m", "kvscope.cli.main"]
+from support.cli import KVSCOPE, one_line_error
 
 TINY = """
 name: tiny
@@ -24,16 +23,6 @@ def run(tmp_path: Path, text: str, *extra: str) -> subprocess.CompletedProcess:
     path.write_text(text)
     return subprocess.run(KVSCOPE + ["run", str(path), "--headless", *extra], capture_output=True, text=True,
                           timeout=300)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kvscope: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_good_recipe_runs(tmp_path):

@@ -9,14 +9,13 @@ import sys
 
 import pytest
 
-from support.paths import REPO_ROOT
-
 from kvscope.config.model_presets import get_preset
 from kvscope.costmodel.devices import get_device
 from kvscope.costmodel.kv_estimate import estimate_kv
+from support.cli import KVSCOPE
+from support.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
-KVSCOPE = [sys.executable, "-m", "kvscope.cli.main"]
 
 
 def kvscope(*args: str) -> subprocess.CompletedProcess:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from kvscope.errors import RecipeError
 from kvscope.config.recipe import Recipe, load_recipe
+from kvscope.errors import RecipeError
 
 GOOD = """
 name: t

@@ -7,15 +7,13 @@ engine (schema, pool sizes, variants), not its numbers (tests/cli/test_bench.py 
 
 from __future__ import annotations
 
-
 import pytest
-
-from support.paths import RECIPES as RECIPES_DIR
 
 from kvscope.cli.commands.bench import layerskip_within
 from kvscope.cli.commands.headless import run_headless
 from kvscope.cli.main import main
 from kvscope.config.recipe import Recipe, load_recipe
+from support.paths import RECIPES as RECIPES_DIR
 
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 TINY = {"source": "random", "shape": "tiny", "seed": 0}

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from kvscope.engine.llm import LLM
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm import LLM
 from kvscope.engine.worker.sampler import sample
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])

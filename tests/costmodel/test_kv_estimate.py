@@ -12,12 +12,16 @@ import random
 
 import pytest
 
-from kvscope.errors import ModelShapeError
 from kvscope.config.model_config import ModelConfig, count_params
 from kvscope.config.model_presets import PRESETS, get_preset
 from kvscope.costmodel.devices import GIB, get_device, with_memory
 from kvscope.costmodel.kv_estimate import (
-    EstimateError, estimate_kv, kv_bytes_per_token, mha_bytes_per_token, request_kv_bytes, request_paged_bytes,
+    EstimateError,
+    estimate_kv,
+    kv_bytes_per_token,
+    mha_bytes_per_token,
+    request_kv_bytes,
+    request_paged_bytes,
 )
 from kvscope.engine.checkpoint.resolve import (
     packaged_smollm2_gguf,
@@ -26,6 +30,7 @@ from kvscope.engine.checkpoint.resolve import (
     shape_from_hf_config,
     shape_from_recipe,
 )
+from kvscope.errors import ModelShapeError
 
 H100 = get_device("H100-80GB")
 

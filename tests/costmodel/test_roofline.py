@@ -13,12 +13,19 @@ from hypothesis import strategies as st
 
 from kvscope.config.model_config import ModelConfig
 from kvscope.config.model_presets import get_preset
-from kvscope.inspector.export.ascii_plot import PlotPoint, roofline_plot
 from kvscope.costmodel.devices import get_device
 from kvscope.costmodel.roofline import (
-    LAYER_OPS, MODEL_OPS, OpCost, causal_keys, kv_tokens_read, layer_op_costs, model_op_costs, step_op_costs,
+    LAYER_OPS,
+    MODEL_OPS,
+    OpCost,
+    causal_keys,
+    kv_tokens_read,
+    layer_op_costs,
+    model_op_costs,
+    step_op_costs,
 )
 from kvscope.costmodel.roofline_report import analyze_step
+from kvscope.inspector.export.ascii_plot import PlotPoint, roofline_plot
 
 TINY = ModelConfig("tiny", num_layers=2, hidden_size=8, num_heads=2, num_kv_heads=1, head_dim=4,
                    intermediate_size=16, vocab_size=32, tie_embeddings=True)
@@ -180,10 +187,10 @@ def test_engine_kernel_costs_equal_the_analytic_model_step_after_step():
 
     import torch
 
-    from kvscope.engine.probe.kernel_events import KernelEventBuilder
-    from kvscope.engine.core.request import Request
     from kvscope.config.sampling_params import SamplingParams
+    from kvscope.engine.core.request import Request
     from kvscope.engine.core.scheduler import ScheduledRequest
+    from kvscope.engine.probe.kernel_events import KernelEventBuilder
 
     cfg = get_preset("tiny-gqa3")
     builder = KernelEventBuilder(cfg, torch.float16, "torch")

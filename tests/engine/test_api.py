@@ -8,8 +8,8 @@ import pytest
 
 def test_llm_and_sampling_params_from_the_package_generate():
     from kvscope import LLM, SamplingParams
-    from kvscope.engine.llm import LLM as EngineLLM
     from kvscope.config.sampling_params import SamplingParams as EngineParams
+    from kvscope.engine.llm import LLM as EngineLLM
 
     assert LLM is EngineLLM and SamplingParams is EngineParams
     llm = LLM({"model": {"source": "random", "shape": "tiny", "seed": 0}, "cache": {"block_size": 4, "num_blocks": 32}})

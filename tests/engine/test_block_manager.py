@@ -5,9 +5,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.core.block_manager import BlockManager, chain_hash
 from kvscope.engine.core.request import Request
-from kvscope.config.sampling_params import SamplingParams
 from kvscope.events.bus import EventBus, EventList
 
 

@@ -10,12 +10,12 @@ and prefix caching with shared prefixes.
 from __future__ import annotations
 
 import pytest
-from support.hf_oracle import hf_greedy
 
-from kvscope.engine.llm import LLM
-from kvscope.engine.llm_engine import LoadedModel, load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm import LLM
+from kvscope.engine.model.loader import LoadedModel, load_for_recipe
+from support.hf_oracle import hf_greedy
 
 NEW_TOKENS = 32
 BASE = {"model": {"source": "gguf", "path": "smollm2"}, "dtype": "float32", "device": "cpu",

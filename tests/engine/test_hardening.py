@@ -21,16 +21,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvscope.errors import RecipeError, RequestError
-from kvscope.engine.llm_engine import LLMEngine, load_for_recipe
 from kvscope.config.recipe import Recipe
-from kvscope.engine.core.request import RequestStatus
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.request import RequestStatus
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import load_for_recipe
 from kvscope.engine.session import RunSession
+from kvscope.errors import RecipeError, RequestError
 from kvscope.events.bus import EventBus, EventList
 from kvscope.inspector.export.recording import JsonlRecorder, RecordingError, make_header, read_recording
 from kvscope.inspector.export.replay import load_timeline
-from test_cli_errors import KVSCOPE, one_line_error
+from support.cli import KVSCOPE, one_line_error
 
 TINY = {"model": {"source": "random", "shape": "tiny", "seed": 0}, "cache": {"block_size": 4, "num_blocks": 64}}
 

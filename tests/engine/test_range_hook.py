@@ -66,7 +66,8 @@ def test_no_hook_and_no_subscriber_times_no_op(monkeypatch):
 def test_an_engine_that_times_nothing_leaves_no_timer_on_a_shared_model():
     """Engines may share a loaded model (bench, benchmarks): a timed run's wrappers must not stay on it and keep
     recording (into a dead timer) under the next, untimed engine; a timed engine puts its own on."""
-    from kvscope.engine.llm_engine import LLMEngine, load_for_recipe
+    from kvscope.engine.llm_engine import LLMEngine
+    from kvscope.engine.model.loader import load_for_recipe
 
     recipe = Recipe.from_dict({"model": {"source": "random", "shape": "tiny", "seed": 0},
                                "cache": {"block_size": 4, "num_blocks": 64},

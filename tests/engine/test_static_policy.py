@@ -1,8 +1,8 @@
 """The static baseline behaves like a padded static batch: fixed batches, max-length reservations,
 padding computed and thrown away, and the same greedy tokens as continuous batching."""
 
-from kvscope.engine.llm import LLM
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm import LLM
 from kvscope.events.bus import EventBus, EventList
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16], [17, 18, 19, 20, 21]]

@@ -11,40 +11,28 @@ import pytest
 
 from kvscope.cli.text_probe import attach_text_probe
 from kvscope.config.recipe import Recipe
-from kvscope.engine.session import RunSession
 from kvscope.engine.model.tokenizer import ByteTokenizer
-from kvscope.inspector.batch_timeline import (
-    ABSENT, DECODE, FINISHED_AT, PREEMPTED_AT, PREFILL, REQUEUED, WAITING, BatchTimeline, mark, mark_finished,
-    mark_kind, mark_tokens,
-)
-from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED
+from kvscope.engine.session import RunSession
 from kvscope.events.bus import EventBus, EventList
-from kvscope.events.records import RequestEvent, RunInfo, StepBegin, StepEnd, TokenText
+from kvscope.events.records import RequestEvent, TokenText
+from kvscope.events.vocabulary import ARRIVED, FINISHED
+from kvscope.inspector.batch_timeline import (
+    ABSENT,
+    DECODE,
+    FINISHED_AT,
+    PREEMPTED_AT,
+    PREFILL,
+    REQUEUED,
+    WAITING,
+    BatchTimeline,
+    mark,
+    mark_finished,
+    mark_kind,
+    mark_tokens,
+)
 from kvscope.inspector.export.timeline_svg import timeline_section
 from kvscope.inspector.token_stream import TokenStream
-
-
-def info() -> RunInfo:
-    return RunInfo(0, -1, "tiny", 1, 2, 1, 4, 8, "float32", "cpu", "torch", "continuous", 8, 4, 64, 16, 4, 64)
-
-
-def step(n: int, prefill=(), decode=()) -> list:
-    return [StepBegin(10 * n, n), StepEnd(10 * n + 5, n, 10 * n, 0, 16, tuple(prefill), tuple(decode))]
-
-
-def stream() -> list:
-    """Request 0 prefills in two chunks, decodes, is preempted, recomputes and finishes; request 1 arrives
-    at step 1, waits, prefills at step 2 and finishes at step 4; request 2 is aborted without running."""
-    ev = [info(), RequestEvent(1, 0, 0, ARRIVED)]
-    ev += step(0, prefill=[(0, 16)])
-    ev += [RequestEvent(11, 1, 1, ARRIVED)] + step(1, prefill=[(0, 4)])
-    ev += step(2, prefill=[(1, 8)], decode=[0])
-    ev += [RequestEvent(31, 3, 0, PREEMPTED), RequestEvent(32, 3, 2, ARRIVED)] + step(3, decode=[1])
-    ev += [RequestEvent(41, 4, 1, FINISHED, reason="length"), RequestEvent(42, 4, 2, FINISHED, reason="abort")]
-    ev += step(4, decode=[1])
-    ev += step(5, prefill=[(0, 22)])
-    ev += [RequestEvent(61, 6, 0, FINISHED, reason="stop")] + step(6, decode=[0])
-    return ev
+from support.batch_stream import info, step, stream
 
 
 def kinds(codes: list[int]) -> list[int]:

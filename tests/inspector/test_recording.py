@@ -8,11 +8,16 @@ import json
 import pytest
 
 from kvscope.errors import KVScopeError
-from kvscope.events.records import BlockEvent, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
 from kvscope.events.bus import EventBus
 from kvscope.events.codec import event_to_dict
+from kvscope.events.records import BlockEvent, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
 from kvscope.inspector.export.recording import (
-    JsonlRecorder, RecordingError, attach_recorder, encode_event, make_header, read_recording,
+    JsonlRecorder,
+    RecordingError,
+    attach_recorder,
+    encode_event,
+    make_header,
+    read_recording,
 )
 
 

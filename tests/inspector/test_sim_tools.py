@@ -8,15 +8,20 @@ import pytest
 from kvscope.cli.commands.calibrate import ROW_LADDER
 from kvscope.cli.main import main
 from kvscope.config.model_presets import get_preset
+from kvscope.costmodel.devices import get_device
+from kvscope.costmodel.roofline import roof_time, step_op_costs
+from kvscope.costmodel.sim_cost import StepCostModel
+from kvscope.costmodel.sim_profile import (
+    OP_CLASSES,
+    OpTiming,
+    ProfileError,
+    SimProfile,
+    load_profile,
+    profile_from_dict,
+)
 from kvscope.inspector.calibration import fit_roofs
 from kvscope.inspector.capacity import Probe, SloError, parse_slo, search_max_rate
-from kvscope.costmodel.devices import get_device
 from kvscope.inspector.metrics import RunSummary
-from kvscope.costmodel.sim_cost import StepCostModel
-from kvscope.costmodel.roofline import roof_time, step_op_costs
-from kvscope.costmodel.sim_profile import (
-    OP_CLASSES, OpTiming, ProfileError, SimProfile, load_profile, profile_from_dict,
-)
 
 
 def test_fit_roofs_recovers_a_known_roofline():

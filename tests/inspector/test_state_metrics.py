@@ -10,11 +10,21 @@ import pytest
 
 from kvscope.cli.console import plain_text
 from kvscope.cli.summary_table import summary_table
-from kvscope.events.vocabulary import (
-    ALLOC, ARRIVED, CACHED, EVICT, FINISHED, FIRST_TOKEN, FREE, PREEMPTED, PREFIX_HIT, RESUMED, SCHEDULED
-)
-from kvscope.events.records import BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
 from kvscope.events.bus import EventBus, EventList
+from kvscope.events.records import BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
+from kvscope.events.vocabulary import (
+    ALLOC,
+    ARRIVED,
+    CACHED,
+    EVICT,
+    FINISHED,
+    FIRST_TOKEN,
+    FREE,
+    PREEMPTED,
+    PREFIX_HIT,
+    RESUMED,
+    SCHEDULED,
+)
 from kvscope.inspector.metrics import Metrics, Percentiles, fragmentation, percentile, summarize
 from kvscope.inspector.state import EngineView
 
@@ -100,9 +110,9 @@ def test_run_info_resets_the_view():
 # --------------------------------------------------------------------------- EngineView vs the engine
 def _drive_block_manager(seed: int, steps: int = 300):
     """Random admissions, growth, finishes and preemptions on the engine's BlockManager."""
+    from kvscope.config.sampling_params import SamplingParams
     from kvscope.engine.core.block_manager import BlockManager
     from kvscope.engine.core.request import Request
-    from kvscope.config.sampling_params import SamplingParams
 
     rng = random.Random(seed)
     bus = EventBus()

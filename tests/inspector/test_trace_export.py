@@ -12,17 +12,23 @@ import pytest
 from kvscope.cli.console import plain_text
 from kvscope.cli.main import main
 from kvscope.cli.summary_table import summary_table
-from kvscope.inspector.export.chrome_trace import build_chrome_trace
-from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED
 from kvscope.events.bus import EventBus, EventList
 from kvscope.events.records import KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
-from kvscope.inspector.metrics import summarize
+from kvscope.events.vocabulary import ARRIVED, FINISHED, PREEMPTED
+from kvscope.inspector.export.chrome_trace import build_chrome_trace
 from kvscope.inspector.export.nvtxt import nvtxt_lines
 from kvscope.inspector.export.recording import read_recording
+from kvscope.inspector.metrics import summarize
 from kvscope.inspector.state import EngineView
 from support.trace_checks import (
-    check_chrome_trace, check_float_nesting, check_kernels_inside_forward, check_nvtxt, check_request_lifetimes,
-    device_overrun_steps, ns, rebased,
+    check_chrome_trace,
+    check_float_nesting,
+    check_kernels_inside_forward,
+    check_nvtxt,
+    check_request_lifetimes,
+    device_overrun_steps,
+    ns,
+    rebased,
 )
 
 TINY_RECIPE = {

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kvscope.engine.model.attention import AttentionMetadata, TorchAttention
-from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.config.recipe import Recipe
+from kvscope.engine.model.attention import AttentionMetadata, TorchAttention
+from kvscope.engine.model.loader import load_for_recipe
 from kvscope.kernels.cpu import linear_cpu as lc
 from kvscope.kernels.cpu.activation_cpu import silu_and_mul_cpu, silu_and_mul_torch
 from kvscope.kernels.cpu.c_library import CLibraryUnavailable, load_c_library
-from kvscope.kernels.reference.attention_torch import paged_attention_torch, plan_paged_attention
 from kvscope.kernels.cpu.norm_rope_cpu import rms_norm_cpu, rope_cpu_
+from kvscope.kernels.reference.attention_torch import paged_attention_torch, plan_paged_attention
 from kvscope.kernels.reference.norm_rope_torch import apply_rope_torch, rms_norm_torch, rope_cos_sin_cache
 
 

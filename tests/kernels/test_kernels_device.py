@@ -18,13 +18,13 @@ if not ON_CUDA:
 from test_kernels_triton import TOL, PagedBatch  # noqa: E402
 
 from kvscope.kernels.reference.attention_torch import write_kv_cache_torch  # noqa: E402
-from kvscope.kernels.triton.attention_triton import paged_attention_triton, write_kv_cache_triton  # noqa: E402
 from kvscope.kernels.reference.norm_rope_torch import (  # noqa: E402
     add_rms_norm_torch,
     apply_rope_torch,
     rms_norm_torch,
     rope_cos_sin_cache,
 )
+from kvscope.kernels.triton.attention_triton import paged_attention_triton, write_kv_cache_triton  # noqa: E402
 from kvscope.kernels.triton.norm_rope_triton import add_rms_norm_triton, apply_rope_triton, rms_norm_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")

@@ -19,21 +19,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support.paths import BENCHMARKS
-
 from kvscope.kernels.reference.attention_torch import paged_attention_torch, write_kv_cache_torch
-from kvscope.kernels.triton.attention_triton import (
-    choose_num_splits,
-    paged_attention_triton,
-    write_kv_cache_triton,
-)
 from kvscope.kernels.reference.norm_rope_torch import (
     add_rms_norm_torch,
     apply_rope_torch,
     rms_norm_torch,
     rope_cos_sin_cache,
 )
+from kvscope.kernels.triton.attention_triton import (
+    choose_num_splits,
+    paged_attention_triton,
+    write_kv_cache_triton,
+)
 from kvscope.kernels.triton.norm_rope_triton import add_rms_norm_triton, apply_rope_triton, rms_norm_triton
+from support.paths import BENCHMARKS
 
 TOL = {torch.float32: {"rtol": 2e-5, "atol": 2e-5}, torch.float16: {"rtol": 2e-3, "atol": 2e-3}}
 

@@ -9,8 +9,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvscope.engine.llm import LLM, as_recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm import LLM, as_recipe
 from kvscope.serve.server.api_server import ServerThread
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

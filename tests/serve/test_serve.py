@@ -16,11 +16,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.waiting import wait_until
-
-from kvscope.engine.llm import LLM, as_recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm import LLM, as_recipe
 from kvscope.serve.server.api_server import ServeOptions, ServerThread
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

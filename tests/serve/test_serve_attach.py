@@ -14,15 +14,14 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from support.waiting import wait_until
-
-from kvscope.engine.llm import as_recipe
 from kvscope.engine.core.request import RequestStatus
+from kvscope.engine.llm import as_recipe
 from kvscope.events.records import RunInfo
 from kvscope.serve.client.attach_client import RemoteController, sse_records
-from kvscope.serve.server.event_hub import EventHub
 from kvscope.serve.server.api_server import ServeOptions, ServerThread
+from kvscope.serve.server.event_hub import EventHub
 from kvscope.tui.model import UIModel
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 from kvscope.events.vocabulary import ARRIVED, FINISHED
 
+
 def ns(us: float) -> int:
     return round(us * 1000)
 

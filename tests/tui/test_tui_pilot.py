@@ -10,16 +10,16 @@ import asyncio
 import pytest
 
 from kvscope.cli.commands.live import live_app
-from kvscope.cli.main import main as cli_main
 from kvscope.cli.commands.replay import replay_app
+from kvscope.cli.main import main as cli_main
 from kvscope.config.recipe import Recipe
 from kvscope.engine.session import RunSession
-from kvscope.inspector.metrics import fragmentation
 from kvscope.inspector.export.recording import JsonlRecorder, RecordingError, make_header
-from kvscope.inspector.state import EngineView
 from kvscope.inspector.human_units import percent
-from kvscope.tui.widgets.block_map import BlockMap
+from kvscope.inspector.metrics import fragmentation
+from kvscope.inspector.state import EngineView
 from kvscope.tui.panels.info_panel import InfoPanel
+from kvscope.tui.widgets.block_map import BlockMap
 from kvscope.tui.widgets.meters import FragmentationMeters
 
 SIZE = (160, 50)
@@ -234,8 +234,8 @@ def test_cli_replay_errors_are_one_line(tmp_path, capsys):
 
 
 def test_replay_cursor_back_across_checkpoints_matches_a_fresh_fold():
-    from kvscope.events.vocabulary import ALLOC, FREE
     from kvscope.events.records import BlockEvent, RunInfo, StepBegin, StepEnd
+    from kvscope.events.vocabulary import ALLOC, FREE
     from kvscope.inspector.export.replay import CHECKPOINT_EVERY, ReplayCursor, Timeline
 
     steps = 2 * CHECKPOINT_EVERY + 20
@@ -290,8 +290,8 @@ def test_live_tui_leaves_the_ui_a_core_on_cpu(monkeypatch):
 
 
 def test_selection_panel_streams_the_selected_requests_text():
-    from kvscope.tui.widgets.batch_timeline import BatchTimelineView
     from kvscope.tui.panels.info_panel import one_line
+    from kvscope.tui.widgets.batch_timeline import BatchTimelineView
 
     words = dict(RECIPE, workload={"prompts": ["hello there", "general kenobi"]},
                  sampling={"max_tokens": 6, "ignore_eos": True})

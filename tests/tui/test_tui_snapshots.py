@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 
 from kvscope.cli.commands.live import live_app
-from kvscope.cli.text_probe import attach_text_probe
 from kvscope.cli.commands.replay import replay_app
+from kvscope.cli.text_probe import attach_text_probe
 from kvscope.config.recipe import Recipe
 from kvscope.engine.session import RunSession
 from kvscope.events.bus import EventBus

@@ -10,14 +10,14 @@ import random
 from rich.text import Text
 from textual.app import App, ComposeResult
 
-from kvscope.events.vocabulary import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT
 from kvscope.events.records import BlockEvent, RunInfo
+from kvscope.events.vocabulary import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT
 from kvscope.inspector.state import EngineView, RequestView
+from kvscope.tui.panels.scheduler_panel import format_row
 from kvscope.tui.widgets.bars import spark_text
 from kvscope.tui.widgets.batch_timeline import CELL, LABEL, BatchTimelineView, cell, chunk_label
 from kvscope.tui.widgets.block_map import SELECTED_GLYPH, BlockMap, cells_from_view
 from kvscope.tui.widgets.request_list import RequestList
-from kvscope.tui.panels.scheduler_panel import format_row
 from kvscope.tui.widgets.text_lines import TextLines
 
 NUM_BLOCKS = 600
@@ -235,11 +235,10 @@ class TimelineApp(App):
 
 
 def test_batch_timeline_draws_each_cell_and_scrolls_with_the_run():
-    from test_batch_timeline import stream
-
-    from kvscope.inspector.batch_timeline import BatchTimeline
-    from kvscope.events.vocabulary import ARRIVED, FINISHED
     from kvscope.events.records import RequestEvent, StepBegin, StepEnd
+    from kvscope.events.vocabulary import ARRIVED, FINISHED
+    from kvscope.inspector.batch_timeline import BatchTimeline
+    from support.batch_stream import stream
 
     async def scenario() -> None:
         app = TimelineApp()
@@ -281,8 +280,8 @@ def test_prefill_chunk_labels_fit_three_columns():
 def test_rolled_back_blocks_flash_until_the_next_step():
     """Blocks speculative decoding hands back (spec_rollback) are drawn with the rollback glyph for the rest of
     their step, incrementally as in a full recompute, and as free blocks once the next step begins."""
-    from kvscope.events.vocabulary import SPEC_ALLOC, SPEC_ROLLBACK
     from kvscope.events.records import StepBegin
+    from kvscope.events.vocabulary import SPEC_ALLOC, SPEC_ROLLBACK
     from kvscope.tui.widgets.block_map import ROLLBACK_GLYPH
 
     async def scenario() -> None:

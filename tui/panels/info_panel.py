@@ -10,7 +10,16 @@ from textual.widgets import Static
 from kvscope.inspector.human_units import percent
 from kvscope.tui.widgets.bars import update_text
 from kvscope.tui.widgets.block_map import (
-    _CACHED_STYLE, _FREE_STYLE, _SELECTED_STYLE, CACHED, FREE, GLYPH, SELECTED_GLYPH, SHARED, USED, owner_colour,
+    _CACHED_STYLE,
+    _FREE_STYLE,
+    _SELECTED_STYLE,
+    CACHED,
+    FREE,
+    GLYPH,
+    SELECTED_GLYPH,
+    SHARED,
+    USED,
+    owner_colour,
 )
 
 MAX_TABLE_ENTRIES = 96

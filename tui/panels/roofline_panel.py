@@ -13,8 +13,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from kvscope.costmodel.roofline_bound import COMPUTE, MEMORY, NO_DATA, OVERHEAD, Peaks, classify
-from kvscope.inspector.step_history import StepHistory, StepRecord
 from kvscope.inspector.human_units import human_count
+from kvscope.inspector.step_history import StepHistory, StepRecord
 from kvscope.tui.widgets.bars import update_text
 
 RECENT_STEPS = 8

@@ -25,7 +25,15 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from kvscope.inspector.batch_timeline import (
-    ABSENT, FINISHED_AT, PREEMPTED_AT, PREFILL, REQUEUED, WAITING, Lane, mark_finished, mark_kind,
+    ABSENT,
+    FINISHED_AT,
+    PREEMPTED_AT,
+    PREFILL,
+    REQUEUED,
+    WAITING,
+    Lane,
+    mark_finished,
+    mark_kind,
     mark_tokens,
 )
 from kvscope.tui.widgets.block_map import owner_colour

@@ -9,17 +9,18 @@ import random
 import time
 
 import pytest
-from support.trace_checks import check_chrome_trace
 
-from kvscope.engine.disagg.deployment import build_local_deployment
-from kvscope.errors import RecipeError
-from kvscope.engine.llm import LLM
-from kvscope.engine.llm_engine import LLMEngine, load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
-from kvscope.events.vocabulary import FREE, KV_PIN, PREFIX_HIT
+from kvscope.engine.disagg.deployment import build_local_deployment
+from kvscope.engine.llm import LLM
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import load_for_recipe
+from kvscope.errors import RecipeError
 from kvscope.events.bus import EventList
 from kvscope.events.records import KVTransfer
+from kvscope.events.vocabulary import FREE, KV_PIN, PREFIX_HIT
+from support.trace_checks import check_chrome_trace
 
 BS = 4
 BASE = {"model": {"source": "random", "shape": "tiny", "seed": 3}, "dtype": "float32", "device": "cpu",

@@ -10,9 +10,9 @@ import pytest
 
 from kvscope.config.recipe import Recipe
 from kvscope.engine.session import RunSession
-from kvscope.events.vocabulary import ARRIVED, FIRST_TOKEN
 from kvscope.events.bus import EventList
 from kvscope.events.records import KVTransfer, RequestEvent, StepEnd
+from kvscope.events.vocabulary import ARRIVED, FIRST_TOKEN
 
 SIM = {"model": {"source": "preset", "name": "llama-3.1-70b"}, "dtype": "bfloat16", "device": "sim",
        "sim": {"gpu": "H100-80GB", "num_gpus": 4, "tp": 4}, "cache": {"block_size": 16},

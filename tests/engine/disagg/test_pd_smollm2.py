@@ -10,15 +10,15 @@ All Ray tests share one `ray.init(num_cpus=2, include_dashboard=False)` (tests/c
 from __future__ import annotations
 
 import pytest
-from support.hf_oracle import hf_greedy
 
-from kvscope.engine.disagg.deployment import build_local_deployment, build_ray_deployment
-from kvscope.engine.llm_engine import load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
-from kvscope.events.vocabulary import PREFIX_HIT
+from kvscope.engine.disagg.deployment import build_local_deployment, build_ray_deployment
+from kvscope.engine.model.loader import load_for_recipe
 from kvscope.events.bus import EventList
 from kvscope.events.records import KVTransfer
+from kvscope.events.vocabulary import PREFIX_HIT
+from support.hf_oracle import hf_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -143,9 +143,9 @@ def test_ray_trace_has_a_process_per_engine_and_transfers_between_the_steps(ray_
     import json
 
     from test_pd_disaggregation import check_transfers_between_steps
-    from support.trace_checks import check_chrome_trace
 
     from kvscope.cli.main import main
+    from support.trace_checks import check_chrome_trace
 
     recipe = tmp_path / "pd-ray.yaml"
     recipe.write_text(json.dumps({

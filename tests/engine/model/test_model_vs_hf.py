@@ -16,14 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from kvscope.config.model_presets import get_preset
+from kvscope.engine.checkpoint.packaged import default_gguf_path
 from kvscope.engine.model.attention import AttentionMetadata, TorchAttention
-from kvscope.errors import ModelLoadError, RecipeError
 from kvscope.engine.model.forward_context import ForwardContext
 from kvscope.engine.model.llama import LlamaModel
 from kvscope.engine.model.loader import load_model, unpermute_rotary_rows
-from kvscope.config.model_presets import get_preset
 from kvscope.engine.probe.op_timer import OpTimer
-from kvscope.engine.checkpoint.packaged import default_gguf_path
+from kvscope.errors import ModelLoadError, RecipeError
 
 BLOCK_SIZE = 4
 LOGIT_TOL = 2e-4

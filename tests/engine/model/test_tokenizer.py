@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvscope.engine.model.chat_template import DEFAULT_CHAT_TEMPLATE
-from kvscope.errors import RequestError
 from kvscope.engine.model.loader import load_tokenizer
 from kvscope.engine.model.tokenizer import BPETokenizer, ByteTokenizer
+from kvscope.errors import RequestError
 
 SAMPLES = [
     "Hello world",

@@ -6,15 +6,15 @@ import json
 import pytest
 
 from kvscope.cli.main import main
-from kvscope.engine.llm_engine import LLMEngine
-from kvscope.config.recipe import Recipe
-from kvscope.engine.session import RunSession
 from kvscope.config.model_presets import get_preset
-from kvscope.engine.workload import build_workload
+from kvscope.config.recipe import Recipe
 from kvscope.costmodel.devices import get_device
+from kvscope.costmodel.roofline_report import analyze_step
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.session import RunSession
+from kvscope.engine.workload import build_workload
 from kvscope.events.bus import EventBus, EventList
 from kvscope.events.records import KernelEvent, StepEnd
-from kvscope.costmodel.roofline_report import analyze_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the real tiny runs: steady on a shared machine
 

@@ -19,9 +19,9 @@ import math
 import pytest
 import torch
 
+from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.worker.rejection_sampler import rejection_sample, verify
 from kvscope.engine.worker.sampler import target_probs
-from kvscope.config.sampling_params import SamplingParams
 
 V = 4
 N = 20_000

@@ -15,15 +15,16 @@ import random
 
 import pytest
 import torch
-from support.spec_drafters import ScriptedDrafter
 
-from kvscope.engine.spec.drafter import lookup
-from kvscope.engine.llm_engine import LLMEngine, LoadedModel, load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
-from kvscope.events.vocabulary import SPEC_ALLOC, SPEC_ROLLBACK
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.model.loader import LoadedModel, load_for_recipe
+from kvscope.engine.spec.drafter import lookup
 from kvscope.events.bus import EventList
+from kvscope.events.vocabulary import SPEC_ALLOC, SPEC_ROLLBACK
 from kvscope.inspector.state import EngineView
+from support.spec_drafters import ScriptedDrafter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

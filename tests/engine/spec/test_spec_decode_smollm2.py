@@ -10,12 +10,12 @@ transformers on the same GGUF weights (tests/support/hf_oracle.py).
 from __future__ import annotations
 
 import pytest
-from support.hf_oracle import hf_greedy
 
-from kvscope.engine.llm import LLM
-from kvscope.engine.llm_engine import LoadedModel, load_for_recipe
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.llm import LLM
+from kvscope.engine.model.loader import LoadedModel, load_for_recipe
+from support.hf_oracle import hf_greedy
 
 pytestmark = pytest.mark.slow
 

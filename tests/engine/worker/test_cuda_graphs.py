@@ -15,13 +15,13 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from kvscope.engine.worker.cuda_graphs import DecodeGraphs, capture_sizes
-from kvscope.errors import RecipeError
-from kvscope.engine.probe.kernel_events import GRAPH_BACKEND, KernelEventBuilder
-from kvscope.engine.llm_engine import LLMEngine
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
 from kvscope.costmodel.roofline import LAYER_OPS
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.probe.kernel_events import GRAPH_BACKEND, KernelEventBuilder
+from kvscope.engine.worker.cuda_graphs import DecodeGraphs, capture_sizes
+from kvscope.errors import RecipeError
 
 RECIPE = {
     "model": {"source": "random", "shape": "tiny-gqa3", "seed": 0},

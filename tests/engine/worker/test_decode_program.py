@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
-from kvscope.engine.worker.decode_program import CpuDecodePrograms
-from kvscope.engine.llm_engine import LLMEngine
-from kvscope.engine.probe.op_timer import PROGRAM_BACKEND
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.costmodel.roofline import LAYER_OPS, STEP_OPS
+from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.probe.op_timer import PROGRAM_BACKEND
+from kvscope.engine.worker.decode_program import CpuDecodePrograms
 from kvscope.events.bus import EventBus, EventList
 from kvscope.events.records import KernelEvent, StepEnd
-import pytest
-
-from kvscope.costmodel.roofline import LAYER_OPS, STEP_OPS
 
 RECIPE = {
     "model": {"source": "random", "shape": "tiny-gqa3", "seed": 0},
