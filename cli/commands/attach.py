@@ -1,6 +1,7 @@
 """`kvscope attach URL` (the TUI on a running `kvscope serve`) and `kvscope trace --attach URL` (a live
 server's timeline for S seconds). Both read the server's snapshot and event stream through
-kvscope.serve.client.attach_client; the TUI gets a RemoteController, the same interface as a local run's."""
+kvscope.serve.client.attach_client; the TUI gets a RemoteController, a RunController as a local run's
+SessionController is."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def run_attach(url: str, *, kernels: bool = False) -> int:
     from kvscope.tui.app import KVScopeApp
 
     url = _check_server(url)
-    app = KVScopeApp(controller=RemoteController(url, kernels=kernels), title=f"attached to {url}")  # type: ignore[arg-type]
+    app = KVScopeApp(controller=RemoteController(url, kernels=kernels), title=f"attached to {url}")
     app.run()
     if app.exit_error is not None:
         raise app.exit_error

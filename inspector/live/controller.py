@@ -1,6 +1,13 @@
 """Runs a RunSession in a worker thread and lets a UI steer it: pause / resume / step once /
 delay between steps / restart / stop.
 
+Two seams are named here. `RunControls` is steering a run between its steps and reading its state (pause,
+resume, step once, delay, restart, stop; paused, finished, state, error): SessionController has them, the
+server's engine thread (kvscope.serve.server.engine_loop.EngineLoop) has them for its /control route, and the
+attach client (kvscope.serve.client.attach_client.RemoteController) has them over HTTP. `RunController` is
+what the TUI holds: the controls, plus the run's events (`drain`) and its `session` (None while loading):
+SessionController and RemoteController.
+
 The engine never waits on the UI: its events go into an unbounded thread-safe queue
 (`SimpleQueue.put` does not block) and the UI thread pulls them at its own refresh rate
 with `drain(sink)`, applying them to whatever it renders from (an EngineView, Metrics, ...).
@@ -18,7 +25,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from kvscope.events.bus import EventBus
 
@@ -67,8 +74,59 @@ FAILED = "failed"
 STOPPED = "stopped"
 
 
+@runtime_checkable
+class RunControls(Protocol):
+    """Steering a run between its steps, and its state (module docstring). Safe from any thread."""
+
+    delay_s: float  # the pause after each step
+    error: BaseException | None  # what stopped the run, once it failed
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool:
+        """The run's work is done (a server's never is)."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """LOADING, RUNNING, PAUSED, FINISHED, FAILED or STOPPED, for a status line."""
+        ...
+
+    def start(self) -> RunControls: ...
+    def stop(self, timeout: float = ...) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+    def toggle_pause(self) -> bool:
+        """Pause if running, resume if paused; the new paused flag."""
+        ...
+
+    def step_once(self) -> bool:
+        """While paused, one more step; False (and nothing done) otherwise."""
+        ...
+
+    def set_delay(self, seconds: float) -> None: ...
+
+    def restart(self) -> None:
+        """The workload again from nothing, where the run has one of its own (a server's comes from its clients)."""
+        ...
+
+
+@runtime_checkable
+class RunController(RunControls, Protocol):
+    """What the TUI holds of a run (module docstring): the controls, its events and whether it has loaded."""
+
+    session: Any  # the run once it has loaded (a RunSession, an attached server's URL); None before
+
+    def drain(self, sink: Callable[[Any], None], limit: int | None = None) -> int:
+        """Hand the queued events, oldest first, to `sink` on the calling thread; returns how many."""
+        ...
+
+
 class SessionController:
-    """Owns the worker thread. Public methods are safe to call from any thread."""
+    """A RunController over a RunSession in a worker thread. Public methods are safe to call from any thread."""
 
     def __init__(self, session_factory: SessionFactory, *, start_paused: bool = False, delay_s: float = 0.0,
                  subscribers: tuple[Callable[[Any], None], ...] = ()) -> None:

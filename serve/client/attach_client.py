@@ -5,8 +5,8 @@ AttachStream reads /kvscope/v1/snapshot (the events that rebuild the present sta
 behind the server's ring) or a dropped connection it re-reads the snapshot: the snapshot starts with a
 RunInfo, which resets a fold (EngineView, the TUI's model), so the state is whole again.
 
-RemoteController has the interface of the in-process SessionController (kvscope.inspector.live.controller):
-the TUI drains its events and its pause / step / delay keys become POST /kvscope/v1/control. A server
+RemoteController is a RunController (kvscope.inspector.live.controller), as the in-process SessionController
+is: the TUI drains its events and its pause / step / delay keys become POST /kvscope/v1/control. A server
 never finishes and cannot restart its workload: `finished` stays False and `restart` does nothing.
 """
 
@@ -103,7 +103,7 @@ class AttachStream:
 
 
 class RemoteController:
-    """SessionController's interface over a server (see module docstring); safe from any thread."""
+    """A RunController over a server (see module docstring); safe from any thread."""
 
     def __init__(self, url: str, *, kernels: bool = False, retries: int = 5) -> None:
         self.url = url.rstrip("/")

@@ -9,7 +9,8 @@ is forgotten by the engine (a server keeps no history). If the thread dies, ever
 error and `alive` turns False (/health answers 503).
 
 Controls for an attached viewer (pause / resume / step once / delay) act between steps, like the in-process
-SessionController's.
+SessionController's: an EngineLoop is a RunControls (kvscope.inspector.live.controller). A server never
+finishes and has no workload of its own to restart.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kvscope.engine.core.request import RequestStatus
 from kvscope.engine.core.request_check import Prompt
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.errors import RequestError
+from kvscope.inspector.live.controller import FAILED, PAUSED, RUNNING, STOPPED
 
 if TYPE_CHECKING:
     from kvscope.engine.disagg.proxy import DisaggregatedEngine
@@ -126,6 +128,19 @@ class EngineLoop:
     def alive(self) -> bool:
         return self._thread.is_alive() and self.error is None
 
+    @property
+    def finished(self) -> bool:
+        """A server never finishes: its requests keep coming."""
+        return False
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return FAILED
+        if self._stop:
+            return STOPPED
+        return PAUSED if self.paused else RUNNING
+
     # --- from the event loop -------------------------------------------------------------------
     async def submit(self, prompt: Prompt, params: SamplingParams) -> Channel:
         """Queue a request; returns its channel once the engine took it (RequestError if it refused it).
@@ -167,6 +182,18 @@ class EngineLoop:
             self.paused = False
             self._cond.notify_all()
         self._wake.set()
+
+    def toggle_pause(self) -> bool:
+        """Pause if running, resume if paused; returns the new paused flag."""
+        with self._cond:
+            self.paused = paused = not self.paused
+            self._pending_steps = 0
+            self._cond.notify_all()
+        self._wake.set()
+        return paused
+
+    def restart(self) -> None:
+        """A server's workload comes from its clients: nothing to restart."""
 
     def step_once(self) -> bool:
         with self._cond:
