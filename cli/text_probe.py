@@ -6,21 +6,22 @@ prompt, and after each step it decodes the tokens the step appended (the tokeniz
 detokenizer, which holds back a character whose bytes are not all there yet) and emits the new text on
 the same bus. Special tokens are kept (`<|im_start|>`, an end-of-sequence token): the stream shows what
 the model read and wrote. With speculative decoding, the accepted drafts of a step come as their own text
-(`drafted`), before the step's last token. It reads the engine's requests and tokenizer, so it lives in the
-cli, which may import the engine; the TUI only folds the events.
+(`drafted`), before the step's last token. It reads the engine's requests and tokenizer (any EngineClient: a
+session's engine, one engine of a deployment, a server's), so it lives in the cli, which may import the engine;
+the TUI only folds the events.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from kvscope.events.bus import now_ns
+from kvscope.events.bus import EventBus, now_ns
 from kvscope.events.records import RequestEvent, RunInfo, SpecDecode, StepEnd, TokenText
 from kvscope.events.vocabulary import ARRIVED, FINISHED
 from kvscope.inspector.event_fold import EventFold
 
 if TYPE_CHECKING:
+    from kvscope.engine.engine_client import EngineClient
     from kvscope.engine.session import RunSession
 
 
@@ -28,9 +29,10 @@ class TextProbe(EventFold):
     """Subscribe it last (`attach_text_probe`): the events it emits reach the subscribers before it at once,
     and those after it before the event that caused them."""
 
-    def __init__(self, session: RunSession) -> None:
-        self.session = session
-        self.bus = session.bus
+    def __init__(self, engine: EngineClient, bus: EventBus) -> None:
+        """The text of `engine`'s requests, on `bus` (the bus their events are on)."""
+        self.engine = engine
+        self.bus = bus
         self._decoders: dict[int, Any] = {}
         self._finished: list[int] = []  # their decoders go once the step's last text is out
         self._accepted: dict[int, int] = {}  # request id -> drafts accepted in this step
@@ -41,9 +43,9 @@ class TextProbe(EventFold):
 
     def on_request(self, ev: RequestEvent) -> None:
         if ev.what == ARRIVED:
-            request = self.session.engine.requests.get(ev.request_id)
+            request = self.engine.requests.get(ev.request_id)
             if request is not None:
-                prompt = self.session.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
+                prompt = self.engine.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
                 self.bus.emit(TokenText(now_ns(), ev.step, ev.request_id, "", prompt, 0))
         elif ev.what == FINISHED:
             self._finished.append(ev.request_id)
@@ -53,14 +55,14 @@ class TextProbe(EventFold):
             self._accepted[ev.request_id] = ev.num_accepted
 
     def on_step_end(self, ev: StepEnd) -> None:
-        requests = self.session.engine.requests
+        requests = self.engine.requests
         for rid, _ in ev.sampled:
             request = requests.get(rid)
             if request is None:
                 continue
             decoder = self._decoders.get(rid)
             if decoder is None:
-                decoder = self._decoders[rid] = self.session.tokenizer.incremental_detokenizer(
+                decoder = self._decoders[rid] = self.engine.tokenizer.incremental_detokenizer(
                     skip_special_tokens=False)
             new_ids = request.output_token_ids[len(decoder.ids):]
             drafted = min(self._accepted.pop(rid, 0), len(new_ids))
@@ -81,12 +83,13 @@ class TextProbe(EventFold):
 def attach_engine_text_probes(session: RunSession) -> list[TextProbe]:
     """A deployment: a TextProbe on each decode engine's own bus, in this process (the TUI's text panel follows
     the first decode engine, under its request ids). Engines in Ray actors get none: their requests live there."""
+    assert session.deployment is not None, "attach_engine_text_probes: the session runs no deployment"
     probes = []
-    for name, handle in session.engine.engines.items():
-        engine = getattr(handle, "engine", None)  # an in-process handle's LLMEngine
+    for name, handle in session.deployment.engines.items():
+        engine = handle.engine  # an in-process handle's LLMEngine
         if engine is None or not name.startswith("decode"):
             continue
-        probe = TextProbe(SimpleNamespace(engine=engine, tokenizer=engine.tokenizer, bus=handle.bus))  # type: ignore[arg-type]
+        probe = TextProbe(engine, handle.bus)
         handle.bus.subscribe(probe)
         probes.append(probe)
     return probes
@@ -94,6 +97,6 @@ def attach_engine_text_probes(session: RunSession) -> list[TextProbe]:
 
 def attach_text_probe(session: RunSession) -> TextProbe:
     """Subscribe a TextProbe to the session's bus (after everything else already on it)."""
-    probe = TextProbe(session)
+    probe = TextProbe(session.engine, session.bus)
     session.bus.subscribe(probe)
     return probe

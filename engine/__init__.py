@@ -1,6 +1,8 @@
 """The engine: a paged, continuously batched LLM engine (vLLM v1's seams, nano-vllm's size).
 
     llm_engine  LLMEngine: add_request / step / has_unfinished; one step = schedule, prepare, forward, sample
+    executor    the engine's device side, chosen once: the real runner + KV pools + backend + probe, or simulated
+    engine_client  EngineClient: what drives an engine (LLMEngine, a deployment's proxy) from outside it
     llm         the offline API, `LLM(recipe).generate(prompts, SamplingParams)`
     session     RunSession: a recipe's workload fed to an engine as it arrives, one step at a time
     workload    the requests a recipe describes

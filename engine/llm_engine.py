@@ -2,16 +2,17 @@
 
 One step = schedule -> prepare -> forward -> sample and update (LLMEngine.step); an engine in a
 disaggregated deployment (kv_role) also pins prompts' blocks for another engine or loads another engine's
-K/V between schedule and prepare (kvscope.engine.core.kv_connector). The step's
-instruments (phase times, live ranges, per-op timing, the step's events) sit beside it in a
-StepProbe (kvscope.engine.probe.step_probe); with a subscriber on the bus a step emits StepBegin,
-request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd.
+K/V between schedule and prepare (kvscope.engine.core.kv_connector), and a speculating one drafts there.
+The device side (runner, KV pools, attention backend, step probe; real or simulated) is chosen once, by
+kvscope.engine.executor.make_executor. The step's instruments (phase times, live ranges, per-op timing, the
+step's events) sit beside it in a StepProbe (kvscope.engine.probe.step_probe); with a subscriber on the bus a
+step emits StepBegin, request and block events, one KernelEvent per operator, a KVSnapshot and StepEnd.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,33 +20,24 @@ from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.core.block_manager import BlockManager
 from kvscope.engine.core.kv_connector import KVConnector, KVPeer, KVTransferParams
-from kvscope.engine.core.math_utils import cdiv
 from kvscope.engine.core.request import Request, RequestOutput
 from kvscope.engine.core.request_check import Prompt, RequestCheck, max_model_len
-from kvscope.engine.core.scheduler import Scheduler, make_scheduler
+from kvscope.engine.core.scheduler import Scheduler, SchedulerOutput, make_scheduler
 from kvscope.engine.core.stop_check import output_text
-from kvscope.engine.model.attention import backend_refusal, make_attention_backend, resolve_backend_name
+from kvscope.engine.executor import make_executor
 from kvscope.engine.model.loader import LoadedModel, load_for_recipe
-from kvscope.engine.probe.op_timer import RangeHook, strip_op_timers
-from kvscope.engine.probe.step_probe import StepProbe
+from kvscope.engine.probe.op_timer import RangeHook
+from kvscope.engine.probe.step_probe import NullProbe, StepProbe
 from kvscope.engine.spec.drafter import Drafter, make_drafter
-from kvscope.engine.worker.cuda_graphs import DecodeGraphs
-from kvscope.engine.worker.decode_program import CpuDecodePrograms
-from kvscope.engine.worker.kv_cache import KVCache, available_memory
-from kvscope.engine.worker.model_runner import ModelRunner
-from kvscope.errors import RecipeError, RequestError
+from kvscope.errors import RequestError
 from kvscope.events.bus import EventBus
 from kvscope.events.records import RequestEvent, RunInfo
 from kvscope.events.vocabulary import ARRIVED, Phase
 
-if TYPE_CHECKING:
-    from kvscope.engine.sim.setup import Simulation
-
-MEMORY_FRACTION = 0.9  # of the device's free memory a KV pool may take
-
 
 class LLMEngine:
-    """Step-level API: add_request, step, has_unfinished (plus reset for a fresh run on the same model)."""
+    """Step-level API: add_request, step, has_unfinished (plus reset for a fresh run on the same model); an
+    EngineClient (kvscope.engine.engine_client)."""
 
     def __init__(self, recipe: Recipe, loaded: LoadedModel | None = None, bus: EventBus | None = None,
                  range_hook: RangeHook | None = None, kernel_events: bool = True, kv_role: str | None = None,
@@ -58,92 +50,20 @@ class LLMEngine:
         self.kv_peers: dict[str, KVPeer] = {}  # producers a consumer reads from, by engine id
         self.loaded = loaded or load_for_recipe(recipe)
         self.bus = bus or EventBus()
-        cfg = self.loaded.config
-        self.config = cfg
+        self.config = self.loaded.config
         self.tokenizer = self.loaded.tokenizer
-        self.device = self.loaded.device
-        self.max_model_len = max_model_len(recipe, cfg)
+        self.max_model_len = max_model_len(recipe, self.config)
         self.block_size = recipe.cache.block_size
-        self.sim: Simulation | None = None
-        if recipe.device == "sim":  # the forward pass by the cost model on a virtual clock (kvscope.engine.sim_*)
-            self._set_up_simulation(range_hook, kernel_events)
-            return
-        self.bytes_per_block = KVCache.bytes_per_block(cfg.num_layers, self.block_size, cfg.num_kv_heads,
-                                                       cfg.head_dim, self.loaded.dtype)
-        self.num_blocks = self._pool_blocks()
-        self._check_pool_fits_memory()
-        self.kv_cache = KVCache(cfg.num_layers, self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim,
-                                self.loaded.dtype, self.device)
-        self.backend_name = resolve_backend_name(recipe.attention_backend, self.device)
-        refusal = backend_refusal(self.backend_name, self.device)
-        if refusal is not None:
-            raise RecipeError(f"{recipe.source}: attention_backend: {refusal}")
-        self.backend = make_attention_backend(self.backend_name, self.device, self.loaded.dtype)
-        self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.backend, self.device)
-        if recipe.cuda_graphs:
-            self._capture_decode_graphs()
-        elif CpuDecodePrograms.applies_to(self.loaded.model, self.loaded.dtype, self.device, self.backend):
-            self.runner.graphs = CpuDecodePrograms(self.loaded.model, self.runner.kv_layers,
-                                                   recipe.scheduler.max_num_seqs, self.max_model_len,
-                                                   self.block_size)
+        # the device side, real or simulated (kvscope.engine.executor): runner, KV pools, backend, probe
+        ex = self.executor = make_executor(recipe, self.loaded, self.bus, range_hook, kernel_events)
+        self.device, self.runner, self.kv_cache, self.sim = ex.device, ex.runner, ex.kv_cache, ex.sim
+        self.backend, self.backend_name = ex.backend, ex.backend_name
+        self.num_blocks, self.bytes_per_block = ex.num_blocks, ex.bytes_per_block
         self.drafter: Drafter | None = make_drafter(recipe.speculative, self)
-        self.probe = StepProbe(self, range_hook, kernel_events)
+        self.probe = ex.step_probe(self)
         self.generator = torch.Generator().manual_seed(recipe.sampling.seed or 0)
         self._lock = threading.RLock()  # add_request / abort from other threads wait for the step in progress
         self.reset()
-
-    # --- set-up -----------------------------------------------------------------------
-    def _capture_decode_graphs(self) -> None:
-        """CUDA graphs of the decode step for the batch-size ladder (kvscope.engine.worker.cuda_graphs)."""
-        if self.device.type != "cuda" or self.backend_name != "triton":
-            raise RecipeError(f"{self.recipe.source}: cuda_graphs: needs a CUDA device and the triton attention "
-                              f"backend; this run is on {self.device.type} with {self.backend_name}")
-        strip_op_timers(self.loaded.model, self.runner)  # nothing of a timer may be captured into a graph
-        self.runner.graphs = DecodeGraphs(self.loaded.model, self.device, self.recipe.scheduler.max_num_seqs,
-                                          self.max_model_len, self.block_size)
-
-    def _set_up_simulation(self, range_hook: RangeHook | None, kernel_events: bool) -> None:
-        """The rest of __init__ on a simulated device: no weights, no KV tensors; a SimRunner, the virtual
-        clock on the bus, the pool as `kvscope kv` sizes it (unless the recipe gives one)."""
-        from kvscope.engine.sim.probe import SimStepProbe
-        from kvscope.engine.sim.setup import build_simulation
-
-        self.sim = sim = build_simulation(self.recipe, self.config, self.tokenizer)
-        self.device = sim.label
-        self.bytes_per_block = sim.bytes_per_block
-        self.num_blocks = self._pool_blocks()
-        self.kv_cache = None
-        self.backend_name, self.backend = "cost-model", None
-        self.runner = sim.runner
-        self.bus.clock = sim.clock
-        self.probe = SimStepProbe(self, range_hook, kernel_events)
-        self.generator = torch.Generator().manual_seed(self.recipe.sampling.seed or 0)
-        self._lock = threading.RLock()
-        self.reset()
-
-    def _pool_blocks(self) -> int:
-        c = self.recipe.cache
-        if c.num_blocks is not None:
-            return c.num_blocks
-        if c.memory_gib is not None:
-            n = int(c.memory_gib * 2**30) // self.bytes_per_block
-            if n < 1:
-                raise RecipeError(f"{self.recipe.source}: cache.memory_gib: {c.memory_gib} GiB holds no block "
-                                  f"of {self.bytes_per_block} bytes")
-            return n
-        if self.sim is not None:
-            return self.sim.num_blocks
-        s = self.recipe.scheduler
-        return cdiv(s.max_num_seqs * min(self.max_model_len, 512), self.block_size)
-
-    def _check_pool_fits_memory(self) -> None:
-        """Refuse, before allocating it, a pool larger than MEMORY_FRACTION of the device's free memory."""
-        available = available_memory(self.device)
-        pool = self.num_blocks * self.bytes_per_block
-        if available is not None and pool > MEMORY_FRACTION * available:
-            raise RecipeError(f"{self.recipe.source}: cache: a pool of {self.num_blocks} blocks of "
-                              f"{self.bytes_per_block} bytes is {pool / 2**30:.1f} GiB, more than "
-                              f"{MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB free on {self.device}")
 
     def reset(self) -> None:
         """Forget every request and block; the model and the pools stay."""
@@ -269,6 +189,19 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    @property
+    def buses(self) -> dict[str, EventBus]:
+        """Each engine's bus by engine id: this engine's own."""
+        return {self.engine_id: self.bus}
+
+    def close(self) -> None:
+        """Nothing to stop: the engine lives and dies with this process."""
+
+    def failure_report(self) -> None:
+        """None: an engine on its own loses no request to another engine or a transfer (a request that failed
+        here says so in its output, finish_reason "error")."""
+        return None
+
     def queue_depths(self) -> tuple[int, int]:
         """(waiting, running) requests now (a decode engine's requests waiting for their K/V count as waiting)."""
         s = self.scheduler
@@ -287,18 +220,10 @@ class LLMEngine:
             probe = self.probe.begin_step(self.step_id)
             with probe.phase(Phase.SCHEDULE):
                 out = self.scheduler.schedule(self.step_id)
-            failed: list[Request] = []
-            if self.connector is not None and self.connector.pending:
-                with probe.phase(Phase.KV_LOAD, len(self.connector.pending)):
-                    if not out.scheduled:  # nothing else to do: wait for the earliest K/V
-                        self.connector.wait_for_any()
-                    self.connector.start_load_kv(self.kv_cache)
-                    failed = self.scheduler.settle_loads()
-            sampled: list[Request] = []
+            failed = self._load_kv(out, probe) if self.connector is not None else []
             if out.drafting:
-                with probe.phase(Phase.DRAFT, len(out.drafting)):
-                    self.drafter.propose(out.drafting)
-                    out.trim_drafts()
+                self._draft(out, probe)
+            sampled: list[Request] = []
             if out.scheduled:
                 with probe.phase(Phase.PREPARE, out.num_tokens):
                     batch = self.runner.prepare(out)
@@ -313,6 +238,26 @@ class LLMEngine:
             probe.end_step(out, sampled)
             self.step_id += 1
             return [self.output(r.request_id) for r in failed + finished]
+
+    def _load_kv(self, out: SchedulerOutput, probe: StepProbe | NullProbe) -> list[Request]:
+        """A decode engine: land the K/V of the transfers under way (waiting for the earliest when there is
+        nothing else to do); the requests whose transfer failed."""
+        connector = self.connector
+        assert connector is not None
+        if not connector.pending:
+            return []
+        with probe.phase(Phase.KV_LOAD, len(connector.pending)):
+            if not out.scheduled:
+                connector.wait_for_any()
+            connector.start_load_kv(self.kv_cache)
+            return self.scheduler.settle_loads()
+
+    def _draft(self, out: SchedulerOutput, probe: StepProbe | NullProbe) -> None:
+        """Speculative decoding: the drafter proposes the drafting requests' tokens; unused slots are trimmed."""
+        assert self.drafter is not None
+        with probe.phase(Phase.DRAFT, len(out.drafting)):
+            self.drafter.propose(out.drafting)
+            out.trim_drafts()
 
     # --- engine truth for cross-checks --------------------------------------------------
     def block_tables(self) -> dict[int, list[int]]:

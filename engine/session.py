@@ -8,6 +8,9 @@ a run never sleeps. On a simulated device an idle gap moves the virtual clock to
 
 A request the engine cannot serve (prompt longer than the context, more KV
 than the pool) is rejected with a one-line message in `rejected`; the others run.
+
+The session drives its engine as an EngineClient (kvscope.engine.engine_client): one LLMEngine, or the
+proxy of a disaggregated deployment (then also `deployment`, for what only a deployment has).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from kvscope.config.recipe import Recipe
 from kvscope.engine.core.request import RequestOutput
+from kvscope.engine.engine_client import EngineClient
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.model.loader import LoadedModel
 from kvscope.engine.probe.op_timer import RangeHook
@@ -33,11 +37,12 @@ class RunSession:
                  kernel_events: bool = True, loaded: LoadedModel | None = None) -> None:
         self.recipe = recipe
         self.bus = bus or EventBus()
-        self.engine: LLMEngine | DisaggregatedEngine
+        self.engine: EngineClient
+        self.deployment: DisaggregatedEngine | None = None  # the engine when it is a deployment's proxy
         if recipe.deployment.disaggregated:  # engines of their own, each with its own bus (`buses`)
             from kvscope.engine.disagg.deployment import build_deployment
 
-            self.engine = build_deployment(recipe, loaded, range_hook, kernel_events, bus=self.bus)
+            self.engine = self.deployment = build_deployment(recipe, loaded, range_hook, kernel_events, bus=self.bus)
         else:
             self.engine = LLMEngine(recipe, loaded=loaded, bus=self.bus, range_hook=range_hook,
                                     kernel_events=kernel_events)
@@ -116,25 +121,29 @@ class RunSession:
     @property
     def buses(self) -> dict[str, EventBus]:
         """Each engine's bus by engine id: a deployment's engines, or {"engine": bus} for one engine."""
-        return getattr(self.engine, "buses", {"engine": self.bus})
+        return self.engine.buses
 
     def close(self) -> None:
         """Stop what the run started outside this process (a deployment's Ray actors)."""
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
     def failure_report(self) -> str | None:
         """A deployment's one line on requests that failed with an engine or a transfer (None: none did)."""
-        report = getattr(self.engine, "failure_report", None)
-        return report() if report is not None else None
+        return self.engine.failure_report()
 
     # --- engine truth, for cross-checks ---------------------------------------------------
+    def one_engine(self) -> LLMEngine:
+        """The session's engine when it runs one (its pool is what the cross-checks read)."""
+        if not isinstance(self.engine, LLMEngine):
+            raise TypeError("the cross-checks read one engine's pool; this session runs a deployment "
+                            "(its engines: session.deployment.engines)")
+        return self.engine
+
     def snapshot_tables(self) -> dict[int, list[int]]:
-        return self.engine.block_tables()
+        return self.one_engine().block_tables()
 
     def free_block_ids(self) -> set[int]:
-        return self.engine.block_manager.free_block_ids()
+        return self.one_engine().block_manager.free_block_ids()
 
     def cached_block_ids(self) -> set[int]:
-        return self.engine.block_manager.cached_block_ids()
+        return self.one_engine().block_manager.cached_block_ids()

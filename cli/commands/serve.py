@@ -3,11 +3,14 @@ recipe's workload is not run: requests come over HTTP; its `sampling` gives the 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kvscope.config.recipe import load_recipe
 from kvscope.errors import KVScopeError
+
+if TYPE_CHECKING:
+    from kvscope.engine.engine_client import EngineClient
+    from kvscope.events.bus import EventBus
 
 
 def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str | None, max_waiting: int | None,
@@ -34,9 +37,9 @@ def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str 
     return serve_recipe(recipe, options)
 
 
-def attach_text_events(engine: Any, bus: Any) -> None:
+def attach_text_events(engine: EngineClient, bus: EventBus) -> None:
     """TokenText events on the server's bus (the prompt, then each step's new text), for an attached TUI's
     token stream: the cli's text probe, over the server's engine."""
     from kvscope.cli.text_probe import TextProbe
 
-    bus.subscribe(TextProbe(SimpleNamespace(engine=engine, tokenizer=engine.tokenizer, bus=bus)))  # type: ignore[arg-type]
+    bus.subscribe(TextProbe(engine, bus))

@@ -133,8 +133,9 @@ def trace_deployment(recipe: Recipe, folder: Path, *, nvtx: bool, kernels: bool)
             for close in closers:
                 close()
     failed = report_problems(session)
+    assert session.deployment is not None  # a disaggregated recipe's session
     meta = {"recipe": recipe.name, "recipe_path": recipe.source, "transport": recipe.deployment.transport,
-            "clock_offsets": session.engine.clock_offsets()}
+            "clock_offsets": session.deployment.clock_offsets()}
     trace = build_deployment_trace({name: lst.events for name, lst in lists.items()}, meta)
     (folder / "trace.json").write_text(json.dumps(trace, separators=(",", ":")), encoding="utf-8")
     wrote = Text("wrote ")

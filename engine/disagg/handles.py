@@ -66,6 +66,13 @@ class EngineHandle(Protocol):
     num_blocks: int
     asynchronous: bool  # its step runs elsewhere (Ray): start_step returns at once
     in_flight: bool     # a step started and not yet finished
+    clock_offset_ns: int  # its clock onto this process's, as measured at start-up (0 in this process)
+    clock_rtt_ns: int     # the round trip that offset was measured with
+
+    @property
+    def engine(self) -> LLMEngine | None:
+        """The LLMEngine itself when it runs in this process (None: a Ray actor's)."""
+        ...
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, do_remote_decode: bool) -> int: ...
     def add_remote_request(self, prompt_token_ids: list[int], first_token: int, params: SamplingParams,
@@ -101,6 +108,7 @@ class LocalEngine:
 
     asynchronous = False
     in_flight = False  # start_step runs the whole step
+    clock_offset_ns = clock_rtt_ns = 0  # one process, one clock
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine

@@ -7,8 +7,9 @@ decode engine (prompt, first token, params), which allocates blocks of its own, 
 (the step's kv_load phase) and generates the rest. A request whose prefill ends it (a stop at the first
 token, max_tokens 1, an error) never reaches a decode engine.
 
-The proxy looks like an LLMEngine to whoever drives it (add_request / step / has_unfinished / output /
-abort / requests), so a RunSession, the bench and the server run a deployment as they run one engine.
+The proxy is an EngineClient (kvscope.engine.engine_client), as an LLMEngine is (add_request / step /
+has_unfinished / output / abort / requests ...), so a RunSession, the bench and the server run a deployment as
+they run one engine.
 On its own bus it announces what a client sees, under the proxy's request ids: arrivals, first tokens
 (when the decode engine has the K/V and runs the request: the transfer is inside TTFT, as with vLLM's
 proxy, which streams the decode side), one StepEnd per proxy step with the tokens each request received,
@@ -134,7 +135,7 @@ class DisaggregatedEngine:
         self.next_request_id = 0
         self.step_id = 0
 
-    # --- what an LLMEngine answers ----------------------------------------------------------
+    # --- what an EngineClient answers --------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         return self.front.encode_prompt(prompt)
 
@@ -358,12 +359,11 @@ class DisaggregatedEngine:
     def clock_offsets(self) -> dict[str, dict[str, int]]:
         """Each engine's clock against this process's, as measured at start-up: offset (ns, added to its event
         times) and the round trip it was measured with; 0 / 0 for an engine in this process."""
-        return {name: {"offset_ns": getattr(h, "clock_offset_ns", 0), "rtt_ns": getattr(h, "clock_rtt_ns", 0)}
-                for name, h in self.engines.items()}
+        return {name: {"offset_ns": h.clock_offset_ns, "rtt_ns": h.clock_rtt_ns} for name, h in self.engines.items()}
 
     def local_engine(self, name: str) -> LLMEngine | None:
         """The LLMEngine behind engine `name` when it runs in this process (None for a Ray actor)."""
-        return getattr(self.engines[name], "engine", None)
+        return self.engines[name].engine
 
     def forget(self, request_id: int) -> None:
         """Drop a finished request's record (a server keeps no history)."""

@@ -167,6 +167,7 @@ class RayEngine:
     """An engine actor as the proxy drives it (an EngineHandle); its events appear on `bus`."""
 
     asynchronous = True
+    engine = None  # the LLMEngine lives in the actor, not in this process
 
     def __init__(self, ray: ModuleType, actor: Any, name: str) -> None:
         self.ray = ray

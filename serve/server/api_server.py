@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from kvscope.config.recipe import Recipe
+from kvscope.engine.engine_client import EngineClient
 from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.model.loader import LoadedModel
 from kvscope.events.bus import EventBus
@@ -54,15 +55,16 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
     metrics = ServeMetrics(name)
     hub = EventHub(options.event_buffer)
     bus.subscribe(metrics)
+    engine: EngineClient
     watched: LLMEngine | None
     if recipe.deployment.disaggregated:
         from kvscope.engine.disagg.deployment import build_deployment
 
-        engine: Any = build_deployment(recipe, loaded, kernel_events=options.kernel_events, bus=bus)
-        for engine_bus in engine.buses.values():
+        engine = deployment = build_deployment(recipe, loaded, kernel_events=options.kernel_events, bus=bus)
+        for engine_bus in deployment.buses.values():
             engine_bus.subscribe(metrics.kv_transfer_observer)
-        engine.buses[engine.decode[0].name].subscribe(metrics.pool_observer)
-        watched = engine.local_engine(engine.decode[0].name)
+        deployment.buses[deployment.decode[0].name].subscribe(metrics.pool_observer)
+        watched = deployment.local_engine(deployment.decode[0].name)
     else:
         engine = watched = LLMEngine(recipe, loaded=loaded, bus=bus, kernel_events=options.kernel_events)
     if watched is not None:
@@ -94,9 +96,7 @@ def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
 
 def _close(state: ServerState) -> None:
     """Stop what the engine started outside this process (a deployment's Ray actors)."""
-    close = getattr(state.engine.engine, "close", None)
-    if close is not None:
-        close()
+    state.engine.engine.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

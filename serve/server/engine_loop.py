@@ -1,12 +1,12 @@
 """The engine's own thread: the HTTP side never steps the engine, it sends commands.
 
 Handlers on the event loop call `submit` (add a request) and `abort`; both only put a command on a queue
-and wake the thread. Between steps the thread applies the commands (LLMEngine.add_request / abort), runs a
-step when there is work and, after it, pushes each live request's new output tokens to that request's
-asyncio queue (`loop.call_soon_threadsafe`): the per-step output deltas, taken by comparing each request's
-output length with what was already pushed. A finished request gets a last delta with its finish reason and
-is forgotten by the engine (a server keeps no history). If the thread dies, every open request gets the
-error and `alive` turns False (/health answers 503).
+and wake the thread. Between steps the thread applies the commands (EngineClient.add_request / abort: one
+LLMEngine, or a deployment's proxy), runs a step when there is work and, after it, pushes each live request's
+new output tokens to that request's asyncio queue (`loop.call_soon_threadsafe`): the per-step output deltas,
+taken by comparing each request's output length with what was already pushed. A finished request gets a last
+delta with its finish reason and is forgotten by the engine (a server keeps no history). If the thread dies,
+every open request gets the error and `alive` turns False (/health answers 503).
 
 Controls for an attached viewer (pause / resume / step once / delay) act between steps, like the in-process
 SessionController's: an EngineLoop is a RunControls (kvscope.inspector.live.controller). A server never
@@ -20,17 +20,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.core.request import RequestStatus
 from kvscope.engine.core.request_check import Prompt
-from kvscope.engine.llm_engine import LLMEngine
+from kvscope.engine.engine_client import EngineClient
 from kvscope.errors import RequestError
 from kvscope.inspector.live.controller import FAILED, PAUSED, RUNNING, STOPPED
-
-if TYPE_CHECKING:
-    from kvscope.engine.disagg.proxy import DisaggregatedEngine
 
 
 class EngineStopped(RuntimeError):
@@ -86,7 +83,7 @@ def _set(fut: asyncio.Future, result: Any = None, error: BaseException | None = 
 class EngineLoop:
     """Owns the engine thread. `submit`/`abort` are for the event loop; the rest is safe from any thread."""
 
-    def __init__(self, engine: LLMEngine | DisaggregatedEngine, idle_wait_s: float = 0.05) -> None:
+    def __init__(self, engine: EngineClient, idle_wait_s: float = 0.05) -> None:
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
