@@ -25,9 +25,12 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from kvscope.events.bus import EventBus
+
+if TYPE_CHECKING:
+    from kvscope.engine.session import RunSession
 
 
 def drain_queue(events: queue.Queue, sink: Callable[[Any], None], limit: int | None = None) -> int:
@@ -53,17 +56,17 @@ class EngineEvent:
     event: Any  # None: the engine's announcement, before its first event
 
 
-def tag_engine_events(session: Any, sink: Callable[[Any], None], own_bus: EventBus) -> None:
+def tag_engine_events(session: RunSession, sink: Callable[[Any], None], own_bus: EventBus) -> None:
     """Subscribe `sink` to each engine bus of a deployment session (session.buses) that is not `own_bus`,
     every event wrapped in an EngineEvent, after an EngineEvent(name, None) per engine that announces it (so
     a consumer knows the deployment before any engine has stepped); a single-engine session is left alone."""
-    for name, bus in getattr(session, "buses", {}).items():
+    for name, bus in session.buses.items():
         if bus is not own_bus:
             sink(EngineEvent(name, None))
             bus.subscribe(lambda event, name=name: sink(EngineEvent(name, event)))
 
 
-SessionFactory = Callable[[EventBus], Any]
+SessionFactory = Callable[[EventBus], "RunSession"]
 
 # controller states, for the UI's status line
 LOADING = "loading"
@@ -147,7 +150,7 @@ class SessionController:
         self.delay_s = max(0.0, delay_s)
         self.steps_run = 0
         self.error: BaseException | None = None
-        self.session: Any = None
+        self.session: RunSession | None = None
         self._thread = threading.Thread(target=self._run, name="kvscope-engine", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -248,8 +251,8 @@ class SessionController:
 
     def _run(self) -> None:
         try:
-            self.session = self._factory(self.bus)
-            tag_engine_events(self.session, self._events.put, self.bus)
+            self.session = session = self._factory(self.bus)
+            tag_engine_events(session, self._events.put, self.bus)
         except BaseException as exc:
             self._fail(exc)
             return
@@ -275,9 +278,9 @@ class SessionController:
                     self._pending_steps -= 1
             try:
                 if restart:
-                    self.session.reset()
+                    session.reset()
                     continue
-                more = self.session.step()
+                more = session.step()
             except BaseException as exc:
                 self._fail(exc)
                 return
