@@ -18,13 +18,15 @@ kvscope.engine.sim.setup's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import torch
 
 from kvscope.config.recipe import Recipe
 from kvscope.engine.core.math_utils import cdiv
+from kvscope.engine.core.request import Request
 from kvscope.engine.core.request_check import max_model_len
+from kvscope.engine.core.scheduler import SchedulerOutput
 from kvscope.engine.model.attention import (
     AttentionBackend,
     backend_refusal,
@@ -35,7 +37,6 @@ from kvscope.engine.model.loader import LoadedModel
 from kvscope.engine.probe.op_timer import RangeHook, strip_op_timers
 from kvscope.engine.probe.step_probe import StepProbe
 from kvscope.engine.sim.probe import SimStepProbe
-from kvscope.engine.sim.runner import SimRunner
 from kvscope.engine.sim.setup import SimDeviceLabel, Simulation, build_simulation
 from kvscope.engine.worker.cuda_graphs import DecodeGraphs
 from kvscope.engine.worker.decode_program import CpuDecodePrograms
@@ -51,13 +52,31 @@ MEMORY_FRACTION = 0.9  # of the device's free memory a KV pool may take
 SIM_BACKEND = "cost-model"  # what a simulated device reports as its attention backend
 
 
+class StepBatch(Protocol):
+    """A prepared batch, as the step reads it: the requests that get new tokens."""
+
+    @property
+    def sampled(self) -> list[Request]: ...
+
+
+Batch = TypeVar("Batch", bound=StepBatch)
+
+
+class StepRunner(Protocol, Generic[Batch]):
+    """What a step runs on the device: ModelRunner, or SimRunner on a simulated device."""
+
+    def prepare(self, out: SchedulerOutput) -> Batch: ...
+    def forward(self, batch: Batch) -> torch.Tensor | None: ...
+    def sample(self, batch: Batch, logits: torch.Tensor | None) -> list[list[int] | None]: ...
+
+
 @dataclass(slots=True)
 class Executor:
     """An engine's device side (module docstring). `kv_cache` and `backend` are None on a simulated device,
     `sim` on a real one."""
 
     device: torch.device | SimDeviceLabel
-    runner: ModelRunner | SimRunner
+    runner: StepRunner[Any]
     num_blocks: int
     bytes_per_block: int
     backend_name: str

@@ -65,9 +65,13 @@ class EngineHandle(Protocol):
     bus: EventBus  # where its events appear in this process
     num_blocks: int
     asynchronous: bool  # its step runs elsewhere (Ray): start_step returns at once
-    in_flight: bool     # a step started and not yet finished
     clock_offset_ns: int  # its clock onto this process's, as measured at start-up (0 in this process)
     clock_rtt_ns: int     # the round trip that offset was measured with
+
+    @property
+    def in_flight(self) -> bool:
+        """A step started and not yet finished."""
+        ...
 
     @property
     def engine(self) -> LLMEngine | None:

@@ -28,9 +28,11 @@ ESTIMATED = "estimated"
 class SimStepProbe(StepProbe):
     """StepProbe for an engine whose runner is a SimRunner (see the module docstring)."""
 
-    __slots__ = ()
+    __slots__ = ("sim_runner",)
 
     def __init__(self, engine: LLMEngine, hook: RangeHook | None, kernel_events: bool) -> None:
+        assert engine.sim is not None, "SimStepProbe watches an engine on a simulated device"
+        self.sim_runner = engine.sim.runner
         self.engine = engine
         self.hook = hook
         self.kernel_events = kernel_events
@@ -49,7 +51,7 @@ class SimStepProbe(StepProbe):
         return self if self._open_step(step) else NULL_PROBE
 
     def end_step(self, out: SchedulerOutput, sampled: list[Request]) -> None:
-        runner = self.engine.runner
+        runner = self.sim_runner
         batch = runner.last
         runner.last = None
         if self.kernel_events and batch is not None and self.engine.bus.active:

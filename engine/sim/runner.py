@@ -12,10 +12,14 @@ ignore_eos semantics). The scheduler, the block manager and every instrument run
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kvscope.costmodel.sim_cost import StepCostModel, StepTime
 from kvscope.engine.core.request import Request
 from kvscope.engine.core.scheduler import SchedulerOutput
+
+if TYPE_CHECKING:
+    import torch
 
 START_NS = 1_000_000_000  # the virtual clock starts at 1 s (0 reads as "not yet" in some timestamps)
 
@@ -87,5 +91,6 @@ class SimRunner:
         self.last = batch
         return None
 
-    def sample(self, batch: SimBatch, logits: None) -> list[list[int] | None]:
+    def sample(self, batch: SimBatch, logits: torch.Tensor | None) -> list[list[int] | None]:
+        """A filler token for every sampled request (there are no logits: forward returned None)."""
         return [[self.token_id] for _ in batch.sampled]

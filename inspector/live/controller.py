@@ -63,7 +63,16 @@ def tag_engine_events(session: RunSession, sink: Callable[[Any], None], own_bus:
     for name, bus in session.buses.items():
         if bus is not own_bus:
             sink(EngineEvent(name, None))
-            bus.subscribe(lambda event, name=name: sink(EngineEvent(name, event)))
+            bus.subscribe(_tagged(name, sink))
+
+
+def _tagged(name: str, sink: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A subscriber that hands `sink` each event wrapped in an EngineEvent of engine `name`."""
+
+    def tag(event: Any) -> None:
+        sink(EngineEvent(name, event))
+
+    return tag
 
 
 SessionFactory = Callable[[EventBus], "RunSession"]
