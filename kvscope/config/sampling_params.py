@@ -68,7 +68,7 @@ def _problem(p: SamplingParams) -> tuple[str, str, Any] | None:
     if not _is_int(p.top_k) or p.top_k < 0:
         return "top_k", "an integer >= 0 (0: no top-k)", p.top_k
     if not _is_number(p.top_p) or not 0 < p.top_p <= 1:
-        return "top_p", "a number in (0, 1]", p.top_p
+        return "top_p", "a finite number in (0, 1]", p.top_p
     if not _is_int(p.max_tokens) or p.max_tokens < 1:
         return "max_tokens", "a positive integer", p.max_tokens
     if p.seed is not None and (not _is_int(p.seed) or not 0 <= p.seed <= MAX_SEED):
