@@ -1,8 +1,11 @@
 """Sampling parameters: how one request picks its tokens and when it stops (pure python: recipes use it too).
 
-Checked when made and again when a request is admitted (`validate`): a value that could not
-be sampled from (a NaN temperature, top_p 0, max_tokens 0, an empty stop string, a seed torch
-cannot take) is a RequestError naming the field, never a failure in the middle of a step.
+The one validator of sampling rules: a recipe's `sampling` section (kvscope.config.recipe_sections) and an
+HTTP body's sampling fields (kvscope.serve.server.protocol) are made into SamplingParams, and its error is
+re-labelled there (RecipeError naming the file, a 400 naming the param). Checked when made and again when a
+request is admitted (`validate`): a value that could not be sampled from (a NaN temperature, top_p 0,
+max_tokens 0, an empty stop string, a seed torch cannot take) is a RequestError naming the field, never a
+failure in the middle of a step. A slotted dataclass: the engine reads a request's params every step.
 """
 
 from __future__ import annotations
