@@ -13,34 +13,35 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, field_validator
 
 from kvscope.config.model_presets import get_preset, preset_names
-from kvscope.config.recipe_fields import UNION_TAGS, FilePath, NonNegativeInt, Section, Text, describe, error_line, fail
-from kvscope.errors import ModelShapeError, RecipeError
+from kvscope.config.recipe_fields import UNION_TAGS, NonNegativeInt, RecipePath, Section, Text, fail, validated
+from kvscope.errors import ModelShapeError
+
+PRESET_HAS_NO_WEIGHTS = "a preset has no weights: it runs on a simulated device only (device: sim), or use " \
+                        "source: random with shape"
 
 
 class _Spec(Section):
     model_config = ConfigDict(frozen=True)
+    name: Text = ""
 
 
 class RandomModelSpec(_Spec):
     source: Literal["random"] = "random"
     shape: Text = "tiny"
     seed: NonNegativeInt = 0
-    name: Text = ""
 
 
 class GGUFModelSpec(_Spec):
     source: Literal["gguf"] = "gguf"
-    path: FilePath = "smollm2"
-    name: Text = ""
+    path: RecipePath = "smollm2"
 
 
 class HFModelSpec(_Spec):
     source: Literal["hf"] = "hf"
-    path: FilePath = Field(description="a Hugging Face folder needs a path")
-    name: Text = ""
+    path: RecipePath = Field(description="a Hugging Face folder needs a path")
 
 
 class PresetModelSpec(_Spec):
@@ -53,33 +54,25 @@ class PresetModelSpec(_Spec):
         try:
             get_preset(name)
         except ModelShapeError:
-            raise fail(None, f"unknown model {name!r} (presets: {', '.join(preset_names())})") from None
+            raise ValueError(f"unknown model {name!r} (presets: {', '.join(preset_names())})") from None
         return name
 
 
 def _source_named(value: Any) -> Any:
-    if value is None:
-        return {"source": "gguf"}
-    if isinstance(value, dict):
-        if value.get("source", "gguf") not in UNION_TAGS:
-            raise fail("source", f"must be one of {', '.join(UNION_TAGS)}, got {describe(value['source'])}")
-        return {"source": "gguf", **value}
+    """gguf when left out (and for a null model); a source that is none of the four is named at `source`."""
+    if not isinstance(value, dict | None):
+        return value
+    value = {"source": "gguf", **(value or {})}
+    if value["source"] not in UNION_TAGS:
+        raise fail("source", f"must be one of {', '.join(UNION_TAGS)}, got {value['source']!r}")
     return value
 
 
-ModelSpec = Annotated[RandomModelSpec | GGUFModelSpec | HFModelSpec | PresetModelSpec,
-                      Field(discriminator="source"), BeforeValidator(_source_named)]
-PRESET_HAS_NO_WEIGHTS = "a preset has no weights: it runs on a simulated device only (device: sim), or use " \
-                        "source: random with shape"
+ModelSpec = Annotated[RandomModelSpec | GGUFModelSpec | HFModelSpec | PresetModelSpec, Field(discriminator="source"),
+                      BeforeValidator(_source_named)]
 _MODEL_SPEC: TypeAdapter[Any] = TypeAdapter(ModelSpec)
 
 
 def model_spec(data: Any) -> RandomModelSpec | GGUFModelSpec | HFModelSpec | PresetModelSpec:
     """A model mapping, validated (RecipeError `model.<field>: ...`); a spec is returned as it is."""
-    if isinstance(data, _Spec):
-        return data
-    try:
-        return _MODEL_SPEC.validate_python(data)
-    except ValidationError as exc:
-        path, message = error_line(exc)
-        raise RecipeError(f"model{'.' if path else ''}{path}: {message}") from None
+    return data if isinstance(data, _Spec) else validated(_MODEL_SPEC.validate_python, data, "", "model")
