@@ -7,7 +7,7 @@ decode throughput, on random-weight models; each prints one JSON line `RESULT {.
 
 Shapes: the engine's presets (kvscope.config.model_presets) plus `llama-1b`, Llama-3.2-1B's shape
 (https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json), built here with the loader's own
-random weights (kvscope.engine.model.loader.random_state_dict) and handed to LLMEngine as a LoadedModel.
+random weights (kvscope.engine.model.random_source.random_state_dict) and handed to LLMEngine as a LoadedModel.
 Throughput: B requests of PROMPT random tokens, then STEPS decode steps with every request decoding;
 decode tokens/s and the median decode step against its bandwidth floor (weights + K/V read, over the copy
 bandwidth given). CUDA graphs: measured only when the recipe schema knows `cuda_graphs`, else reported as
@@ -34,7 +34,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def load(shape: str, dtype: str, device: str):
     """A LoadedModel of random weights (seed 0) of a preset shape or llama-1b."""
     from kvscope.config.model_config import ModelConfig, with_special_tokens
-    from kvscope.engine.model.loader import LoadedModel, load_model, random_state_dict
+    from kvscope.engine.model.loader import LoadedModel, load_model
+    from kvscope.engine.model.random_source import random_state_dict
     from kvscope.engine.model.tokenizer import ByteTokenizer
 
     dev, dt = torch.device(device), DTYPES[dtype]

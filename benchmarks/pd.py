@@ -94,7 +94,7 @@ def main() -> int:
     mean_bytes = max((r.get("bytes_per_request", 0) for r in results.values()), default=0)
     copy_bps = numpy_copy_bytes_per_s(int(mean_bytes)) if mean_bytes else 0.0
 
-    print(f"recipe {base.source}, model {base.model.as_dict()}, {args.cpus} CPUs "
+    print(f"recipe {base.source}, model {base.model!r}, {args.cpus} CPUs "
           f"(colocated: {args.cpus} threads; Ray: 2 actors x {per_engine} CPU)")
     print(f"{'variant':18} {'tok/s':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>8} {'KV/req':>10} "
           f"{'xfer p50':>9} {'p99':>7} {'share':>6}")

@@ -32,7 +32,7 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ("ITL", lat(s.itl_ms)),
         ("E2E", lat(s.e2e_ms)),
         ("tokens/step", f"{s.tokens_per_step_mean:.1f}"),
-        ("KV peak", f"{s.peak_kv_blocks}/{s.total_kv_blocks} blocks ({percent(s.peak_kv_usage)})"),
+        ("KV peak", f"{s.peak_kv_blocks}/{s.num_blocks} blocks ({percent(s.peak_kv_usage)})"),
         ("preemptions", f"{s.preemptions}"),
         ("prefix hits", f"{s.prefix_hit_tokens}/{s.prefix_lookup_tokens} tokens ({percent(s.prefix_hit_rate)})"),
         ("internal frag", f"{percent(s.internal_fragmentation_mean)} mean, {percent(s.internal_fragmentation)} at end"),

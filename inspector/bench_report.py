@@ -78,7 +78,7 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
     ("TTFT p99", lambda s: _ms(s.ttft_ms.p99)),
     ("ITL p50", lambda s: _ms(s.itl_ms.p50)),
     ("ITL p99", lambda s: _ms(s.itl_ms.p99)),
-    ("peak KV", lambda s: f"{s.peak_kv_blocks}/{s.total_kv_blocks} ({percent(s.peak_kv_usage)})"),
+    ("peak KV", lambda s: f"{s.peak_kv_blocks}/{s.num_blocks} ({percent(s.peak_kv_usage)})"),
     ("waste", lambda s: percent(s.internal_fragmentation_mean)),
     ("contig waste", lambda s: percent(s.contiguous_waste_mean)),
     ("hit rate", lambda s: percent(s.prefix_hit_rate)),

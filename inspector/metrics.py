@@ -72,12 +72,12 @@ class Fragmentation:
     used_blocks: int
     cached_blocks: int
     free_blocks: int
-    total_blocks: int
+    num_blocks: int
 
 
 def fragmentation(kv: KVSnapshot) -> Fragmentation:
     """Occupancy and fragmentation of one KV snapshot."""
-    total = kv.total_blocks
+    total = kv.num_blocks
     used_slots = kv.used_blocks * kv.block_size
     reserved = kv.contiguous_waste_slots + kv.tokens_stored
     return Fragmentation(
@@ -88,7 +88,7 @@ def fragmentation(kv: KVSnapshot) -> Fragmentation:
         used_blocks=kv.used_blocks,
         cached_blocks=kv.cached_blocks,
         free_blocks=kv.free_blocks,
-        total_blocks=total,
+        num_blocks=total,
     )
 
 
@@ -107,7 +107,7 @@ class RunSummary:
     itl_ms: Percentiles = field(default_factory=Percentiles)
     e2e_ms: Percentiles = field(default_factory=Percentiles)
     tokens_per_step_mean: float = 0.0
-    total_kv_blocks: int = 0
+    num_blocks: int = 0
     peak_kv_blocks: int = 0
     peak_kv_usage: float = 0.0
     preemptions: int = 0
@@ -142,7 +142,7 @@ class Metrics(EventFold):
     def _reset(self, info: RunInfo | None) -> None:
         self.info = info
         self.block_size = info.block_size if info is not None else 0
-        self.total_blocks = info.total_blocks if info is not None else 0
+        self.num_blocks = info.num_blocks if info is not None else 0
         self.prefix_caching = bool(info.prefix_caching) if info is not None else False
         self._arrived: dict[int, int] = {}
         self._last_token_ts: dict[int, int] = {}
@@ -228,7 +228,7 @@ class Metrics(EventFold):
     def on_kv(self, kv: KVSnapshot) -> None:
         frag = fragmentation(kv)
         self.last_fragmentation = frag
-        self.total_blocks = kv.total_blocks
+        self.num_blocks = kv.num_blocks
         if kv.used_blocks > self._peak_used:
             self._peak_used = kv.used_blocks
         self._kv_count += 1
@@ -263,9 +263,9 @@ class Metrics(EventFold):
             itl_ms=Percentiles.of(self._itl_ms),
             e2e_ms=Percentiles.of([t / 1e6 for t in self._e2e_ns]),
             tokens_per_step_mean=self._busy_tokens / self._busy_steps if self._busy_steps else 0.0,
-            total_kv_blocks=self.total_blocks,
+            num_blocks=self.num_blocks,
             peak_kv_blocks=self._peak_used,
-            peak_kv_usage=self._peak_used / self.total_blocks if self.total_blocks else 0.0,
+            peak_kv_usage=self._peak_used / self.num_blocks if self.num_blocks else 0.0,
             preemptions=self._preemptions,
             prefix_hit_tokens=self._hit_tokens,
             prefix_lookup_tokens=self._lookup_tokens,

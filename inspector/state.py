@@ -227,7 +227,7 @@ class EngineView(EventFold):
                 req.output_tokens += n
 
     def _reset(self, info: RunInfo) -> None:
-        n = info.total_blocks
+        n = info.num_blocks
         self.info = info
         self.step = info.step
         self.generation += 1

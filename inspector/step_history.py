@@ -29,7 +29,7 @@ class StepRecord:
     num_tokens: int
     prefill_tokens: int
     decode_tokens: int
-    token_budget: int
+    max_num_batched_tokens: int
     sampled_tokens: int
     num_running: int
     num_waiting: int
@@ -116,7 +116,7 @@ class StepHistory(EventFold):
             num_tokens=ev.num_tokens,
             prefill_tokens=prefill,
             decode_tokens=max(ev.num_tokens - prefill, 0) if ev.decode else 0,
-            token_budget=ev.token_budget,
+            max_num_batched_tokens=ev.max_num_batched_tokens,
             sampled_tokens=sum(n for _, n in ev.sampled),
             num_running=ev.num_running,
             num_waiting=ev.num_waiting,

@@ -217,7 +217,7 @@ class KVScopeApp(App[int]):
         summary = model.metrics.summary() if finished else None
         self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic, text=model.text)
         if info is not None:
-            title = (f"{f'{model.focus}: ' if model.focus else ''}KV blocks: {info.total_blocks} × "
+            title = (f"{f'{model.focus}: ' if model.focus else ''}KV blocks: {info.num_blocks} × "
                      f"{info.block_size} tokens · {info.kv_bytes_per_block / 1024:.0f} KiB each")
             map_panel = self.query_one("#map-panel")
             if map_panel.border_title != title:  # setting it repaints the whole panel, so only on change

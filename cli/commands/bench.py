@@ -138,7 +138,7 @@ def variant_recipes(recipe: Recipe, model: dict[str, Any] | None = None,
 
 
 def _model_key(recipe: Recipe) -> tuple[Any, ...]:
-    return (tuple(sorted(recipe.model.as_dict().items())), recipe.dtype, recipe.device)
+    return (recipe.model, recipe.dtype, recipe.device)
 
 
 def _workload_key(recipe: Recipe) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from kvscope.cli.errors import UsageError
+from kvscope.cli.recipe_args import model_label
 from kvscope.config.recipe import load_recipe
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def capacity_svg(recipe: Recipe, slos: list[Slo], results: list[CapacityResult])
     from kvscope.inspector.metrics import RunSummary
 
     synthetic = recipe.workload.synthetic
-    report = BenchReport(f"{recipe.name} capacity search", recipe.source, recipe.model.name or recipe.model.path,
+    report = BenchReport(f"{recipe.name} capacity search", recipe.source, recipe.model.name or model_label(recipe),
                          "simulated", "cost-model", synthetic.num_requests if synthetic else 0)
     rate_of: dict[int, float] = {}
     for r in results:

@@ -46,7 +46,7 @@ def build_ray_deployment(recipe: Recipe, kernel_events: bool = True,
     from kvscope.engine.disagg.ray_engine import start_ray_deployment
     from kvscope.engine.model.loader import load_shape
 
-    config, tokenizer = load_shape(recipe.model.as_dict())
+    config, tokenizer = load_shape(recipe.model)
     prefill, decode = start_ray_deployment(recipe, kernel_events)
     front = RequestCheck(recipe, config, tokenizer, min(h.num_blocks for h in prefill + decode))
     return DisaggregatedEngine(recipe, prefill, decode, front, config, prefill[0].device, "torch", bus)

@@ -3,7 +3,13 @@
     llama            the decoder (RMSNorm, RoPE, GQA attention, SwiGLU); model code only, no instruments
     attention        the attention backends, the seam between the model and the paged-attention kernels
     forward_context  the per-step context every layer reads
-    loader           weights from random seeds, a GGUF file or a Hugging Face folder
+    loader           a model spec's model, config and tokenizer (load_model, load_shape, load_for_recipe)
+    model_source     ModelSource: a spec's shape and tokenizer (no weights read) and its weights, one per source:
+    random_source    random weights of a preset shape, seeded
+    gguf_source      a GGUF file (dequantized with the gguf package)
+    hf_source        a Hugging Face folder (config.json, tokenizer.json, *.safetensors)
+    preset_source    a published shape with no weights (a simulated device's)
+    checkpoint_weights  a checkpoint's tensors as the model's state dict (GGUF and HF names)
     support          what the Llama forward pass can run, and why not
     tokenizer        byte-level BPE from GGUF metadata or tokenizer.json; chat_template: chat prompts
 

@@ -46,7 +46,7 @@ class DraftModelDrafter:
         where = engine.recipe.source
         assert spec.model is not None
         try:
-            model, config, _ = load_model(spec.model.as_dict(), engine.loaded.dtype, engine.device)
+            model, config, _ = load_model(spec.model, engine.loaded.dtype, engine.device)
         except RecipeError as exc:
             raise RecipeError(f"{where}: speculative.{exc}") from None
         target = engine.config.vocab_size

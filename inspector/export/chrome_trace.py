@@ -191,9 +191,9 @@ def _metadata_events() -> list[dict[str, Any]]:
 
 
 def _info_args(info: Any) -> dict[str, Any]:
-    return {"model": info.model, "layers": info.num_layers, "device": info.device, "backend": info.backend,
-            "policy": info.policy, "total_blocks": info.total_blocks, "block_size": info.block_size,
-            "token_budget": info.token_budget, "prefix_caching": info.prefix_caching}
+    return {"model": info.model, "num_layers": info.num_layers, "device": info.device, "backend": info.backend,
+            "policy": info.policy, "num_blocks": info.num_blocks, "block_size": info.block_size,
+            "max_num_batched_tokens": info.max_num_batched_tokens, "prefix_caching": info.prefix_caching}
 
 
 def _x(name: str, cat: str, pid: int, tid: int, start: int, end: int, clock: TraceClock,
@@ -206,8 +206,9 @@ def _x(name: str, cat: str, pid: int, tid: int, start: int, end: int, clock: Tra
 
 
 def _step_events(e: Any, clock: TraceClock) -> list[dict[str, Any]]:
-    args = {"num_tokens": e.num_tokens, "token_budget": e.token_budget, "prefill": [list(p) for p in e.prefill],
-            "decode": list(e.decode), "running": e.num_running, "waiting": e.num_waiting}
+    args = {"num_tokens": e.num_tokens, "max_num_batched_tokens": e.max_num_batched_tokens,
+            "prefill": [list(p) for p in e.prefill], "decode": list(e.decode), "running": e.num_running,
+            "waiting": e.num_waiting}
     out = [_x(f"step {e.step}", RangeCategory.STEP, PID_ENGINE, TID_STEPS, e.begin_ts, e.ts, clock, args)]
     for name, start, end in e.phases:
         out.append(_x(name, RangeCategory.PHASE, PID_ENGINE, TID_STEPS, start, end, clock, {"step": e.step}))

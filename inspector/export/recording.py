@@ -1,9 +1,10 @@
 """JSONL recordings of event streams: a writer that subscribes to the bus, a reader for replay.
 
 File layout: line 1 is a header object
-    {"schema": 1, "kvscope": "0.1.0", "recipe": {...} | "path", "device": "cpu", "created": "<iso time>"}
+    {"schema": 2, "kvscope": "0.1.0", "recipe": {...} | "path", "device": "cpu", "created": "<iso time>"}
 (and "recipe_path" when the recipe came from a file)
-then one event a line, as kvscope.events.event_to_dict writes it (kind first).
+then one event a line, as kvscope.events.event_to_dict writes it (kind first). A recording of an older
+schema (SUPPORTED_SCHEMAS) replays: its events' fields are read by their new names (kvscope.events.codec).
 
 The writer formats each record with a per-class encoder generated from the field types (one
 %-format of the fields: no dataclasses.asdict, no json.dumps of a dict) and writes each step's
@@ -30,7 +31,7 @@ from typing import IO, Any
 
 from kvscope.errors import KVScopeError
 from kvscope.events.bus import EventBus
-from kvscope.events.codec import SCHEMA_VERSION, EventDecodeError, event_from_dict
+from kvscope.events.codec import RENAMED, SCHEMA_VERSION, EventDecodeError, event_from_dict
 from kvscope.events.records import EVENT_TYPES
 from kvscope.events.vocabulary import Kind
 from kvscope.inspector.stream_check import StreamCheck
@@ -38,6 +39,7 @@ from kvscope.inspector.stream_check import StreamCheck
 STEP_END = Kind.STEP_END
 
 HEADER_KEYS = ("schema", "kvscope", "recipe", "device", "created")
+SUPPORTED_SCHEMAS = (*RENAMED, SCHEMA_VERSION)
 
 
 class RecordingError(KVScopeError):
@@ -226,10 +228,11 @@ def iter_recording(path: str | Path, strict: bool = True) -> Iterator[Any]:
             header_line = first.decode("utf-8")
         except UnicodeDecodeError:
             raise RecordingError(f"{p}:1: not UTF-8 text; not a kvscope recording") from None
-        yield _parse_header(p, header_line)
+        header = _parse_header(p, header_line)
+        yield header
         for lineno, raw in enumerate(f, 2):
             try:
-                event = _parse_event(raw)
+                event = _parse_event(raw, header["schema"])
                 problem = check.problem(event) if check is not None and event is not None else None
                 if problem is not None:
                     raise ValueError(problem)
@@ -243,7 +246,7 @@ def iter_recording(path: str | Path, strict: bool = True) -> Iterator[Any]:
                 yield event
 
 
-def _parse_event(raw: bytes) -> Any:
+def _parse_event(raw: bytes, schema: int) -> Any:
     """The event on one line (None for a blank line); ValueError / EventDecodeError saying what is wrong."""
     try:
         line = raw.decode("utf-8")
@@ -257,7 +260,7 @@ def _parse_event(raw: bytes) -> Any:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
-    return event_from_dict(data)
+    return event_from_dict(data, schema)
 
 
 def _parse_header(p: Path, line: str) -> dict[str, Any]:
@@ -267,9 +270,9 @@ def _parse_header(p: Path, line: str) -> dict[str, Any]:
         raise RecordingError(f"{p}:1: header is not JSON ({exc.msg}); not a kvscope recording") from None
     if not isinstance(header, dict) or "schema" not in header:
         raise RecordingError(f"{p}:1: header has no 'schema' field; not a kvscope recording")
-    if header["schema"] != SCHEMA_VERSION:
+    if header["schema"] not in SUPPORTED_SCHEMAS:
         raise RecordingError(f"{p}:1: schema {header['schema']!r} is not supported (this kvscope reads "
-                             f"schema {SCHEMA_VERSION})")
+                             f"schema {', '.join(map(str, SUPPORTED_SCHEMAS))})")
     return header
 
 

@@ -1,8 +1,11 @@
 """Sampling parameters: how one request picks its tokens and when it stops (pure python: recipes use it too).
 
-Checked when made and again when a request is admitted (`validate`): a value that could not
-be sampled from (a NaN temperature, top_p 0, max_tokens 0, an empty stop string, a seed torch
-cannot take) is a RequestError naming the field, never a failure in the middle of a step.
+The one validator of sampling rules: a recipe's `sampling` section (kvscope.config.recipe_sections) and an
+HTTP body's sampling fields (kvscope.serve.server.protocol) are made into SamplingParams, and its error is
+re-labelled there (RecipeError naming the file, a 400 naming the param). Checked when made and again when a
+request is admitted (`validate`): a value that could not be sampled from (a NaN temperature, top_p 0,
+max_tokens 0, an empty stop string, a seed torch cannot take) is a RequestError naming the field, never a
+failure in the middle of a step. A slotted dataclass: the engine reads a request's params every step.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _problem(p: SamplingParams) -> tuple[str, str, Any] | None:
     if not _is_int(p.top_k) or p.top_k < 0:
         return "top_k", "an integer >= 0 (0: no top-k)", p.top_k
     if not _is_number(p.top_p) or not 0 < p.top_p <= 1:
-        return "top_p", "a number in (0, 1]", p.top_p
+        return "top_p", "a finite number in (0, 1]", p.top_p
     if not _is_int(p.max_tokens) or p.max_tokens < 1:
         return "max_tokens", "a positive integer", p.max_tokens
     if p.seed is not None and (not _is_int(p.seed) or not 0 <= p.seed <= MAX_SEED):

@@ -1,4 +1,10 @@
-"""Events as JSON objects and back (recordings, the server's event stream): the kind first, tuples as lists."""
+"""Events as JSON objects and back (recordings, the server's event stream): the kind first, tuples as lists.
+
+SCHEMA_VERSION is the field names' version (a recording's header says which it was written with). Schema 2
+names every field that holds a config value as the config does (RunInfo num_heads, num_kv_heads, num_blocks,
+max_num_batched_tokens; StepEnd max_num_batched_tokens; KVSnapshot num_blocks); an event of an older schema is
+read with its fields renamed (RENAMED).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,14 @@ from typing import Any
 
 from kvscope.events.records import EVENT_TYPES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# schema -> kind -> {old field name: the next schema's name}
+RENAMED: dict[int, dict[str, dict[str, str]]] = {
+    1: {"run_info": {"n_heads": "num_heads", "n_kv_heads": "num_kv_heads", "total_blocks": "num_blocks",
+                     "token_budget": "max_num_batched_tokens"},
+        "step_end": {"token_budget": "max_num_batched_tokens"},
+        "kv": {"total_blocks": "num_blocks"}},
+}
 
 
 def event_to_dict(event: Any) -> dict[str, Any]:
@@ -27,14 +40,18 @@ class EventDecodeError(ValueError):
     """A record that does not describe a known event."""
 
 
-def event_from_dict(d: dict[str, Any]) -> Any:
-    """Inverse of event_to_dict. Raises EventDecodeError naming what is wrong."""
+def event_from_dict(d: dict[str, Any], schema: int = SCHEMA_VERSION) -> Any:
+    """Inverse of event_to_dict, for a record written with `schema`'s field names. Raises EventDecodeError naming
+    what is wrong."""
     if not isinstance(d, dict):
         raise EventDecodeError(f"expected an object, got {type(d).__name__}")
     kind = d.get("kind")
     cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
     if cls is None:
         raise EventDecodeError(f"unknown event kind {kind!r}")
+    for version in range(schema, SCHEMA_VERSION):
+        renamed = RENAMED[version].get(kind, {})  # type: ignore[arg-type]
+        d = {renamed.get(k, k): v for k, v in d.items()}
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names - {"kind"}
     if unknown:

@@ -13,7 +13,8 @@ from kvscope.events.vocabulary import Kind
 
 @dataclass(slots=True)
 class RunInfo:
-    """The engine's configuration, emitted before the first step of a run (and again after a reset).
+    """The engine's configuration, emitted before the first step of a run (and again after a reset). A field
+    that holds a config value has the config's name (ModelConfig's, the recipe's cache and scheduler).
 
     kv_bytes_per_block: bytes of K and V for one block across all layers.
     """
@@ -23,18 +24,18 @@ class RunInfo:
     step: int
     model: str
     num_layers: int
-    n_heads: int
-    n_kv_heads: int
+    num_heads: int
+    num_kv_heads: int
     head_dim: int
     hidden_size: int
     dtype: str
     device: str
     backend: str
     policy: str
-    total_blocks: int
+    num_blocks: int
     block_size: int
     kv_bytes_per_block: int
-    token_budget: int
+    max_num_batched_tokens: int
     max_num_seqs: int
     max_model_len: int
     prefix_caching: bool = False
@@ -57,7 +58,8 @@ class StepEnd:
     decode: request ids that computed decode tokens this step.
     sampled: (request id, tokens appended to its output this step).
     phases: (name, start ns, end ns) for schedule / prepare / forward / sample.
-    num_tokens counts the requests' tokens; padding_tokens the extra ones a padded batch computes.
+    num_tokens counts the requests' tokens (of the step's token budget, max_num_batched_tokens); padding_tokens
+    the extra ones a padded batch computes.
     """
 
     kind: ClassVar[str] = Kind.STEP_END
@@ -65,7 +67,7 @@ class StepEnd:
     step: int
     begin_ts: int
     num_tokens: int
-    token_budget: int
+    max_num_batched_tokens: int
     prefill: tuple[tuple[int, int], ...] = ()
     decode: tuple[int, ...] = ()
     sampled: tuple[tuple[int, int], ...] = ()
@@ -162,7 +164,7 @@ class KVSnapshot:
     kind: ClassVar[str] = Kind.KV
     ts: int
     step: int
-    total_blocks: int
+    num_blocks: int
     block_size: int
     used_blocks: int
     cached_blocks: int

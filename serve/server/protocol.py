@@ -5,7 +5,8 @@ Fields: model, prompt (text or token ids) / messages, max_tokens / max_completio
 top_k, seed, stop, stop_token_ids, ignore_eos, stream, stream_options.include_usage. Options kvscope does not
 serve (n > 1, logprobs, best_of, echo, suffix) are refused naming the field; other unknown fields are ignored,
 as vLLM does. Unset sampling fields take the recipe's `sampling` values (the recipe plays the part of a
-model's generation config). Every problem is a ServeError(400) naming the field.
+model's generation config). The sampling fields are taken as sent: SamplingParams checks them (its
+RequestError becomes the 400, `param` naming the field). Every problem is a ServeError(400) naming the field.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
+    max_tokens: Any = None  # the sampling fields: SamplingParams checks them
+    temperature: Any = None
+    top_p: Any = None
+    top_k: Any = None
+    seed: Any = None
+    stop: Any = None
+    stop_token_ids: Any = None
+    ignore_eos: Any = False
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = 1
@@ -53,7 +54,7 @@ class CompletionRequest(_Common):
 
 class ChatCompletionRequest(_Common):
     messages: list[dict[str, Any]]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Any = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
 
@@ -147,7 +148,6 @@ def to_engine(req: _Common, defaults: SamplingParams) -> Parsed:
     top_k = req.top_k if req.top_k is not None else defaults.top_k
     if top_k == -1:  # vLLM's "no top-k"
         top_k = 0
-    stop = req.stop if req.stop is not None else []
     try:
         params = SamplingParams(
             temperature=defaults.temperature if req.temperature is None else req.temperature,
@@ -155,8 +155,8 @@ def to_engine(req: _Common, defaults: SamplingParams) -> Parsed:
             top_p=defaults.top_p if req.top_p is None else req.top_p,
             max_tokens=max_tokens,
             seed=req.seed if req.seed is not None else defaults.seed,
-            stop=stop,
-            stop_token_ids=list(req.stop_token_ids or []),
+            stop=req.stop if req.stop is not None else [],
+            stop_token_ids=req.stop_token_ids if req.stop_token_ids is not None else [],
             ignore_eos=req.ignore_eos,
         )
     except RequestError as exc:

@@ -65,7 +65,7 @@ def tiny_workload(recipe: Recipe):
     """The workload a recipe describes, built for the tiny model's vocabulary (the input, not a result)."""
     recipe = recipe.with_overrides({"model": TINY})
     cfg = get_preset("tiny")
-    tok = load_tokenizer(recipe.model.as_dict())
+    tok = load_tokenizer(recipe.model)
     special = set(tok.eos_token_ids) | {cfg.bos_token_id}
     return build_workload(recipe, cfg.vocab_size, special)
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from kvscope.config.model_spec import GGUFModelSpec, RandomModelSpec
 from kvscope.config.recipe import Recipe, load_recipe
 from kvscope.errors import RecipeError
 
@@ -74,3 +75,13 @@ def test_synthetic_lengths_and_overrides():
     assert v.cache.block_size == 1 and v.name == "small" and v.workload.synthetic.num_requests == 3
     with pytest.raises(RecipeError, match=r"prompt_len: max \(1\) must be >= min \(4\)"):
         Recipe.from_dict({"workload": {"synthetic": {"prompt_len": {"min": 4, "max": 1}}}})
+
+
+def test_model_specs_are_one_per_source():
+    r = Recipe.from_dict({"model": {"source": "gguf", "path": "x.gguf"}, "workload": {"prompts": ["a"]}})
+    assert isinstance(r.model, GGUFModelSpec) and r.model.path == "x.gguf"
+    v = r.with_overrides({"model": {"source": "random", "shape": "tiny"}})  # another source: its own keys only
+    assert v.model == RandomModelSpec(shape="tiny") and hash(v.model) == hash(RandomModelSpec(shape="tiny"))
+    assert r.with_overrides({"model": {"path": "y.gguf"}}).model.path == "y.gguf"  # the same source: merged
+    with pytest.raises(RecipeError, match=r"model\.path: unknown key"):
+        Recipe.from_dict({"model": {"source": "random", "path": "x"}, "workload": {"prompts": ["a"]}})

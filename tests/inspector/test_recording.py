@@ -56,8 +56,22 @@ def test_round_trip_gives_equal_events(tmp_path):
     rec = read_recording(path)
     assert rec.damage is None
     assert rec.events == sample_events()
-    assert rec.header["schema"] == 1 and rec.header["recipe"] == {"name": "t"} and rec.header["device"] == "cpu"
+    assert rec.header["schema"] == 2 and rec.header["recipe"] == {"name": "t"} and rec.header["device"] == "cpu"
     assert set(rec.header) == {"schema", "kvscope", "recipe", "device", "created"}
+
+
+def test_a_schema_1_recording_replays_with_the_new_field_names(tmp_path):
+    """Schema 1 named the config's values its own way (n_heads, total_blocks, token_budget): read by today's names."""
+    schema_1 = {"num_heads": "n_heads", "num_kv_heads": "n_kv_heads", "num_blocks": "total_blocks",
+                "max_num_batched_tokens": "token_budget"}  # today's name -> schema 1's
+    lines = [json.dumps({"schema": 1, "kvscope": "0.1.0", "recipe": {"name": "t"}, "device": "cpu", "created": ""})]
+    lines += [json.dumps({schema_1.get(k, k): v for k, v in event_to_dict(e).items()}) for e in sample_events()]
+    assert '"n_kv_heads": 2' in lines[1] and '"total_blocks": 16' in lines[7] and '"token_budget": 512' in lines[-1]
+    path = tmp_path / "old.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rec = read_recording(path)
+    assert rec.damage is None and rec.header["schema"] == 1 and rec.events == sample_events()
+    assert rec.events[0].num_kv_heads == 2 and rec.events[-1].max_num_batched_tokens == 512
 
 
 def test_attach_recorder_writes_while_subscribed_and_closes(tmp_path):

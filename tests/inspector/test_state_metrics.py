@@ -29,9 +29,9 @@ from kvscope.inspector.metrics import Metrics, Percentiles, fragmentation, perce
 from kvscope.inspector.state import EngineView
 
 
-def run_info(total_blocks: int = 8, block_size: int = 4, prefix_caching: bool = True, ts: int = 0) -> RunInfo:
+def run_info(num_blocks: int = 8, block_size: int = 4, prefix_caching: bool = True, ts: int = 0) -> RunInfo:
     return RunInfo(ts, -1, "tiny", 2, 4, 2, 8, 32, "float32", "cpu", "torch", "continuous",
-                   total_blocks, block_size, 1024, 64, 8, 256, prefix_caching)
+                   num_blocks, block_size, 1024, 64, 8, 256, prefix_caching)
 
 
 def req(ts: int, step: int, rid: int, what: str, prompt: int = 6, out: int = 0, reason: str = "") -> RequestEvent:
@@ -101,9 +101,9 @@ def test_view_tracks_request_lifecycle():
 
 def test_run_info_resets_the_view():
     v = EngineView()
-    v.apply(run_info(total_blocks=4))
+    v.apply(run_info(num_blocks=4))
     v.apply(blk(ALLOC, 1, (0,), 0, (1,)))
-    v.apply(run_info(total_blocks=6))
+    v.apply(run_info(num_blocks=6))
     assert v.tables == {} and len(v.block_refs) == 6 and v.free_blocks() == set(range(6))
 
 
@@ -119,7 +119,7 @@ def _drive_block_manager(seed: int, steps: int = 300):
     view = EngineView()
     bus.subscribe(view.apply)
     bs, nb = 4, 24
-    bus.emit(run_info(total_blocks=nb, block_size=bs))
+    bus.emit(run_info(num_blocks=nb, block_size=bs))
     bm = BlockManager(nb, bs, True, bus)
     live: list[Request] = []
     prefixes = [[rng.randrange(50) for _ in range(12)] for _ in range(3)]
@@ -188,7 +188,7 @@ MS = 1_000_000
 
 def kv(ts: int, step: int, used: int = 0, cached: int = 0, free: int = 0, stored: int = 0, empty: int = 0,
        waste: int = 0) -> KVSnapshot:
-    return KVSnapshot(ts, step, total_blocks=10, block_size=4, used_blocks=used, cached_blocks=cached,
+    return KVSnapshot(ts, step, num_blocks=10, block_size=4, used_blocks=used, cached_blocks=cached,
                       free_blocks=free, tokens_stored=stored, reserved_empty_slots=empty,
                       contiguous_waste_slots=waste)
 
@@ -196,7 +196,7 @@ def kv(ts: int, step: int, used: int = 0, cached: int = 0, free: int = 0, stored
 def _two_request_stream() -> list:
     """Request 1: arrives 0, first token at 10 ms, tokens at 10, 14, 20 ms, finishes at 20 ms.
     Request 2: arrives 2 ms, preempted once, first token at 14 ms, 2 tokens in one step at 30 ms."""
-    ev = [run_info(total_blocks=10, block_size=4)]
+    ev = [run_info(num_blocks=10, block_size=4)]
     ev += [req(0, -1, 1, ARRIVED, prompt=6), req(2 * MS, -1, 2, ARRIVED, prompt=8)]
     ev += [StepBegin(5 * MS, 0), req(5 * MS + 1, 0, 1, SCHEDULED, prompt=6), req(5 * MS + 2, 0, 2, SCHEDULED, prompt=8),
            req(10 * MS, 0, 1, FIRST_TOKEN, out=1),

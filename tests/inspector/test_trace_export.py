@@ -180,7 +180,7 @@ def test_trace_command_writes_valid_files(traced, capsys):
     printed = capsys.readouterr().out
     trace = json.loads((out / "trace.json").read_text())
     recording = read_recording(out / "events.jsonl")
-    assert recording.damage is None and recording.header["schema"] == 1
+    assert recording.damage is None and recording.header["schema"] == 2
     check_chrome_trace(trace)
     assert check_kernels_inside_forward(trace) > 0
     check_request_lifetimes(trace, recording.events)

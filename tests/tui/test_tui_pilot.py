@@ -98,7 +98,7 @@ def test_pause_step_select_resume():
             meters = app.query_one(FragmentationMeters)
             frag = fragmentation(view.last_kv)
             assert meters.shown == frag == app.model.metrics.last_fragmentation
-            total = view.info.total_blocks
+            total = view.info.num_blocks
             used = total - len(session.free_block_ids()) - len(session.cached_block_ids())
             assert frag.usage == used / total
             shown = panel_text(meters)

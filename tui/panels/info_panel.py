@@ -121,7 +121,7 @@ def summary_text(summary, frozen: bool) -> Text:
     if not frozen:
         text.append(f"{s.duration_s:.2f} s · {s.throughput_tok_s:.1f} tok/s · TTFT p50 {s.ttft_ms.p50:.1f} ms"
                     f" · ITL p50 {s.itl_ms.p50:.1f} ms · E2E p50 {s.e2e_ms.p50:.1f} ms\n")
-    text.append(f"KV peak {s.peak_kv_blocks}/{s.total_kv_blocks} ({percent(s.peak_kv_usage)}) · preemptions"
+    text.append(f"KV peak {s.peak_kv_blocks}/{s.num_blocks} ({percent(s.peak_kv_usage)}) · preemptions"
                 f" {s.preemptions} · prefix hits {percent(s.prefix_hit_rate)} · internal frag"
                 f" {percent(s.internal_fragmentation_mean)} mean · contiguous waste"
                 f" {percent(s.contiguous_waste_mean)} mean")

@@ -36,12 +36,12 @@ def batch_line(last_step) -> Text:
     decode = max(last_step.num_tokens - prefill, 0)
     text = Text(f"step {last_step.step} batch ")
     text.append_text(stacked_bar([(prefill, PREFILL_COLOUR), (decode, DECODE_COLOUR)],
-                                 max(last_step.token_budget, last_step.num_tokens), BATCH_BAR_WIDTH))
+                                 max(last_step.max_num_batched_tokens, last_step.num_tokens), BATCH_BAR_WIDTH))
     text.append(" prefill ", style=PREFILL_COLOUR)
     text.append(str(prefill), style="bold")
     text.append(" · decode ", style=DECODE_COLOUR)
     text.append(str(decode), style="bold")
-    text.append(f" / {last_step.token_budget}")
+    text.append(f" / {last_step.max_num_batched_tokens}")
     return text
 
 

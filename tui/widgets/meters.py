@@ -35,7 +35,7 @@ class FragmentationMeters(TextLines):
         text.append("KV usage     ", style="bold")
         text.append_text(fraction_bar(frag.usage, BAR_WIDTH, "#4e9af1"))
         text.append(f" {percent(frag.usage):>6}", style="bold")
-        text.append(f"  {frag.used_blocks}/{frag.total_blocks} blocks, {frag.cached_blocks} cached\n")
+        text.append(f"  {frag.used_blocks}/{frag.num_blocks} blocks, {frag.cached_blocks} cached\n")
         text.append("internal     ", style="bold")
         text.append_text(fraction_bar(frag.internal, BAR_WIDTH, "#f0c24e"))
         text.append(f" {percent(frag.internal):>6}", style="bold")

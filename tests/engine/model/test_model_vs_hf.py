@@ -19,9 +19,10 @@ import torch
 from kvscope.config.model_presets import get_preset
 from kvscope.engine.checkpoint.packaged import default_gguf_path
 from kvscope.engine.model.attention import AttentionMetadata, TorchAttention
+from kvscope.engine.model.checkpoint_weights import unpermute_rotary_rows
 from kvscope.engine.model.forward_context import ForwardContext
 from kvscope.engine.model.llama import LlamaModel
-from kvscope.engine.model.loader import load_model, unpermute_rotary_rows
+from kvscope.engine.model.loader import load_model
 from kvscope.engine.probe.op_timer import OpTimer
 from kvscope.errors import ModelLoadError, RecipeError
 
