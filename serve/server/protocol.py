@@ -5,8 +5,9 @@ Fields: model, prompt (text or token ids) / messages, max_tokens / max_completio
 top_k, seed, stop, stop_token_ids, ignore_eos, stream, stream_options.include_usage. Options kvscope does not
 serve (n > 1, logprobs, best_of, echo, suffix) are refused naming the field; other unknown fields are ignored,
 as vLLM does. Unset sampling fields take the recipe's `sampling` values (the recipe plays the part of a
-model's generation config). The sampling fields are taken as sent: SamplingParams checks them (its
-RequestError becomes the 400, `param` naming the field). Every problem is a ServeError(400) naming the field.
+model's generation config). The sampling fields are parsed as JSON types (as vLLM's models do), then
+SamplingParams checks their rules (its RequestError becomes the 400, `param` naming the field). Every problem
+is a ServeError(400) naming the field.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    max_tokens: Any = None  # the sampling fields: SamplingParams checks them
-    temperature: Any = None
-    top_p: Any = None
-    top_k: Any = None
-    seed: Any = None
-    stop: Any = None
-    stop_token_ids: Any = None
-    ignore_eos: Any = False
+    # the sampling fields, parsed as JSON types the way vLLM's pydantic models do ("0.7" is 0.7); their rules
+    # (ranges, non-empty stop strings, ...) are SamplingParams'
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = 1
@@ -54,7 +57,7 @@ class CompletionRequest(_Common):
 
 class ChatCompletionRequest(_Common):
     messages: list[dict[str, Any]]
-    max_completion_tokens: Any = None
+    max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
 
