@@ -64,22 +64,22 @@ class SamplingParams:
             raise RequestError(f"{where}.{name}: must be {expected}, got {value!r}")
 
 
+def _ids(value: Any, ok: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(ok(v) for v in value)
+
+
+_RULES: tuple[tuple[str, str, Any], ...] = (  # (field, what it must be, the check of its value), in field order
+    ("temperature", "a finite number >= 0", lambda v: _is_number(v) and v >= 0),
+    ("top_k", "an integer >= 0 (0: no top-k)", lambda v: _is_int(v) and v >= 0),
+    ("top_p", "a finite number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
+    ("max_tokens", "a positive integer", lambda v: _is_int(v) and v >= 1),
+    ("seed", f"null or an integer from 0 to {MAX_SEED}", lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED)),
+    ("stop", "a list of non-empty strings", lambda v: _ids(v, lambda s: isinstance(s, str) and s)),
+    ("stop_token_ids", "a list of token ids (integers >= 0)", lambda v: _ids(v, lambda t: _is_int(t) and t >= 0)),
+    ("ignore_eos", "true or false", lambda v: isinstance(v, bool)),
+)
+
+
 def _problem(p: SamplingParams) -> tuple[str, str, Any] | None:
     """(field, what it must be, its value) for the first unusable field, or None."""
-    if not _is_number(p.temperature) or p.temperature < 0:
-        return "temperature", "a finite number >= 0", p.temperature
-    if not _is_int(p.top_k) or p.top_k < 0:
-        return "top_k", "an integer >= 0 (0: no top-k)", p.top_k
-    if not _is_number(p.top_p) or not 0 < p.top_p <= 1:
-        return "top_p", "a finite number in (0, 1]", p.top_p
-    if not _is_int(p.max_tokens) or p.max_tokens < 1:
-        return "max_tokens", "a positive integer", p.max_tokens
-    if p.seed is not None and (not _is_int(p.seed) or not 0 <= p.seed <= MAX_SEED):
-        return "seed", f"null or an integer from 0 to {MAX_SEED}", p.seed
-    if not isinstance(p.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in p.stop):
-        return "stop", "a list of non-empty strings", p.stop
-    if not isinstance(p.stop_token_ids, (list, tuple)) or not all(_is_int(t) and t >= 0 for t in p.stop_token_ids):
-        return "stop_token_ids", "a list of token ids (integers >= 0)", p.stop_token_ids
-    if not isinstance(p.ignore_eos, bool):
-        return "ignore_eos", "true or false", p.ignore_eos
-    return None
+    return next(((name, what, getattr(p, name)) for name, what, ok in _RULES if not ok(getattr(p, name))), None)
