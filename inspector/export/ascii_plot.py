@@ -98,7 +98,8 @@ class RooflineGrid:
                     return r, cc
         return r, c
 
-    def row_prefix(self, label: str, label_width: int, bar: str) -> str:
+    @staticmethod
+    def row_prefix(label: str, label_width: int, bar: str) -> str:
         """What goes left of a row: its y label right-aligned in `label_width`, a space and the axis bar."""
         return f"{label:>{label_width}} {bar}"
 
@@ -142,8 +143,7 @@ def roofline_plot(points: Sequence[PlotPoint], peak_flops: float, bandwidth: flo
     peak_row = axes.row(peak_flops)
     grid.guide(ridge, ":", top=peak_row + 1)
     for p in points:
-        if p.flops_per_s > 0:
-            grid.point(p.intensity, p.flops_per_s, p.marker, beside=True)
+        grid.point(p.intensity, p.flops_per_s, p.marker, beside=True)
 
     lines = []
     for r, cells in enumerate(grid.cells):
