@@ -8,13 +8,16 @@ reactives (data_bind) and sets `info`, `step` and `position` as the model moves.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.reactive import var
 
 from kvscope.inspector.live.controller import FAILED, FINISHED, LOADING, PAUSED, RUNNING
 from kvscope.tui.widgets.text_lines import TextLines
+
+if TYPE_CHECKING:
+    from kvscope.events.records import RunInfo
 
 PLAYING = "playing"  # a replay moving on by itself
 _STATE_STYLE = {RUNNING: "bold green", PAUSED: "bold yellow", FINISHED: "bold cyan", FAILED: "bold red",
@@ -24,7 +27,7 @@ _STATE_STYLE = {RUNNING: "bold green", PAUSED: "bold yellow", FINISHED: "bold cy
 class StatusLine(TextLines):
     """One line; `last_position` is the replay's (None for a live run, which has no position to show)."""
 
-    info: var[Any] = var(None, init=False)        # the RunInfo, None before it arrives
+    info: var[RunInfo | None] = var(None, init=False)  # None before the run's RunInfo arrives
     step: var[int] = var(-1, init=False)
     position: var[int] = var(0, init=False)
     state: var[str] = var(LOADING, init=False)
