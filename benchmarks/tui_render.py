@@ -125,7 +125,6 @@ async def bench(num_blocks: int, steps: int, size: tuple[int, int]) -> dict[str,
             c0 = time.process_time()
             t0 = time.perf_counter()
             cursor.forward()
-            app._dirty = True
             app.sync()
             t1 = time.perf_counter()
             await asyncio.sleep(0)  # let widgets handle any message posted by the update

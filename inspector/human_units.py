@@ -8,13 +8,14 @@ from __future__ import annotations
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
-def human_bytes(n: float) -> str:
-    """1536 -> '1.50 KiB'; under 1 KiB -> '512 B'."""
+def human_bytes(n: float, digits: str = ".2f") -> str:
+    """1536 -> '1.50 KiB'; under 1 KiB -> '512 B'. The one byte-size format (the command line, the TUI's
+    titles and device panel): `digits` formats the scaled number ('.0f': '2 KiB', '.1f': '450.3 MiB')."""
     value, unit = float(n), 0
     while abs(value) >= 1024 and unit < len(_UNITS) - 1:
         value /= 1024
         unit += 1
-    return f"{int(value)} B" if unit == 0 else f"{value:.2f} {_UNITS[unit]}"
+    return f"{int(value)} B" if unit == 0 else f"{value:{digits}} {_UNITS[unit]}"
 
 
 _SI_PREFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))

@@ -1,30 +1,36 @@
-"""The kvscope Textual app: a live run (engine in a worker thread, steered by a SessionController)
+"""The kvscope Textual app: a live run (engine in a worker thread, steered through a RunController)
 or a replay of a JSONL recording (a ReplayCursor), drawn by the same panels.
 
-The UI thread pulls events at a steady refresh rate (REFRESH_HZ), folds them into a UIModel (EngineView,
-Metrics, StepHistory, BatchTimeline, TokenStream) and redraws; the engine never waits for it. The app only
-reads and steers: the cli builds the session or the cursor, measures the device's peaks and records
-(kvscope.cli.commands.live, kvscope.cli.commands.replay).
+The app's state is reactive: the model shown (`model`, the current view), the selected request, the run state,
+the delay between steps, the replay's position and whether it plays, an engine error. Actions change a
+reactive; its watchers steer the run or the cursor and redraw the widgets that show it (the status line is
+bound to the state, the delay and the error with data_bind). The UI thread pulls the controller's events at a
+steady refresh rate (REFRESH_HZ, `sync`) and folds them into a UIModel (EngineView, Metrics, StepHistory,
+BatchTimeline, TokenStream); the engine never waits for it. The app only reads and steers: the cli builds the
+session or the cursor, measures the device's peaks and records (kvscope.cli.commands.live,
+kvscope.cli.commands.replay).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import var
 from textual.widget import Widget
 from textual.widgets import Footer
 
 from kvscope.costmodel.roofline_bound import Peaks
-from kvscope.inspector.live.controller import FAILED, FINISHED, LOADING, PAUSED, RUNNING
+from kvscope.inspector.human_units import human_bytes
+from kvscope.inspector.live.controller import FINISHED, LOADING, PAUSED, RUNNING
 from kvscope.inspector.live.device_stats import DeviceSampler
 from kvscope.tui.model import UIModel
 from kvscope.tui.panels.device_panel import DevicePanel
+from kvscope.tui.panels.engine_maps import EngineMaps
 from kvscope.tui.panels.info_panel import InfoPanel
 from kvscope.tui.panels.latency_panel import LatencyPanel
 from kvscope.tui.panels.roofline_panel import RooflinePanel
@@ -36,20 +42,17 @@ from kvscope.tui.widgets.batch_timeline import LEGEND, BatchTimelineView
 from kvscope.tui.widgets.block_map import BlockMap
 from kvscope.tui.widgets.meters import FragmentationMeters
 from kvscope.tui.widgets.request_list import RequestList
-from kvscope.tui.widgets.text_lines import TextLines
+from kvscope.tui.widgets.status_line import PLAYING, StatusLine
 
 if TYPE_CHECKING:
     from kvscope.inspector.export.replay import ReplayCursor
-    from kvscope.inspector.live.controller import SessionController
+    from kvscope.inspector.live.controller import RunController
 
 REFRESH_HZ = 15
 STATS_REFRESH_S = 0.25  # the statistics panels (latency, roofline) while a live run streams: 4 Hz is plenty
 DELAYS_S = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 LIVE_ONLY = {"toggle_pause", "step_once", "slower", "faster", "restart"}
 REPLAY_ONLY = {"forward", "back", "goto", "first", "last", "toggle_play"}
-PLAYING = "playing"  # a replay moving on by itself
-_STATE_STYLE = {RUNNING: "bold green", PAUSED: "bold yellow", FINISHED: "bold cyan", FAILED: "bold red",
-                LOADING: "bold magenta", PLAYING: "bold green"}
 
 
 def _panel(widget: Widget, title: str) -> Widget:
@@ -59,8 +62,15 @@ def _panel(widget: Widget, title: str) -> Widget:
     return widget
 
 
+def next_delay(current: float, direction: int) -> float:
+    """The delay of DELAYS_S `direction` places from the one nearest `current` (clamped to the ends)."""
+    index = min(range(len(DELAYS_S)), key=lambda i: abs(DELAYS_S[i] - current))
+    return DELAYS_S[min(max(index + direction, 0), len(DELAYS_S) - 1)]
+
+
 class KVScopeApp(App[int]):
-    """One app for both sources: pass a SessionController (live) or a ReplayCursor over a UIModel (replay).
+    """One app for both sources: pass a RunController (live: a SessionController, or attach's RemoteController)
+    or a ReplayCursor over a UIModel (replay).
 
     `peaks`: the roofs the roofline panel compares with (measured by the cli for a live run); None: the
     datasheet preset of the run's device (named after `gpu_name`, NVML's name of the GPU).
@@ -85,7 +95,23 @@ class KVScopeApp(App[int]):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, *, controller: SessionController | None = None, replay: ReplayCursor | None = None,
+    model: var[UIModel] = var(UIModel, init=False)
+    """The model the panels draw (the current view): the live run's, or the replay cursor's, which going back
+    replaces. Assigned, or mutated (`mutate_reactive`) when events were folded into it: the panels redraw."""
+    selected: var[int | None] = var(None, init=False)
+    """The selected request (its blocks highlighted, its row marked, its table and text under the map)."""
+    run_state: var[str] = var(LOADING, init=False)
+    """loading / running / paused / finished / failed (the controller's), or playing in a replay."""
+    delay_s: var[float] = var(0.0, init=False)
+    """The live run's pause between steps (+ / -); its watcher tells the controller."""
+    position: var[int] = var(0, init=False)
+    """The replay cursor's position; its watcher moves the cursor."""
+    playing: var[bool] = var(False, init=False)
+    """A replay moving on by itself, a position per refresh."""
+    exit_error: var[BaseException | None] = var(None, init=False)
+    """The engine's error, once it stopped on one (shown, then re-raised by the cli)."""
+
+    def __init__(self, *, controller: RunController | None = None, replay: ReplayCursor | None = None,
                  title: str = "", deterministic: bool = False, refresh_hz: float = REFRESH_HZ,
                  gpu_name: str = "", peaks: Peaks | None = None) -> None:
         super().__init__()
@@ -98,41 +124,49 @@ class KVScopeApp(App[int]):
         self.refresh_hz = refresh_hz
         self.gpu_name = gpu_name
         self.peaks = peaks
-        self._live_model = UIModel() if controller is not None else None
-        self.selected: int | None = None
-        self.playing = False
-        self._dirty = True
+        self.set_reactive(KVScopeApp.model, UIModel() if replay is None else replay.sink)
+        if replay is not None:
+            self.set_reactive(KVScopeApp.position, replay.position)
         self._sampler: DeviceSampler | None = None
         self._peaks_key: tuple[str, str] | None = None
         self._stats_at = 0.0
         self._frozen_after_load = False
-        self.exit_error: BaseException | None = None
-
-    # -- the model ------------------------------------------------------------------------------
-    @property
-    def model(self) -> UIModel:
-        return self._live_model if self.replay is None else self.replay.sink
 
     # -- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield TextLines(id="status")
+        """The screen, and a reference to every widget the app draws into (made once, here)."""
+        replay = self.replay
+        self._status = StatusLine(self.run_title, last_position=replay.last_position if replay else None,
+                                  damage=replay.timeline.damage if replay else "", id="status")
+        yield self._status.data_bind(state=KVScopeApp.run_state, delay_s=KVScopeApp.delay_s,
+                                     error=KVScopeApp.exit_error)
         with Horizontal(id="body"):
             with Vertical(id="left"):
-                with Vertical(id="map-panel", classes="panel") as panel:
-                    panel.border_title = "KV blocks"
-                    yield BlockMap(id="block-map")
-                timeline = _panel(BatchTimelineView(id="timeline"), "batch timeline: requests × steps")
-                timeline.border_subtitle = LEGEND
-                yield timeline
-                yield _panel(InfoPanel(id="info"), "selection")
+                with Vertical(id="map-panel", classes="panel") as self._map_panel:
+                    self._map_panel.border_title = "KV blocks"
+                    self._block_map = BlockMap(id="block-map")
+                    yield self._block_map
+                self._engine_maps = EngineMaps(id="engine-maps")
+                yield self._engine_maps
+                self._timeline = BatchTimelineView(id="timeline")
+                yield _panel(self._timeline, "batch timeline: requests × steps")
+                self._timeline.border_subtitle = LEGEND
+                self._info = InfoPanel(id="info")
+                yield _panel(self._info, "selection")
             with VerticalScroll(id="right"):
-                yield _panel(FragmentationMeters(id="meters"), "fragmentation: paged vs contiguous")
-                yield _panel(SchedulerPanel(id="scheduler"), "scheduler")
-                yield _panel(LatencyPanel(frozen=self.deterministic, id="latency"), "latency & throughput")
-                yield _panel(SpecDecodePanel(id="spec"), "speculative decoding")
-                peaks = self.peaks or peaks_for("cpu", "float32")
-                yield _panel(RooflinePanel(peaks, frozen=self.deterministic, id="roofline"), "roofline")
-                yield _panel(DevicePanel(frozen=self.deterministic, id="device"), "device")
+                self._meters = FragmentationMeters(id="meters")
+                yield _panel(self._meters, "fragmentation: paged vs contiguous")
+                self._scheduler = SchedulerPanel(id="scheduler")
+                yield _panel(self._scheduler, "scheduler")
+                self._latency = LatencyPanel(frozen=self.deterministic, id="latency")
+                yield _panel(self._latency, "latency & throughput")
+                self._spec = SpecDecodePanel(id="spec")
+                yield _panel(self._spec, "speculative decoding")
+                self._roofline = RooflinePanel(self.peaks or peaks_for("cpu", "float32"), frozen=self.deterministic,
+                                               id="roofline")
+                yield _panel(self._roofline, "roofline")
+                self._device = DevicePanel(frozen=self.deterministic, id="device")
+                yield _panel(self._device, "device")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -144,6 +178,7 @@ class KVScopeApp(App[int]):
             self.set_interval(1.0, self._sample_device)
         self.set_interval(1.0 / self.refresh_hz, self._tick)
         self.sync()
+        self.refresh_panels()  # the first picture; from here on the reactives' watchers redraw
 
     def on_unmount(self) -> None:
         gc.unfreeze()  # what was frozen at load may be garbage now (the model, the widgets): collectable again
@@ -152,38 +187,40 @@ class KVScopeApp(App[int]):
         if self._sampler is not None:
             self._sampler.close()
 
-    # -- refresh --------------------------------------------------------------------------------
+    # -- pulling from the run -------------------------------------------------------------------
     def _tick(self) -> None:
         if not self.is_running:  # a timer that fires while the app shuts down
             return
-        if self.replay is not None and self.playing:
-            if self.replay.position >= self.replay.last_position:
+        if self.playing:
+            if self.position >= self.replay.last_position:
                 self.playing = False
             else:
-                self.replay.forward()
-            self._dirty = True
+                self.position += 1
         self.sync()
 
     def sync(self) -> None:
-        """Pull pending events and redraw what changed (tests call this after the engine went idle)."""
+        """Pull what changed off the UI thread into the reactives: the controller's queued events into the
+        model, its state and its delay; or the cursor's position, when other hands moved it. The refresh timer
+        calls it; tests and benchmarks call it after the engine went idle."""
         controller = self.controller
-        if controller is not None:
-            if controller.drain(self._live_model):
-                self._dirty = True
+        if controller is None:
+            self.position = self.replay.position
+            self.run_state = self._state_word()
+        else:
+            if controller.drain(self.model):
+                self.mutate_reactive(KVScopeApp.model)
             if controller.error is not None and self.exit_error is None:
                 self.exit_error = controller.error
                 if controller.session is None:  # failed while loading: nothing to look at
                     self.exit(2)
                     return
                 self.notify(f"engine stopped: {controller.error}", severity="error", timeout=30)
-                self._dirty = True
-        self._update_status()
-        if not self._frozen_after_load and (controller is None or controller.state != LOADING):
+                self.refresh_panels()
+            self.run_state = controller.state
+            self.delay_s = controller.delay_s
+        if not self._frozen_after_load and self.run_state != LOADING:
             self._frozen_after_load = True  # a replay's timeline, or the live model and tokenizer, are loaded
             self._freeze_long_lived()
-        if self._dirty:
-            self._dirty = False
-            self.refresh_panels()
 
     @staticmethod
     def _freeze_long_lived() -> None:
@@ -193,49 +230,69 @@ class KVScopeApp(App[int]):
         gc.collect()
         gc.freeze()
 
+    # -- watchers -------------------------------------------------------------------------------
+    def watch_model(self) -> None:
+        self.refresh_panels()
+
+    def watch_selected(self) -> None:
+        self._show_selection(self.model)
+
+    def watch_position(self, position: int) -> None:
+        self.replay.goto(position)
+        self.set_reactive(KVScopeApp.model, self.replay.sink)  # a new one when the cursor went back
+        self.mutate_reactive(KVScopeApp.model)
+        self.run_state = self._state_word()
+
+    def validate_position(self, position: int) -> int:
+        return min(max(position, 0), self.replay.last_position) if self.replay is not None else 0
+
+    def watch_playing(self) -> None:
+        self.run_state = self._state_word()
+
+    def watch_delay_s(self, delay_s: float) -> None:
+        if self.controller is not None and self.controller.delay_s != delay_s:
+            self.controller.set_delay(delay_s)
+
+    # -- drawing --------------------------------------------------------------------------------
     def refresh_panels(self) -> None:
+        """Redraw the panels from the model: the maps, meters, scheduler and selection on every call, the
+        statistics when due (_stats_due), the status line's step."""
         model = self.model
         view = model.view
         info = view.info
         if info is not None and self._peaks_key != (info.device, info.dtype):
             self._peaks_key = (info.device, info.dtype)
-            self.query_one(RooflinePanel).peaks = self.peaks or peaks_for(info.device, info.dtype, self.gpu_name)
+            self._roofline.peaks = self.peaks or peaks_for(info.device, info.dtype, self.gpu_name)
         if self.selected is not None and self.selected not in view.requests:
-            self.selected = None
-        highlight = frozenset(view.tables.get(self.selected, ())) if self.selected is not None else frozenset()
-        self.query_one("#block-map", BlockMap).show_view(view, view.take_touched_blocks(), highlight)
-        if model.engines:
-            self._engine_maps(model)
-        self.query_one(BatchTimelineView).show(model.timeline, self.selected)
-        self.query_one(FragmentationMeters).update_from(view)
-        self.query_one(SchedulerPanel).update_from(view, self.selected)
-        finished = self._run_finished()
-        if self._stats_due(finished):
-            self.query_one(LatencyPanel).update_from(model.metrics, model.history)
-            self.query_one(SpecDecodePanel).update_from(model.metrics)
-            self.query_one(RooflinePanel).update_from(model.history)
-        summary = model.metrics.summary() if finished else None
-        self.query_one(InfoPanel).show(view, self.selected, summary, frozen=self.deterministic, text=model.text)
+            self.set_reactive(KVScopeApp.selected, None)  # its widgets are redrawn below, with the rest
+        self._show_selection(model)
+        self._engine_maps.show(model)
+        self._meters.update_from(view)
+        if self._stats_due(self._run_finished()):
+            self._latency.update_from(model.metrics, model.history)
+            self._spec.update_from(model.metrics)
+            self._roofline.update_from(model.history)
+        status = self._status
+        status.info, status.step = info, view.step
+        if self.replay is not None:
+            status.position = self.replay.position
         if info is not None:
             title = (f"{f'{model.focus}: ' if model.focus else ''}KV blocks: {info.num_blocks} × "
-                     f"{info.block_size} tokens · {info.kv_bytes_per_block / 1024:.0f} KiB each")
-            map_panel = self.query_one("#map-panel")
-            if map_panel.border_title != title:  # setting it repaints the whole panel, so only on change
-                map_panel.border_title = title
+                     f"{info.block_size} tokens · {human_bytes(info.kv_bytes_per_block, '.0f')} each")
+            if self._map_panel.border_title != title:  # setting it repaints the whole panel, so only on change
+                self._map_panel.border_title = title
 
-    def _engine_maps(self, model: UIModel) -> None:
-        """A deployment: a block map under the main one for every engine but the focus (which the main map
-        shows), mounted the first time the engine is seen; ⇄ marks blocks pinned for a KV transfer."""
-        for name, view in model.engines.items():
-            if view is model.view:
-                continue
-            maps = self.query(f"#block-map-{name}")
-            if not maps:
-                panel = Vertical(BlockMap(id=f"block-map-{name}"), classes="panel engine-map")
-                panel.border_title = f"{name}: KV blocks (⇄ pinned for a transfer)"
-                self.query_one("#left").mount(panel, after="#map-panel")
-                continue  # shown from the next refresh on, once mounted
-            maps.first(BlockMap).show_view(view, view.take_touched_blocks())
+    def _show_selection(self, model: UIModel) -> None:
+        """What shows the selected request: its blocks in the map, its timeline row and request-list row, its
+        table and text (or, with none selected and the run over, the run's summary)."""
+        view = model.view
+        selected = self.selected
+        highlight = frozenset(view.tables.get(selected, ())) if selected is not None else frozenset()
+        self._block_map.show_view(view, view.take_touched_blocks(), highlight)
+        self._timeline.show(model.timeline, selected)
+        self._scheduler.update_from(view, selected)
+        summary = model.metrics.summary() if self._run_finished() else None
+        self._info.show(view, selected, summary, frozen=self.deterministic, text=model.text)
 
     def _stats_due(self, finished: bool) -> bool:
         """Percentiles and sparklines are repainted at STATS_REFRESH_S while a live run streams (they are
@@ -260,51 +317,25 @@ class KVScopeApp(App[int]):
             return PLAYING
         return FINISHED if self._run_finished() else PAUSED
 
-    def _update_status(self) -> None:
-        view = self.model.view
-        info = view.info
-        text = Text()
-        text.append(" kvscope ", style="bold reverse")
-        text.append(f" {self.run_title} ", style="bold")
-        if info is not None:
-            text.append(f"· {info.model} · {info.device}/{info.backend} · {info.dtype} · {info.policy} ",
-                        style="dim")
-        text.append("│ ")
-        text.append(f"step {view.step}", style="bold")
-        if self.replay is not None:
-            text.append(f" ({self.replay.position}/{self.replay.last_position})", style="dim")
-        text.append(" │ ")
-        state = self._state_word()
-        text.append(state, style=_STATE_STYLE.get(state, "bold"))
-        if self.controller is not None and self.controller.delay_s:
-            text.append(f" │ delay {self.controller.delay_s:g} s")
-        if self.replay is not None and self.replay.timeline.damage:
-            text.append(f" │ stopped at damage: {self.replay.timeline.damage}", style="bold red")
-        if self.exit_error is not None:
-            text.append(f" │ {self.exit_error}", style="bold red")
-        self.query_one("#status", TextLines).set_text(text)
-
     def _sample_device(self) -> None:
         if self._sampler is not None:
-            self.query_one(DevicePanel).show(self._sampler.sample())
+            self._device.show(self._sampler.sample())
 
     # -- selection ------------------------------------------------------------------------------
     def select_request(self, request_id: int | None) -> None:
         self.selected = request_id
-        self._dirty = True
-        self.sync()
 
     def on_block_map_selected(self, message: BlockMap.Selected) -> None:
-        self.select_request(message.request_id if message.request_id >= 0 else None)
+        self.selected = message.request_id if message.request_id >= 0 else None
 
     def on_request_list_selected(self, message: RequestList.Selected) -> None:
-        self.select_request(message.request_id)
+        self.selected = message.request_id
 
     def on_batch_timeline_view_selected(self, message: BatchTimelineView.Selected) -> None:
-        self.select_request(message.request_id)
+        self.selected = message.request_id
 
     def action_deselect(self) -> None:
-        self.select_request(None)
+        self.selected = None
 
     # -- controls -------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -316,52 +347,42 @@ class KVScopeApp(App[int]):
 
     def action_toggle_pause(self) -> None:
         self.controller.toggle_pause()
-        self.sync()
+        self.run_state = self.controller.state
 
     def action_step_once(self) -> None:
         if not self.controller.step_once():
             self.notify("pause first (space): n runs one step while paused", timeout=3)
 
-    def _change_delay(self, direction: int) -> None:
-        current = self.controller.delay_s
-        index = min(range(len(DELAYS_S)), key=lambda i: abs(DELAYS_S[i] - current))
-        index = min(max(index + direction, 0), len(DELAYS_S) - 1)
-        self.controller.set_delay(DELAYS_S[index])
-        self.sync()
-
     def action_slower(self) -> None:
-        self._change_delay(+1)
+        self.delay_s = next_delay(self.delay_s, +1)
 
     def action_faster(self) -> None:
-        self._change_delay(-1)
+        self.delay_s = next_delay(self.delay_s, -1)
 
     def action_restart(self) -> None:
         self.selected = None
         self.controller.restart()
 
-    def _replay_move(self, fn: Any, *args: Any) -> None:
+    def _move_to(self, position: int) -> None:
         self.playing = False
-        fn(*args)
-        self._dirty = True
-        self.sync()
+        self.position = position
 
     def action_forward(self) -> None:
-        self._replay_move(self.replay.forward)
+        self._move_to(self.replay.position + 1)
 
     def action_back(self) -> None:
-        self._replay_move(self.replay.back)
+        self._move_to(self.replay.position - 1)
 
     def action_first(self) -> None:
-        self._replay_move(self.replay.goto, 0)
+        self._move_to(0)
 
     def action_last(self) -> None:
-        self._replay_move(self.replay.goto, self.replay.last_position)
+        self._move_to(self.replay.last_position)
 
     def action_toggle_play(self) -> None:
         if self.replay.position >= self.replay.last_position:
-            self.replay.goto(0)
+            self.position = 0
         self.playing = not self.playing
-        self.sync()
 
     def action_goto(self) -> None:
         steps = self.replay.timeline.steps
@@ -369,7 +390,9 @@ class KVScopeApp(App[int]):
 
         def done(step: int | None) -> None:
             if step is not None:
-                self._replay_move(self.replay.goto_step, step)
+                self.playing = False
+                self.replay.goto_step(step)
+                self.position = self.replay.position
 
         self.push_screen(GotoScreen(first, last), done)
 

@@ -191,9 +191,9 @@ def test_attach_tui_shows_the_server_and_its_keys_steer_it():
                 threads = send(srv.url, 6, results)
                 for _ in range(100):
                     await pilot.pause(0.05)
-                    if app._live_model.view.tables:
+                    if app.model.view.tables:
                         break
-                assert app._live_model.view.info is not None and app._live_model.view.tables
+                assert app.model.view.info is not None and app.model.view.tables
                 await pilot.press("space")
                 assert wait_until(lambda: loop.paused, 5)
                 await pilot.press("space")

@@ -9,6 +9,7 @@ import random
 
 from rich.text import Text
 from textual.app import App, ComposeResult
+from textual.reactive import var
 
 from kvscope.events.records import BlockEvent, RunInfo
 from kvscope.events.vocabulary import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT
@@ -18,6 +19,7 @@ from kvscope.tui.widgets.bars import spark_text
 from kvscope.tui.widgets.batch_timeline import CELL, LABEL, BatchTimelineView, cell, chunk_label
 from kvscope.tui.widgets.block_map import SELECTED_GLYPH, BlockMap, cells_from_view
 from kvscope.tui.widgets.request_list import RequestList
+from kvscope.tui.widgets.status_line import StatusLine
 from kvscope.tui.widgets.text_lines import TextLines
 
 NUM_BLOCKS = 600
@@ -306,3 +308,45 @@ def test_rolled_back_blocks_flash_until_the_next_step():
             assert ROLLBACK_GLYPH not in incremental.render_line(0).text
 
     asyncio.run(scenario())
+
+
+class StatusApp(App):
+    """An app with the three reactives KVScopeApp binds its status line to."""
+
+    state = var("loading")
+    delay = var(0.0)
+    error = var(None)
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine("run", last_position=9, id="status").data_bind(
+            state=StatusApp.state, delay_s=StatusApp.delay, error=StatusApp.error)
+
+
+def test_status_line_follows_the_reactives_bound_to_it_and_the_ones_set_on_it():
+    async def scenario() -> None:
+        app = StatusApp()
+        async with app.run_test(size=(120, 3)) as pilot:
+            line = app.query_one(StatusLine)
+            await pilot.pause()
+            assert "step -1 (0/9) │ loading" in line.text.plain and "delay" not in line.text.plain
+            app.state, app.delay = "paused", 0.25
+            line.step, line.position = 4, 5
+            assert "step 4 (5/9) │ paused │ delay 0.25 s" in line.text.plain
+            app.error = RuntimeError("out of blocks")
+            assert line.text.plain.endswith("│ out of blocks")
+            app.state = "running"
+            await pilot.pause()
+            assert "running" in str(line.render()) and "paused" not in str(line.render())
+
+    asyncio.run(scenario())
+
+
+def test_device_panel_sizes_are_human_bytes():
+    from kvscope.inspector.human_units import human_bytes
+    from kvscope.inspector.live.device_stats import DeviceReading
+    from kvscope.tui.panels.device_panel import format_reading
+
+    used, total = int(450.3 * (1 << 20)), int(15.5 * (1 << 30))
+    shown = format_reading(DeviceReading("cpu", "this process", used, total, 50.0, cpu_count=2)).plain
+    assert "450.3 MiB / 15.5 GiB" in shown
+    assert f"{human_bytes(used, '.1f')} / {human_bytes(total, '.1f')}" in shown

@@ -6,10 +6,12 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from kvscope.inspector.human_units import human_bytes
 from kvscope.inspector.live.device_stats import DeviceReading
-from kvscope.tui.widgets.bars import fraction_bar, mib, update_text
+from kvscope.tui.widgets.bars import fraction_bar, update_text
 
 BAR_WIDTH = 20
+MEM_DIGITS = ".1f"  # '450.3 MiB', '7.8 GiB'
 
 
 def format_reading(r: DeviceReading) -> Text:
@@ -18,7 +20,7 @@ def format_reading(r: DeviceReading) -> Text:
     mem_frac = r.mem_used_bytes / r.mem_total_bytes if r.mem_total_bytes else 0.0
     text.append("GPU mem " if r.kind == "gpu" else "RSS     ")
     text.append_text(fraction_bar(mem_frac, BAR_WIDTH, "#a97fd6"))
-    text.append(f" {mib(r.mem_used_bytes)} / {mib(r.mem_total_bytes)}\n")
+    text.append(f" {human_bytes(r.mem_used_bytes, MEM_DIGITS)} / {human_bytes(r.mem_total_bytes, MEM_DIGITS)}\n")
     if r.kind == "gpu":
         util = r.util_percent or 0.0
         text.append("util    ")

@@ -39,11 +39,12 @@ class LatencyPanel(Vertical):
         self.frozen = frozen
 
     def compose(self) -> ComposeResult:
-        yield TextLines(id="latency-text")
-        yield TextLines(id="tps-label")
-        yield TextLines(id="tps-spark")
-        yield TextLines(id="tokens-label")
-        yield TextLines(id="tokens-spark")
+        self._latency = TextLines(id="latency-text")
+        self._tps_label = TextLines(id="tps-label")
+        self._tps_spark = TextLines(id="tps-spark")
+        self._tokens_label = TextLines(id="tokens-label")
+        self._tokens_spark = TextLines(id="tokens-spark")
+        yield from (self._latency, self._tps_label, self._tps_spark, self._tokens_label, self._tokens_spark)
 
     def update_from(self, metrics: Metrics, history: StepHistory) -> None:
         s = metrics.summary()
@@ -53,24 +54,22 @@ class LatencyPanel(Vertical):
         text.append_text(_lat_row("ITL", s.itl_ms, self.frozen))
         text.append("\n")
         text.append_text(_lat_row("E2E", s.e2e_ms, self.frozen))
-        self.query_one("#latency-text", TextLines).set_text(text)
-        tokens_spark = self.query_one("#tokens-spark", TextLines)
-        width = tokens_spark.size.width or SPARK_STEPS
+        self._latency.set_text(text)
+        width = self._tokens_spark.size.width or SPARK_STEPS
         records = history.last(width)
         label = Text("tokens/s  ", style="bold")
-        tps_spark = self.query_one("#tps-spark", TextLines)
         if self.frozen:
             label.append("—")
-            tps_spark.set_text("")
+            self._tps_spark.set_text("")
         else:
             label.append(f"{s.throughput_tok_s:,.1f} overall", style="")
             if records:
                 label.append(f" · {records[-1].tokens_per_s:,.1f} last step", style="dim")
-            tps_spark.set_text(spark_text([r.tokens_per_s for r in records], width, TPS_COLOUR))
-        self.query_one("#tps-label", TextLines).set_text(label)
+            self._tps_spark.set_text(spark_text([r.tokens_per_s for r in records], width, TPS_COLOUR))
+        self._tps_label.set_text(label)
         t_label = Text("tokens/step ", style="bold")
         t_label.append(f"{s.tokens_per_step_mean:.1f} mean")
         if records:
             t_label.append(f" · {records[-1].num_tokens} last · {s.steps} steps", style="dim")
-        self.query_one("#tokens-label", TextLines).set_text(t_label)
-        tokens_spark.set_text(spark_text([float(r.num_tokens) for r in records], width, TOKENS_COLOUR))
+        self._tokens_label.set_text(t_label)
+        self._tokens_spark.set_text(spark_text([float(r.num_tokens) for r in records], width, TOKENS_COLOUR))

@@ -10,9 +10,11 @@ import math
 from functools import partial
 
 from rich.text import Text
+from textual.reactive import var
 from textual.widgets import Static
 
 from kvscope.costmodel.roofline_bound import COMPUTE, MEMORY, NO_DATA, OVERHEAD, Peaks, classify
+from kvscope.inspector.export.ascii_plot import LogAxes, RooflineGrid
 from kvscope.inspector.human_units import human_count
 from kvscope.inspector.step_history import StepHistory, StepRecord
 from kvscope.tui.widgets.bars import update_text
@@ -35,67 +37,55 @@ def _aggregate(records: list[StepRecord]) -> tuple[int, int, int]:
     return flops, nbytes, ns
 
 
+_GLYPH_STYLE = {"─": "#808080", "╱": "#808080", "┆": "#f0c24e", "●": "bold #ffd700", "•": "#c79a6b"}
+LABEL_WIDTH = 11
+
+
 def roofline_plot(peaks: Peaks, points: list[tuple[float, float]], marker_ai: float | None = None) -> Text:
-    """A PLOT_WIDTH x PLOT_HEIGHT log-log chart: the roof, then (intensity, FLOP/s) points, last one bold."""
+    """A PLOT_WIDTH x PLOT_HEIGHT log-log chart (kvscope.inspector.export.ascii_plot's grid) in a fixed window
+    under the peak: the roof, then (intensity, FLOP/s) points, the last one bold; `marker_ai`: a guide at
+    that intensity (deterministic mode, where no point has a time)."""
     lo_x, hi_x = AI_RANGE
     top = math.log10(peaks.flops) if peaks.flops > 0 else 0.0
-    bottom = top - DECADES_SHOWN
-    grid = [[" "] * PLOT_WIDTH for _ in range(PLOT_HEIGHT)]
-    styles: dict[tuple[int, int], str] = {}
-
-    def col_of(ai: float) -> int:
-        x = (math.log10(ai) - lo_x) / (hi_x - lo_x)
-        return min(max(int(x * (PLOT_WIDTH - 1) + 0.5), 0), PLOT_WIDTH - 1)
-
-    def row_of(flops: float) -> int | None:
-        if flops <= 0:
-            return None
-        y = (math.log10(flops) - bottom) / (top - bottom)
-        if y < 0:
-            return None
-        return min(max(PLOT_HEIGHT - 1 - int(y * (PLOT_HEIGHT - 1) + 0.5), 0), PLOT_HEIGHT - 1)
-
-    for c in range(PLOT_WIDTH):
-        ai = 10 ** (lo_x + (hi_x - lo_x) * c / (PLOT_WIDTH - 1))
-        r = row_of(min(peaks.flops, ai * peaks.bandwidth))
-        if r is not None:
-            grid[r][c] = "─" if ai >= peaks.ridge else "╱"
-            styles[(r, c)] = "#808080"
+    grid = RooflineGrid(LogAxes(lo_x, hi_x, top - DECADES_SHOWN, top, PLOT_WIDTH, PLOT_HEIGHT), peaks.flops,
+                        peaks.bandwidth, flat="─", slope="╱")
     if marker_ai:
-        c = col_of(marker_ai)
-        for r in range(PLOT_HEIGHT):
-            if grid[r][c] == " ":
-                grid[r][c] = "┆"
-                styles[(r, c)] = "#f0c24e"
+        grid.guide(marker_ai, "┆")
     for i, (ai, achieved) in enumerate(points):
-        r = row_of(achieved)
-        if r is None or ai <= 0:
-            continue
-        c = col_of(ai)
-        last = i == len(points) - 1
-        grid[r][c] = "●" if last else "•"
-        styles[(r, c)] = "bold #ffd700" if last else "#c79a6b"
+        grid.point(ai, achieved, "●" if i == len(points) - 1 else "•")
     text = Text()
-    for r, row in enumerate(grid):
+    for r, row in enumerate(grid.cells):
         on_axis = r in (0, PLOT_HEIGHT - 1)
-        label = f"{si(10 ** (top - DECADES_SHOWN * r / (PLOT_HEIGHT - 1)), 'F/s'):>11}" if on_axis else " " * 11
-        text.append(label + " │", style="dim")
-        for c, ch in enumerate(row):
-            text.append(ch, style=styles.get((r, c), ""))
+        label = si(10 ** (top - DECADES_SHOWN * r / (PLOT_HEIGHT - 1)), "F/s") if on_axis else ""
+        text.append(grid.row_prefix(label, LABEL_WIDTH, "│"), style="dim")
+        for ch in row:
+            text.append(ch, style=_GLYPH_STYLE.get(ch, ""))
         text.append("\n")
-    text.append(" " * 12 + "└" + "─" * PLOT_WIDTH + "\n", style="dim")
-    text.append(" " * 13 + f"{10 ** lo_x:g}".ljust(PLOT_WIDTH - 10) + f"{10 ** hi_x:g} FLOP/B", style="dim")
+    text.append(grid.x_axis(LABEL_WIDTH, "└", "─") + "\n", style="dim")
+    text.append(grid.x_labels(LABEL_WIDTH, [(0, f"{10 ** lo_x:g}"), (PLOT_WIDTH - 10, f"{10 ** hi_x:g} FLOP/B")]),
+                style="dim")
     return text
 
 
 class RooflinePanel(Static):
+    """The readout and the plot of the last RECENT_STEPS steps against `peaks`, a reactive: new peaks (the run's
+    device became known) redraw the panel from the history it last showed."""
+
+    peaks: var[Peaks] = var(Peaks("", 0.0, 0.0), init=False)  # the constructor's peaks replace it
+
     def __init__(self, peaks: Peaks, *, frozen: bool = False, id: str | None = None) -> None:
         super().__init__("no step yet", id=id)
-        self.peaks = peaks
+        self.set_reactive(RooflinePanel.peaks, peaks)
         self.frozen = frozen
         self.last_bound = NO_DATA
+        self._history: StepHistory | None = None
+
+    def watch_peaks(self) -> None:
+        if self._history is not None:
+            self.update_from(self._history)
 
     def update_from(self, history: StepHistory) -> None:
+        self._history = history
         records = [r for r in history.last(RECENT_STEPS) if r.flops > 0]
         peaks = self.peaks
         text = Text()

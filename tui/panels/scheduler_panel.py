@@ -71,10 +71,10 @@ class SchedulerPanel(Vertical):
     """
 
     def compose(self) -> ComposeResult:
-        yield TextLines(id="queue-counts")
-        yield TextLines(id="batch-bar")
-        yield TextLines(HEADER, id="request-header")
-        yield RequestList(format_row, id="request-list")
+        self._counts = TextLines(id="queue-counts")
+        self._batch = TextLines(id="batch-bar")
+        self._requests = RequestList(format_row, id="request-list")
+        yield from (self._counts, self._batch, TextLines(HEADER, id="request-header"), self._requests)
 
     def update_from(self, view, selected: int | None) -> None:
         counts = {RUNNING: 0, PREEMPTED_STATUS: 0, WAITING: 0, FINISHED_STATUS: 0}
@@ -85,9 +85,9 @@ class SchedulerPanel(Vertical):
             line.append(f"{status} ", style=_STATUS_STYLE[status])
             line.append(f"{counts[status]}   ", style="bold")
         line.append(f"finished {counts[FINISHED_STATUS]}/{len(view.requests)}", style="dim")
-        self.query_one("#queue-counts", TextLines).set_text(line)
-        self.query_one("#batch-bar", TextLines).set_text(batch_line(view.last_step))
+        self._counts.set_text(line)
+        self._batch.set_text(batch_line(view.last_step))
         ordered = sorted(view.requests.values(), key=lambda r: (_ORDER.get(r.status, 9), r.request_id))
         live = [r for r in ordered if r.status != FINISHED_STATUS]
         done = [r for r in ordered if r.status == FINISHED_STATUS][-MAX_FINISHED_ROWS:]
-        self.query_one(RequestList).set_rows(live + done, selected)
+        self._requests.set_rows(live + done, selected)

@@ -1,5 +1,5 @@
-"""Small text-drawing helpers shared by the panels: horizontal bars, sparklines, the MiB format, and a Static
-update that skips unchanged text (SI prefixes and percentages: kvscope.inspector.human_units)."""
+"""Small text-drawing helpers shared by the panels: horizontal bars, sparklines, and a Static update that
+skips unchanged text (byte sizes, SI prefixes and percentages: kvscope.inspector.human_units)."""
 
 from __future__ import annotations
 
@@ -57,12 +57,6 @@ def spark_text(values: list[float], width: int, colour: str) -> Text:
         return Text(_SPARKS[0] * len(values), style=colour)
     last = len(_SPARKS) - 1
     return Text("".join(_SPARKS[min(max(round(v / top * last), 0), last)] for v in values), style=colour)
-
-
-def mib(n_bytes: float) -> str:
-    if n_bytes >= 1 << 30:
-        return f"{n_bytes / (1 << 30):.2f} GiB"
-    return f"{n_bytes / (1 << 20):.1f} MiB"
 
 
 def same_text(a: Text, b: Text) -> bool:
