@@ -6,6 +6,9 @@ calls `backend.write_kv(k, v, k_cache, v_cache, meta)` to store the new K/V
 through the slot mapping, then `backend.attend(q, k_cache, v_cache, meta, scale)`
 to attend over the paged cache (two calls, so each is timed as its own kernel).
 
+The C kernels a backend uses are of one build (`isa`, KVSCOPE_CPU_ISA's when it is made;
+kvscope.kernels.cpu.c_library).
+
 Backends: `torch` (reference kernels, the CPU default) and `triton`
 (kvscope.kernels.triton.attention_triton; on CPU it needs TRITON_INTERPRET=1).
 `auto` picks triton on CUDA and torch elsewhere.
@@ -20,6 +23,7 @@ from typing import Protocol
 import torch
 
 from kvscope.kernels.cpu.attention_cpu import paged_cpu_available, paged_decode_cpu, paged_prefill_cpu
+from kvscope.kernels.cpu.c_library import cpu_isa
 from kvscope.kernels.cpu.norm_rope_cpu import cpu_fused_ops
 from kvscope.kernels.reference.attention_torch import (
     AttentionPlan,
@@ -68,7 +72,8 @@ class TorchAttention:
         # a float32 model on a CPU: the C RMSNorm / RoPE when they build (kvscope.kernels.cpu.norm_rope_cpu);
         # anything else: the model's own torch code (for 16-bit dtypes it rounds as Hugging Face's does)
         on_cpu = torch.device(device).type == "cpu" and dtype == torch.float32
-        self.fused_ops = cpu_fused_ops() if on_cpu else None
+        self.isa = cpu_isa()
+        self.fused_ops = cpu_fused_ops(self.isa) if on_cpu else None
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
         write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping, all_valid=meta.all_slots_valid)
@@ -77,7 +82,7 @@ class TorchAttention:
         if meta.torch_plan is None:  # made by the step's first layer, for every layer
             meta.torch_plan = plan_paged_attention(meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
                                                    k_cache.shape[1], meta.block_tables_host,
-                                                   torch_kernels=not paged_cpu_available(q, k_cache))
+                                                   torch_kernels=not paged_cpu_available(q, k_cache, self.isa))
         plan = meta.torch_plan
         if plan.decode or plan.chunks:
             return paged_attention_torch(
@@ -88,10 +93,10 @@ class TorchAttention:
         out = torch.empty(q.shape, dtype=q.dtype)
         if plan.decode_requests is not None:  # one-token requests: one C call
             paged_decode_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-                             plan.decode_requests, scale, out)
+                             plan.decode_requests, scale, out, self.isa)
         if plan.chunk_requests is not None:  # prompt chunks and drafts to verify: one more
             paged_prefill_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-                              plan.chunk_requests, scale, out)
+                              plan.chunk_requests, scale, out, self.isa)
         return out
 
 
