@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kvscope.config.recipe import Recipe
+from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.model.attention import AttentionMetadata, TorchAttention
 from kvscope.engine.model.loader import load_for_recipe
 from kvscope.kernels.cpu import linear_cpu as lc
@@ -74,19 +75,43 @@ def test_linear_falls_back_to_f_linear_where_the_kernel_does_not_apply():
     assert lc.linear_cpu(x[:0], w).shape == (0, 40)
 
 
+TINY = {"model": {"source": "random", "shape": "tiny", "seed": 0}, "device": "cpu",
+        "cache": {"block_size": 16, "num_blocks": 8}, "workload": {"prompts": ["-"]}}
+
+
 def test_the_c_kernel_builds_here_and_the_model_uses_it(monkeypatch):
     assert lc.linear_cpu_status() == "kvscope C kernel (float32)"
-    loaded = load_for_recipe(Recipe.from_dict({
-        "model": {"source": "random", "shape": "tiny", "seed": 0}, "device": "cpu",
-        "cache": {"block_size": 16, "num_blocks": 8}, "workload": {"prompts": ["-"]},
-    }))
+    engine = LLMEngine(Recipe.from_dict(TINY))  # its runner binds the model to the torch backend
     calls = []
     real = lc.linear_cpu
     monkeypatch.setattr(lc, "linear_cpu", lambda x, w, isa=None: calls.append(tuple(w.shape)) or real(x, w, isa))
-    layer = loaded.model.layers[0]
-    x = torch.randn(2, loaded.config.hidden_size)
+    layer = engine.loaded.model.layers[0]
+    x = torch.randn(2, engine.loaded.config.hidden_size)
     torch.testing.assert_close(layer.qkv(x), F.linear(x, layer.qkv.weight), rtol=1e-5, atol=1e-5)
     assert calls == [tuple(layer.qkv.weight.shape)]
+
+
+def test_matmuls_go_through_the_backend_like_the_other_ops(monkeypatch):
+    """The backend picks the linear layers' product (the C matmul for float32 on a CPU, F.linear elsewhere); the
+    model takes it when bound, and runs F.linear before."""
+    assert TorchAttention("cpu", torch.float32).linear.func is lc.linear
+    assert TorchAttention("cpu", torch.bfloat16).linear is F.linear
+    assert TorchAttention("cuda", torch.float32).linear is F.linear  # (made, not run: no CUDA needed)
+    model = load_for_recipe(Recipe.from_dict(TINY)).model
+    calls = []
+    real = lc.linear_cpu
+    monkeypatch.setattr(lc, "linear_cpu", lambda x, w, isa=None: calls.append(tuple(w.shape)) or real(x, w, isa))
+    hidden = torch.randn(3, model.config.hidden_size)
+    before = model.compute_logits(hidden)
+    assert calls == []  # unbound: the model's own torch code
+    backend = TorchAttention("cpu", torch.float32)
+    model.bind_kv_cache([(torch.empty(0), torch.empty(0))] * len(model.layers), backend)
+    torch.testing.assert_close(model.compute_logits(hidden), before, rtol=1e-5, atol=1e-5)
+    layer = model.layers[0]
+    layer.o_proj(torch.randn(3, model.config.q_size))
+    layer.mlp(hidden)
+    assert calls == [tuple(model.embed.weight.shape), tuple(layer.o_proj.weight.shape),
+                     tuple(layer.mlp.gate_up.weight.shape), tuple(layer.mlp.down.weight.shape)]
 
 
 def test_c_library_unavailable_says_why_in_one_line(monkeypatch, tmp_path):
