@@ -1,4 +1,4 @@
-"""Test-wide set-up: Triton runs through its interpreter on CPU, Hugging Face never goes online."""
+"""Test-wide set-up: Triton runs through its interpreter on CPU, Hugging Face never goes online; shared fixtures."""
 
 import os
 
@@ -41,3 +41,16 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(params=["avx512", "portable"])
+def cpu_isa(request, monkeypatch):
+    """The C kernels' build a test runs on (KVSCOPE_CPU_ISA, kvscope.kernels.cpu.c_library): the hand-written
+    AVX-512 paths where this CPU runs them (skipped elsewhere, saying why), and the portable C on every CPU."""
+    from kvscope.kernels.cpu.c_library import cpu_lacks
+
+    why = cpu_lacks(request.param)
+    if why is not None:
+        pytest.skip(why)
+    monkeypatch.setenv("KVSCOPE_CPU_ISA", request.param)
+    return request.param

@@ -6,6 +6,12 @@ calls `backend.write_kv(k, v, k_cache, v_cache, meta)` to store the new K/V
 through the slot mapping, then `backend.attend(q, k_cache, v_cache, meta, scale)`
 to attend over the paged cache (two calls, so each is timed as its own kernel).
 
+The backend also serves the model's other ops: `linear(x, weight)`, the product of every linear layer and
+the LM head (kvscope's C matmul, kvscope.kernels.cpu.linear_cpu, for float32 on a CPU; F.linear elsewhere),
+and `fused_ops`, its RMSNorm / RoPE / SwiGLU kernels where it has them (None: the model's own torch code).
+The C kernels a backend uses are of one build (`isa`, KVSCOPE_CPU_ISA's when it is made;
+kvscope.kernels.cpu.c_library).
+
 Backends: `torch` (reference kernels, the CPU default) and `triton`
 (kvscope.kernels.triton.attention_triton; on CPU it needs TRITON_INTERPRET=1).
 `auto` picks triton on CUDA and torch elsewhere.
@@ -13,13 +19,18 @@ Backends: `torch` (reference kernels, the CPU default) and `triton`
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from kvscope.kernels.cpu.attention_cpu import paged_cpu_available, paged_decode_cpu, paged_prefill_cpu
+from kvscope.kernels.cpu.c_library import cpu_isa
+from kvscope.kernels.cpu.linear_cpu import linear as linear_c
 from kvscope.kernels.cpu.norm_rope_cpu import cpu_fused_ops
 from kvscope.kernels.reference.attention_torch import (
     AttentionPlan,
@@ -46,9 +57,21 @@ class AttentionMetadata:
     torch_plan: AttentionPlan | None = None  # the torch backend's plan, made by the step's first layer
 
 
+Matmul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [T, in], weight [out, in]) -> x @ weight.T
+
+
+def matmul_for(device: torch.device | str, dtype: torch.dtype, isa: str) -> Matmul:
+    """The linear layers' product: kvscope's C matmul of build `isa` for float32 on a CPU (F.linear for the
+    inputs it does not take, or where it does not build), F.linear elsewhere."""
+    if torch.device(device).type == "cpu" and dtype == torch.float32:
+        return functools.partial(linear_c, isa=isa)
+    return F.linear
+
+
 class AttentionBackend(Protocol):
     name: str
     fused_ops: object | None  # rms_norm(x, w, eps) and rope(q, k, positions, cos_sin), or None
+    linear: Matmul  # the linear layers' product (matmul_for)
 
     def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, meta: AttentionMetadata) -> None:
@@ -68,7 +91,9 @@ class TorchAttention:
         # a float32 model on a CPU: the C RMSNorm / RoPE when they build (kvscope.kernels.cpu.norm_rope_cpu);
         # anything else: the model's own torch code (for 16-bit dtypes it rounds as Hugging Face's does)
         on_cpu = torch.device(device).type == "cpu" and dtype == torch.float32
-        self.fused_ops = cpu_fused_ops() if on_cpu else None
+        self.isa = cpu_isa()
+        self.fused_ops = cpu_fused_ops(self.isa) if on_cpu else None
+        self.linear = matmul_for(device, dtype, self.isa)
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
         write_kv_cache_torch(k, v, k_cache, v_cache, meta.slot_mapping, all_valid=meta.all_slots_valid)
@@ -77,7 +102,7 @@ class TorchAttention:
         if meta.torch_plan is None:  # made by the step's first layer, for every layer
             meta.torch_plan = plan_paged_attention(meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
                                                    k_cache.shape[1], meta.block_tables_host,
-                                                   torch_kernels=not paged_cpu_available(q, k_cache))
+                                                   torch_kernels=not paged_cpu_available(q, k_cache, self.isa))
         plan = meta.torch_plan
         if plan.decode or plan.chunks:
             return paged_attention_torch(
@@ -88,10 +113,10 @@ class TorchAttention:
         out = torch.empty(q.shape, dtype=q.dtype)
         if plan.decode_requests is not None:  # one-token requests: one C call
             paged_decode_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-                             plan.decode_requests, scale, out)
+                             plan.decode_requests, scale, out, self.isa)
         if plan.chunk_requests is not None:  # prompt chunks and drafts to verify: one more
             paged_prefill_cpu(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-                              plan.chunk_requests, scale, out)
+                              plan.chunk_requests, scale, out, self.isa)
         return out
 
 
@@ -100,11 +125,12 @@ class TritonAttention:
 
     name = "triton"
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cuda", dtype: torch.dtype = torch.float32) -> None:
         from kvscope.kernels.triton import attention_triton, norm_rope_triton
 
         self._kernels = attention_triton
         self.fused_ops = TritonFusedOps(norm_rope_triton)
+        self.linear = matmul_for(device, dtype, cpu_isa())  # F.linear on CUDA; on a CPU (the interpreter) as torch's
 
     def write_kv(self, k, v, k_cache, v_cache, meta: AttentionMetadata) -> None:
         self._kernels.write_kv_cache_triton(k, v, k_cache, v_cache, meta.slot_mapping)
@@ -150,5 +176,5 @@ def make_attention_backend(name: str, device: torch.device, dtype: torch.dtype =
     if name == "torch":
         return TorchAttention(device, dtype)
     if name == "triton":
-        return TritonAttention()
+        return TritonAttention(device, dtype)
     raise ValueError(f"unknown attention backend {name!r} (expected torch, triton or auto)")

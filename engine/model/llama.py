@@ -15,7 +15,9 @@ projection, gate/up another. Parameter names (what loaders fill):
     lm_head.weight                    [vocab, hidden]   (only when embeddings are untied)
 
 `bind_kv_cache` gives every layer its K/V pools and the attention backend once (the model runner
-does it); each forward then takes only the tokens and the step's ForwardContext.
+does it); each forward then takes only the tokens and the step's ForwardContext. The backend's kernels
+serve the model's ops from then on: its matmul for every linear layer and the LM head, its norms, RoPE and
+activation where it offers them (kvscope.engine.model.attention); until then the model's own torch code runs.
 """
 
 from __future__ import annotations
@@ -29,20 +31,21 @@ from torch import nn
 from kvscope.config.model_config import ModelConfig
 from kvscope.engine.model.attention import AttentionBackend, AttentionMetadata
 from kvscope.engine.model.forward_context import ForwardContext
-from kvscope.kernels.cpu.linear_cpu import linear
 
 
 class Linear(nn.Module):
     """y = x @ weight.T without bias. Weights start uninitialized (torch.empty): loaders fill them.
 
-    On a CPU in float32 the product is kvscope's C kernel (kvscope.kernels.cpu.linear_cpu)."""
+    `matmul(x, weight)`: the backend's (kvscope's C kernel on a CPU in float32, F.linear elsewhere), F.linear
+    until one is bound."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.matmul: Any = F.linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight)
+        return self.matmul(x, self.weight)
 
 
 class Embedding(nn.Module):
@@ -198,6 +201,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, self.rope) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_embeddings else Linear(config.hidden_size, config.vocab_size)
+        self.matmul: Any = F.linear  # the LM head's product (tied or not), the backend's once bound
 
     @classmethod
     def from_state_dict(
@@ -224,15 +228,20 @@ class LlamaModel(nn.Module):
         return model.eval()
 
     def bind_kv_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], backend: AttentionBackend) -> None:
-        """Give each layer its (K, V) pools and the backend; norms and RoPE use the backend's fused kernels."""
+        """Give each layer its (K, V) pools and the backend; matmuls use the backend's, norms, RoPE and the
+        activation its fused kernels."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} KV caches (one per layer), got {len(kv_caches)}")
-        fused = backend.fused_ops
+        fused, matmul = backend.fused_ops, backend.linear
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             layer.attn.bind(k_cache, v_cache, backend)
             layer.attn_norm.fused = layer.mlp_norm.fused = fused
             layer.mlp.silu_and_mul = getattr(fused, "silu_and_mul", None)
+            layer.qkv.matmul = layer.o_proj.matmul = layer.mlp.gate_up.matmul = layer.mlp.down.matmul = matmul
         self.final_norm.fused = self.rope.fused = fused
+        self.matmul = matmul
+        if self.lm_head is not None:
+            self.lm_head.matmul = matmul
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, num_layers: int | None = None) -> torch.Tensor:
@@ -247,4 +256,4 @@ class LlamaModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight).float()
+        return self.matmul(hidden, weight).float()

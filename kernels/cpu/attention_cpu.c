@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+#include "kvscope_isa.h"
+
 /* Key j's slot row of a pool (`row` floats a slot), through the request's block table. */
 static inline const float *slot_row(const float *cache, const int *table, int j, int bs, size_t row) {
     return cache + ((size_t)table[j / bs] * bs + j % bs) * row;
@@ -268,8 +270,7 @@ static void tile_block(Tile *t, int j0, int nk) {
     }
 }
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if KVSCOPE_AVX512
 /* tile_block with AVX-512, for D a multiple of 16: rows go four at a time (their 16 scores in four vectors, each
  * key vector loaded once for the four; their output rows held in registers, 64 floats of each at a time, while
  * the block's values are added in). The same arithmetic as the portable loop, the additions grouped
@@ -345,7 +346,7 @@ static void prefill_item(const float *q, long q_tok, float *out, long o_tok, con
     for (int j0 = 0; j0 <= last; j0 += KEY_BLOCK) {
         const int nk = last + 1 - j0 < KEY_BLOCK ? last + 1 - j0 : KEY_BLOCK;
         tile_keys(&t, k_cache, v_cache, table, j0, nk, bs, (size_t)KVH * D);
-#if defined(__AVX512F__)
+#if KVSCOPE_AVX512
         if (D % 16 == 0) {
             tile_block_avx512(&t, j0, nk);
             continue;

@@ -23,12 +23,17 @@
  * The kernels come from their own libraries (built with their own flags) as function pointers; this file does
  * no arithmetic of its own. Thread 0
  * stamps CLOCK_MONOTONIC (Python's perf_counter_ns) at every op's end, so each op keeps a measured slice.
+ *
+ * kvscope.kernels.cpu.decode_cpu mirrors DecodeProgram in ctypes; kvscope_layout_DecodeProgram (below the struct)
+ * is its layout, which the binding checks its mirror against when it loads this library.
  */
 #include <omp.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "kvscope_layout.h"
 
 typedef void (*linear_fn)(const float *, long, const float *, float *, int, int, int, int);
 typedef void (*silu_mul_fn)(const float *, float *, int, int, int, int);
@@ -59,6 +64,18 @@ typedef struct {
     long *times;      /* [layers][8][2]: each op's start and end, ns */
     long *step_times; /* [3][2]: embed, final_norm, lm_head */
 } DecodeProgram;
+
+#define FIELD(f) KVSCOPE_FIELD(DecodeProgram, f)
+KVSCOPE_LAYOUT(DecodeProgram, FIELD(tokens), FIELD(layers), FIELD(hidden), FIELD(q_size), FIELD(kv_size),
+               FIELD(intermediate), FIELD(heads), FIELD(kv_heads), FIELD(head_dim), FIELD(block_size), FIELD(threads),
+               FIELD(vocab), FIELD(eps), FIELD(scale), FIELD(final_eps), FIELD(bt_stride), FIELD(input_ids),
+               FIELD(embed), FIELD(final_norm), FIELD(lm_head), FIELD(logits), FIELD(attn_norm), FIELD(qkv),
+               FIELD(o_proj), FIELD(mlp_norm), FIELD(gate_up), FIELD(down), FIELD(k_cache), FIELD(v_cache),
+               FIELD(positions), FIELD(slots), FIELD(block_tables), FIELD(query_start_loc), FIELD(seq_lens),
+               FIELD(requests), FIELD(cos_sin), FIELD(x), FIELD(h), FIELD(qkv_out), FIELD(attn_out),
+               FIELD(gate_up_out), FIELD(act), FIELD(linear), FIELD(rms_norm), FIELD(silu_and_mul), FIELD(rope),
+               FIELD(attend), FIELD(times), FIELD(step_times));
+#undef FIELD
 
 enum { OPS_PER_LAYER = 8 };
 

@@ -6,8 +6,13 @@ computes the step over whatever the buffers hold now: input_ids [T] in, logits [
 embedding, every layer and the final norm). `op_times()` gives each op's measured (op index, layer, start,
 end) from the last run, ns on time.perf_counter_ns's clock: indices 0-7 are a layer's ops (OPS_PER_LAYER, in
 the program's order), STEP_OPS those outside the layers (layer -1). The kernels are those of linear_cpu,
-norm_rope_cpu, activation_cpu and attention_cpu; `decode_program_available()` says whether all five libraries
-build here.
+norm_rope_cpu, activation_cpu and attention_cpu, of one build (`isa`, KVSCOPE_CPU_ISA's where not given:
+kvscope.kernels.cpu.c_library); `decode_program_status()` says whether all five libraries build here and
+`decode_program_available()` answers yes or no.
+
+The program's struct is mirrored here in ctypes (_Program); the library is used only where the mirror has the
+layout decode_cpu.c exports for it, field by field (kvscope.kernels.cpu.c_struct): on any difference the
+program is off (one warning line), and the engine runs its steps without it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import functools
 
 import torch
 
-from kvscope.kernels.cpu.c_library import c_kernels
+from kvscope.kernels.cpu.c_library import c_kernels, cpu_isa
 
 OPS_PER_LAYER = 8  # attn_norm, qkv, rope, kv_write, attention, o_proj, mlp_norm, mlp (the program's order)
 STEP_OPS = {OPS_PER_LAYER: "embed", OPS_PER_LAYER + 1: "final_norm", OPS_PER_LAYER + 2: "lm_head"}  # op index: name
@@ -37,13 +42,16 @@ class _Program(ctypes.Structure):
 
 
 @functools.cache
-def _entry_points() -> dict[str, int] | None:
-    """Addresses of the team kernels and the program itself, or None when a library does not build."""
-    libs = {"linear": c_kernels("linear_cpu")[0], "norm_rope": c_kernels("norm_rope_cpu")[0],
-            "attention": c_kernels("attention_cpu", ("-ffast-math",))[0],
-            "activation": c_kernels("activation_cpu", ("-ffast-math",))[0], "decode": c_kernels("decode_cpu")[0]}
-    if any(lib is None for lib in libs.values()):
-        return None
+def _entry_points(isa: str) -> tuple[dict[str, int] | None, str]:
+    """(addresses of the team kernels and the program itself, "") for build `isa`, or (None, why not: a library
+    that does not build, or a struct mirrored wrongly)."""
+    loaded = {"linear": c_kernels("linear_cpu", isa), "norm_rope": c_kernels("norm_rope_cpu", isa),
+              "attention": c_kernels("attention_cpu", isa), "activation": c_kernels("activation_cpu", isa),
+              "decode": c_kernels("decode_cpu", isa, structs=(("DecodeProgram", _Program),))}
+    why_not = next((why for lib, why in loaded.values() if lib is None), None)
+    if why_not is not None:
+        return None, why_not
+    libs = {name: lib for name, (lib, _) in loaded.items()}
     address = lambda lib, name: ctypes.cast(getattr(libs[lib], name), _P).value
     run = libs["decode"].kvscope_decode_program_f32
     run.argtypes, run.restype = [ctypes.POINTER(_Program)], _I
@@ -51,11 +59,17 @@ def _entry_points() -> dict[str, int] | None:
             "rms_norm": address("norm_rope", "kvscope_rms_norm_f32_team"),
             "silu_and_mul": address("activation", "kvscope_silu_and_mul_f32_team"),
             "rope": address("norm_rope", "kvscope_rope_f32"),
-            "attend": address("attention", "kvscope_paged_decode_f32_team"), "run": run}
+            "attend": address("attention", "kvscope_paged_decode_f32_team"), "run": run}, ""
 
 
-def decode_program_available() -> bool:
-    return _entry_points() is not None
+def decode_program_status(isa: str | None = None) -> str:
+    """'kvscope C decode program' where it runs here (build `isa`, KVSCOPE_CPU_ISA's by default), else why not."""
+    entry, why_not = _entry_points(isa or cpu_isa())
+    return "kvscope C decode program" if entry is not None else f"off ({why_not})"
+
+
+def decode_program_available(isa: str | None = None) -> bool:
+    return _entry_points(isa or cpu_isa())[0] is not None
 
 
 def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
@@ -73,10 +87,11 @@ class DecodeProgram:
                  input_ids: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                  block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                  requests: torch.Tensor, cos_sin: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
-                 qkv_out: torch.Tensor, attn_out: torch.Tensor, gate_up_out: torch.Tensor, act: torch.Tensor) -> None:
-        entry = _entry_points()
+                 qkv_out: torch.Tensor, attn_out: torch.Tensor, gate_up_out: torch.Tensor, act: torch.Tensor,
+                 isa: str | None = None) -> None:
+        entry, why_not = _entry_points(isa or cpu_isa())
         if entry is None:
-            raise RuntimeError("the CPU decode program's C libraries do not build here")
+            raise RuntimeError(f"the CPU decode program cannot run here: {why_not}")
         self._run = entry["run"]
         hidden = x.shape[1]
         self.times = torch.zeros(len(layers), OPS_PER_LAYER, 2, dtype=torch.int64)

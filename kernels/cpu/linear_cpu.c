@@ -16,9 +16,8 @@
  * here is torch's own runtime (same soname, loaded first), so these threads are torch's threads.
  */
 #include <stddef.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+
+#include "kvscope_isa.h"
 
 static inline int min_int(int a, int b) { return a < b ? a : b; }
 
@@ -37,7 +36,7 @@ static void tile_any(const float *restrict x, long ldx, const float *restrict w,
     }
 }
 
-#if defined(__AVX512F__)
+#if KVSCOPE_AVX512
 /* With AVX-512, single-token rows by hand: the portable 8 x 1 tile below, as GCC 12 vectorises it for this
  * CPU (which it tunes as an older one), streamed about 0.65 of the read bandwidth where this reaches 0.9. */
 
@@ -83,7 +82,7 @@ static void tile_8x1(const float *restrict x, const float *restrict w, int K, fl
 #endif
 
 
-#if defined(__AVX512F__)
+#if KVSCOPE_AVX512
 /* 4 rows x 4 tokens with AVX-512: sixteen vector accumulators, each load used four times, then one tree that
  * folds the sixteen into one vector of sixteen sums (15 shuffle-and-add steps, instead of sixteen full
  * horizontal reductions: 1.2-1.5x the portable tile below, which spends a quarter of its time reducing). */

@@ -8,7 +8,9 @@ the read bandwidth (MKL's single-row product: about a third) and runs prompts 1.
 GEMM (MKL does not take its AVX-512 paths on AMD).
 
 Under torch.profiler each call is a `kvscope::linear_cpu` range, so profiles still show the matmuls.
-`linear_cpu_status()` says which path runs and why (the CLI and benchmarks print it).
+`linear_cpu_status()` says which path runs and why (the CLI and benchmarks print it). Every function takes the
+library's build (`isa`: native, portable or avx512; kvscope.kernels.cpu.c_library), KVSCOPE_CPU_ISA's where
+it is not given.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kvscope.kernels.cpu.c_library import c_kernels, call_profiled
+from kvscope.kernels.cpu.c_library import c_kernels, call_profiled, cpu_isa
 
 
 @functools.cache
-def _kernel() -> tuple[Callable | None, str]:
-    """(the ctypes function or None, what float32 CPU matmuls use and why), loaded once per process."""
-    lib, why_not = c_kernels("linear_cpu")
+def _kernel(isa: str) -> tuple[Callable | None, str]:
+    """(the ctypes function or None, what float32 CPU matmuls use and why), loaded once per process and build."""
+    lib, why_not = c_kernels("linear_cpu", isa)
     if lib is None:
         return None, f"F.linear ({why_not})"
     fn = lib.kvscope_linear_f32
@@ -36,14 +38,14 @@ def _kernel() -> tuple[Callable | None, str]:
     return fn, "kvscope C kernel (float32)"
 
 
-def linear_cpu_status() -> str:
+def linear_cpu_status(isa: str | None = None) -> str:
     """Which matmul float32 CPU steps use, e.g. 'kvscope C kernel (float32)' or 'F.linear (no C compiler ...)'."""
-    return _kernel()[1]
+    return _kernel(isa or cpu_isa())[1]
 
 
-def linear_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+def linear_cpu(x: torch.Tensor, weight: torch.Tensor, isa: str | None = None) -> torch.Tensor | None:
     """The C kernel's x @ weight.T, or None when it does not apply (dtype, device, layout, shapes, no library)."""
-    fn = _kernel()[0]
+    fn = _kernel(isa or cpu_isa())[0]
     if (fn is None or x.dtype is not torch.float32 or weight.dtype is not torch.float32 or not x.is_cpu
             or not weight.is_cpu or x.dim() != 2 or x.stride(1) != 1 or x.shape[1] != weight.shape[1]
             or not weight.is_contiguous()):
@@ -58,7 +60,7 @@ def linear_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     return y
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, isa: str | None = None) -> torch.Tensor:
     """x [T, in] @ weight[out, in].T -> [T, out]: the C kernel where it applies, else F.linear."""
-    y = linear_cpu(x, weight) if x.is_cpu else None
+    y = linear_cpu(x, weight, isa) if x.is_cpu else None
     return F.linear(x, weight) if y is None else y

@@ -4,7 +4,9 @@
 offers the model on a CPU, through the `fused_ops` interface the Triton backend fills with its kernels:
 `rms_norm(x, weight, eps)` and `rope(q, k, positions, cos_sin)`. Inputs the C kernels do not take
 (another dtype, a strided last dimension, int32 positions) go to kvscope.kernels.reference.norm_rope_torch.
-A SmolLM2 decode step has 61 RMSNorms and 30 RoPEs: each a handful of torch ops, or one C call.
+A SmolLM2 decode step has 61 RMSNorms and 30 RoPEs: each a handful of torch ops, or one C call. `isa`: the
+library's build (kvscope.kernels.cpu.c_library), KVSCOPE_CPU_ISA's where it is not given; a CpuFusedOps
+keeps its own.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import functools
 import torch
 
 from kvscope.kernels.cpu.activation_cpu import silu_and_mul_cpu, silu_and_mul_torch
-from kvscope.kernels.cpu.c_library import c_kernels, call_profiled
+from kvscope.kernels.cpu.c_library import c_kernels, call_profiled, cpu_isa
 from kvscope.kernels.reference.norm_rope_torch import apply_rope_torch, rms_norm_torch
 
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
 
 @functools.cache
-def _functions() -> tuple | None:
-    lib = c_kernels("norm_rope_cpu")[0]
+def _functions(isa: str) -> tuple | None:
+    lib = c_kernels("norm_rope_cpu", isa)[0]
     if lib is None:
         return None
     norm, rope = lib.kvscope_rms_norm_f32, lib.kvscope_rope_f32
@@ -32,9 +34,9 @@ def _functions() -> tuple | None:
     return norm, rope
 
 
-def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float, isa: str | None = None) -> torch.Tensor | None:
     """x [T, H] (unit-stride rows) -> a new [T, H]; None where the C kernel does not apply."""
-    fns = _functions()
+    fns = _functions(isa or cpu_isa())
     if (fns is None or x.dtype is not torch.float32 or weight.dtype is not torch.float32 or x.dim() != 2
             or x.stride(1) != 1 or not weight.is_contiguous() or not x.is_cpu or not weight.is_cpu
             or weight.numel() != x.shape[1]):
@@ -45,10 +47,11 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     return y
 
 
-def rope_cpu_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> bool:
+def rope_cpu_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
+              isa: str | None = None) -> bool:
     """Rotate q [T, H, D] and k [T, KVH, D] in place; False (nothing done) where the C kernel does not apply.
     Every position must be a row of cos_sin (the engine keeps positions below the model's max_positions)."""
-    fns = _functions()
+    fns = _functions(isa or cpu_isa())
     if (fns is None or q.dtype is not torch.float32 or k.dtype is not torch.float32
             or cos_sin.dtype is not torch.float32 or positions.dtype is not torch.int64
             or q.stride(-1) != 1 or k.stride(-1) != 1 or not cos_sin.is_contiguous()
@@ -63,24 +66,29 @@ def rope_cpu_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin
 
 class CpuFusedOps:
     """The torch backend's fused ops on a CPU: the C kernels where they apply, the torch references elsewhere
-    (and the SwiGLU activation, kvscope.kernels.cpu.activation_cpu, which the Triton backend does not offer)."""
+    (and the SwiGLU activation, kvscope.kernels.cpu.activation_cpu, which the Triton backend does not offer), all
+    of one build."""
+
+    def __init__(self, isa: str) -> None:
+        self.isa = isa
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        act = silu_and_mul_cpu(gate_up)
+        act = silu_and_mul_cpu(gate_up, self.isa)
         return silu_and_mul_torch(gate_up) if act is None else act
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        y = rms_norm_cpu(x, weight, eps)
+        y = rms_norm_cpu(x, weight, eps, self.isa)
         return rms_norm_torch(x, weight, eps) if y is None else y
 
     def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
              cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q and k rotated: in place by the C kernel, as new tensors by the torch reference."""
-        if rope_cpu_(q, k, positions, cos_sin):
+        if rope_cpu_(q, k, positions, cos_sin, self.isa):
             return q, k
         return apply_rope_torch(q, k, positions, cos_sin)
 
 
-def cpu_fused_ops() -> CpuFusedOps | None:
+def cpu_fused_ops(isa: str | None = None) -> CpuFusedOps | None:
     """The C RMSNorm / RoPE for a torch backend on a CPU, or None (the model's own torch code) without them."""
-    return CpuFusedOps() if _functions() is not None else None
+    isa = isa or cpu_isa()
+    return CpuFusedOps(isa) if _functions(isa) is not None else None

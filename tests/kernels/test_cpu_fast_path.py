@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kvscope.config.recipe import Recipe
+from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.model.attention import AttentionMetadata, TorchAttention
 from kvscope.engine.model.loader import load_for_recipe
 from kvscope.kernels.cpu import linear_cpu as lc
@@ -34,7 +35,7 @@ def torch_threads(n: int):
 
 @pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 17, 64, 300])
 @pytest.mark.parametrize(("out_features", "in_features"), [(8, 16), (13, 37), (40, 96), (72, 576), (300, 1536)])
-def test_c_linear_matches_f_linear(tokens, out_features, in_features):
+def test_c_linear_matches_f_linear(tokens, out_features, in_features, cpu_isa):
     g = torch.Generator().manual_seed(tokens * 1000 + out_features)
     w = torch.randn(out_features, in_features, generator=g)
     x = torch.randn(tokens, in_features, generator=g)
@@ -43,7 +44,7 @@ def test_c_linear_matches_f_linear(tokens, out_features, in_features):
     torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-4)
 
 
-def test_c_linear_reads_rows_of_a_wider_tensor():
+def test_c_linear_reads_rows_of_a_wider_tensor(cpu_isa):
     g = torch.Generator().manual_seed(1)
     wide = torch.randn(6, 200, generator=g)
     x = wide[:, 40:136]  # rows 200 floats apart, unit stride within a row
@@ -51,7 +52,7 @@ def test_c_linear_reads_rows_of_a_wider_tensor():
     torch.testing.assert_close(lc.linear_cpu(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
 
 
-def test_c_linear_is_the_same_on_any_thread_count():
+def test_c_linear_is_the_same_on_any_thread_count(cpu_isa):
     g = torch.Generator().manual_seed(2)
     w = torch.randn(1000, 576, generator=g)  # big enough for the parallel region
     x = torch.randn(5, 576, generator=g)
@@ -74,19 +75,43 @@ def test_linear_falls_back_to_f_linear_where_the_kernel_does_not_apply():
     assert lc.linear_cpu(x[:0], w).shape == (0, 40)
 
 
+TINY = {"model": {"source": "random", "shape": "tiny", "seed": 0}, "device": "cpu",
+        "cache": {"block_size": 16, "num_blocks": 8}, "workload": {"prompts": ["-"]}}
+
+
 def test_the_c_kernel_builds_here_and_the_model_uses_it(monkeypatch):
     assert lc.linear_cpu_status() == "kvscope C kernel (float32)"
-    loaded = load_for_recipe(Recipe.from_dict({
-        "model": {"source": "random", "shape": "tiny", "seed": 0}, "device": "cpu",
-        "cache": {"block_size": 16, "num_blocks": 8}, "workload": {"prompts": ["-"]},
-    }))
+    engine = LLMEngine(Recipe.from_dict(TINY))  # its runner binds the model to the torch backend
     calls = []
     real = lc.linear_cpu
-    monkeypatch.setattr(lc, "linear_cpu", lambda x, w: calls.append(tuple(w.shape)) or real(x, w))
-    layer = loaded.model.layers[0]
-    x = torch.randn(2, loaded.config.hidden_size)
+    monkeypatch.setattr(lc, "linear_cpu", lambda x, w, isa=None: calls.append(tuple(w.shape)) or real(x, w, isa))
+    layer = engine.loaded.model.layers[0]
+    x = torch.randn(2, engine.loaded.config.hidden_size)
     torch.testing.assert_close(layer.qkv(x), F.linear(x, layer.qkv.weight), rtol=1e-5, atol=1e-5)
     assert calls == [tuple(layer.qkv.weight.shape)]
+
+
+def test_matmuls_go_through_the_backend_like_the_other_ops(monkeypatch):
+    """The backend picks the linear layers' product (the C matmul for float32 on a CPU, F.linear elsewhere); the
+    model takes it when bound, and runs F.linear before."""
+    assert TorchAttention("cpu", torch.float32).linear.func is lc.linear
+    assert TorchAttention("cpu", torch.bfloat16).linear is F.linear
+    assert TorchAttention("cuda", torch.float32).linear is F.linear  # (made, not run: no CUDA needed)
+    model = load_for_recipe(Recipe.from_dict(TINY)).model
+    calls = []
+    real = lc.linear_cpu
+    monkeypatch.setattr(lc, "linear_cpu", lambda x, w, isa=None: calls.append(tuple(w.shape)) or real(x, w, isa))
+    hidden = torch.randn(3, model.config.hidden_size)
+    before = model.compute_logits(hidden)
+    assert calls == []  # unbound: the model's own torch code
+    backend = TorchAttention("cpu", torch.float32)
+    model.bind_kv_cache([(torch.empty(0), torch.empty(0))] * len(model.layers), backend)
+    torch.testing.assert_close(model.compute_logits(hidden), before, rtol=1e-5, atol=1e-5)
+    layer = model.layers[0]
+    layer.o_proj(torch.randn(3, model.config.q_size))
+    layer.mlp(hidden)
+    assert calls == [tuple(model.embed.weight.shape), tuple(layer.o_proj.weight.shape),
+                     tuple(layer.mlp.gate_up.weight.shape), tuple(layer.mlp.down.weight.shape)]
 
 
 def test_c_library_unavailable_says_why_in_one_line(monkeypatch, tmp_path):
@@ -232,7 +257,7 @@ def _attend_through_backend(pool: Pool) -> tuple[torch.Tensor, AttentionMetadata
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("group", [1, 3])
-def test_c_attention_matches_dense_oracle(case, group):
+def test_c_attention_matches_dense_oracle(case, group, cpu_isa):
     tables, q_lens, seq_lens = CASES[case]
     pool = Pool(tables, q_lens, seq_lens, group=group, seed=len(case) + group)
     got, meta = _attend_through_backend(pool)
@@ -247,7 +272,7 @@ def test_c_attention_matches_dense_oracle(case, group):
 
 @pytest.mark.parametrize("d", [64, 24])  # 64: the AVX-512 tile where the CPU has it; 24: the portable loop
 @pytest.mark.parametrize("group", [1, 3])
-def test_c_prefill_attention_long_chunks_over_scattered_blocks(d, group):
+def test_c_prefill_attention_long_chunks_over_scattered_blocks(d, group, cpu_isa):
     """Prompts and chunks after cached context, of lengths around the kernel's 16-token and 16-key tiles,
     with a decode beside them; the chunks' rows the same to the bit on one thread (a work item is one
     thread's)."""
@@ -269,7 +294,7 @@ def test_c_prefill_attention_long_chunks_over_scattered_blocks(d, group):
     assert torch.equal(one[chunk_rows], got[chunk_rows])  # (a lone decode splits its keys over the threads)
 
 
-def test_c_decode_attention_long_contexts_many_requests():
+def test_c_decode_attention_long_contexts_many_requests(cpu_isa):
     # 24 decodes of 1-300 keys over scattered 16-slot blocks: every work-sharing path of the kernel
     g = torch.Generator().manual_seed(7)
     lens = [int(n) for n in torch.randint(1, 300, (24,), generator=g)]
@@ -287,7 +312,7 @@ def test_c_decode_attention_long_contexts_many_requests():
     assert torch.equal(one, got)  # one request per work item: the same arithmetic on any thread count
 
 
-def test_c_decode_attention_reads_strided_queries():
+def test_c_decode_attention_reads_strided_queries(cpu_isa):
     pool = Pool(*CASES["decode-batch"], n_kv=2, group=3, d=8, seed=11)
     wide = torch.zeros(pool.q.shape[0], 80)
     wide[:, 10:58] = pool.q.flatten(1)
@@ -297,7 +322,7 @@ def test_c_decode_attention_reads_strided_queries():
 
 
 @pytest.mark.parametrize(("tokens", "hidden"), [(1, 576), (3, 37), (70, 1024)])
-def test_c_rms_norm_matches_the_torch_reference(tokens, hidden):
+def test_c_rms_norm_matches_the_torch_reference(tokens, hidden, cpu_isa):
     g = torch.Generator().manual_seed(hidden)
     wide = torch.randn(tokens, hidden + 9, generator=g)
     x = wide[:, 4:4 + hidden]  # rows hidden + 9 apart
@@ -309,7 +334,7 @@ def test_c_rms_norm_matches_the_torch_reference(tokens, hidden):
     assert rms_norm_cpu(x, w[:-1], 1e-5) is None
 
 
-def test_c_rope_rotates_in_place_like_the_torch_reference():
+def test_c_rope_rotates_in_place_like_the_torch_reference(cpu_isa):
     g = torch.Generator().manual_seed(3)
     qkv = torch.randn(5, 9 * 8 + 2 * 3 * 8, generator=g)
     q, k = qkv[:, :72].unflatten(-1, (9, 8)), qkv[:, 72:96].unflatten(-1, (3, 8))
@@ -324,7 +349,7 @@ def test_c_rope_rotates_in_place_like_the_torch_reference():
 
 
 @pytest.mark.parametrize("length", [1, 2, 17, 300, 1000])
-def test_c_decode_attention_one_request_split_over_the_threads(length):
+def test_c_decode_attention_one_request_split_over_the_threads(length, cpu_isa):
     # fewer requests than threads: the keys are split into ranges whose softmax states are merged
     g = torch.Generator().manual_seed(length)
     blocks = (length + 15) // 16
@@ -336,7 +361,7 @@ def test_c_decode_attention_one_request_split_over_the_threads(length):
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 300])
-def test_c_silu_and_mul_matches_the_torch_reference(tokens):
+def test_c_silu_and_mul_matches_the_torch_reference(tokens, cpu_isa):
     g = torch.Generator().manual_seed(tokens)
     gate_up = torch.randn(tokens, 2 * 96, generator=g) * 4
     got = silu_and_mul_cpu(gate_up)

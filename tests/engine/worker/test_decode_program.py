@@ -1,9 +1,11 @@
 """The CPU decode program (kvscope.engine.worker.decode_program, kernels/cpu/decode_cpu.c): a float32 decode
-step, ids to logits, as one C call, against the model run eagerly; the engine's tokens with and without it; its measured
-ops; a bad token id."""
+step, ids to logits, as one C call, against the model run eagerly (on each build of the C kernels: AVX-512 where the CPU
+has it, portable); the engine's tokens with and without it; its measured ops; a bad token id; a ctypes mirror of its
+struct that does not match the C one."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 
 import pytest
@@ -17,6 +19,7 @@ from kvscope.engine.probe.op_timer import PROGRAM_BACKEND
 from kvscope.engine.worker.decode_program import CpuDecodePrograms
 from kvscope.events.bus import EventBus, EventList
 from kvscope.events.records import KernelEvent, StepEnd
+from kvscope.kernels.cpu import decode_cpu
 
 RECIPE = {
     "model": {"source": "random", "shape": "tiny-gqa3", "seed": 0},
@@ -38,7 +41,7 @@ def test_the_engine_uses_programs_for_float32_on_a_cpu_only():
 
 
 @pytest.mark.parametrize("max_num_seqs, batches", [(6, (1, 3, 5, 6)), (96, (90,))])
-def test_program_logits_match_the_eager_model(max_num_seqs, batches):
+def test_program_logits_match_the_eager_model(max_num_seqs, batches, cpu_isa):
     """Small batches, some padded, and one of 90 (padded to 96): every thread has tokens of its own to
     rotate and store."""
     engine = _engine(scheduler={**RECIPE["scheduler"], "max_num_seqs": max_num_seqs},
@@ -91,7 +94,7 @@ def _generate(programs: bool, bus: EventBus | None = None) -> tuple[list[list[in
     return [list(engine.output(i).token_ids) for i in ids], engine
 
 
-def test_engine_tokens_are_the_same_with_and_without_programs():
+def test_engine_tokens_are_the_same_with_and_without_programs(cpu_isa):
     want, _ = _generate(programs=False)
     got, engine = _generate(programs=True)
     assert got == want and [len(t) for t in got] == [4, 6, 8, 10, 12]
@@ -129,3 +132,36 @@ def test_a_token_id_outside_the_vocabulary_fails_the_step_in_one_line():
     with pytest.raises(IndexError, match="outside the vocabulary"):
         programs.run(torch.tensor([engine.config.vocab_size]), ctx)
     assert programs.run(torch.tensor([5]), ctx).shape == (1, engine.config.vocab_size)  # the next step runs
+
+
+class _Swapped(ctypes.Structure):
+    """decode_cpu's mirror of DecodeProgram with two int fields swapped: the same size, every offset but two."""
+
+    _fields_ = [("q_size" if name == "kv_size" else "kv_size" if name == "q_size" else name, ctype)
+                for name, ctype in decode_cpu._Program._fields_]
+
+
+@pytest.fixture
+def wrong_mirror(monkeypatch):
+    """The decode program's binding with a wrong ctypes mirror of its struct (its entry points looked up anew)."""
+    monkeypatch.setattr(decode_cpu, "_Program", _Swapped)
+    decode_cpu._entry_points.cache_clear()
+    yield
+    monkeypatch.undo()
+    decode_cpu._entry_points.cache_clear()
+
+
+def test_a_wrong_struct_mirror_turns_the_program_off_in_one_line_and_the_engine_runs_without(wrong_mirror):
+    with pytest.warns(RuntimeWarning, match="DecodeProgram") as warned:
+        assert not decode_cpu.decode_program_available()
+    (line,) = [str(w.message) for w in warned]
+    assert "\n" not in line and "at field 3: q_size (offset 12" in line and "kv_size (offset 12" in line
+    assert decode_cpu.decode_program_status().startswith("off (decode_cpu.c: struct DecodeProgram and its ctypes")
+    engine = _engine()
+    assert engine.runner.graphs is None  # the eager model: the step's ops one call each
+    g = torch.Generator().manual_seed(7)
+    request = engine.add_request(torch.randint(0, 256, (5,), generator=g).tolist(),
+                                 SamplingParams(max_tokens=4, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
+    assert len(engine.output(request).token_ids) == 4
