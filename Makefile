@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint headless bench clean
+.PHONY: run test lint typecheck headless bench clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -21,7 +21,7 @@ headless: $(STAMP)
 
 # The pytest script, not `python -m pytest`: that would put the repository's root on sys.path, where the
 # kernels/ folder shadows Hugging Face's `kernels` package that transformers imports.
-test: lint
+test: typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 # ruff, then the import contracts of pyproject.toml. lint-imports reads the package from a view where the
@@ -32,6 +32,10 @@ lint: $(STAMP)
 	cp -r kvscope build/import-view/kvscope
 	for d in engine kernels inspector tui cli serve recipes; do ln -s ../../../$$d build/import-view/kvscope/$$d; done
 	cd build && PYTHONPATH=import-view ../$(VENV)/bin/lint-imports --config ../pyproject.toml
+
+# mypy over every kvscope package, read from the same import view.
+typecheck: lint
+	cd build && MYPYPATH=import-view ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p kvscope
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
