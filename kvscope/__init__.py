@@ -1,7 +1,8 @@
 """kvscope: a terminal profiling and introspection toolkit around a compact LLM inference engine.
 
-The subpackages live in top-level folders of the repository (engine/, kernels/,
-inspector/, tui/, cli/, recipes/) and are mapped into this namespace by pyproject.
+The subpackages live in top-level folders of the repository (engine/, kernels/, inspector/,
+tui/, serve/, cli/, recipes/) and are mapped into this namespace by pyproject; the bottom of
+the house (config/, events/, costmodel/, errors) sits here. Map: docs/architecture.md.
 
     from kvscope import LLM, SamplingParams      # as `from vllm import LLM, SamplingParams`
 

@@ -17,6 +17,8 @@ from kvscope.engine.llm import LLM
 from kvscope.engine.model.loader import LoadedModel, load_for_recipe
 from support.hf_oracle import hf_greedy
 
+pytestmark = pytest.mark.slow  # the real SmolLM2 weights, and transformers as the oracle
+
 NEW_TOKENS = 32
 BASE = {"model": {"source": "gguf", "path": "smollm2"}, "dtype": "float32", "device": "cpu",
         "attention_backend": "torch", "workload": {"prompts": ["-"]}}

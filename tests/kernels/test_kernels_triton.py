@@ -240,6 +240,7 @@ def _hf_llama():
     return pytest.importorskip("transformers.models.llama.modeling_llama")
 
 
+@pytest.mark.slow  # imports Hugging Face transformers for its LlamaRMSNorm / rotate_half
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [64, 96])
 def test_rms_norm_matches_hf_and_reference(hidden, dtype):
@@ -272,6 +273,7 @@ def test_add_rms_norm_fused(dtype):
     torch.testing.assert_close(out, ref_out, **TOL[dtype])
 
 
+@pytest.mark.slow  # imports Hugging Face transformers for its LlamaRMSNorm / rotate_half
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [16, 64])
 def test_rope_matches_hf_rotate_half(head_dim, dtype):
