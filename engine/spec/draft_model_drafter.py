@@ -10,7 +10,7 @@ the draft pool gets no drafts this step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -28,15 +28,26 @@ if TYPE_CHECKING:
     from kvscope.config.recipe import SpeculativeSpec
     from kvscope.engine.core.scheduler import ScheduledRequest
     from kvscope.engine.llm_engine import LLMEngine
+    from kvscope.engine.model.llama import DecoderLayer
+
+
+def _real_device(engine: LLMEngine) -> torch.device:
+    """The engine's torch device: speculative decoding runs on a real device only (a recipe refuses it on
+    `device: sim`)."""
+    device = engine.device
+    assert isinstance(device, torch.device), "a draft model needs a real device"
+    return device
 
 
 class DraftModelDrafter:
     method = "draft_model"
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, engine: LLMEngine) -> None:
+        device, backend = _real_device(engine), engine.backend
+        assert backend is not None  # a real device's engine has its attention backend
         self.kv_cache = KVCache(cfg.num_layers, engine.num_blocks, engine.block_size, cfg.num_kv_heads,
-                                cfg.head_dim, engine.loaded.dtype, engine.device)
-        self.runner = ModelRunner(model, self.kv_cache, engine.backend, engine.device)
+                                cfg.head_dim, engine.loaded.dtype, device)
+        self.runner = ModelRunner(model, self.kv_cache, backend, device)
         self.blocks = BlockManager(engine.num_blocks, engine.block_size, False, EventBus())
         self.shadows: dict[int, tuple[Request, Request]] = {}  # request id -> (target request, its shadow)
 
@@ -46,7 +57,7 @@ class DraftModelDrafter:
         where = engine.recipe.source
         assert spec.model is not None
         try:
-            model, config, _ = load_model(spec.model, engine.loaded.dtype, engine.device)
+            model, config, _ = load_model(spec.model, engine.loaded.dtype, _real_device(engine))
         except RecipeError as exc:
             raise RecipeError(f"{where}: speculative.{exc}") from None
         target = engine.config.vocab_size
@@ -102,7 +113,13 @@ class DraftModelDrafter:
 
     def _first_drafts(self, jobs: list[tuple[ScheduledRequest, Request, int]]) -> dict[int, tuple[list, list]]:
         bs = self.blocks.block_size
-        ids, positions, slots, qlens, seq_lens, tables, last_rows = [], [], [], [], [], [], []
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        qlens: list[int] = []
+        seq_lens: list[int] = []
+        tables: list[list[int]] = []
+        last_rows: list[int] = []
         for s, shadow, start in jobs:
             end = s.request.num_tokens
             ids.extend(s.request.token_ids[start:end])
@@ -136,7 +153,7 @@ class DraftModelDrafter:
     def _logits(self, ids: list[int], positions: list[int], slots: list[int], qlens: list[int], seq_lens: list[int],
                 tables: list[list[int]], rows: list[int]) -> torch.Tensor:
         runner = self.runner
-        if runner.model.layers[0].attn.k_cache is not runner.kv_layers[0][0]:
+        if cast("DecoderLayer", runner.model.layers[0]).attn.k_cache is not runner.kv_layers[0][0]:
             runner.model.bind_kv_cache(runner.kv_layers, runner.backend)
         ctx = runner.context(positions, slots, qlens, seq_lens, tables)
         hidden = runner.model(runner._tensor(ids, torch.int64), ctx)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from kvscope.engine.worker.model_runner import ModelRunner
 from kvscope.engine.worker.sampler import target_probs
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ class LayerSkipDrafter:
     method = "layerskip"
 
     def __init__(self, engine: LLMEngine, num_layers: int) -> None:
-        self.runner = engine.runner
+        runner = engine.runner
+        # speculative decoding runs on a real device only (a recipe refuses it on `device: sim`): a ModelRunner
+        assert isinstance(runner, ModelRunner), "layerskip drafting needs the engine's ModelRunner"
+        self.runner = runner
         self.num_layers = num_layers
 
     @torch.inference_mode()

@@ -25,12 +25,15 @@ batch: token ids, positions, KV slots, block tables, query starts and context le
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from kvscope.engine.model.attention import AttentionMetadata
 from kvscope.engine.model.forward_context import ForwardContext
+
+if TYPE_CHECKING:
+    from kvscope.engine.model.llama import LlamaModel
 
 CAPTURE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
@@ -55,7 +58,7 @@ class DecodeGraphs:
                  block_size: int, capture: bool = True) -> None:
         if capture and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device.type}")
-        self.model = model
+        self.model = cast("LlamaModel", model)  # what every model source builds (kvscope.engine.model.loader)
         self.max_model_len = max_model_len
         self.sizes = capture_sizes(max_num_seqs)
         top, width = self.sizes[-1], -(-max_model_len // block_size)
@@ -87,6 +90,7 @@ class DecodeGraphs:
         [n, hidden] (a CPU decode program's: logits [n, vocab])."""
         n = input_ids.shape[0]
         size = self.padded_size(n)
+        assert size is not None, "run() takes only a step that applies() accepted"
         meta = ctx.attn
         self.input_ids[:n].copy_(input_ids)
         self.positions[:n].copy_(ctx.positions)

@@ -15,6 +15,8 @@ off).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict, cast
+
 import torch
 
 from kvscope.costmodel.roofline import LAYER_OPS
@@ -22,7 +24,22 @@ from kvscope.engine.model.forward_context import ForwardContext
 from kvscope.engine.worker.cuda_graphs import DecodeGraphs
 from kvscope.kernels.cpu.decode_cpu import STEP_OPS, DecodeProgram, decode_program_available
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from kvscope.engine.model.llama import DecoderLayer
+
 PROGRAM_OPS = {**dict(enumerate(LAYER_OPS)), **STEP_OPS}  # the program's op indices: their op names
+
+
+class _ActivationBuffers(TypedDict):
+    """The programs' activation buffers, by their DecodeProgram argument names."""
+
+    h: torch.Tensor
+    qkv_out: torch.Tensor
+    attn_out: torch.Tensor
+    gate_up_out: torch.Tensor
+    act: torch.Tensor
 
 
 class CpuDecodePrograms(DecodeGraphs):
@@ -33,21 +50,25 @@ class CpuDecodePrograms(DecodeGraphs):
     def __init__(self, model: torch.nn.Module, kv_layers: list[tuple[torch.Tensor, torch.Tensor]],
                  max_num_seqs: int, max_model_len: int, block_size: int) -> None:
         super().__init__(model, torch.device("cpu"), max_num_seqs, max_model_len, block_size, capture=False)
+        model = self.model  # the LlamaModel (DecodeGraphs)
         cfg = model.config
         top = self.sizes[-1]
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.x = torch.zeros(top, cfg.hidden_size)  # the residual stream, in place through the layers
-        buffers = {"h": torch.zeros(top, cfg.hidden_size), "qkv_out": torch.zeros(top, q_size + 2 * kv_size),
-                   "attn_out": torch.zeros(top, q_size), "gate_up_out": torch.zeros(top, 2 * cfg.intermediate_size),
-                   "act": torch.zeros(top, cfg.intermediate_size)}
+        buffers: _ActivationBuffers = {
+            "h": torch.zeros(top, cfg.hidden_size), "qkv_out": torch.zeros(top, q_size + 2 * kv_size),
+            "attn_out": torch.zeros(top, q_size), "gate_up_out": torch.zeros(top, 2 * cfg.intermediate_size),
+            "act": torch.zeros(top, cfg.intermediate_size)}
         self._buffers = buffers  # the programs hold raw pointers into these: they live as long as self
         self.requests = torch.arange(top, dtype=torch.int32)
         self.logits = torch.zeros(top, cfg.vocab_size)
-        first = model.layers[0]
+        decoder_layers = cast("Iterable[DecoderLayer]", model.layers)
+        first = cast("DecoderLayer", model.layers[0])
         lm_head = model.embed.weight if model.lm_head is None else model.lm_head.weight
-        layers = [{"attn_norm": layer.attn_norm.weight, "qkv": layer.qkv.weight, "o_proj": layer.o_proj.weight,
-                   "mlp_norm": layer.mlp_norm.weight, "gate_up": layer.mlp.gate_up.weight,
-                   "down": layer.mlp.down.weight} for layer in model.layers]
+        layers: list[dict[str, torch.Tensor]] = [
+            {"attn_norm": layer.attn_norm.weight, "qkv": layer.qkv.weight, "o_proj": layer.o_proj.weight,
+             "mlp_norm": layer.mlp_norm.weight, "gate_up": layer.mlp.gate_up.weight, "down": layer.mlp.down.weight}
+            for layer in decoder_layers]
         self.programs = {size: DecodeProgram(
             tokens=size, layers=layers, k_caches=[k for k, _ in kv_layers], v_caches=[v for _, v in kv_layers],
             heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, eps=first.attn_norm.eps,
@@ -81,4 +102,6 @@ class CpuDecodePrograms(DecodeGraphs):
 
     def op_records(self) -> list[tuple[str, int, int, int]]:
         """The last program's ops as the op timer's records: (op, layer, start ns, end ns), perf_counter_ns."""
-        return [(PROGRAM_OPS[i], layer, start, end) for i, layer, start, end in self._last.op_times()]
+        last = self._last
+        assert last is not None, "op_records() follows a replay()"
+        return [(PROGRAM_OPS[i], layer, start, end) for i, layer, start, end in last.op_times()]

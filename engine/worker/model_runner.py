@@ -14,6 +14,7 @@ The runner binds the KV pools and the attention backend into the model once, whe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -25,6 +26,9 @@ from kvscope.engine.worker.cuda_graphs import DecodeGraphs
 from kvscope.engine.worker.kv_cache import KVCache
 from kvscope.engine.worker.rejection_sampler import verify
 from kvscope.engine.worker.sampler import sample
+
+if TYPE_CHECKING:
+    from kvscope.engine.model.llama import DecoderLayer, LlamaModel
 
 
 @dataclass(slots=True)
@@ -39,13 +43,13 @@ class PreparedBatch:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, backend: AttentionBackend,
                  device: torch.device) -> None:
-        self.model = model
+        self.model = cast("LlamaModel", model)  # what every model source builds (kvscope.engine.model.loader)
         self.kv_layers = kv_cache.layers()
         self.backend = backend
         self.device = device
         self.block_size = kv_cache.block_size
         self.graphs: DecodeGraphs | None = None  # decode steps replayed: CUDA graphs or CPU decode programs
-        model.bind_kv_cache(self.kv_layers, backend)
+        self.model.bind_kv_cache(self.kv_layers, backend)
 
     def prepare(self, out: SchedulerOutput) -> PreparedBatch:
         """The flat batch; `out.num_padding_tokens` pad tokens (id 0, slot -1: never stored, never attended to,
@@ -116,7 +120,7 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: PreparedBatch) -> torch.Tensor | None:
         """Float32 logits [len(batch.sampled), vocab], or None when no request samples this step."""
-        if self.model.layers[0].attn.k_cache is not self.kv_layers[0][0]:
+        if cast("DecoderLayer", self.model.layers[0]).attn.k_cache is not self.kv_layers[0][0]:
             self.model.bind_kv_cache(self.kv_layers, self.backend)  # another engine on this model ran since
         graphs = self.graphs
         if graphs is not None and graphs.applies(batch.input_ids, batch.ctx, batch.num_verified):

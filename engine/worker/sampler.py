@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from kvscope.config.sampling_params import SamplingParams
@@ -13,7 +15,7 @@ def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
-) -> list[int | None]:
+) -> Sequence[int | None]:
     """One token per row of `logits` ([N, vocab], float32) under each row's parameters; None for a row
     whose parameters give no distribution to sample from (say a NaN temperature set after admission):
     that request ends with an error, the others get their tokens."""

@@ -10,6 +10,7 @@ the layout runs no code of the library (it is data).
 from __future__ import annotations
 
 import ctypes
+from _ctypes import CFuncPtr  # what ctypes holds as _CFuncPtr (its stubs do not export that name)
 
 
 class _Field(ctypes.Structure):
@@ -23,7 +24,7 @@ class _Layout(ctypes.Structure):
 
 def _kind(ctype: type) -> str:
     """ctypes' type code of a scalar field type; 'P' for pointers of every sort; '?' for anything else."""
-    if issubclass(ctype, (ctypes._Pointer, ctypes._CFuncPtr)) or ctype in (ctypes.c_void_p, ctypes.c_char_p):
+    if issubclass(ctype, (ctypes._Pointer, CFuncPtr)) or ctype in (ctypes.c_void_p, ctypes.c_char_p):
         return "P"
     code = getattr(ctype, "_type_", None)
     return code if issubclass(ctype, ctypes._SimpleCData) and isinstance(code, str) else "?"

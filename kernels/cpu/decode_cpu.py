@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
+from typing import Any, ClassVar, TypedDict
 
 import torch
 
@@ -31,28 +33,48 @@ _I, _F, _L, _P = ctypes.c_int, ctypes.c_float, ctypes.c_long, ctypes.c_void_p
 
 
 class _Program(ctypes.Structure):
-    _fields_ = [(name, _I) for name in ("tokens", "layers", "hidden", "q_size", "kv_size", "intermediate", "heads",
-                                        "kv_heads", "head_dim", "block_size", "threads", "vocab")] + [
-        ("eps", _F), ("scale", _F), ("final_eps", _F), ("bt_stride", _L)] + [
-        (name, _P) for name in ("input_ids", "embed", "final_norm", "lm_head", "logits", "attn_norm", "qkv",
-                                "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache", "positions", "slots",
-                                "block_tables", "query_start_loc", "seq_lens", "requests", "cos_sin", "x", "h",
-                                "qkv_out", "attn_out", "gate_up_out", "act", "linear", "rms_norm", "silu_and_mul",
-                                "rope", "attend", "times", "step_times")]
+    _fields_: ClassVar[list[tuple[str, type[ctypes._SimpleCData[Any]]]]] = [
+        *[(name, _I) for name in ("tokens", "layers", "hidden", "q_size", "kv_size", "intermediate", "heads",
+                                  "kv_heads", "head_dim", "block_size", "threads", "vocab")],
+        ("eps", _F), ("scale", _F), ("final_eps", _F), ("bt_stride", _L),
+        *[(name, _P) for name in ("input_ids", "embed", "final_norm", "lm_head", "logits", "attn_norm", "qkv",
+                                  "o_proj", "mlp_norm", "gate_up", "down", "k_cache", "v_cache", "positions", "slots",
+                                  "block_tables", "query_start_loc", "seq_lens", "requests", "cos_sin", "x", "h",
+                                  "qkv_out", "attn_out", "gate_up_out", "act", "linear", "rms_norm", "silu_and_mul",
+                                  "rope", "attend", "times", "step_times")]]
+
+
+class _EntryPoints(TypedDict):
+    """The team kernels' addresses (what the program's function-pointer fields hold) and the program's entry."""
+
+    linear: int
+    rms_norm: int
+    silu_and_mul: int
+    rope: int
+    attend: int
+    run: Callable[..., int]
+
+
+def _address(lib: ctypes.CDLL, name: str) -> int:
+    """The address of a function the library exports (never NULL: a missing one raises AttributeError)."""
+    value = ctypes.cast(getattr(lib, name), _P).value
+    assert value is not None
+    return value
 
 
 @functools.cache
-def _entry_points(isa: str) -> tuple[dict[str, int] | None, str]:
+def _entry_points(isa: str) -> tuple[_EntryPoints | None, str]:
     """(addresses of the team kernels and the program itself, "") for build `isa`, or (None, why not: a library
     that does not build, or a struct mirrored wrongly)."""
     loaded = {"linear": c_kernels("linear_cpu", isa), "norm_rope": c_kernels("norm_rope_cpu", isa),
               "attention": c_kernels("attention_cpu", isa), "activation": c_kernels("activation_cpu", isa),
               "decode": c_kernels("decode_cpu", isa, structs=(("DecodeProgram", _Program),))}
-    why_not = next((why for lib, why in loaded.values() if lib is None), None)
-    if why_not is not None:
-        return None, why_not
-    libs = {name: lib for name, (lib, _) in loaded.items()}
-    address = lambda lib, name: ctypes.cast(getattr(libs[lib], name), _P).value
+    libs: dict[str, ctypes.CDLL] = {}
+    for name, (lib, why_not) in loaded.items():
+        if lib is None:
+            return None, why_not
+        libs[name] = lib
+    address = lambda lib, name: _address(libs[lib], name)
     run = libs["decode"].kvscope_decode_program_f32
     run.argtypes, run.restype = [ctypes.POINTER(_Program)], _I
     return {"linear": address("linear", "kvscope_linear_f32_team"),
@@ -114,8 +136,8 @@ class DecodeProgram:
                         ("cos_sin", cos_sin), ("x", x), ("h", h), ("qkv_out", qkv_out), ("attn_out", attn_out),
                         ("gate_up_out", gate_up_out), ("act", act), ("times", self.times)):
             setattr(p, name, t.data_ptr())
-        for name in ("linear", "rms_norm", "silu_and_mul", "rope", "attend"):
-            setattr(p, name, entry[name])
+        p.linear, p.rms_norm, p.silu_and_mul, p.rope, p.attend = (
+            entry["linear"], entry["rms_norm"], entry["silu_and_mul"], entry["rope"], entry["attend"])
         self._ref = ctypes.byref(p)
 
     def run(self) -> None:

@@ -79,6 +79,7 @@ class _Context:
     def read(self, cache: torch.Tensor) -> torch.Tensor:
         if self.first_slot >= 0:
             return cache.view(-1, cache.shape[2], cache.shape[3])[self.first_slot:self.first_slot + self.length]
+        assert self.blocks is not None  # a context has a first slot or its blocks (every one built here does)
         return _gather_context(cache, self.blocks, self.length)
 
 
@@ -148,8 +149,8 @@ def plan_paged_attention(
             context = _context(tables[rows[0]], max_len, block_size, device)
         else:
             n_blocks = (max_len + block_size - 1) // block_size
-            ids = [tables[i][:n_blocks] + [0] * (n_blocks - min(n_blocks, len(tables[i]))) for i in rows]
-            context = _Context(max_len, blocks=torch.tensor(ids, dtype=torch.int64, device=device))
+            padded = [tables[i][:n_blocks] + [0] * (n_blocks - min(n_blocks, len(tables[i]))) for i in rows]
+            context = _Context(max_len, blocks=torch.tensor(padded, dtype=torch.int64, device=device))
         keep = None
         if min(lens) != max_len:  # an additive mask: SDPA converts a boolean one on every call
             lens_t = torch.tensor(lens, device=device)
