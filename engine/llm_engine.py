@@ -135,13 +135,14 @@ class LLMEngine:
         max_tokens = self.check_fits(len(ids), params.max_tokens)
         return self._queue(ids, params, max_tokens, first_token=first_token, kv_transfer_params=kv_transfer_params)
 
-    def _queue(self, ids: list[int], params: SamplingParams, max_tokens: int, first_token: int | None = None,
-               **transfer: object) -> int:
+    def _queue(self, ids: list[int], params: SamplingParams, max_tokens: int, first_token: int | None = None, *,
+               do_remote_decode: bool = False, kv_transfer_params: KVTransferParams | None = None) -> int:
         generator = self.generator if params.seed is None else torch.Generator().manual_seed(params.seed)
         with self._lock:
             rid = self.next_request_id
             self.next_request_id += 1
-            req = Request(rid, ids, params, max_tokens, self.bus.clock(), generator=generator, **transfer)
+            req = Request(rid, ids, params, max_tokens, self.bus.clock(), generator=generator,
+                          do_remote_decode=do_remote_decode, kv_transfer_params=kv_transfer_params)
             if first_token is not None:
                 req.token_ids.append(first_token)
             self.requests[rid] = req
@@ -161,6 +162,7 @@ class LLMEngine:
         """A prefill engine: the K/V of a transfer's pinned blocks (KVConnector.read_kv). Safe beside a step in
         another thread (the connector's pin lock, not the engine's lock): a read need not wait for a prefill."""
         assert self.connector is not None, "read_kv on an engine that is not a kv_producer"
+        assert self.kv_cache is not None, "read_kv on a simulated device (its links move no K/V)"
         return self.connector.read_kv(self.kv_cache, transfer_id, block_ids)
 
     def expire_transfers(self) -> None:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from kvscope.config.model_config import ModelConfig, count_params
 from kvscope.engine.checkpoint.gguf_header import ArrayLength, HasDims, num_elements
 from kvscope.errors import ModelShapeError
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
+    """An int that is not a bool (narrows `value` to int for the type checker)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

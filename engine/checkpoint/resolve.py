@@ -54,12 +54,13 @@ def _shape_from_unknown_file(path: str) -> ModelConfig:
 
 def _read(path: str, load: Callable[[Any], Any], kind: str, errors: tuple[type[Exception], ...]) -> Any:
     """The file parsed by `load`; ModelShapeError naming the file when it is missing or not a `kind`."""
+    unreadable: tuple[type[Exception], ...] = (OSError, UnicodeDecodeError, *errors)
     try:
         with open(path, encoding="utf-8") as f:
             return load(f)
     except FileNotFoundError:
         raise ModelShapeError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, *errors) as exc:
+    except unreadable as exc:
         raise ModelShapeError(f"{path}: not a {kind} ({str(exc).splitlines()[0]})") from None
 
 

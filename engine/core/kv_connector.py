@@ -279,10 +279,12 @@ class KVConnector:
         send_start = send_end = load.recv_start
         if load.read is not None and not load.error:
             try:
+                assert peer is not None  # a read was started, so _start found the producer
                 data, send_start, send_end = load.read.result()
                 send_start += peer.clock_offset_ns
                 send_end += peer.clock_offset_ns
                 if data is not None:  # None: a simulated link (no K/V to move)
+                    assert kv_cache is not None  # real K/V comes only to an engine that has a KV cache
                     kv_cache.write_blocks(list(load.local_block_ids), data)
             except Exception as exc:  # as in _start
                 load.error = _failure(params, exc)

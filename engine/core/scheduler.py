@@ -195,7 +195,7 @@ class Scheduler:
                 budget -= taken
         return out
 
-    def update(self, out: SchedulerOutput, sampled: list[Request], tokens: list[int | None]) -> list[Request]:
+    def update(self, out: SchedulerOutput, sampled: list[Request], tokens: list[list[int] | None]) -> list[Request]:
         """After the forward pass (vLLM's update_from_output): every scheduled request has computed its tokens
         (its newly full blocks join the prefix cache), each sampled request gets its token, and those that
         stop are finished and freed; one whose sampling failed (None) ends with reason "error". Returns the
@@ -286,7 +286,8 @@ class Scheduler:
         if proposed:
             out.spec_results.append(SpecResult(req.request_id, s.num_draft_slots, proposed, accepted, appended,
                                                s.num_draft_slots - accepted, blocks))
-            spec = self.speculative  # set: nothing drafts without it
+            spec = self.speculative
+            assert spec is not None  # nothing drafts without it
             if spec.adaptive:
                 k = req.num_spec_tokens or spec.num_speculative_tokens
                 k = min(k + 2, spec.max_speculative_tokens) if accepted == proposed else max(1, k - 1)
@@ -304,7 +305,9 @@ class Scheduler:
             if req.status is RequestStatus.FINISHED:  # aborted meanwhile
                 continue
             self.loading.remove(req)
-            req.num_computed_tokens = req.kv_transfer_params.num_tokens
+            params = req.kv_transfer_params
+            assert params is not None  # a loading request is a remote one: it came with its transfer's params
+            req.num_computed_tokens = params.num_tokens
             req.kv_transfer_params = None  # a later preemption recomputes here, like any other request
             req.status = RequestStatus.RUNNING
             self.running.append(req)

@@ -25,6 +25,7 @@ import copy
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from kvscope.config.model_config import ModelConfig
 from kvscope.config.recipe import Recipe
@@ -37,6 +38,15 @@ from kvscope.errors import EngineDied, RequestError
 from kvscope.events.bus import EventBus
 from kvscope.events.records import RequestEvent, StepBegin, StepEnd
 from kvscope.events.vocabulary import ARRIVED, FINISHED, FIRST_TOKEN
+
+if TYPE_CHECKING:
+    from kvscope.engine.disagg.ray_engine import RayEngine
+    from kvscope.engine.engine_client import VirtualClock
+
+
+def _virtual_clock(bus: EventBus) -> VirtualClock:
+    """A simulated engine's clock: its bus runs on the simulation's virtual clock (kvscope.engine.executor)."""
+    return cast("VirtualClock", bus.clock)
 
 
 @dataclass(slots=True)
@@ -87,7 +97,7 @@ class DeploymentClock:
         p = self.proxy
         for h in p.engines.values():
             if not p._count[h.name]:
-                h.bus.clock.advance_to(ns)
+                _virtual_clock(h.bus).advance_to(ns)
 
 
 class SimulatedDeployment:
@@ -180,7 +190,7 @@ class DisaggregatedEngine:
         self.front.check_fits(len(ids), params.max_tokens)  # the decode side will need room for all of it
         engine = self._least_busy(self.prefill)
         if self.virtual and not self._count[engine.name]:
-            engine.bus.clock.advance_to(self.bus.clock())  # an idle simulated engine: its time is now
+            _virtual_clock(engine.bus).advance_to(self.bus.clock())  # an idle simulated engine: its time is now
         first_leg = copy.copy(params)
         first_leg.max_tokens = 1
         try:
@@ -277,7 +287,8 @@ class DisaggregatedEngine:
         remote = [h for h in busy if h.asynchronous]
         if local or not remote:
             return local + [h for h in remote if h.step_done()]
-        return type(remote[0]).wait_any(remote)
+        ray_engines = cast("list[RayEngine]", remote)  # a step runs elsewhere only in a Ray actor
+        return list(type(ray_engines[0]).wait_any(ray_engines))
 
     def _receive(self, req: ProxyRequest, tokens: list[int], received: dict[int, int], ts: int) -> None:
         """Tokens reach the client: the first ones are its first token (FIRST_TOKEN on the proxy's bus)."""
@@ -326,7 +337,7 @@ class DisaggregatedEngine:
         waiting = []
         for ready, req, out, engine in sorted(self._handoffs, key=lambda x: x[0]):
             if not self._count[engine.name]:
-                engine.bus.clock.advance_to(ready)
+                _virtual_clock(engine.bus).advance_to(ready)
             if engine.bus.clock() >= ready:
                 self._hand(req, out, engine)
             else:

@@ -62,7 +62,8 @@ class EngineActor:
 
         torch.set_num_threads(threads)
         self.bus = EventBus()
-        self.events = self.bus.subscribe(EventList())
+        self.events = EventList()
+        self.bus.subscribe(self.events)
         self.engine = LLMEngine(Recipe.from_dict(raw, source), bus=self.bus, kernel_events=kernel_events,
                                 kv_role=role, engine_id=name)
         self.progress = OutputProgress() if role == CONSUMER else None
@@ -187,13 +188,14 @@ class RayEngine:
 
     def _measure_offset(self) -> tuple[int, int]:
         """(offset of the actor's clock onto ours, the round trip it was measured with): the quickest of PINGS."""
-        best = None
+        best: tuple[int, int] | None = None
         for _ in range(PINGS):
             t0 = now_ns()
             remote = self._get(self.actor.clock_ns.remote())
             t1 = now_ns()
             if best is None or t1 - t0 < best[1]:
                 best = ((t0 + t1) // 2 - remote, t1 - t0)
+        assert best is not None  # PINGS > 0
         offset, rtt = best
         return (0 if abs(offset) <= rtt // 2 else offset), rtt
 

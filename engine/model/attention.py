@@ -68,10 +68,24 @@ def matmul_for(device: torch.device | str, dtype: torch.dtype, isa: str) -> Matm
     return F.linear
 
 
+class FusedOps(Protocol):
+    """A backend's fused kernels, which the model calls instead of its own torch code. A backend may also offer
+    `silu_and_mul(gate_up) -> silu(gate) * up` (the model looks it up with getattr)."""
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+    def rope(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+             cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class AttentionBackend(Protocol):
     name: str
-    fused_ops: object | None  # rms_norm(x, w, eps) and rope(q, k, positions, cos_sin), or None
     linear: Matmul  # the linear layers' product (matmul_for)
+
+    @property
+    def fused_ops(self) -> FusedOps | None:
+        """rms_norm(x, w, eps) and rope(q, k, positions, cos_sin), or None (the model's own torch code)."""
+        ...
 
     def write_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, meta: AttentionMetadata) -> None:

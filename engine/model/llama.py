@@ -22,14 +22,15 @@ activation where it offers them (kvscope.engine.model.attention); until then the
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kvscope.config.model_config import ModelConfig
-from kvscope.engine.model.attention import AttentionBackend, AttentionMetadata
+from kvscope.engine.model.attention import AttentionBackend, AttentionMetadata, FusedOps, Matmul
 from kvscope.engine.model.forward_context import ForwardContext
 
 
@@ -42,7 +43,7 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.matmul: Any = F.linear
+        self.matmul: Matmul = F.linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.weight)
@@ -68,7 +69,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
         self.eps = eps
-        self.fused: Any = None
+        self.fused: FusedOps | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
@@ -85,6 +86,9 @@ class RotaryEmbedding(nn.Module):
 
     One instance serves every layer. `fused`: the backend's fused kernels (their rope), or None."""
 
+    cos: torch.Tensor  # buffers (register_buffer), [max_positions, head_dim]
+    sin: torch.Tensor
+
     def __init__(self, head_dim: int, theta: float, max_positions: int) -> None:
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -92,7 +96,7 @@ class RotaryEmbedding(nn.Module):
         table = torch.cat((angles, angles), dim=-1)  # [max_positions, head_dim]
         self.register_buffer("cos", table.cos(), persistent=False)
         self.register_buffer("sin", table.sin(), persistent=False)
-        self.fused: Any = None
+        self.fused: FusedOps | None = None
         self._cos_sin: torch.Tensor | None = None
         self._step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -142,9 +146,11 @@ class PagedAttention(nn.Module):
         self.k_cache, self.v_cache, self.backend = k_cache, v_cache, backend
 
     def write_kv(self, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
+        assert self.backend is not None and self.k_cache is not None and self.v_cache is not None, "bind() first"
         self.backend.write_kv(k, v, self.k_cache, self.v_cache, meta)
 
     def forward(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        assert self.backend is not None and self.k_cache is not None and self.v_cache is not None, "bind() first"
         return self.backend.attend(q, self.k_cache, self.v_cache, meta, self.scale)
 
 
@@ -155,7 +161,8 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_up = Linear(hidden_size, 2 * intermediate_size)
         self.down = Linear(intermediate_size, hidden_size)
-        self.silu_and_mul: Any = None  # the backend's fused activation (gate | up -> silu(gate) * up), or None
+        # the backend's fused activation (gate | up -> silu(gate) * up), or None
+        self.silu_and_mul: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up(x)
@@ -201,7 +208,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, self.rope) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_embeddings else Linear(config.hidden_size, config.vocab_size)
-        self.matmul: Any = F.linear  # the LM head's product (tied or not), the backend's once bound
+        self.matmul: Matmul = F.linear  # the LM head's product (tied or not), the backend's once bound
 
     @classmethod
     def from_state_dict(
@@ -233,7 +240,8 @@ class LlamaModel(nn.Module):
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} KV caches (one per layer), got {len(kv_caches)}")
         fused, matmul = backend.fused_ops, backend.linear
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
+        layers = cast(Iterable[DecoderLayer], self.layers)  # the ModuleList holds DecoderLayers only
+        for layer, (k_cache, v_cache) in zip(layers, kv_caches):
             layer.attn.bind(k_cache, v_cache, backend)
             layer.attn_norm.fused = layer.mlp_norm.fused = fused
             layer.mlp.silu_and_mul = getattr(fused, "silu_and_mul", None)

@@ -182,7 +182,7 @@ class BPETokenizer(Tokenizer):
 
         spelling = _byte_alphabet()
         alphabet = set(spelling.values())
-        vocab = {}
+        vocab: dict[str, int] = {}
         for index, token in enumerate(tokens):
             if not set(token) <= alphabet:
                 token = "".join(spelling[b] for b in token.encode("utf-8"))

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
 from kvscope.events.vocabulary import RangeCategory
 
-OpRecord = tuple  # (op, layer, start ns, end ns), or with a 5th item: the backend that ran it (a CPU decode program)
+# (op, layer, start, end): ns on the host clock, or on CUDA the pair of CUDA events until resolve()
+TimedOp = tuple[str, int, Any, Any]
+# (op, layer, start ns, end ns, backend): an op measured inside a CPU decode program, with the backend that ran it
+ProgramOp = tuple[str, int, int, int, str]
+OpRecord = TimedOp | ProgramOp
 GRAPH_OP = "cuda_graph"  # the op of a replayed decode graph or program (kvscope.engine.worker.cuda_graphs)
 PROGRAM_BACKEND = "cpu decode program"  # the backend of ops measured inside one (kvscope.engine.worker.decode_program)
 
@@ -68,7 +72,7 @@ class OpTimer:
         self.clock = clock
         self.cuda = device.type == "cuda"
         self.hook = hook
-        self.records: list[tuple[str, int, Any, Any]] = []
+        self.records: list[OpRecord] = []
         self.layer = -1
         self._installed: list[tuple[Any, str, Callable[..., Any]]] = []
         self._anchor_event: Any = None
@@ -183,10 +187,12 @@ class OpTimer:
             return list(self.records)
         if not self.records:
             return []
-        self.records[-1][3].synchronize()
+        # CUDA events only: a decode program, the one source of ProgramOps, runs on the CPU
+        records = cast("list[TimedOp]", self.records)
+        records[-1][3].synchronize()
         anchor, base = self._anchor_event, self._anchor_ns
         return [(op, layer, base + int(anchor.elapsed_time(s) * 1e6), base + int(anchor.elapsed_time(e) * 1e6))
-                for op, layer, s, e in self.records]
+                for op, layer, s, e in records]
 
 
 def strip_op_timers(model: Any, runner: Any | None = None) -> None:

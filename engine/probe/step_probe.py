@@ -13,7 +13,9 @@ check per step and a call per phase.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
 
 from kvscope.engine.probe.kernel_events import KernelEventBuilder
 from kvscope.engine.probe.op_timer import OpTimer, RangeHook, strip_op_timers
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from kvscope.engine.core.request import Request
     from kvscope.engine.core.scheduler import SchedulerOutput
     from kvscope.engine.llm_engine import LLMEngine
+    from kvscope.engine.worker.model_runner import ModelRunner
 
 
 class NullProbe:
@@ -53,14 +56,20 @@ class StepProbe:
     __slots__ = ("_model", "_phase", "_start", "_tokens", "begin_ts", "engine", "hook", "kernel_builder",
                  "kernel_events", "phases", "step", "timer")
 
+    timer: OpTimer | None  # None, and no model, in a SimStepProbe (which overrides begin_step)
+    _model: torch.nn.Module | None
+
     def __init__(self, engine: LLMEngine, hook: RangeHook | None, kernel_events: bool) -> None:
+        # a real device (a simulated one gets a SimStepProbe): a torch device, a ModelRunner and its backend
+        device, backend = engine.device, engine.backend
+        assert isinstance(device, torch.device) and backend is not None, "a StepProbe watches a real device"
         self.engine = engine
         self.hook = hook
         self.kernel_events = kernel_events
-        self.timer = OpTimer(engine.device, hook, engine.bus.clock)
-        self._model = engine.runner.model
+        self.timer = OpTimer(device, hook, engine.bus.clock)
+        self._model = cast("ModelRunner", engine.runner).model
         self.kernel_builder = KernelEventBuilder(engine.config, engine.loaded.dtype, engine.backend_name,
-                                                 fused_norm_rope=engine.backend.fused_ops is not None)
+                                                 fused_norm_rope=backend.fused_ops is not None)
         self.step = -1
         self.begin_ts = 0
         self.phases: list[tuple[str, int, int]] = []
@@ -71,6 +80,7 @@ class StepProbe:
     def begin_step(self, step: int) -> StepProbe | NullProbe:
         """Start watching `step`: this probe, or NULL_PROBE when nothing listens."""
         bus, hook, timer, model = self.engine.bus, self.hook, self.timer, self._model
+        assert timer is not None and model is not None  # set in __init__ (SimStepProbe has its own begin_step)
         timed = (bus.active and self.kernel_events) or hook is not None
         if timed:
             if not timer.attached_to(model):
@@ -110,6 +120,7 @@ class StepProbe:
     def __exit__(self, *exc: Any) -> None:
         self.phases.append((self._phase, self._start, self.engine.bus.clock()))
         if self._phase == Phase.DRAFT:  # a drafter's passes are the draft phase's slice, not the step's ops
+            assert self.timer is not None  # a drafter runs on a real device only
             self.timer.records.clear()
         if self.hook is not None:
             self.hook.pop()
@@ -121,9 +132,9 @@ class StepProbe:
         bus = self.engine.bus
         if not bus.active:
             return
-        step = self.step
-        if self.kernel_events and self.timer.attached_to(self._model):
-            bus.emit_all(self.kernel_builder.events(step, self.timer.resolve(), out.scheduled, len(sampled),
+        step, timer = self.step, self.timer
+        if self.kernel_events and timer is not None and timer.attached_to(self._model):
+            bus.emit_all(self.kernel_builder.events(step, timer.resolve(), out.scheduled, len(sampled),
                                                     out.num_padding_tokens, out.num_tokens))
         bus.emit(self.kv_snapshot(step))
         prefill, decode = [], []
@@ -149,8 +160,9 @@ class StepProbe:
         spans = {name: end - start for name, start, end in self.phases}
         draft_ns = spans.get(Phase.DRAFT, 0)
         verify_ns = spans.get(Phase.FORWARD, 0) + spans.get(Phase.SAMPLE, 0)
-        engine = self.engine
-        method, ts, step = engine.drafter.method, engine.bus.clock(), self.step
+        engine, drafter = self.engine, self.engine.drafter
+        assert drafter is not None  # verified drafts come from the engine's drafter
+        method, ts, step = drafter.method, engine.bus.clock(), self.step
         for r in out.spec_results:
             first_rejected = r.num_accepted if r.num_accepted < r.num_draft_tokens else -1
             engine.bus.emit(SpecDecode(ts, step, r.request_id, method, r.num_draft_slots, r.num_draft_tokens,
