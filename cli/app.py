@@ -8,13 +8,15 @@ kvscope.cli.main runs this app and turns every error into one line and exit code
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from kvscope.version import __version__
+
+if TYPE_CHECKING:
+    from typer._click import Context  # the click that typer vendors (and passes): not the `click` package
 
 RECIPE_HELP = "recipe YAML (see recipes/)"
 MODEL_HELP = ("a preset (llama-2-7b, llama-3.1-8b, mistral-7b, qwen2.5-7b, gemma-2-9b, deepseek-v3, smollm2-135m, "
@@ -208,7 +210,7 @@ class _RecipeOrSubcommand(TyperGroup):
     (`kvscope bench RECIPE.yaml ...`, or nothing) means `kvscope bench recipe RECIPE.yaml ...`. `--goodput`
     takes its SLOs as `vllm bench serve` does (`--goodput ttft:300 tpot:50`, one option, several values)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if not args or (not args[0].startswith("-") and args[0] not in self.commands):
             args = ["recipe", *args]  # no arguments at all: the recipe command's "Missing argument 'RECIPE'"
         if args and args[0] == "serve":

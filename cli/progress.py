@@ -64,7 +64,7 @@ class ProgressBars:
         """A bar for a run of `total_requests` requests, fed by `bus` (None when bars are off)."""
         if self._progress is None:
             return None
-        return bus.subscribe(RunTracker(self._progress, description, total_requests))  # type: ignore[return-value]
+        return bus.subscribe(RunTracker(self._progress, description, total_requests))
 
 
 class RunTracker(EventFold):

@@ -175,19 +175,19 @@ class EngineView(EventFold):
             if what == SPEC_ROLLBACK:
                 self.rolled_back.update(ids)
             self.pinned.difference_update(ids)
-            table = self.tables.get(ev.request_id)
+            held = self.tables.get(ev.request_id)  # the request's table, if it still has one
             for i, b in enumerate(ids):
                 self.block_refs[b] = refs[i] if refs else max(self.block_refs[b] - 1, 0)
-                if table is not None:
+                if held is not None:
                     pos = ev.logical_index + i
-                    if 0 <= pos < len(table) and table[pos] == b:
-                        table[pos] = -1
-                    elif b in table:
-                        table[table.index(b)] = -1
-            if table is not None:
-                while table and table[-1] == -1:
-                    table.pop()
-                if not table:
+                    if 0 <= pos < len(held) and held[pos] == b:
+                        held[pos] = -1
+                    elif b in held:
+                        held[held.index(b)] = -1
+            if held is not None:
+                while held and held[-1] == -1:
+                    held.pop()
+                if not held:
                     del self.tables[ev.request_id]
             for b in ids:
                 if self.block_refs[b] == 0:

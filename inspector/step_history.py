@@ -66,6 +66,10 @@ class StepHistory(EventFold):
 
     def __init__(self, maxlen: int = HISTORY_STEPS) -> None:
         self.records: deque[StepRecord] = deque(maxlen=maxlen)
+        self._step = -1
+        self._flops = self._bytes = self._kernel_ns = 0
+        self._first_start = self._last_end = 0  # ns: the step's first kernel start, its last kernel end
+        self._kv: KVSnapshot | None = None
         self._start_step(-1)
 
     def last(self, n: int) -> list[StepRecord]:
@@ -136,7 +140,7 @@ class StepHistory(EventFold):
         self._step = step
         self._flops = self._bytes = self._kernel_ns = 0
         self._first_start = self._last_end = 0
-        self._kv: KVSnapshot | None = None
+        self._kv = None
 
 
 def _take_blocks(record: StepRecord, kv: KVSnapshot) -> None:

@@ -111,7 +111,7 @@ class KVScopeApp(App[int]):
     exit_error: var[BaseException | None] = var(None, init=False)
     """The engine's error, once it stopped on one (shown, then re-raised by the cli)."""
 
-    def __init__(self, *, controller: RunController | None = None, replay: ReplayCursor | None = None,
+    def __init__(self, *, controller: RunController | None = None, replay: ReplayCursor[UIModel] | None = None,
                  title: str = "", deterministic: bool = False, refresh_hz: float = REFRESH_HZ,
                  gpu_name: str = "", peaks: Peaks | None = None) -> None:
         super().__init__()
@@ -131,6 +131,18 @@ class KVScopeApp(App[int]):
         self._peaks_key: tuple[str, str] | None = None
         self._stats_at = 0.0
         self._frozen_after_load = False
+
+    @property
+    def _live(self) -> RunController:
+        """The controller, for what only a live run does (check_action keeps its keys from a replay)."""
+        assert self.controller is not None, "a live run's action in a replay"
+        return self.controller
+
+    @property
+    def _cursor(self) -> ReplayCursor[UIModel]:
+        """The cursor, for what only a replay does (its keys, its position, playing)."""
+        assert self.replay is not None, "a replay's action in a live run"
+        return self.replay
 
     # -- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -192,7 +204,7 @@ class KVScopeApp(App[int]):
         if not self.is_running:  # a timer that fires while the app shuts down
             return
         if self.playing:
-            if self.position >= self.replay.last_position:
+            if self.position >= self._cursor.last_position:
                 self.playing = False
             else:
                 self.position += 1
@@ -204,7 +216,7 @@ class KVScopeApp(App[int]):
         calls it; tests and benchmarks call it after the engine went idle."""
         controller = self.controller
         if controller is None:
-            self.position = self.replay.position
+            self.position = self._cursor.position
             self.run_state = self._state_word()
         else:
             if controller.drain(self.model):
@@ -238,8 +250,9 @@ class KVScopeApp(App[int]):
         self._show_selection(self.model)
 
     def watch_position(self, position: int) -> None:
-        self.replay.goto(position)
-        self.set_reactive(KVScopeApp.model, self.replay.sink)  # a new one when the cursor went back
+        cursor = self._cursor
+        cursor.goto(position)
+        self.set_reactive(KVScopeApp.model, cursor.sink)  # a new one when the cursor went back
         self.mutate_reactive(KVScopeApp.model)
         self.run_state = self._state_word()
 
@@ -308,7 +321,8 @@ class KVScopeApp(App[int]):
     def _run_finished(self) -> bool:
         if self.controller is not None:
             return self.controller.finished
-        return self.replay.position >= self.replay.last_position
+        cursor = self._cursor
+        return cursor.position >= cursor.last_position
 
     def _state_word(self) -> str:
         if self.controller is not None:
@@ -346,11 +360,11 @@ class KVScopeApp(App[int]):
         return True
 
     def action_toggle_pause(self) -> None:
-        self.controller.toggle_pause()
-        self.run_state = self.controller.state
+        self._live.toggle_pause()
+        self.run_state = self._live.state
 
     def action_step_once(self) -> None:
-        if not self.controller.step_once():
+        if not self._live.step_once():
             self.notify("pause first (space): n runs one step while paused", timeout=3)
 
     def action_slower(self) -> None:
@@ -361,38 +375,40 @@ class KVScopeApp(App[int]):
 
     def action_restart(self) -> None:
         self.selected = None
-        self.controller.restart()
+        self._live.restart()
 
     def _move_to(self, position: int) -> None:
         self.playing = False
         self.position = position
 
     def action_forward(self) -> None:
-        self._move_to(self.replay.position + 1)
+        self._move_to(self._cursor.position + 1)
 
-    def action_back(self) -> None:
-        self._move_to(self.replay.position - 1)
+    async def action_back(self) -> None:  # App's own (back to the previous screen) is async: so is this one
+        self._move_to(self._cursor.position - 1)
 
     def action_first(self) -> None:
         self._move_to(0)
 
     def action_last(self) -> None:
-        self._move_to(self.replay.last_position)
+        self._move_to(self._cursor.last_position)
 
     def action_toggle_play(self) -> None:
-        if self.replay.position >= self.replay.last_position:
+        cursor = self._cursor
+        if cursor.position >= cursor.last_position:
             self.position = 0
         self.playing = not self.playing
 
     def action_goto(self) -> None:
-        steps = self.replay.timeline.steps
+        cursor = self._cursor
+        steps = cursor.timeline.steps
         first, last = (steps[0], steps[-1]) if steps else (-1, -1)
 
         def done(step: int | None) -> None:
             if step is not None:
                 self.playing = False
-                self.replay.goto_step(step)
-                self.position = self.replay.position
+                cursor.goto_step(step)
+                self.position = cursor.position
 
         self.push_screen(GotoScreen(first, last), done)
 

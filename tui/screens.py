@@ -43,9 +43,6 @@ class HelpScreen(ModalScreen[None]):
             yield Static(legend())
             yield Static("\n[dim]press ? or escape to close[/dim]")
 
-    def action_dismiss(self) -> None:
-        self.dismiss(None)
-
 
 class GotoScreen(ModalScreen[int | None]):
     """Asks for a step number; dismisses with it, or None on escape / bad input."""

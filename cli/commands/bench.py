@@ -23,7 +23,9 @@ from kvscope.config.recipe import load_recipe
 from kvscope.errors import RecipeError
 
 if TYPE_CHECKING:
-    from kvscope.config.recipe import Recipe
+    from collections.abc import Sequence
+
+    from kvscope.config.recipe import Recipe, Variant
     from kvscope.engine.model.loader import LoadedModel
     from kvscope.engine.workload import WorkItem
     from kvscope.inspector.bench_report import BenchReport, VariantResult
@@ -117,7 +119,7 @@ def _write(path: str, flag: str, text: str) -> None:
 def variant_recipes(recipe: Recipe, model: dict[str, Any] | None = None,
                     only: list[str] | None = None) -> list[tuple[str, dict[str, Any], Recipe]]:
     """(name, overrides, recipe) per variant; the recipe as written when it declares none."""
-    declared = recipe.variants or [{"name": recipe.name, "overrides": {}}]
+    declared: Sequence[Variant | dict[str, Any]] = recipe.variants or [{"name": recipe.name, "overrides": {}}]
     if only:
         names = [v["name"] for v in declared]
         for wanted in only:

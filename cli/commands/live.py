@@ -64,6 +64,7 @@ def run_live(recipe: Recipe, record: str | None = None, nvtx: bool = True, threa
         app.run()
     finally:
         if writer is not None:
+            assert app.controller is not None  # live_app's app runs a controller
             app.controller.stop()
             writer.close()
     if app.exit_error is not None:

@@ -50,6 +50,7 @@ def run_replay(path: str, strict: bool = False) -> int:
     strict, an error)."""
     app = replay_app(path, strict=strict)
     app.run()
+    assert app.replay is not None  # replay_app's app replays
     damage = app.replay.timeline.damage
     if damage:
         print(f"kvscope: replay stopped at damage: {damage}", file=sys.stderr)

@@ -141,6 +141,7 @@ def roofline_plot(points: Sequence[PlotPoint], peak_flops: float, bandwidth: flo
     axes = LogAxes(x_lo, x_hi, y_lo, y_hi, width, height)
     grid = RooflineGrid(axes, peak_flops, bandwidth)
     peak_row = axes.row(peak_flops)
+    assert peak_row is not None  # the window's rows span peak_flops (one of the ys)
     grid.guide(ridge, ":", top=peak_row + 1)
     for p in points:
         grid.point(p.intensity, p.flops_per_s, p.marker, beside=True)

@@ -27,12 +27,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from kvscope.errors import KVScopeError
 from kvscope.events.bus import EventBus
 from kvscope.events.codec import RENAMED, SCHEMA_VERSION, EventDecodeError, event_from_dict
-from kvscope.events.records import EVENT_TYPES
+from kvscope.events.records import EVENT_TYPES, Event
 from kvscope.events.vocabulary import Kind
 from kvscope.inspector.stream_check import StreamCheck
 
@@ -94,7 +94,7 @@ _FIELD_CODE = {
 }
 
 
-def _encoder_for(cls: type) -> Callable[[Any], str]:
+def _encoder_for(cls: type[Event]) -> Callable[[Any], str]:
     """A fast line encoder for one event class, generated from its field types: one %-format of the
     fields (ints through %d, strings quoted once and cached, int tuples joined), no dict and no json.dumps
     of the record. A value of an unexpected type falls back to json.dumps of the whole record."""
@@ -115,7 +115,7 @@ def _encoder_for(cls: type) -> Callable[[Any], str]:
     source = ("def encode(e):\n    try:\n        return FMT % (" + ", ".join(values) + ",)\n"
               "    except (TypeError, ValueError):\n        return fallback(e)\n")
     exec(source, env)
-    return env["encode"]
+    return cast("Callable[[Any], str]", env["encode"])  # the `encode` the source above defines
 
 
 ENCODERS: dict[str, Callable[[Any], str]] = {kind: _encoder_for(cls) for kind, cls in EVENT_TYPES.items()}

@@ -14,12 +14,14 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kvscope.events.vocabulary import Kind
 from kvscope.inspector.export.recording import RecordingError, read_recording
 
 CHECKPOINT_EVERY = 64
+
+SinkT = TypeVar("SinkT", bound=Callable[[Any], None])  # what a ReplayCursor feeds (a UIModel, an EngineView)
 
 
 @dataclass(slots=True)
@@ -59,16 +61,16 @@ def load_timeline(path: str | Path, strict: bool = False) -> Timeline:
     return Timeline.from_events(rec.events, str(path), damage)
 
 
-class ReplayCursor:
+class ReplayCursor(Generic[SinkT]):
     """Feeds a recording's events into a consumer built by `make_sink` and moves it to any position."""
 
-    def __init__(self, timeline: Timeline, make_sink: Callable[[], Callable[[Any], None]]) -> None:
+    def __init__(self, timeline: Timeline, make_sink: Callable[[], SinkT]) -> None:
         self.timeline = timeline
         self._make_sink = make_sink
         self.sink = make_sink()
         self.position = 0
         self._applied = 0
-        self._checkpoints: dict[int, Any] = {}
+        self._checkpoints: dict[int, SinkT] = {}
         self._advance_to(0)
 
     @property

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from kvscope.engine.session import RunSession
 
 
-def drain_queue(events: queue.Queue, sink: Callable[[Any], None], limit: int | None = None) -> int:
+def drain_queue(events: queue.Queue[Any] | queue.SimpleQueue[Any], sink: Callable[[Any], None],
+                limit: int | None = None) -> int:
     """Hand the queued events, oldest first, to `sink` (at most `limit`); returns how many (a controller's
     drain: the in-process one and the one attached to a server)."""
     n = 0

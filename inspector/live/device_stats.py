@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psutil
 
 
 @dataclass(slots=True)
@@ -32,10 +37,10 @@ class DeviceSampler:
     """
 
     def __init__(self, prefer_gpu: bool = True) -> None:
-        self._nvml = None
-        self._handle = None
+        self._nvml: ModuleType | None = None  # pynvml, once NVML answered
+        self._handle: Any = None  # its handle of GPU 0 (set together with _nvml)
         self._gpu_name = ""
-        self._process = None
+        self._process: psutil.Process | None = None
         self._last_cpu: tuple[float, float] | None = None
         if prefer_gpu:
             self._open_nvml()
@@ -84,6 +89,7 @@ class DeviceSampler:
 
     def _sample_gpu(self) -> DeviceReading | None:
         nvml = self._nvml
+        assert nvml is not None  # a handle comes with the module that opened it
         try:
             mem = nvml.nvmlDeviceGetMemoryInfo(self._handle)
             util = nvml.nvmlDeviceGetUtilizationRates(self._handle)

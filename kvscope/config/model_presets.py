@@ -9,10 +9,18 @@ the byte-level tokenizer's special ids (kvscope.engine.model.tokenizer.ByteToken
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from kvscope.config.model_config import ModelConfig
 from kvscope.errors import ModelShapeError
 
-_BYTE_TOKENS = {"bos_token_id": 256, "eos_token_ids": (257, 260)}
+
+class _SpecialTokens(TypedDict):
+    bos_token_id: int
+    eos_token_ids: tuple[int, ...]
+
+
+_BYTE_TOKENS: _SpecialTokens = {"bos_token_id": 256, "eos_token_ids": (257, 260)}
 
 PRESETS: dict[str, ModelConfig] = {
     c.name: c

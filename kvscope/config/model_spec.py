@@ -68,11 +68,11 @@ def _source_named(value: Any) -> Any:
     return value
 
 
-ModelSpec = Annotated[RandomModelSpec | GGUFModelSpec | HFModelSpec | PresetModelSpec, Field(discriminator="source"),
-                      BeforeValidator(_source_named)]
-_MODEL_SPEC: TypeAdapter[Any] = TypeAdapter(ModelSpec)
+AnyModelSpec = RandomModelSpec | GGUFModelSpec | HFModelSpec | PresetModelSpec
+ModelSpec = Annotated[AnyModelSpec, Field(discriminator="source"), BeforeValidator(_source_named)]
+_MODEL_SPEC: TypeAdapter[AnyModelSpec] = TypeAdapter(ModelSpec)
 
 
-def model_spec(data: Any) -> RandomModelSpec | GGUFModelSpec | HFModelSpec | PresetModelSpec:
+def model_spec(data: Any) -> AnyModelSpec:
     """A model mapping, validated (RecipeError `model.<field>: ...`); a spec is returned as it is."""
-    return data if isinstance(data, _Spec) else validated(_MODEL_SPEC.validate_python, data, "", "model")
+    return data if isinstance(data, AnyModelSpec) else validated(_MODEL_SPEC.validate_python, data, "", "model")

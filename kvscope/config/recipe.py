@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BeforeValidator, Field, PrivateAttr
 
 from kvscope.config.model_spec import PRESET_HAS_NO_WEIGHTS, ModelSpec
-from kvscope.config.recipe_fields import Flag, Rules, Section, Text, expect, keys_in, made_by, one_of, validated
+from kvscope.config.recipe_fields import Flag, OneOf, Rules, Section, Text, expect, keys_in, made_by, validated
 from kvscope.config.recipe_sections import (
     CacheSpec,
     DeploymentSpec,
@@ -47,13 +47,13 @@ class Recipe(Section):
     name: Text = "recipe"  # the file's stem when read from a file
     description: Text = ""
     model: ModelSpec = Field(None, validate_default=True)  # gguf smollm2
-    dtype: one_of("float32", "float16", "bfloat16") = "float32"
-    device: one_of("cpu", "cuda", "auto", "sim") = "cpu"
-    attention_backend: one_of("torch", "triton", "auto") = "auto"
+    dtype: Annotated[Literal["float32", "float16", "bfloat16"], OneOf()] = "float32"
+    device: Annotated[Literal["cpu", "cuda", "auto", "sim"], OneOf()] = "cpu"
+    attention_backend: Annotated[Literal["torch", "triton", "auto"], OneOf()] = "auto"
     cuda_graphs: Flag = False  # decode steps replayed as CUDA graphs (kvscope.engine.worker.cuda_graphs)
     cache: CacheSpec = Field(default_factory=CacheSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    sampling: made_by(SamplingParams, RequestError) = Field(None, validate_default=True)
+    sampling: Annotated[SamplingParams, made_by(SamplingParams, RequestError)] = Field(None, validate_default=True)
     workload: WorkloadSpec = Field(None, validate_default=True)
     speculative: SpeculativeSpec | None = None
     variants: Annotated[list[Variant], expect("a list of {name, overrides}"),
@@ -75,13 +75,13 @@ class Recipe(Section):
         yield (device != "sim" and "sim" in self.model_fields_set, "sim",
                f"only a simulated device reads it (device: sim), but device is {device}")
         yield device != "sim" and self.model.source == "preset", "model.source", PRESET_HAS_NO_WEIGHTS
-        for where, m in (("model", self.model), ("speculative.model", spec and spec.model)):
+        for where, m in (("model", self.model), ("speculative.model", spec.model if spec is not None else None)):
             yield (m is not None and m.source != "preset" and "name" in m.model_fields_set, f"{where}.name",
                    f"only a preset model takes a name (source: preset), not {m and m.source}")
-        if "prompt_len" in given and (longest := synthetic.prompt_len.max) > max_len - 1:
+        if synthetic is not None and "prompt_len" in given and (longest := synthetic.prompt_len.max) > max_len - 1:
             yield (True, "workload.synthetic.prompt_len", f"{longest} is more than {max_len - 1}, the longest prompt "
                    f"scheduler.max_model_len {max_len} leaves room to generate after")
-        if "shared_prefix" in given and (shared := synthetic.shared_prefix) > max_len - 2:
+        if synthetic is not None and "shared_prefix" in given and (shared := synthetic.shared_prefix) > max_len - 2:
             yield (True, "workload.synthetic.shared_prefix", f"{shared} is more than {max_len - 2}, the longest "
                    f"shared prefix scheduler.max_model_len {max_len} allows")
         yield (spec is not None and policy == "static", "speculative",
@@ -139,7 +139,9 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """`over` merged into `base`; a model mapping that names another source replaces the base's."""
     for key, value in over.items():
         old = base.get(key)
-        merge = isinstance(old, dict) and isinstance(value, dict) and value.get("source", old.get("source", "gguf")) \
-            == old.get("source", "gguf")
-        base[key] = _deep_merge(old, value) if merge else copy.deepcopy(value)
+        if isinstance(old, dict) and isinstance(value, dict) and value.get("source", old.get("source", "gguf")) \
+                == old.get("source", "gguf"):
+            base[key] = _deep_merge(old, value)
+        else:
+            base[key] = copy.deepcopy(value)
     return base

@@ -7,11 +7,12 @@ must be a positive integer, got -4`). A validator that raises ValueError(message
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
-from dataclasses import fields
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
+from annotated_types import GroupedMetadata
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,7 +29,8 @@ from pydantic_core import PydanticCustomError
 from kvscope.errors import RecipeError
 
 if TYPE_CHECKING:
-    from pydantic import ValidationInfo
+    from pydantic import GetCoreSchemaHandler, ValidationInfo
+    from pydantic_core import CoreSchema
 
 UNION_TAGS = ("random", "gguf", "hf", "preset")  # model.source: the tags pydantic puts in an error's location
 Rules = Iterable[tuple[bool, str | None, str]]  # (broken, the field it names (None: the section), message)
@@ -61,14 +63,29 @@ def expect(what: str) -> WrapValidator:
     return WrapValidator(check)
 
 
-def number(lo: float, hi: float | None = None) -> Any:
-    """A finite number >= lo (and <= hi)."""
+@dataclass(frozen=True)
+class Metadata(GroupedMetadata):
+    """Several items of `Annotated` metadata as one (annotated-types' grouping, which pydantic unpacks in order),
+    so that a helper can stand in an annotation: `Annotated[float, number(0.0)]`."""
+
+    items: tuple[object, ...]
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self.items)
+
+
+def number(lo: float, hi: float | None = None) -> Metadata:
+    """A finite number >= lo (and <= hi): `Annotated[float, number(lo, hi)]`."""
     where = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-    return Annotated[float, Field(strict=True, ge=lo, le=hi, allow_inf_nan=False), expect(f"a finite number {where}")]
+    return Metadata((*Field(strict=True, ge=lo, le=hi, allow_inf_nan=False).metadata,
+                     expect(f"a finite number {where}")))
 
 
-def one_of(*options: str) -> Any:
-    return Annotated[Literal[options], expect(f"one of {', '.join(options)}")]
+class OneOf:
+    """The metadata of a Literal: `Annotated[Literal["a", "b"], OneOf()]` says `must be one of a, b, got ...`."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return expect(f"one of {', '.join(map(str, get_args(source)))}").__get_pydantic_core_schema__(source, handler)
 
 
 def keys_in(known: list[str]) -> BeforeValidator:
@@ -81,9 +98,9 @@ def keys_in(known: list[str]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def made_by(cls: type, error: type[Exception]) -> Any:
-    """A `cls` (a dataclass) made from a mapping of its fields; `cls` checks them itself, and its `error`
-    ("<section>.<field>: message") names the field here."""
+def made_by(cls: type, error: type[Exception]) -> Metadata:
+    """`Annotated[cls, made_by(cls, error)]`: a `cls` (a dataclass) made from a mapping of its fields; `cls` checks
+    them itself, and its `error` ("<section>.<field>: message") names the field here."""
     def make(value: Any) -> Any:
         if not isinstance(value, dict):
             raise fail(None, f"must be a mapping, got {describe(value)}")
@@ -92,7 +109,7 @@ def made_by(cls: type, error: type[Exception]) -> Any:
         except error as exc:
             field, _, message = str(exc).partition(": ")
             raise fail(field.partition(".")[2], message) from None
-    return Annotated[cls, PlainValidator(make), keys_in([f.name for f in fields(cls)])]
+    return Metadata((PlainValidator(make), keys_in([f.name for f in fields(cls)])))
 
 
 def _beside_recipe(path: str, info: ValidationInfo) -> str:

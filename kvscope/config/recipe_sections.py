@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, ConfigDict, Field, model_validator, with_config
 from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
@@ -13,26 +13,27 @@ from kvscope.config.model_spec import ModelSpec
 from kvscope.config.recipe_fields import (
     Flag,
     NonNegativeInt,
+    OneOf,
     PositiveInt,
     RecipePath,
     Section,
     Text,
     expect,
     number,
-    one_of,
 )
 
 if TYPE_CHECKING:
     from kvscope.config.recipe_fields import Rules
 
 MAX_WORKLOAD_REQUESTS = 100_000  # every request's prompt is built up front
-SPEC_METHODS = ("ngram", "layerskip", "draft_model")
+SpecMethod = Literal["ngram", "layerskip", "draft_model"]
+SPEC_METHODS: tuple[str, ...] = get_args(SpecMethod)
 
 
 class CacheSpec(Section):
     block_size: PositiveInt = 16
     num_blocks: PositiveInt | None = None
-    memory_gib: number(1e-9) | None = None
+    memory_gib: Annotated[float, number(1e-9)] | None = None
     prefix_caching: Flag = False
 
     def rules(self) -> Rules:
@@ -41,7 +42,7 @@ class CacheSpec(Section):
 
 
 class SchedulerSpec(Section):
-    policy: one_of("continuous", "static") = "continuous"
+    policy: Annotated[Literal["continuous", "static"], OneOf()] = "continuous"
     max_num_seqs: PositiveInt = 64
     max_num_batched_tokens: PositiveInt = 512
     chunked_prefill: Flag = True
@@ -58,7 +59,7 @@ class SpeculativeSpec(Section):
         num_assistant_tokens heuristic), between 1 and max_speculative_tokens (left out: 4 x k).
     """
 
-    method: one_of(*SPEC_METHODS) = Field(description=f"is required: one of {', '.join(SPEC_METHODS)}")
+    method: Annotated[SpecMethod, OneOf()] = Field(description=f"is required: one of {', '.join(SPEC_METHODS)}")
     num_speculative_tokens: PositiveInt = 4
     prompt_lookup_min: PositiveInt = 1
     prompt_lookup_max: PositiveInt = 4
@@ -86,14 +87,14 @@ class DeploymentSpec(Section):
     link_latency_us: on a simulated device (engines in this process, virtual clocks) the network link a
     transfer crosses, modelled (kvscope.engine.disagg.sim_link). A colocated deployment ignores the rest."""
 
-    mode: one_of("colocated", "disaggregated") = "colocated"
+    mode: Annotated[Literal["colocated", "disaggregated"], OneOf()] = "colocated"
     prefill: PositiveInt = 1
     decode: PositiveInt = 1
-    transport: one_of("inprocess", "ray") = "inprocess"
-    transfer_timeout_s: number(0.001) = 30.0
+    transport: Annotated[Literal["inprocess", "ray"], OneOf()] = "inprocess"
+    transfer_timeout_s: Annotated[float, number(0.001)] = 30.0
     cpus_per_engine: PositiveInt = 1
-    link_gb_s: number(1e-6) = 50.0        # the modelled link's bandwidth (400 Gb/s InfiniBand)
-    link_latency_us: number(0.0) = 10.0  # and its latency per transfer
+    link_gb_s: Annotated[float, number(1e-6)] = 50.0  # the modelled link's bandwidth (400 Gb/s InfiniBand)
+    link_latency_us: Annotated[float, number(0.0)] = 10.0  # and its latency per transfer
 
     @property
     def disaggregated(self) -> bool:
@@ -109,7 +110,7 @@ class SimSpec(Section):
     num_gpus: PositiveInt = 1
     tp: PositiveInt = 1
     profile: RecipePath | None = None
-    mem_util: number(0.01, 1.0) = 0.9
+    mem_util: Annotated[float, number(0.01, 1.0)] = 0.9
 
     def model_post_init(self, context: Any) -> None:  # tp alone sets num_gpus, num_gpus alone tp
         given = set(self.model_fields_set)
@@ -147,14 +148,14 @@ class SyntheticSpec(Section):
         f"a positive integer up to {MAX_WORKLOAD_REQUESTS} (every prompt is built up front)")] = 16
     prompt_len: LengthSpec = Field(default_factory=lambda: LengthSpec(min=64, max=256))
     output_len: LengthSpec = Field(default_factory=lambda: LengthSpec(min=32, max=128))
-    arrival_rate: number(0.0) = 0.0  # requests per second (Poisson); 0 = all at once
+    arrival_rate: Annotated[float, number(0.0)] = 0.0  # requests per second (Poisson); 0 = all at once
     shared_prefix: NonNegativeInt = 0  # tokens every prompt starts with (prefix-cache experiments)
     seed: NonNegativeInt = 0
 
 
 @with_config(ConfigDict(extra="forbid"))
 class ChatMessage(TypedDict):
-    role: one_of("system", "user", "assistant")
+    role: Annotated[Literal["system", "user", "assistant"], OneOf()]
     content: Text
 
 
@@ -172,7 +173,7 @@ class WorkloadSpec(Section):
                     expect("a list of conversations")] = []
     synthetic: Annotated[SyntheticSpec | None, BeforeValidator(lambda v: {} if v is None else v)] = None
     repeat: PositiveInt = 1
-    arrival_rate: number(0.0) = 0.0
+    arrival_rate: Annotated[float, number(0.0)] = 0.0
 
     def rules(self) -> Rules:
         n = (len(self.prompts) + len(self.chat)) * self.repeat

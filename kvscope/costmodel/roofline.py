@@ -40,7 +40,8 @@ class OpCost(NamedTuple):
     flops: int
     bytes: int
 
-    def __add__(self, other: OpCost) -> OpCost:
+    # elementwise, not tuple concatenation: the override of tuple's + is deliberate
+    def __add__(self, other: OpCost) -> OpCost:  # type: ignore[override]
         return OpCost(self.flops + other.flops, self.bytes + other.bytes)
 
     def scaled(self, n: int) -> OpCost:
@@ -115,7 +116,7 @@ def _mlp(shape: ModelConfig, layer: int, tokens: int, weight_bytes: float, act_b
 
 
 def _mla_costs(shape: ModelConfig, tokens: int, weight_bytes: float, act_bytes: int,
-               kv_bytes: int) -> tuple[OpCost, OpCost, OpCost, OpCost]:
+               kv_bytes: float) -> tuple[OpCost, OpCost, OpCost, OpCost]:
     """qkv, rope, kv_write, o_proj of an MLA layer (the attention itself: _mla_attention)."""
     h, heads = shape.hidden_size, shape.num_heads
     rank, rope, v = shape.kv_lora_rank, shape.qk_rope_head_dim, shape.v_dim
@@ -135,7 +136,8 @@ def _mla_costs(shape: ModelConfig, tokens: int, weight_bytes: float, act_bytes: 
             _cost(2 * tokens * o_params, o_params * weight_bytes + tokens * (heads * rank + h) * act_bytes))
 
 
-def _mla_attention(shape: ModelConfig, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
+def _mla_attention(shape: ModelConfig, tokens: int, keys: int, kv_read: int, act_bytes: int,
+                   kv_bytes: float) -> OpCost:
     heads, rank, rope = shape.num_heads, shape.kv_lora_rank, shape.qk_rope_head_dim
     latent = rank + rope
     return _cost(2 * heads * (2 * rank + rope) * keys,
@@ -143,7 +145,7 @@ def _mla_attention(shape: ModelConfig, tokens: int, keys: int, kv_read: int, act
 
 
 def _gqa_costs(shape: ModelConfig, tokens: int, weight_bytes: float, act_bytes: int,
-               kv_bytes: int) -> tuple[OpCost, OpCost, OpCost, OpCost]:
+               kv_bytes: float) -> tuple[OpCost, OpCost, OpCost, OpCost]:
     """qkv, rope, kv_write, o_proj of a (grouped-query) attention layer (the attention itself: _gqa_attention)."""
     h, heads, kvh = shape.hidden_size, shape.num_heads, shape.num_kv_heads
     d, v = shape.head_dim, shape.v_dim
@@ -157,12 +159,13 @@ def _gqa_costs(shape: ModelConfig, tokens: int, weight_bytes: float, act_bytes: 
             _cost(2 * tokens * heads * v * h, heads * v * h * weight_bytes + tokens * (heads * v + h) * act_bytes))
 
 
-def _gqa_attention(shape: ModelConfig, tokens: int, keys: int, kv_read: int, act_bytes: int, kv_bytes: int) -> OpCost:
+def _gqa_attention(shape: ModelConfig, tokens: int, keys: int, kv_read: int, act_bytes: int,
+                   kv_bytes: float) -> OpCost:
     heads, kvh, d, v = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.v_dim
     return _cost(2 * heads * (d + v) * keys, tokens * heads * (d + v) * act_bytes + kv_read * kvh * (d + v) * kv_bytes)
 
 
-def layer_token_costs(shape: ModelConfig, tokens: int, *, weight_bytes: float, act_bytes: int, kv_bytes: int,
+def layer_token_costs(shape: ModelConfig, tokens: int, *, weight_bytes: float, act_bytes: int, kv_bytes: float,
                       layer: int = 0) -> dict[str, OpCost]:
     """Costs of a layer's ops that depend only on the step's token count: every op of LAYER_OPS but the
     attention, whose cost depends on each request's context too (attention_cost)."""
@@ -174,7 +177,7 @@ def layer_token_costs(shape: ModelConfig, tokens: int, *, weight_bytes: float, a
 
 
 def attention_cost(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *, act_bytes: int,
-                   kv_bytes: int, layer: int = 0) -> OpCost:
+                   kv_bytes: float, layer: int = 0) -> OpCost:
     """The attention op of one layer for the step: the causal keys each query sees and the K/V read once."""
     window = shape.sliding_window if shape.is_local(layer) else 0
     keys = sum([causal_keys(q, s, window) for q, s in zip(query_lens, seq_lens)])
@@ -184,7 +187,7 @@ def attention_cost(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequ
 
 
 def layer_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *,
-                   weight_bytes: float, act_bytes: int, kv_bytes: int, layer: int = 0) -> dict[str, OpCost]:
+                   weight_bytes: float, act_bytes: int, kv_bytes: float, layer: int = 0) -> dict[str, OpCost]:
     """Costs of one decoder layer's ops (LAYER_OPS) for the step; `layer` matters for sliding-window and MoE models."""
     _check(query_lens, seq_lens)
     costs = layer_token_costs(shape, sum(query_lens), weight_bytes=weight_bytes, act_bytes=act_bytes,
@@ -206,7 +209,7 @@ def model_token_costs(shape: ModelConfig, tokens: int, rows: int, *, weight_byte
 
 
 def model_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *,
-                   weight_bytes: float, act_bytes: int, kv_bytes: int) -> dict[str, OpCost]:
+                   weight_bytes: float, act_bytes: int, kv_bytes: float) -> dict[str, OpCost]:
     """Costs of the ops outside the layers (MODEL_OPS): embedding gather, final norm, LM head on one row per request."""
     _check(query_lens, seq_lens)
     return model_token_costs(shape, sum(query_lens), sum(1 for q in query_lens if q > 0),
@@ -214,7 +217,7 @@ def model_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequ
 
 
 def step_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Sequence[int], *,
-                  weight_bytes: float, act_bytes: int, kv_bytes: int) -> dict[str, OpCost]:
+                  weight_bytes: float, act_bytes: int, kv_bytes: float) -> dict[str, OpCost]:
     """Whole-step costs per op (STEP_OPS order), layer ops summed over every layer."""
     kinds: dict[tuple[bool, bool], list[int]] = {}
     for layer in range(shape.num_layers):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 now_ns = time.perf_counter_ns
 
 
 Subscriber = Callable[[Any], None]
+S = TypeVar("S", bound=Subscriber)
 
 
 @dataclass(slots=True)
@@ -28,7 +29,8 @@ class EventBus:
     active: bool = False
     clock: Callable[[], int] = now_ns
 
-    def subscribe(self, fn: Subscriber) -> Subscriber:
+    def subscribe(self, fn: S) -> S:
+        """Add `fn`; returns it, as it was given (`metrics = bus.subscribe(Metrics())`)."""
         self.subscribers.append(fn)
         self.active = True
         return fn

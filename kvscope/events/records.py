@@ -258,7 +258,7 @@ class KVTransfer:
 
 Event = (RunInfo | StepBegin | StepEnd | RequestEvent | BlockEvent | KernelEvent | KVSnapshot | TokenText
          | SpecDecode | KVTransfer)
-EVENT_TYPES: dict[str, type] = {
+EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (RunInfo, StepBegin, StepEnd, RequestEvent, BlockEvent, KernelEvent, KVSnapshot, TokenText,
                 SpecDecode, KVTransfer)

@@ -30,7 +30,8 @@ Sink = Callable[[Any], None]
 def sse_records(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
     """(id, event name, data) per SSE record (the id is None when the record sets none; data "" for a comment)."""
     rid: str | None = None
-    name, data, seen = "message", [], False
+    name, seen = "message", False
+    data: list[str] = []
     for line in lines:
         if not line:
             if seen:  # a comment-only record (a heartbeat) comes out too, with no data: a reader can look up

@@ -42,7 +42,7 @@ class MetricsWatch:
         self.after: dict[str, float] | None = None
         self.peak_kv = 0.0
         self._client = httpx.AsyncClient(timeout=5)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> MetricsWatch:
         self.before = await scrape(self._client, self.base_url)
@@ -67,25 +67,26 @@ class MetricsWatch:
             self.after = await scrape(self._client, self.base_url)
         await self._client.aclose()
 
-    def _peak_kv(self) -> float:
+    def _peak_kv(self, before: dict[str, float], after: dict[str, float]) -> float:
         """The samples' highest KV use; kvscope's all-time peak gauge when it rose during the run (exact)."""
-        peak = max(self.peak_kv, self.after.get("vllm:kv_cache_usage_perc", 0.0))  # type: ignore[union-attr]
+        peak = max(self.peak_kv, after.get("vllm:kv_cache_usage_perc", 0.0))
         name = "kvscope:kv_cache_usage_peak_perc"
-        if name in self.after and self.after[name] > self.before.get(name, 0.0):  # type: ignore[union-attr,operator]
-            peak = max(peak, self.after[name])  # type: ignore[index]
+        if name in after and after[name] > before.get(name, 0.0):
+            peak = max(peak, after[name])
         return peak
 
     def summary(self) -> dict[str, Any] | None:
-        if self.before is None or self.after is None or "vllm:kv_cache_usage_perc" not in self.after:
+        before, after = self.before, self.after
+        if before is None or after is None or "vllm:kv_cache_usage_perc" not in after:
             return None
 
         def delta(name: str) -> float:
-            return self.after.get(name, 0.0) - self.before.get(name, 0.0)  # type: ignore[union-attr]
+            return after.get(name, 0.0) - before.get(name, 0.0)
 
         queries, hits = delta("vllm:prefix_cache_queries_total"), delta("vllm:prefix_cache_hits_total")
         return {"preemptions": delta("vllm:num_preemptions_total"),
                 "prefix_cache_queries": queries, "prefix_cache_hits": hits,
                 "prefix_cache_hit_rate": hits / queries if queries else None,
-                "peak_kv_cache_usage": self._peak_kv(),
+                "peak_kv_cache_usage": self._peak_kv(before, after),
                 "prompt_tokens": delta("vllm:prompt_tokens_total"),
                 "generation_tokens": delta("vllm:generation_tokens_total")}

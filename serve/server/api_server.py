@@ -38,9 +38,12 @@ class ServeOptions:
 
 def default_model_name(recipe: Recipe) -> str:
     """What clients pass as `model` unless --served-model-name says otherwise: the random preset's name, or the
-    model path as the recipe gives it (`smollm2` for the packaged GGUF), as vLLM serves a model by its path."""
+    model path as the recipe gives it (`smollm2` for the packaged GGUF), as vLLM serves a model by its path; a
+    published shape (source: preset, a simulated device) by its name."""
     model = recipe.model
-    return model.shape if model.source == "random" else model.path
+    if model.source == "random":
+        return model.shape
+    return model.name if model.source == "preset" else model.path
 
 
 def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | None = None) -> ServerState:

@@ -158,7 +158,7 @@ def to_engine(req: _Common, defaults: SamplingParams) -> Parsed:
             top_p=defaults.top_p if req.top_p is None else req.top_p,
             max_tokens=max_tokens,
             seed=req.seed if req.seed is not None else defaults.seed,
-            stop=req.stop if req.stop is not None else [],
+            stop=[req.stop] if isinstance(req.stop, str) else req.stop if req.stop is not None else [],
             stop_token_ids=req.stop_token_ids if req.stop_token_ids is not None else [],
             ignore_eos=req.ignore_eos,
         )

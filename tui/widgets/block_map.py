@@ -11,7 +11,7 @@ Glyphs differ as well as colours, so the states read without colour too:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -130,7 +130,7 @@ class BlockMap(ScrollView, can_focus=True):
         self.cells = BlockCells.empty()
         self.highlight: set[int] | frozenset[int] = frozenset()
         self._codes: list[int] = []  # what is drawn: the cells' codes with the selection on top
-        self._view = None  # the EngineView last shown by show_view, and its generation
+        self._view: EngineView | None = None  # the EngineView last shown by show_view, and its generation
         self._generation = -1
         self._per_row = 1
         self._gutter = 0
@@ -179,7 +179,7 @@ class BlockMap(ScrollView, can_focus=True):
         self._refresh_rows([row for row in rows if codes[row * per_row:(row + 1) * per_row]
                             != old_codes[row * per_row:(row + 1) * per_row]])
 
-    def _redraw(self, blocks: set[int] | frozenset[int], highlight: set[int] | frozenset[int]) -> None:
+    def _redraw(self, blocks: AbstractSet[int], highlight: set[int] | frozenset[int]) -> None:
         """Recompute the drawn code of `blocks` (cells or selection changed) and repaint their rows."""
         self.highlight = highlight
         drawn, codes, per_row = self._codes, self.cells.codes, self._per_row
@@ -189,7 +189,7 @@ class BlockMap(ScrollView, can_focus=True):
                 drawn[b] = _CODE_SELECTED if b in highlight else codes[b]
         self._refresh_rows({b // per_row for b in blocks})
 
-    def _refresh_rows(self, rows) -> None:
+    def _refresh_rows(self, rows: Iterable[int]) -> None:
         """Repaint the visible ones of these rows, each run of adjacent rows as one region (not the
         scrollbar column: it needs no repaint)."""
         top = int(self.scroll_offset.y)
