@@ -104,7 +104,8 @@ def search_max_rate(run: Callable[[float], Probe], *, start: float = 1.0, rel_to
     hi: Probe | None = None if first.ok else first
     while len(probes) < max_probes:
         if lo is None:  # nothing passed yet: halve
-            p = at(hi.rate / 2)  # type: ignore[union-attr]
+            assert hi is not None  # the first probe is lo or hi
+            p = at(hi.rate / 2)
             lo, hi = (p, hi) if p.ok else (None, p)
             if lo is None and p.rate < start / 1024:
                 break

@@ -46,11 +46,11 @@ def event_from_dict(d: dict[str, Any], schema: int = SCHEMA_VERSION) -> Any:
     if not isinstance(d, dict):
         raise EventDecodeError(f"expected an object, got {type(d).__name__}")
     kind = d.get("kind")
-    cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
-    if cls is None:
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise EventDecodeError(f"unknown event kind {kind!r}")
+    cls = EVENT_TYPES[kind]
     for version in range(schema, SCHEMA_VERSION):
-        renamed = RENAMED[version].get(kind, {})  # type: ignore[arg-type]
+        renamed = RENAMED[version].get(kind, {})
         d = {renamed.get(k, k): v for k, v in d.items()}
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names - {"kind"}

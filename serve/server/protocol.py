@@ -119,8 +119,9 @@ def _prompt_of(req: _Common) -> Any:
         if (isinstance(p, str) and not p) or (isinstance(p, list) and not p):
             raise bad_request("prompt: empty prompt", "prompt")
         return p
+    assert isinstance(req, ChatCompletionRequest)  # the two request bodies
     messages = []
-    for i, m in enumerate(req.messages):  # type: ignore[attr-defined]
+    for i, m in enumerate(req.messages):
         role, content = m.get("role"), m.get("content", "")
         if not isinstance(role, str):
             raise bad_request(f"messages[{i}].role: expected a string, got {role!r}", f"messages[{i}].role")
