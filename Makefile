@@ -31,7 +31,7 @@ lint: $(STAMP)
 	rm -rf build/import-view && mkdir -p build/import-view
 	cp -r kvscope build/import-view/kvscope
 	for d in engine kernels inspector tui cli serve recipes; do ln -s ../../../$$d build/import-view/kvscope/$$d; done
-	cd build && PYTHONPATH=import-view ../$(VENV)/bin/lint-imports --config ../pyproject.toml
+	cd build && PYTHONPATH=import-view ../$(VENV)/bin/lint-imports ../pyproject.toml
 
 # mypy over every kvscope package, read from the same import view.
 typecheck: lint

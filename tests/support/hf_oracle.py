@@ -87,7 +87,7 @@ def _greedy_one(model: Any, prompt: tuple[int, ...], max_new_tokens: int) -> lis
         for _ in range(max_new_tokens):
             length = step_input.shape[1]
             positions = torch.arange(position, position + length)[None]
-            out = model(input_ids=step_input, position_ids=positions, past_key_values=cache, use_cache=True)
+            out = model(input_ids=step_input, position_ids=positions, cache=cache, use_cache=True)
             token = int(out.logits[0, -1].float().argmax())
             generated.append(token)
             position += length
