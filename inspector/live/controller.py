@@ -87,6 +87,19 @@ FAILED = "failed"
 STOPPED = "stopped"
 
 
+def run_state(*, failed: bool, stopped: bool, paused: bool, loaded: bool = True, finished: bool = False) -> str:
+    """A controller's state from its flags, the first that holds: failed, stopped, loading, finished, paused."""
+    if failed:
+        return FAILED
+    if stopped:
+        return STOPPED
+    if not loaded:
+        return LOADING
+    if finished:
+        return FINISHED
+    return PAUSED if paused else RUNNING
+
+
 @runtime_checkable
 class RunControls(Protocol):
     """Steering a run between its steps, and its state (module docstring). Safe from any thread."""
@@ -227,15 +240,8 @@ class SessionController:
 
     @property
     def state(self) -> str:
-        if self.error is not None:
-            return FAILED
-        if self._stop:
-            return STOPPED
-        if not self._loaded:
-            return LOADING
-        if self._finished:
-            return FINISHED
-        return PAUSED if self._paused else RUNNING
+        return run_state(failed=self.error is not None, stopped=self._stop, paused=self._paused, loaded=self._loaded,
+                         finished=self._finished)
 
     @property
     def idle(self) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from kvscope.events.codec import EventDecodeError, event_from_dict
-from kvscope.inspector.live.controller import FAILED, LOADING, PAUSED, RUNNING, STOPPED, drain_queue
+from kvscope.inspector.live.controller import drain_queue, run_state
 
 Sink = Callable[[Any], None]
 
@@ -194,13 +194,8 @@ class RemoteController:
 
     @property
     def state(self) -> str:
-        if self.error is not None:
-            return FAILED
-        if self._stop:
-            return STOPPED
-        if self.session is None:
-            return LOADING
-        return PAUSED if self._paused else RUNNING
+        return run_state(failed=self.error is not None, stopped=self._stop, paused=self._paused,
+                         loaded=self.session is not None)
 
     @property
     def idle(self) -> bool:

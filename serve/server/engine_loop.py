@@ -27,7 +27,7 @@ from kvscope.engine.core.request import RequestStatus
 from kvscope.engine.core.request_check import Prompt
 from kvscope.engine.engine_client import EngineClient
 from kvscope.errors import RequestError
-from kvscope.inspector.live.controller import FAILED, PAUSED, RUNNING, STOPPED
+from kvscope.inspector.live.controller import run_state
 
 
 class EngineStopped(RuntimeError):
@@ -132,11 +132,7 @@ class EngineLoop:
 
     @property
     def state(self) -> str:
-        if self.error is not None:
-            return FAILED
-        if self._stop:
-            return STOPPED
-        return PAUSED if self.paused else RUNNING
+        return run_state(failed=self.error is not None, stopped=self._stop, paused=self.paused)
 
     # --- from the event loop -------------------------------------------------------------------
     async def submit(self, prompt: Prompt, params: SamplingParams) -> Channel:
