@@ -42,7 +42,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 class LoadedModel:
     """A model with its config and tokenizer, loaded once and reused across engine resets."""
 
-    model: torch.nn.Module | None  # None on a simulated device
+    model: LlamaModel | None  # None on a simulated device
     config: ModelConfig
     tokenizer: Tokenizer
     dtype: torch.dtype

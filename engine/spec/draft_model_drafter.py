@@ -10,7 +10,7 @@ the draft pool gets no drafts this step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from kvscope.config.recipe import SpeculativeSpec
     from kvscope.engine.core.scheduler import ScheduledRequest
     from kvscope.engine.llm_engine import LLMEngine
-    from kvscope.engine.model.llama import DecoderLayer
+    from kvscope.engine.model.llama import LlamaModel
 
 
 def _real_device(engine: LLMEngine) -> torch.device:
@@ -42,7 +42,7 @@ def _real_device(engine: LLMEngine) -> torch.device:
 class DraftModelDrafter:
     method = "draft_model"
 
-    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, engine: LLMEngine) -> None:
+    def __init__(self, model: LlamaModel, cfg: ModelConfig, engine: LLMEngine) -> None:
         device, backend = _real_device(engine), engine.backend
         assert backend is not None  # a real device's engine has its attention backend
         self.kv_cache = KVCache(cfg.num_layers, engine.num_blocks, engine.block_size, cfg.num_kv_heads,
@@ -153,8 +153,7 @@ class DraftModelDrafter:
     def _logits(self, ids: list[int], positions: list[int], slots: list[int], qlens: list[int], seq_lens: list[int],
                 tables: list[list[int]], rows: list[int]) -> torch.Tensor:
         runner = self.runner
-        if cast("DecoderLayer", runner.model.layers[0]).attn.k_cache is not runner.kv_layers[0][0]:
-            runner.model.bind_kv_cache(runner.kv_layers, runner.backend)
+        runner.ensure_bound()
         ctx = runner.context(positions, slots, qlens, seq_lens, tables)
         hidden = runner.model(runner._tensor(ids, torch.int64), ctx)
         return runner.model.compute_logits(hidden[runner._tensor(rows, torch.int64)])

@@ -25,7 +25,7 @@ batch: token ids, positions, KV slots, block tables, query starts and context le
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -54,11 +54,11 @@ class DecodeGraphs:
     """Decode-step forward passes by batch size: captured CUDA graphs, or (capture=False) eager passes over
     the same static, padded buffers."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, max_num_seqs: int, max_model_len: int,
+    def __init__(self, model: LlamaModel, device: torch.device, max_num_seqs: int, max_model_len: int,
                  block_size: int, capture: bool = True) -> None:
         if capture and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device.type}")
-        self.model = cast("LlamaModel", model)  # what every model source builds (kvscope.engine.model.loader)
+        self.model = model
         self.max_model_len = max_model_len
         self.sizes = capture_sizes(max_num_seqs)
         top, width = self.sizes[-1], -(-max_model_len // block_size)

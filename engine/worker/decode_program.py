@@ -27,7 +27,7 @@ from kvscope.kernels.cpu.decode_cpu import STEP_OPS, DecodeProgram, decode_progr
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from kvscope.engine.model.llama import DecoderLayer
+    from kvscope.engine.model.llama import DecoderLayer, LlamaModel
 
 PROGRAM_OPS = {**dict(enumerate(LAYER_OPS)), **STEP_OPS}  # the program's op indices: their op names
 
@@ -47,10 +47,9 @@ class CpuDecodePrograms(DecodeGraphs):
 
     measures_ops = True  # the op timer takes the program's own per-op times (op_records)
 
-    def __init__(self, model: torch.nn.Module, kv_layers: list[tuple[torch.Tensor, torch.Tensor]],
+    def __init__(self, model: LlamaModel, kv_layers: list[tuple[torch.Tensor, torch.Tensor]],
                  max_num_seqs: int, max_model_len: int, block_size: int) -> None:
         super().__init__(model, torch.device("cpu"), max_num_seqs, max_model_len, block_size, capture=False)
-        model = self.model  # the LlamaModel (DecodeGraphs)
         cfg = model.config
         top = self.sizes[-1]
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim

@@ -41,9 +41,9 @@ class PreparedBatch:
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, kv_cache: KVCache, backend: AttentionBackend,
+    def __init__(self, model: LlamaModel, kv_cache: KVCache, backend: AttentionBackend,
                  device: torch.device) -> None:
-        self.model = cast("LlamaModel", model)  # what every model source builds (kvscope.engine.model.loader)
+        self.model = model
         self.kv_layers = kv_cache.layers()
         self.backend = backend
         self.device = device
@@ -114,14 +114,19 @@ class ModelRunner:
         )
         return ForwardContext(self._tensor(positions, torch.int64), meta)
 
+    def ensure_bound(self) -> None:
+        """Bind this runner's KV pools into the model again if another runner on the same model (another engine,
+        a draft model's runner) bound its own since."""
+        if cast("DecoderLayer", self.model.layers[0]).attn.k_cache is not self.kv_layers[0][0]:
+            self.model.bind_kv_cache(self.kv_layers, self.backend)
+
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def forward(self, batch: PreparedBatch) -> torch.Tensor | None:
         """Float32 logits [len(batch.sampled), vocab], or None when no request samples this step."""
-        if cast("DecoderLayer", self.model.layers[0]).attn.k_cache is not self.kv_layers[0][0]:
-            self.model.bind_kv_cache(self.kv_layers, self.backend)  # another engine on this model ran since
+        self.ensure_bound()
         graphs = self.graphs
         if graphs is not None and graphs.applies(batch.input_ids, batch.ctx, batch.num_verified):
             if batch.sampled:
