@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck headless bench clean
+.PHONY: run test lint typecheck prometheus headless bench clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -21,7 +21,7 @@ headless: $(STAMP)
 
 # The pytest script, not `python -m pytest`: that would put the repository's root on sys.path, where the
 # kernels/ folder shadows Hugging Face's `kernels` package that transformers imports.
-test: typecheck
+test: typecheck prometheus
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 # ruff, then the import contracts of pyproject.toml. lint-imports reads the package from a view where the
@@ -36,6 +36,12 @@ lint: $(STAMP)
 # mypy over every kvscope package, read from the same import view.
 typecheck: lint
 	cd build && MYPYPATH=import-view ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p kvscope
+
+# Debian's prometheus, which tests/serve/test_prometheus.py runs on loopback to scrape `kvscope serve`.
+prometheus:
+	@command -v prometheus >/dev/null || apt-get install -y -q prometheus >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null) \
+		|| sudo -n apt-get install -y -q prometheus >/dev/null
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

@@ -231,3 +231,20 @@ def step_op_costs(shape: ModelConfig, query_lens: Sequence[int], seq_lens: Seque
     outer = model_op_costs(shape, query_lens, seq_lens, weight_bytes=weight_bytes, act_bytes=act_bytes,
                            kv_bytes=kv_bytes)
     return {op: totals[op] if op in totals else outer[op] for op in STEP_OPS}
+
+
+def step_bytes_written(shape: ModelConfig, tokens: int, rows: int, *, act_bytes: int, kv_bytes: float) -> int:
+    """The part of a step's bytes (step_op_costs) that is written, not read: every op's output activations and
+    the K/V written for the new tokens, by the counting rules above (the rest of an op's bytes are its reads)."""
+    h, heads = shape.hidden_size, shape.num_heads
+    if shape.is_mla:
+        latent = shape.kv_lora_rank + shape.qk_rope_head_dim
+        qkv_out, rotated = heads * latent + latent, (heads + 1) * shape.qk_rope_head_dim
+        kv_out, attn_out = latent, heads * shape.kv_lora_rank
+    else:
+        kvh, d, v = shape.num_kv_heads, shape.head_dim, shape.v_dim
+        qkv_out, rotated, kv_out, attn_out = heads * d + kvh * (d + v), (heads + kvh) * d, kvh * (d + v), heads * v
+    # per layer: attn_norm, qkv, rope, attention, o_proj, mlp_norm, mlp outputs; kv_write's K/V into the cache
+    per_layer = tokens * ((4 * h + qkv_out + rotated + attn_out) * act_bytes + kv_out * kv_bytes)
+    outer = 2 * tokens * h * act_bytes + rows * shape.vocab_size * act_bytes  # embed, final_norm; lm_head's logits
+    return round(shape.num_layers * per_layer + outer)

@@ -55,7 +55,9 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
     decode engine when it runs in this process (in-process transport)."""
     bus = EventBus()
     name = options.served_model_name or default_model_name(recipe)
-    metrics = ServeMetrics(name)
+    metrics = ServeMetrics(name, max_model_len=recipe.scheduler.max_model_len,
+                           speculative=recipe.speculative is not None, tp=recipe.sim.tp if recipe.sim else 1,
+                           cache_info=cache_info(recipe))
     hub = EventHub(options.event_buffer)
     bus.subscribe(metrics)
     engine: EngineClient
@@ -70,12 +72,21 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
         watched = deployment.local_engine(deployment.decode[0].name)
     else:
         engine = watched = LLMEngine(recipe, loaded=loaded, bus=bus, kernel_events=options.kernel_events)
+    metrics.shape = engine.config  # each step is priced on the served model's shape
     if watched is not None:
         watched.bus.subscribe(hub)
         if options.on_engine is not None:
             options.on_engine(watched, watched.bus)
     return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
                        int(time.time()), watched)
+
+
+def cache_info(recipe: Recipe) -> dict[str, str]:
+    """The cache settings vllm:cache_config_info shows beyond the engine's RunInfo, under vLLM's CacheConfig names."""
+    info = {"gpu_memory_utilization": str(recipe.sim.mem_util) if recipe.sim else "None",
+            "num_gpu_blocks_override": str(recipe.cache.num_blocks)}
+    info["kv_cache_memory_bytes"] = str(round(recipe.cache.memory_gib * 2**30)) if recipe.cache.memory_gib else "None"
+    return info
 
 
 def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:

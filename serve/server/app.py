@@ -74,6 +74,7 @@ def build_app(state: ServerState) -> FastAPI:
     def check_capacity() -> None:
         if state.max_waiting is not None and (state.engine.num_waiting + state.engine.pending_adds
                                               >= state.max_waiting):
+            state.metrics.record_admission_rejection()
             raise ServeError(503, f"the server's queue is full ({state.max_waiting} requests waiting); retry later",
                              headers={"Retry-After": "1"})
         if not state.engine.alive:

@@ -22,6 +22,7 @@ from kvscope.costmodel.roofline import (
     kv_tokens_read,
     layer_op_costs,
     model_op_costs,
+    step_bytes_written,
     step_op_costs,
 )
 from kvscope.costmodel.roofline_report import analyze_step
@@ -209,3 +210,16 @@ def test_engine_kernel_costs_equal_the_analytic_model_step_after_step():
                               kv_bytes=2)
         want.update(model_op_costs(cfg, q, ctx, weight_bytes=2, act_bytes=2, kv_bytes=2))
         assert builder.costs(batch, pads) == want
+
+
+def test_bytes_written_by_hand_and_within_the_steps_bytes() -> None:
+    # per token and layer: outputs of attn_norm, o_proj, mlp_norm, mlp (4 x 8), qkv (2x4 + 4 + 4 = 16),
+    # rope (3 heads x 4 = 12), attention (2 x 4 = 8) at 2 bytes = 136; K/V written (4 + 4) at 2 bytes = 16
+    # 2 tokens x 2 layers x 152 = 608; embed and final norm 2 x 2 x 8 x 2 = 64; logits of 2 rows 2 x 32 x 2 = 128
+    assert step_bytes_written(TINY, 2, 2, act_bytes=2, kv_bytes=2) == 800
+    for name in ("llama-3.1-8b", "deepseek-v3", "smollm2-135m"):
+        shape = get_preset(name)
+        costs = step_op_costs(shape, [1, 1, 40], [300, 20, 40], **BYTES)
+        written = step_bytes_written(shape, 42, 3, act_bytes=2, kv_bytes=2)
+        assert 0 < written < sum(c.bytes for c in costs.values())
+        assert written > costs["kv_write"].bytes // 2  # the K/V half of kv_write's bytes is written

@@ -14,11 +14,11 @@ import threading
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.llm import LLM, as_recipe
 from kvscope.serve.server.api_server import ServeOptions, ServerThread
+from support.scrape import engine_idle, metric, metrics
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,25 +40,6 @@ def server():
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=30)
-
-
-def metrics(url: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of /metrics, parsed by prometheus_client: (name, sorted labels) -> value."""
-    text = httpx.get(url + "/metrics").text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def metric(m: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in m.items() if n == name and all((k, labels[k]) in ls for k in labels))
-
-
-def engine_idle(server: ServerThread) -> bool:
-    engine = server.state.engine.engine
-    return not engine.has_unfinished() and engine.block_manager.num_used_blocks == 0
 
 
 def stream_text(client, **kw) -> tuple[str, list]:
