@@ -320,18 +320,59 @@ def calibrate(
 
 
 @app.command(epilog=_examples(
-    "kvscope serve recipes/quickstart.yaml",
+    "kvscope serve smollm2",
+    "kvscope serve smollm2 --max-num-seqs 64 --max-model-len 2048 --no-enable-prefix-caching",
+    "kvscope serve ./SmolLM2-135M-Instruct-hf --served-model-name smol --kv-cache-memory-bytes 2000000000",
+    "kvscope serve tiny --speculative-config '{\"method\": \"ngram\", \"num_speculative_tokens\": 3}'",
     "kvscope serve recipes/quickstart.yaml --port 8001 --max-waiting 64",
     "curl localhost:8000/v1/completions -H 'Content-Type: application/json' "
     "-d '{\"prompt\": \"The capital of France is\", \"max_tokens\": 16}'",
 ))
 def serve(
-    recipe: Recipe,
+    target: Annotated[str, typer.Argument(
+        metavar="MODEL_OR_RECIPE", show_default=False,
+        help="a model (smollm2, a .gguf file, a Hugging Face folder, a random-weight preset such as tiny), served "
+             "with vLLM's CPU serving defaults, or a recipe YAML, served with its own values")],
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8000,
     served_model_name: Annotated[str | None, typer.Option(
         "--served-model-name", metavar="NAME",
-        help="the `model` clients name (default: the recipe's model path, or the random preset)")] = None,
+        help="the `model` clients name (default: the model as given, or the random preset)")] = None,
+    max_model_len: Annotated[int | None, typer.Option(
+        "--max-model-len", metavar="N", help="longest prompt + output (default: the model's context length)")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(
+        "--max-num-seqs", metavar="N", help="requests in a batch at most (default 128 for a model)")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        "--max-num-batched-tokens", metavar="N", help="tokens in a step at most (default 2048 for a model)")] = None,
+    block_size: Annotated[int | None, typer.Option("--block-size", metavar="N", help="tokens per KV block")] = None,
+    enable_prefix_caching: Annotated[bool | None, typer.Option(
+        "--enable-prefix-caching/--no-enable-prefix-caching", show_default=False,
+        help="reuse cached KV blocks of a shared prompt prefix (default on for a model)")] = None,
+    enable_chunked_prefill: Annotated[bool | None, typer.Option(
+        "--enable-chunked-prefill/--no-enable-chunked-prefill", show_default=False,
+        help="split long prompts across steps (default on for a model)")] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(
+        "--gpu-memory-utilization", metavar="F", help="share of a simulated GPU's memory for weights and KV")]
+    = None,
+    kv_cache_memory_bytes: Annotated[int | None, typer.Option(
+        "--kv-cache-memory-bytes", metavar="BYTES", help="the KV pool's size in bytes")] = None,
+    num_gpu_blocks_override: Annotated[int | None, typer.Option(
+        "--num-gpu-blocks-override", metavar="N", help="the KV pool's size in blocks")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option(
+        "--tensor-parallel-size", "-tp", metavar="N", help="GPUs one engine spans (a simulated device)")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        "--dtype", metavar="auto|half|float16|bfloat16|float|float32", help="weights and activations")] = None,
+    kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", metavar="auto", help="the KV pool's dtype")]
+    = "auto",
+    seed: Annotated[int | None, typer.Option(
+        "--seed", metavar="N", help="seed of the engine's generator (requests without a seed draw from it)")] = None,
+    speculative_config: Annotated[str | None, typer.Option(
+        "--speculative-config", metavar="JSON", help='speculative decoding, e.g. \'{"method": "ngram", '
+                                                     '"num_speculative_tokens": 3}\' or \'{"model": PATH, ...}\'')]
+    = None,
+    scheduling_policy: Annotated[str, typer.Option("--scheduling-policy", metavar="fcfs", help="queue order")]
+    = "fcfs",
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="no CUDA graphs")] = False,
     max_waiting: Annotated[int | None, typer.Option(
         "--max-waiting", metavar="N", help="answer 503 (Retry-After) while N requests wait")] = None,
     kernel_events: Annotated[bool, typer.Option(
@@ -344,11 +385,17 @@ def serve(
         "--text-events/--no-text-events", help="decode each step's text for an attached TUI's token stream")]
     = True,
 ) -> int:
-    """An OpenAI-compatible server (vLLM's endpoints, errors and /metrics) on the recipe's engine."""
+    """An OpenAI-compatible server (vLLM's endpoints, flags, errors and /metrics) on a model or a recipe."""
     from kvscope.cli.commands.serve import run_serve
+    from kvscope.cli.serve_args import EngineArgs
 
-    return run_serve(recipe, host=host, port=port, served_model_name=served_model_name, max_waiting=max_waiting,
-                     kernel_events=kernel_events, model=model_override, threads=threads, text_events=text_events)
+    engine_args = EngineArgs(max_model_len, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, block_size,
+                             enable_prefix_caching, num_gpu_blocks_override, kv_cache_memory_bytes,
+                             gpu_memory_utilization, tensor_parallel_size, dtype, speculative_config, kv_cache_dtype,
+                             scheduling_policy, enforce_eager, seed)
+    return run_serve(target, engine_args, host=host, port=port, served_model_name=served_model_name,
+                     max_waiting=max_waiting, kernel_events=kernel_events, model=model_override, threads=threads,
+                     text_events=text_events)
 
 
 @bench_app.command("serve", epilog=_examples(

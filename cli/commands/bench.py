@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvscope.cli.errors import UsageError
 from kvscope.cli.progress import ProgressBars
-from kvscope.cli.recipe_args import model_label
+from kvscope.cli.recipe_args import model_label, model_override
 from kvscope.config.recipe import load_recipe
 from kvscope.errors import RecipeError
 
@@ -29,24 +29,6 @@ if TYPE_CHECKING:
     from kvscope.engine.model.loader import LoadedModel
     from kvscope.engine.workload import WorkItem
     from kvscope.inspector.bench_report import BenchReport, VariantResult
-
-# --model-override names: a random-weight shape (fast, for tests) or the real SmolLM2 GGUF.
-REAL_MODEL = "smollm2"
-RANDOM_ALIASES = {"smollm2-135m-random": "smollm2-135m"}
-
-
-def model_override(name: str) -> dict[str, Any]:
-    """The recipe `model` mapping that --model-override NAME stands for (UsageError if unknown)."""
-    from kvscope.engine.model.support import runnable_presets
-
-    if name == REAL_MODEL:
-        return {"source": "gguf", "path": REAL_MODEL}
-    shape, runnable = RANDOM_ALIASES.get(name, name), runnable_presets()
-    if shape not in runnable:
-        known = ", ".join([REAL_MODEL, *runnable, *sorted(RANDOM_ALIASES)])
-        raise UsageError(f"--model-override: unknown model {name!r} (known: {known})")
-    return {"source": "random", "shape": shape, "seed": 0}
-
 
 def layerskip_within(recipe: Recipe, model: dict[str, Any]) -> dict[str, Any]:
     """Overrides that keep a layerskip draft depth inside an override model (at most its layers - 1): a quick

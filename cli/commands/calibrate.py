@@ -137,7 +137,7 @@ def run_calibrate(out: str, *, device: str = "cpu", model: str | None = None, re
     """`kvscope calibrate`: measure, fit, write the profile and print its factors."""
     import torch
 
-    from kvscope.cli.commands.bench import model_override
+    from kvscope.cli.recipe_args import model_override
 
     if device not in DEVICES:
         raise UsageError(f"--device: must be one of {', '.join(DEVICES)}, got {device!r}")

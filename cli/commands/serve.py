@@ -1,11 +1,12 @@
-"""`kvscope serve RECIPE`: the recipe's engine behind the OpenAI-compatible server (kvscope.serve). The
-recipe's workload is not run: requests come over HTTP; its `sampling` gives the defaults of unset fields."""
+"""`kvscope serve MODEL_OR_RECIPE [vLLM's flags]`: the engine behind the OpenAI-compatible server (kvscope.serve).
+The recipe (given, or made from the model and the flags: kvscope.cli.serve_args) has its workload not run:
+requests come over HTTP; its `sampling` gives the defaults of unset fields."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvscope.config.recipe import load_recipe
+from kvscope.cli.serve_args import EngineArgs, serve_recipe_for
 from kvscope.errors import KVScopeError
 
 if TYPE_CHECKING:
@@ -13,17 +14,19 @@ if TYPE_CHECKING:
     from kvscope.events.bus import EventBus
 
 
-def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str | None, max_waiting: int | None,
-              kernel_events: bool, model: str | None, threads: int | None, text_events: bool = True) -> int:
+def run_serve(target: str, engine_args: EngineArgs | None = None, *, host: str, port: int,
+              served_model_name: str | None, max_waiting: int | None, kernel_events: bool, model: str | None,
+              threads: int | None, text_events: bool = True) -> int:
     if not 0 < port < 65536:
         raise KVScopeError(f"--port: expected 1..65535, got {port}")
     if max_waiting is not None and max_waiting < 1:
         raise KVScopeError(f"--max-waiting: must be at least 1, got {max_waiting}")
     if threads is not None and threads < 1:
         raise KVScopeError(f"--threads: must be at least 1, got {threads}")
-    recipe = load_recipe(recipe_path)
+    engine_args = engine_args or EngineArgs()
+    recipe = serve_recipe_for(target, engine_args)
     if model is not None:
-        from kvscope.cli.commands.bench import model_override
+        from kvscope.cli.recipe_args import model_override
 
         recipe = recipe.with_overrides({"model": model_override(model)})
     if threads is not None:
@@ -33,7 +36,7 @@ def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str 
     from kvscope.serve.server.api_server import ServeOptions, serve_recipe
 
     options = ServeOptions(host, port, served_model_name, max_waiting, kernel_events,
-                           on_engine=attach_text_events if text_events else None)
+                           on_engine=attach_text_events if text_events else None, seed=engine_args.seed)
     return serve_recipe(recipe, options)
 
 

@@ -34,6 +34,7 @@ class ServeOptions:
     kernel_events: bool = False
     event_buffer: int = DEFAULT_CAPACITY
     on_engine: Callable[[LLMEngine, EventBus], Any] | None = None  # more subscribers (the cli's text probe)
+    seed: int | None = None  # the engine generator's seed (vLLM's --seed); requests without a seed draw from it
 
 
 def default_model_name(recipe: Recipe) -> str:
@@ -73,6 +74,8 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
     else:
         engine = watched = LLMEngine(recipe, loaded=loaded, bus=bus, kernel_events=options.kernel_events)
     metrics.shape = engine.config  # each step is priced on the served model's shape
+    if options.seed is not None and isinstance(engine, LLMEngine):
+        engine.generator.manual_seed(options.seed)
     if watched is not None:
         watched.bus.subscribe(hub)
         if options.on_engine is not None:
