@@ -32,6 +32,8 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ("ITL", lat(s.itl_ms)),
         ("E2E", lat(s.e2e_ms)),
         ("tokens/step", f"{s.tokens_per_step_mean:.1f}"),
+        *([("padding", f"{s.padding_tokens} tokens computed and thrown away ({percent(s.padding_share)} of the "
+                       f"computed tokens)")] if s.padding_tokens else []),
         ("KV peak", f"{s.peak_kv_blocks}/{s.num_blocks} blocks ({percent(s.peak_kv_usage)})"),
         ("preemptions", f"{s.preemptions}"),
         ("prefix hits", f"{s.prefix_hit_tokens}/{s.prefix_lookup_tokens} tokens ({percent(s.prefix_hit_rate)})"),

@@ -74,6 +74,7 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
     ("tok/s", lambda s: f"{s.throughput_tok_s:.1f}"),
     ("steps", lambda s: str(s.steps)),
     ("tok/step", lambda s: f"{s.tokens_per_step_mean:.1f}"),
+    ("padding", lambda s: percent(s.padding_share)),
     ("TTFT p50", lambda s: _ms(s.ttft_ms.p50)),
     ("TTFT p99", lambda s: _ms(s.ttft_ms.p99)),
     ("ITL p50", lambda s: _ms(s.itl_ms.p50)),
@@ -86,7 +87,8 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
 )
 
 TABLE_NOTES = (
-    "TTFT / ITL in ms. waste: reserved-but-empty KV slots in the pool (mean over steps);"
+    "TTFT / ITL in ms. padding: tokens a static batch computes and throws away, of all it computes."
+    " waste: reserved-but-empty KV slots in the pool (mean over steps);"
     " contig waste: what a max_model_len contiguous reservation would leave empty for the same requests."
 )
 

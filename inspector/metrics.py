@@ -107,6 +107,8 @@ class RunSummary:
     itl_ms: Percentiles = field(default_factory=Percentiles)
     e2e_ms: Percentiles = field(default_factory=Percentiles)
     tokens_per_step_mean: float = 0.0
+    padding_tokens: int = 0  # computed and thrown away: a static batch's short prompts and finished seats
+    padding_share: float = 0.0  # of every token the steps computed (requests' + padding)
     num_blocks: int = 0
     peak_kv_blocks: int = 0
     peak_kv_usage: float = 0.0
@@ -157,6 +159,7 @@ class Metrics(EventFold):
         self._steps = 0
         self._busy_steps = 0
         self._busy_tokens = 0
+        self._padding = 0
         self._peak_used = 0
         self._preemptions = 0
         self._hit_tokens = 0
@@ -212,6 +215,7 @@ class Metrics(EventFold):
         if ev.num_tokens > 0:
             self._busy_steps += 1
             self._busy_tokens += ev.num_tokens
+        self._padding += ev.padding_tokens
         last = self._last_token_ts
         for rid, n in ev.sampled:
             if n <= 0:
@@ -263,6 +267,8 @@ class Metrics(EventFold):
             itl_ms=Percentiles.of(self._itl_ms),
             e2e_ms=Percentiles.of([t / 1e6 for t in self._e2e_ns]),
             tokens_per_step_mean=self._busy_tokens / self._busy_steps if self._busy_steps else 0.0,
+            padding_tokens=self._padding,
+            padding_share=self._padding / computed if (computed := self._busy_tokens + self._padding) else 0.0,
             num_blocks=self.num_blocks,
             peak_kv_blocks=self._peak_used,
             peak_kv_usage=self._peak_used / self.num_blocks if self.num_blocks else 0.0,

@@ -10,7 +10,7 @@ kvscope.inspector.export.trace_clock):
         tid 3 "blocks"   instant events for alloc / free / prefix_hit / cached / evict / spec_alloc /
                          spec_rollback
         counters         "KV blocks" (used / cached / free), "requests" (running / waiting),
-                         "tokens per step", "KV waste %" (internal / contiguous), from
+                         "tokens per step" (the requests' and padding), "KV waste %" (internal / contiguous), from
                          kvscope.inspector.metrics.fragmentation; with speculative decoding "spec decode"
                          (draft tokens and accepted tokens per step)
     pid 2 "requests"
@@ -220,7 +220,8 @@ def _step_counters(e: Any, clock: TraceClock) -> list[dict[str, Any]]:
     return [
         {"name": "requests", "ph": "C", "pid": PID_ENGINE, "ts": ts,
          "args": {"running": e.num_running, "waiting": e.num_waiting}},
-        {"name": "tokens per step", "ph": "C", "pid": PID_ENGINE, "ts": ts, "args": {"tokens": e.num_tokens}},
+        {"name": "tokens per step", "ph": "C", "pid": PID_ENGINE, "ts": ts,
+         "args": {"tokens": e.num_tokens, "padding": e.padding_tokens}},
     ]
 
 

@@ -35,3 +35,24 @@ def test_static_pads_prompts_and_finished_seats_and_keeps_tokens():
     # each request reserved its batch's longest prompt + longest output up front
     allocs = {e.request_id: len(e.block_ids) for e in events if e.kind == "block" and e.what == "alloc"}
     assert allocs[0] == allocs[1] == -(-(7 + 6) // 4) and allocs[2] == allocs[3] == -(-(5 + 5) // 4)
+
+
+def test_padding_is_summed_shared_out_and_shown_in_the_summary_the_bench_table_and_the_trace():
+    from kvscope.cli.summary_table import summary_rows
+    from kvscope.inspector.bench_report import TABLE_COLUMNS
+    from kvscope.inspector.export.chrome_trace import build_chrome_trace
+    from kvscope.inspector.metrics import summarize
+
+    _, steps, events = run("static")
+    summary = summarize(events)
+    pads, tokens = sum(s.padding_tokens for s in steps), sum(s.num_tokens for s in steps)
+    # batch 1: 4 prompt pads + 4 seat-steps after request 0 ends; batch 2: 3 prompt pads + 2 seat-steps
+    assert summary.padding_tokens == pads == 4 + 4 + 3 + 2
+    assert summary.padding_share == pads / (tokens + pads)
+    assert dict(summary_rows(summary))["padding"].startswith(f"{pads} tokens computed and thrown away")
+    cell = dict(TABLE_COLUMNS)["padding"]
+    assert cell(summary) == f"{100 * summary.padding_share:.1f}%"
+    counters = [e for e in build_chrome_trace(events)["traceEvents"] if e.get("name") == "tokens per step"]
+    assert sum(c["args"]["padding"] for c in counters) == pads
+    _, _, continuous = run("continuous")
+    assert summarize(continuous).padding_tokens == 0 and "padding" not in dict(summary_rows(summarize(continuous)))

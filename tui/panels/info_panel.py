@@ -117,7 +117,8 @@ def summary_text(summary, frozen: bool) -> Text:
     s = summary
     text = Text("run finished  ", style="bold green")
     text.append(f"{s.finished}/{s.requests} requests · {s.prompt_tokens} prompt + {s.generated_tokens} generated"
-                f" tokens in {s.steps} steps · {s.tokens_per_step_mean:.1f} tokens/step\n")
+                f" tokens in {s.steps} steps · {s.tokens_per_step_mean:.1f} tokens/step"
+                + (f" · padding {s.padding_tokens} ({percent(s.padding_share)})" if s.padding_tokens else "") + "\n")
     if not frozen:
         text.append(f"{s.duration_s:.2f} s · {s.throughput_tok_s:.1f} tok/s · TTFT p50 {s.ttft_ms.p50:.1f} ms"
                     f" · ITL p50 {s.itl_ms.p50:.1f} ms · E2E p50 {s.e2e_ms.p50:.1f} ms\n")
