@@ -39,6 +39,10 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ("prefix hits", f"{s.prefix_hit_tokens}/{s.prefix_lookup_tokens} tokens ({percent(s.prefix_hit_rate)})"),
         ("internal frag", f"{percent(s.internal_fragmentation_mean)} mean, {percent(s.internal_fragmentation)} at end"),
         ("contig. waste", f"{percent(s.contiguous_waste_mean)} mean, {percent(s.contiguous_waste)} at end"),
+        *([("external frag", f"{percent(s.external_fragmentation_mean)} of free blocks outside the longest free "
+                             f"run (mean); {s.refused_with_memory_free} requests made to wait with enough "
+                             f"blocks free")] if s.external_fragmentation_mean or s.refused_with_memory_free
+          else []),
     ]
     spec = s.spec_decode
     if spec is not None:

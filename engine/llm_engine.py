@@ -18,7 +18,7 @@ import torch
 
 from kvscope.config.recipe import Recipe
 from kvscope.config.sampling_params import SamplingParams
-from kvscope.engine.core.block_manager import BlockManager
+from kvscope.engine.core.contiguous_blocks import make_block_manager
 from kvscope.engine.core.kv_connector import KVConnector, KVPeer, KVTransferParams
 from kvscope.engine.core.request import Request, RequestOutput
 from kvscope.engine.core.request_check import Prompt, RequestCheck, max_model_len
@@ -67,8 +67,8 @@ class LLMEngine:
 
     def reset(self) -> None:
         """Forget every request and block; the model and the pools stay."""
-        self.block_manager = BlockManager(self.num_blocks, self.block_size, self.recipe.cache.prefix_caching,
-                                          self.bus)
+        self.block_manager = make_block_manager(self.recipe.cache.allocator, self.num_blocks, self.block_size,
+                                                self.recipe.cache.prefix_caching, self.bus, self.max_model_len)
         self.connector: KVConnector | None = None
         if self.kv_role is not None:
             self.connector = KVConnector(self.engine_id, self.kv_role, self.bus, self.block_manager,

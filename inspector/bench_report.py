@@ -82,6 +82,7 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
     ("peak KV", lambda s: f"{s.peak_kv_blocks}/{s.num_blocks} ({percent(s.peak_kv_usage)})"),
     ("waste", lambda s: percent(s.internal_fragmentation_mean)),
     ("contig waste", lambda s: percent(s.contiguous_waste_mean)),
+    ("ext frag", lambda s: percent(s.external_fragmentation_mean)),
     ("hit rate", lambda s: percent(s.prefix_hit_rate)),
     ("preempt", lambda s: str(s.preemptions)),
 )
@@ -89,7 +90,8 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
 TABLE_NOTES = (
     "TTFT / ITL in ms. padding: tokens a static batch computes and throws away, of all it computes."
     " waste: reserved-but-empty KV slots in the pool (mean over steps);"
-    " contig waste: what a max_model_len contiguous reservation would leave empty for the same requests."
+    " contig waste: what a max_model_len contiguous reservation would leave empty for the same requests;"
+    " ext frag: free blocks outside the longest free run (the contiguous allocator)."
 )
 
 

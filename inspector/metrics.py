@@ -69,6 +69,7 @@ class Fragmentation:
     cached: float           # unreferenced-but-cached blocks / total blocks
     internal: float         # empty slots in referenced blocks / slots in referenced blocks
     contiguous_waste: float  # what a contiguous max-length reservation would leave empty, as a fraction
+    external: float         # the contiguous allocator's free blocks outside its longest free run / free blocks
     used_blocks: int
     cached_blocks: int
     free_blocks: int
@@ -85,6 +86,7 @@ def fragmentation(kv: KVSnapshot) -> Fragmentation:
         cached=kv.cached_blocks / total if total else 0.0,
         internal=kv.reserved_empty_slots / used_slots if used_slots else 0.0,
         contiguous_waste=kv.contiguous_waste_slots / reserved if reserved else 0.0,
+        external=1 - kv.largest_free_run / free if kv.largest_free_run >= 0 and (free := kv.free_blocks) else 0.0,
         used_blocks=kv.used_blocks,
         cached_blocks=kv.cached_blocks,
         free_blocks=kv.free_blocks,
@@ -120,6 +122,8 @@ class RunSummary:
     internal_fragmentation_mean: float = 0.0
     contiguous_waste: float = 0.0
     contiguous_waste_mean: float = 0.0
+    external_fragmentation_mean: float = 0.0  # the contiguous allocator's (kvscope.inspector.metrics.Fragmentation)
+    refused_with_memory_free: int = 0  # requests the contiguous allocator made wait although enough was free
     spec_decode: SpecDecodeSummary | None = None  # with speculative decoding
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +171,8 @@ class Metrics(EventFold):
         self._kv_count = 0
         self._internal_sum = 0.0
         self._waste_sum = 0.0
+        self._external_sum = 0.0
+        self._refused_free = 0
         self.last_fragmentation: Fragmentation | None = None
         self.num_running = 0
         self.num_waiting = 0
@@ -238,6 +244,8 @@ class Metrics(EventFold):
         self._kv_count += 1
         self._internal_sum += frag.internal
         self._waste_sum += frag.contiguous_waste
+        self._external_sum += frag.external
+        self._refused_free = kv.refused_with_memory_free
 
     def duration_s(self) -> float:
         """First StepBegin to last StepEnd so far."""
@@ -280,6 +288,8 @@ class Metrics(EventFold):
             internal_fragmentation_mean=self._internal_sum / self._kv_count if self._kv_count else 0.0,
             contiguous_waste=frag.contiguous_waste if frag else 0.0,
             contiguous_waste_mean=self._waste_sum / self._kv_count if self._kv_count else 0.0,
+            external_fragmentation_mean=self._external_sum / self._kv_count if self._kv_count else 0.0,
+            refused_with_memory_free=self._refused_free,
             spec_decode=self.spec.summary(),
         )
 

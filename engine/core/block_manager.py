@@ -59,6 +59,16 @@ class BlockManager:
         """Whether the pool can hand out num_blocks blocks now."""
         return num_blocks <= len(self.free_queue)
 
+    def largest_free_run(self) -> int:
+        """The longest run of free blocks, for an allocator that needs runs (kvscope.engine.core.contiguous_blocks);
+        -1 here: a paged pool can use any free block."""
+        return -1
+
+    @property
+    def refused_with_memory_free(self) -> int:
+        """Requests refused blocks although enough were free: never, for paging."""
+        return 0
+
     def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
         """Fresh blocks the request needs to hold num_new_tokens more tokens."""
         total = request.num_computed_tokens + num_new_tokens

@@ -182,4 +182,5 @@ class StepProbe:
         stored -= bm.num_shared_extra * bs
         used = bm.num_used_blocks
         return KVSnapshot(engine.bus.clock(), step, bm.num_blocks, bs, used, bm.num_cached_free,
-                          bm.num_free_blocks - bm.num_cached_free, stored, used * bs - stored, contiguous)
+                          bm.num_free_blocks - bm.num_cached_free, stored, used * bs - stored, contiguous,
+                          bm.largest_free_run(), bm.refused_with_memory_free)

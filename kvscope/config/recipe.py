@@ -89,6 +89,9 @@ class Recipe(Section):
         yield (spec is not None and device == "sim", "speculative",
                "is not simulated yet: a simulated device has no draft tokens to verify (drop speculative, or run on "
                "cpu / cuda)")
+        yield (self.cache.allocator == "contiguous" and (spec is not None or self.deployment.disaggregated),
+               "cache.allocator", "contiguous does not combine with speculative decoding or disaggregation (both "
+               "hand blocks back or take them from elsewhere)")
         for what, bad in (("scheduler.policy static", policy == "static"), ("speculative", spec is not None),
                           ("device: sim over transport ray (simulated engines run in this process)",
                            device == "sim" and self.deployment.transport == "ray")):

@@ -31,14 +31,20 @@ SPEC_METHODS: tuple[str, ...] = get_args(SpecMethod)
 
 
 class CacheSpec(Section):
+    """allocator: paged (blocks anywhere, as vLLM) or contiguous (the baseline: one first-fit max-length range
+    of blocks per request, kvscope.engine.core.contiguous_blocks)."""
+
     block_size: PositiveInt = 16
     num_blocks: PositiveInt | None = None
     memory_gib: Annotated[float, number(1e-9)] | None = None
     prefix_caching: Flag = False
+    allocator: Annotated[Literal["paged", "contiguous"], OneOf()] = "paged"
 
     def rules(self) -> Rules:
         return ((self.num_blocks is not None and self.memory_gib is not None, None,
-                 "give num_blocks or memory_gib, not both"),)
+                 "give num_blocks or memory_gib, not both"),
+                (self.allocator == "contiguous" and self.prefix_caching, "prefix_caching",
+                 "needs the paged allocator: a contiguous range shares no block"))
 
 
 class SchedulerSpec(Section):

@@ -172,6 +172,8 @@ class KVSnapshot:
     tokens_stored: int
     reserved_empty_slots: int
     contiguous_waste_slots: int = 0
+    largest_free_run: int = -1  # the contiguous allocator's longest run of free blocks (-1: a paged pool)
+    refused_with_memory_free: int = 0  # requests it refused a range while enough blocks were free (so far)
 
 
 @dataclass(slots=True)

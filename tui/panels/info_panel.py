@@ -125,7 +125,10 @@ def summary_text(summary, frozen: bool) -> Text:
     text.append(f"KV peak {s.peak_kv_blocks}/{s.num_blocks} ({percent(s.peak_kv_usage)}) · preemptions"
                 f" {s.preemptions} · prefix hits {percent(s.prefix_hit_rate)} · internal frag"
                 f" {percent(s.internal_fragmentation_mean)} mean · contiguous waste"
-                f" {percent(s.contiguous_waste_mean)} mean")
+                f" {percent(s.contiguous_waste_mean)} mean"
+                + (f" · external frag {percent(s.external_fragmentation_mean)} mean, {s.refused_with_memory_free}"
+                   f" refused with memory free" if s.refused_with_memory_free or s.external_fragmentation_mean
+                   else ""))
     return text
 
 

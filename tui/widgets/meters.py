@@ -44,4 +44,10 @@ class FragmentationMeters(TextLines):
         text.append_text(fraction_bar(frag.contiguous_waste, BAR_WIDTH, "#d95f5f"))
         text.append(f" {percent(frag.contiguous_waste):>6}", style="bold")
         text.append(f"  {kv.contiguous_waste_slots} empty if max-len reserved")
+        if kv.largest_free_run >= 0:  # the contiguous allocator: free memory in holes too short to use
+            text.append("\nexternal     ", style="bold")
+            text.append_text(fraction_bar(frag.external, BAR_WIDTH, "#b05fd9"))
+            text.append(f" {percent(frag.external):>6}", style="bold")
+            text.append(f"  longest free run {kv.largest_free_run}/{kv.free_blocks} blocks, "
+                        f"{kv.refused_with_memory_free} refused with memory free")
         self.set_text(text)
