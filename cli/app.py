@@ -343,12 +343,16 @@ def serve(
     text_events: Annotated[bool, typer.Option(
         "--text-events/--no-text-events", help="decode each step's text for an attached TUI's token stream")]
     = True,
+    max_request_body_bytes: Annotated[int | None, typer.Option(
+        "--max-request-body-bytes", metavar="N", help="answer a larger request body with 413 (default: 4 MiB)",
+        show_default=False)] = None,
 ) -> int:
     """An OpenAI-compatible server (vLLM's endpoints, errors and /metrics) on the recipe's engine."""
     from kvscope.cli.commands.serve import run_serve
 
     return run_serve(recipe, host=host, port=port, served_model_name=served_model_name, max_waiting=max_waiting,
-                     kernel_events=kernel_events, model=model_override, threads=threads, text_events=text_events)
+                     kernel_events=kernel_events, model=model_override, threads=threads, text_events=text_events,
+                     max_request_body_bytes=max_request_body_bytes)
 
 
 @bench_app.command("serve", epilog=_examples(

@@ -1,5 +1,6 @@
 """`kvscope serve RECIPE`: the recipe's engine behind the OpenAI-compatible server (kvscope.serve). The
-recipe's workload is not run: requests come over HTTP; its `sampling` gives the defaults of unset fields."""
+recipe's workload is not run: requests come over HTTP; its `sampling` gives the defaults of unset fields.
+`--max-request-body-bytes` caps a request's body."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ if TYPE_CHECKING:
 
 
 def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str | None, max_waiting: int | None,
-              kernel_events: bool, model: str | None, threads: int | None, text_events: bool = True) -> int:
+              kernel_events: bool, model: str | None, threads: int | None, text_events: bool = True,
+              max_request_body_bytes: int | None = None) -> int:
+    from kvscope.serve.server.body import DEFAULT_MAX_REQUEST_BODY_BYTES
+
     if not 0 < port < 65536:
         raise KVScopeError(f"--port: expected 1..65535, got {port}")
+    body_limit = DEFAULT_MAX_REQUEST_BODY_BYTES if max_request_body_bytes is None else max_request_body_bytes
+    if body_limit < 1:
+        raise KVScopeError(f"--max-request-body-bytes: must be at least 1, got {body_limit}")
     if max_waiting is not None and max_waiting < 1:
         raise KVScopeError(f"--max-waiting: must be at least 1, got {max_waiting}")
     if threads is not None and threads < 1:
@@ -33,7 +40,8 @@ def run_serve(recipe_path: str, *, host: str, port: int, served_model_name: str 
     from kvscope.serve.server.api_server import ServeOptions, serve_recipe
 
     options = ServeOptions(host, port, served_model_name, max_waiting, kernel_events,
-                           on_engine=attach_text_events if text_events else None)
+                           on_engine=attach_text_events if text_events else None,
+                           max_request_body_bytes=body_limit)
     return serve_recipe(recipe, options)
 
 

@@ -5,6 +5,7 @@ loopback port (tests, benchmarks, `kvscope bench serve --serve`)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.model.loader import LoadedModel
 from kvscope.events.bus import EventBus
 from kvscope.serve.server.app import ServerState, build_app
+from kvscope.serve.server.body import DEFAULT_MAX_REQUEST_BODY_BYTES
 from kvscope.serve.server.engine_loop import EngineLoop
 from kvscope.serve.server.event_hub import DEFAULT_CAPACITY, EventHub
 from kvscope.serve.server.metrics import ServeMetrics
@@ -34,6 +36,7 @@ class ServeOptions:
     kernel_events: bool = False
     event_buffer: int = DEFAULT_CAPACITY
     on_engine: Callable[[LLMEngine, EventBus], Any] | None = None  # more subscribers (the cli's text probe)
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
 
 
 def default_model_name(recipe: Recipe) -> str:
@@ -75,7 +78,7 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
         if options.on_engine is not None:
             options.on_engine(watched, watched.bus)
     return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
-                       int(time.time()), watched)
+                       int(time.time()), watched, options.max_request_body_bytes)
 
 
 def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:
@@ -87,6 +90,8 @@ def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
     """`kvscope serve`: run until interrupted."""
     state = build_state(recipe, options)
     state.engine.start()
+    gc.collect()
+    gc.freeze()  # vLLM's freeze_gc_heap: full collections skip the startup heap (torch, the model), no ~70 ms pauses
     print(f"kvscope serve: {state.model_name} on http://{options.host}:{options.port}/v1 "
           f"(metrics /metrics, attach: kvscope attach http://{options.host}:{options.port})", flush=True)
     try:
@@ -94,11 +99,14 @@ def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
     finally:
         state.engine.stop()
         _close(state)
+        gc.unfreeze()
     return 0
 
 
 def _close(state: ServerState) -> None:
-    """Stop what the engine started outside this process (a deployment's Ray actors)."""
+    """Stop the handlers' worker threads and what the engine started outside this process (a deployment's Ray
+    actors)."""
+    state.offload.close()
     state.engine.engine.close()
 
 

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from kvscope.events.codec import event_to_dict
 from kvscope.events.vocabulary import Kind
+from kvscope.serve.server.body import parse_json, read_body
 from kvscope.serve.server.errors import ServeError, bad_request
 from kvscope.serve.server.snapshot import build_snapshot
 
@@ -51,10 +52,8 @@ def add_attach_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/kvscope/v1/control")
     async def control(request: Request) -> dict[str, Any]:
-        try:
-            data = json.loads(await request.body())
-        except ValueError as exc:
-            raise bad_request(f"malformed JSON body: {exc}") from None
+        raw = await read_body(request, state.max_body_bytes)
+        data = await state.offload.run(len(raw), parse_json, raw)
         action = data.get("action") if isinstance(data, dict) else None
         loop = state.engine
         if action == "pause":
