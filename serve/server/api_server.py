@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.model.loader import LoadedModel
 from kvscope.events.bus import EventBus
 from kvscope.serve.server.app import ServerState, build_app
+from kvscope.serve.server.auth import exposure_warning
 from kvscope.serve.server.body import DEFAULT_MAX_REQUEST_BODY_BYTES
 from kvscope.serve.server.engine_loop import EngineLoop
 from kvscope.serve.server.event_hub import DEFAULT_CAPACITY, EventHub
@@ -36,6 +38,7 @@ class ServeOptions:
     kernel_events: bool = False
     event_buffer: int = DEFAULT_CAPACITY
     on_engine: Callable[[LLMEngine, EventBus], Any] | None = None  # more subscribers (the cli's text probe)
+    api_keys: tuple[str, ...] = ()  # --api-key (or VLLM_API_KEY): none, no key needed
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
 
 
@@ -78,7 +81,7 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
         if options.on_engine is not None:
             options.on_engine(watched, watched.bus)
     return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
-                       int(time.time()), watched, options.max_request_body_bytes)
+                       int(time.time()), watched, tuple(options.api_keys), options.max_request_body_bytes)
 
 
 def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:
@@ -88,12 +91,16 @@ def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:
 
 def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
     """`kvscope serve`: run until interrupted."""
+    warning = exposure_warning(options.host, options.port, options.api_keys)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     state = build_state(recipe, options)
     state.engine.start()
     gc.collect()
     gc.freeze()  # vLLM's freeze_gc_heap: full collections skip the startup heap (torch, the model), no ~70 ms pauses
+    key = " --api-key KEY" if options.api_keys else ""
     print(f"kvscope serve: {state.model_name} on http://{options.host}:{options.port}/v1 "
-          f"(metrics /metrics, attach: kvscope attach http://{options.host}:{options.port})", flush=True)
+          f"(metrics /metrics, attach: kvscope attach http://{options.host}:{options.port}{key})", flush=True)
     try:
         uvicorn.Server(_config(state, options.host, options.port)).run()
     finally:

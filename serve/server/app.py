@@ -8,8 +8,9 @@ Bodies are read and checked here (kvscope.serve.server.protocol), so every bad i
 shape naming the field, before the engine sees anything; an unknown model is a 404; a full queue
 (`max_waiting`) a 503 with Retry-After. No client can stall the others: a body over `max_body_bytes` is a 413
 before it is kept (kvscope.serve.server.body), and parsing, the chat template and tokenizing run in worker
-threads (kvscope.serve.server.offload), never on the event loop. A client that leaves (streaming or not, queued
-or running) has its request aborted at once: a stream is cancelled by Starlette on disconnect, a plain request
+threads (kvscope.serve.server.offload), never on the event loop. With API keys set, every path but /health,
+/version and /metrics needs one (kvscope.serve.server.auth). A client that leaves (streaming or not, queued or
+running) has its request aborted at once: a stream is cancelled by Starlette on disconnect, a plain request
 races a disconnect listener (vLLM's with_cancellation).
 """
 
@@ -28,6 +29,7 @@ from kvscope.config.sampling_params import SamplingParams
 from kvscope.engine.core.request_check import PromptTooLong
 from kvscope.errors import RequestError
 from kvscope.serve.server.attach_routes import add_attach_routes
+from kvscope.serve.server.auth import ApiKeyMiddleware
 from kvscope.serve.server.body import DEFAULT_MAX_REQUEST_BODY_BYTES, parse_json_object, read_body
 from kvscope.serve.server.engine_loop import EngineLoop
 from kvscope.serve.server.errors import ServeError, bad_request, error_body
@@ -51,6 +53,7 @@ class ServerState:
     max_waiting: int | None = None
     created: int = 0
     watched: Any = None  # the LLMEngine an attached viewer sees (None: a deployment's engines are elsewhere)
+    api_keys: tuple[str, ...] = ()  # none: no key needed
     max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
     offload: Offload = field(default_factory=Offload)
 
@@ -58,6 +61,8 @@ class ServerState:
 def build_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="kvscope", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.kvscope = state
+    if state.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=state.api_keys)
     engine = state.engine.engine
     tokenizer = engine.tokenizer
     max_len = engine.max_model_len

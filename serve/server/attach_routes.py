@@ -7,6 +7,7 @@ ring gets one `event: gap` record and the stream ends: it re-reads the snapshot 
 snapshot's `last_event_id`.
 GET /kvscope/v1/snapshot: kvscope.serve.server.snapshot.build_snapshot, plus the controls' state.
 POST /kvscope/v1/control: {"action": "pause" | "resume" | "step" | "delay", "seconds": S}.
+With API keys set, all three need one (kvscope.serve.server.auth): only the key holder watches or steers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The security flags on the command line: `kvscope serve --max-request-body-bytes` refuses bad values in one line
-naming the flag (exit code 2)."""
+"""The security flags on the command line: `kvscope serve --api-key / --max-request-body-bytes` refuse bad values
+in one line naming the flag (exit code 2), and every client command takes `--api-key` (OPENAI_API_KEY by default,
+as vLLM's clients read it)."""
 
 import os
 import subprocess
@@ -15,6 +16,8 @@ def kvscope(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(("extra", "needles"), [
+    (("--api-key", ""), ("--api-key", "empty")),
+    (("--api-key", "ok", "--api-key", "  "), ("--api-key", "empty")),
     (("--max-request-body-bytes", "0"), ("--max-request-body-bytes", "at least 1", "0")),
     (("--max-request-body-bytes", "lots"), ("--max-request-body-bytes",)),
 ])
@@ -22,6 +25,11 @@ def test_bad_serve_security_flags_are_one_line_and_exit_2(extra, needles):
     one_line_error(kvscope("serve", "recipes/quickstart.yaml", *extra), *needles)
 
 
-def test_serve_help_names_the_body_limit():
-    out = kvscope("serve", "--help")
-    assert out.returncode == 0 and "--max-request-body-bytes" in out.stdout, out.stderr
+@pytest.mark.parametrize("command", [("serve",), ("attach",), ("trace",), ("bench", "serve")])
+def test_every_command_that_talks_to_a_server_takes_an_api_key(command):
+    out = kvscope(*command, "--help")
+    assert out.returncode == 0 and "--api-key" in out.stdout, out.stderr
+    if command != ("serve",):
+        assert "OPENAI_API_KEY" in out.stdout
+    else:
+        assert "VLLM_API_KEY" in out.stdout and "--max-request-body-bytes" in out.stdout
