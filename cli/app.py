@@ -41,6 +41,9 @@ GpuMem = Annotated[float | None, typer.Option("--gpu-mem", metavar="GIB",
                                               help="device memory in GiB (overrides the preset's size)")]
 NoNvtx = Annotated[bool, typer.Option("--no-nvtx", help="no live NVTX ranges (domain 'kvscope', on by default: "
                                                         "`nsys profile kvscope run ...`)")]
+ClientApiKey = Annotated[str | None, typer.Option(
+    "--api-key", metavar="KEY", envvar="OPENAI_API_KEY", show_envvar=True,
+    help="the key of a server started with --api-key (sent as `Authorization: Bearer KEY`)")]
 
 
 def _examples(*lines: str) -> str:
@@ -106,6 +109,7 @@ def trace(
                                                help="record a running `kvscope serve` instead of a recipe")] = None,
     seconds: Annotated[float, typer.Option("--seconds", metavar="S", help="with --attach: how long to record")]
     = 10.0,
+    api_key: ClientApiKey = None,
 ) -> int:
     """Run a recipe (or watch a live server with --attach) and write its timelines: trace.json (Perfetto,
     speedscope), trace.nvtxt (Nsight Systems), events.jsonl (kvscope replay)."""
@@ -121,7 +125,7 @@ def trace(
 
             raise UsageError("--torch-profiler: cannot profile a remote server (--attach)")
 
-        return run_trace_attach(attach, out=out, seconds=seconds, kernels=not no_kernels)
+        return run_trace_attach(attach, out=out, seconds=seconds, kernels=not no_kernels, api_key=api_key)
     assert recipe is not None
     from kvscope.cli.commands.trace import run_trace
 
@@ -384,6 +388,12 @@ def serve(
     text_events: Annotated[bool, typer.Option(
         "--text-events/--no-text-events", help="decode each step's text for an attached TUI's token stream")]
     = True,
+    api_key: Annotated[list[str] | None, typer.Option(
+        "--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on every path but /health, /version "
+                                         "and /metrics (repeat for several keys; default: $VLLM_API_KEY)")] = None,
+    max_request_body_bytes: Annotated[int | None, typer.Option(
+        "--max-request-body-bytes", metavar="N", help="answer a larger request body with 413 (default: 4 MiB)",
+        show_default=False)] = None,
 ) -> int:
     """An OpenAI-compatible server (vLLM's endpoints, flags, errors and /metrics) on a model or a recipe."""
     from kvscope.cli.commands.serve import run_serve
@@ -395,7 +405,7 @@ def serve(
                              scheduling_policy, enforce_eager, seed)
     return run_serve(target, engine_args, host=host, port=port, served_model_name=served_model_name,
                      max_waiting=max_waiting, kernel_events=kernel_events, model=model_override, threads=threads,
-                     text_events=text_events)
+                     text_events=text_events, api_key=api_key, max_request_body_bytes=max_request_body_bytes)
 
 
 @bench_app.command("serve", epilog=_examples(
@@ -439,6 +449,7 @@ def bench_serve(
     save_result: Annotated[bool, typer.Option("--save-result", help="write the result JSON")] = False,
     result_dir: Annotated[str | None, typer.Option("--result-dir")] = None,
     result_filename: Annotated[str | None, typer.Option("--result-filename")] = None,
+    api_key: ClientApiKey = None,
 ) -> int:
     """Load a running OpenAI-compatible server (kvscope's, vLLM's, any) with `vllm bench serve`'s options and
     report, plus the server's own /metrics deltas (preemptions, prefix-cache hit rate, peak KV use)."""
@@ -448,7 +459,8 @@ def bench_serve(
                           random_output_len, random_range_ratio, random_prefix_len, prefix_repetition_prefix_len,
                           prefix_repetition_suffix_len, prefix_repetition_num_prefixes, prefix_repetition_output_len,
                           request_rate, burstiness, max_concurrency, ignore_eos, list(goodput or []),
-                          percentile_metrics, metric_percentiles, seed, save_result, result_dir, result_filename)
+                          percentile_metrics, metric_percentiles, seed, save_result, result_dir, result_filename,
+                          api_key)
     run_bench_serve(args)
     return 0
 
@@ -462,9 +474,10 @@ def attach(
                                        show_default=False)],
     kernels: Annotated[bool, typer.Option("--kernels", help="also stream per-op kernel events (the server must run "
                                                             "with --kernel-events)")] = False,
+    api_key: ClientApiKey = None,
 ) -> int:
     """Open the live TUI on a running `kvscope serve`: its block map, requests and metrics as they happen;
     pause / step / delay act on the server's engine."""
     from kvscope.cli.commands.attach import run_attach
 
-    return run_attach(url, kernels=kernels)
+    return run_attach(url, kernels=kernels, api_key=api_key)

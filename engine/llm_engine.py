@@ -100,9 +100,10 @@ class LLMEngine:
                        self.recipe.cache.prefix_caching)
 
     # --- requests ---------------------------------------------------------------------
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt given as text, token ids or chat messages; RequestError naming what is wrong."""
-        return self.request_check.encode_prompt(prompt)
+    def encode_prompt(self, prompt: Prompt, limit: int | None = None) -> list[int]:
+        """Token ids of a prompt given as text, token ids or chat messages; RequestError naming what is wrong
+        (PromptTooLong, unencoded, for one that surely has `limit` tokens or more)."""
+        return self.request_check.encode_prompt(prompt, limit)
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
         """KV blocks a request holds at its longest (its output cut to what the context leaves)."""

@@ -17,6 +17,17 @@ if TYPE_CHECKING:
 Prompt = str | Sequence[int] | Sequence[dict[str, str]]
 
 
+class PromptTooLong(RequestError):
+    """A prompt refused before it was encoded: it has at least `num_tokens` tokens (exactly, for token ids),
+    `limit` or more."""
+
+    def __init__(self, num_tokens: int, limit: int, exact: bool) -> None:
+        super().__init__(f"prompt: {'' if exact else 'at least '}{num_tokens} tokens, {limit} or more")
+        self.num_tokens = num_tokens
+        self.limit = limit
+        self.exact = exact
+
+
 def max_model_len(recipe: Recipe, config: ModelConfig) -> int:
     """The longest sequence an engine of this recipe serves: the recipe's limit within the model's."""
     return min(recipe.scheduler.max_model_len, config.max_position_embeddings)
@@ -33,16 +44,21 @@ class RequestCheck:
         self.block_size = recipe.cache.block_size
         self.num_blocks = num_blocks
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt given as text, token ids or chat messages; RequestError naming what is wrong."""
+    def encode_prompt(self, prompt: Prompt, limit: int | None = None) -> list[int]:
+        """Token ids of a prompt given as text, token ids or chat messages; RequestError naming what is wrong.
+        With `limit`, a prompt that surely has `limit` tokens or more is refused (PromptTooLong) unencoded."""
         if isinstance(prompt, str):
+            self._refuse_long_text(prompt, limit)
             return self.tokenizer.encode(prompt)
         if not isinstance(prompt, (list, tuple)):
             raise RequestError(f"prompt: expected text, a list of token ids or a list of chat messages, "
                                f"got {type(prompt).__name__}")
         if prompt and all(isinstance(m, dict) for m in prompt):
             text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)
+            self._refuse_long_text(text, limit)
             return self.tokenizer.encode(text, add_bos=False)
+        if limit is not None and len(prompt) >= limit:
+            raise PromptTooLong(len(prompt), limit, exact=True)
         vocab = self.vocab_size
         for i, token in enumerate(prompt):
             if not isinstance(token, int) or isinstance(token, bool):
@@ -50,6 +66,12 @@ class RequestCheck:
             if not 0 <= token < vocab:
                 raise RequestError(f"prompt[{i}]: token id {token} outside the vocabulary (0..{vocab - 1})")
         return list(prompt)
+
+    def _refuse_long_text(self, text: str, limit: int | None) -> None:
+        if limit is not None:
+            at_least = self.tokenizer.min_tokens(text)
+            if at_least >= limit:
+                raise PromptTooLong(at_least, limit, exact=False)
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
         """KV blocks a request holds at its longest (its output cut to what the context leaves)."""

@@ -146,8 +146,8 @@ class DisaggregatedEngine:
         self.step_id = 0
 
     # --- what an EngineClient answers --------------------------------------------------------
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        return self.front.encode_prompt(prompt)
+    def encode_prompt(self, prompt: Prompt, limit: int | None = None) -> list[int]:
+        return self.front.encode_prompt(prompt, limit)
 
     def blocks_needed(self, num_prompt_tokens: int, max_tokens: int) -> int:
         return self.front.blocks_needed(num_prompt_tokens, max_tokens)

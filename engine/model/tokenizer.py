@@ -1,7 +1,12 @@
 """Tokenizers: byte-level BPE from GGUF metadata or a tokenizer.json, and a byte tokenizer for random models.
 
 Tokenizer is the interface the engine uses (encode / decode / chat template / special ids);
-BPETokenizer wraps the `tokenizers` library, ByteTokenizer maps ids 0..255 to bytes.
+BPETokenizer wraps the `tokenizers` library, ByteTokenizer maps ids 0..255 to bytes. Encoding a long text never
+holds the interpreter for long, so a server can tokenize a client's prompt in a worker thread while its event
+loop goes on: BPETokenizer encodes through `encode_batch`, which releases the GIL (`encode` does not), and
+ByteTokenizer converts in slices of BYTE_SLICE bytes. `min_tokens` bounds a text's token count from below without
+encoding it (no token covers more than `max_token_chars` characters), so a prompt that can never fit a context
+is refused at once, not after seconds of tokenizing.
 IncrementalDetokenizer turns a growing list of ids into text deltas (for streaming and stop strings),
 never emitting half of a multi-byte character.
 """
@@ -30,6 +35,8 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+BYTE_SLICE = 1 << 16  # ByteTokenizer: bytes converted per step (a step holds the GIL ~0.3 ms)
+
 PRE_TOKENIZER_SPLITS = {
     "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT,
     "smaug-bpe": _LLAMA3_SPLIT, "dbrx": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
@@ -45,6 +52,13 @@ class Tokenizer:
     eos_token_ids: tuple[int, ...]
     add_bos_default: bool
     chat_template: str | None
+    max_token_chars: int | None = None  # the most characters of text one token covers; None: no bound known
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on the tokens `text` encodes to (0 when no bound is known)."""
+        if not self.max_token_chars:
+            return 0
+        return -(-len(text) // self.max_token_chars)
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids of text; special-token strings in text become their ids.
@@ -157,9 +171,11 @@ class BPETokenizer(Tokenizer):
         self.eos_token_ids = tuple(eos_token_ids)
         self.add_bos_default = add_bos_default
         self.chat_template = chat_template
+        if _keeps_every_byte(backend):  # a token's spelling is one character per byte it covers (or longer)
+            self.max_token_chars = max(len(t) for t in backend.get_vocab(with_added_tokens=True))
 
     def _encode_text(self, text: str) -> list[int]:
-        return list(self.backend.encode(text, add_special_tokens=False).ids)
+        return list(self.backend.encode_batch([text], add_special_tokens=False)[0].ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -265,10 +281,23 @@ class BPETokenizer(Tokenizer):
         return cls(backend, bos_token_id=bos, eos_token_ids=eos, add_bos_default=add_bos, chat_template=template)
 
 
+def _keeps_every_byte(backend: Any) -> bool:
+    """Whether a `tokenizers` pipeline turns every byte of a text into some token: no normalizer (which may drop
+    or merge characters) and a byte-level pre-tokenizer, alone or after regex splits that keep what they match."""
+    if backend.normalizer is not None or backend.pre_tokenizer is None:
+        return False
+    state = json.loads(backend.pre_tokenizer.__getstate__())
+    steps = state.get("pretokenizers", []) if state.get("type") == "Sequence" else [state]
+    kinds = [step.get("type") for step in steps]
+    return ("ByteLevel" in kinds and set(kinds) <= {"ByteLevel", "Split"}
+            and all(step.get("behavior") != "Removed" for step in steps))
+
+
 class ByteTokenizer(Tokenizer):
     """Ids 0..255 are bytes; then <s>, </s>, <pad>, <|im_start|>, <|im_end|>. For random-weight models."""
 
     SPECIALS = ("<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>")
+    max_token_chars = max(len(s) for s in SPECIALS)
 
     def __init__(self, vocab_size: int = 512) -> None:
         needed = 256 + len(self.SPECIALS)
@@ -289,7 +318,9 @@ class ByteTokenizer(Tokenizer):
             if piece in self.special_ids:
                 ids.append(self.special_ids[piece])
             elif piece:
-                ids.extend(piece.encode("utf-8"))
+                data = piece.encode("utf-8")
+                for start in range(0, len(data), BYTE_SLICE):
+                    ids.extend(data[start:start + BYTE_SLICE])
         return ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

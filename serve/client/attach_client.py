@@ -8,6 +8,8 @@ RunInfo, which resets a fold (EngineView, the TUI's model), so the state is whol
 RemoteController is a RunController (kvscope.inspector.live.controller), as the in-process SessionController
 is: the TUI drains its events and its pause / step / delay keys become POST /kvscope/v1/control. A server
 never finishes and cannot restart its workload: `finished` stays False and `restart` does nothing.
+
+Both send `api_key` (a server's --api-key) as `Authorization: Bearer ...` on every request (auth_headers).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import httpx
 
 from kvscope.events.codec import EventDecodeError, event_from_dict
 from kvscope.inspector.live.controller import drain_queue, run_state
+from kvscope.serve.client.auth_header import auth_headers
 
 Sink = Callable[[Any], None]
 
@@ -54,11 +57,12 @@ def sse_records(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
 class AttachStream:
     """Snapshot, then events, into `sink`, until `should_stop()`; `last_id` is the last event applied."""
 
-    def __init__(self, url: str, sink: Sink, kernels: bool = False, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, sink: Sink, kernels: bool = False, timeout_s: float = 10.0,
+                 api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.sink = sink
         self.kernels = kernels
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s, read=None))
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s, read=None), headers=auth_headers(api_key))
         self.last_id = 0
         self.gaps = 0
         self.controls: dict[str, Any] = {}
@@ -106,10 +110,11 @@ class AttachStream:
 class RemoteController:
     """A RunController over a server (see module docstring); safe from any thread."""
 
-    def __init__(self, url: str, *, kernels: bool = False, retries: int = 5) -> None:
+    def __init__(self, url: str, *, kernels: bool = False, retries: int = 5, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self._headers = auth_headers(api_key)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._stream = AttachStream(self.url, self._events.put, kernels=kernels)
+        self._stream = AttachStream(self.url, self._events.put, kernels=kernels, api_key=api_key)
         self._stop = False
         self._retries = retries
         self.error: BaseException | None = None
@@ -150,7 +155,8 @@ class RemoteController:
     # -- controls -----------------------------------------------------------------------------
     def _control(self, action: str, **extra: Any) -> dict[str, Any] | None:
         try:
-            r = httpx.post(self.url + "/kvscope/v1/control", json={"action": action, **extra}, timeout=5)
+            r = httpx.post(self.url + "/kvscope/v1/control", json={"action": action, **extra}, headers=self._headers,
+                           timeout=5)
         except httpx.HTTPError:
             return None
         if r.status_code != 200:

@@ -111,14 +111,17 @@ def arrival_gaps(n: int, request_rate: float, burstiness: float, seed: int) -> l
 async def run_load(base_url: str, endpoint: str, model: str, requests: list[SampleRequest], *,
                    request_rate: float, burstiness: float, max_concurrency: int | None, ignore_eos: bool,
                    seed: int, extra_body: dict[str, Any] | None = None, timeout_s: float = 6 * 3600,
-                   on_done: Callable[[RequestResult], None] | None = None) -> tuple[list[RequestResult], float]:
-    """Send every request on its arrival schedule; (results in request order, benchmark duration in s)."""
+                   on_done: Callable[[RequestResult], None] | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[list[RequestResult], float]:
+    """Send every request on its arrival schedule; (results in request order, benchmark duration in s).
+    `headers` go with every request (a server's API key)."""
     url = base_url.rstrip("/") + endpoint
     limit = max_concurrency or len(requests) or 1
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     sem = asyncio.Semaphore(limit)
     gaps = arrival_gaps(len(requests), request_rate, burstiness, seed)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=30), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=30), limits=limits,
+                                 headers=headers) as client:
 
         async def limited(req: SampleRequest) -> RequestResult:
             async with sem:

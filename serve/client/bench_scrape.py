@@ -36,12 +36,12 @@ async def scrape(client: httpx.AsyncClient, base_url: str) -> dict[str, float] |
 class MetricsWatch:
     """`async with MetricsWatch(url) as w:` around a run; then `w.summary()` (None without vLLM metrics)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
         self.before: dict[str, float] | None = None
         self.after: dict[str, float] | None = None
         self.peak_kv = 0.0
-        self._client = httpx.AsyncClient(timeout=5)
+        self._client = httpx.AsyncClient(timeout=5, headers=headers)
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> MetricsWatch:

@@ -2,7 +2,8 @@
 
 BenchServeArgs carries vLLM's option names and defaults; run_bench_serve builds the dataset (cut to exact
 token counts with the server's /tokenize when it has one), runs the load (kvscope.serve.client.bench_client)
-inside a MetricsWatch, prints the report and optionally saves the JSON result.
+inside a MetricsWatch, prints the report and optionally saves the JSON result. `api_key` (--api-key, else
+OPENAI_API_KEY, as `vllm bench serve` reads it) goes with every request as a Bearer token.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from kvscope.errors import KVScopeError
+from kvscope.serve.client.auth_header import auth_headers
 from kvscope.serve.client.bench_client import run_load
 from kvscope.serve.client.bench_dataset import SampleRequest, prefix_repetition_dataset, random_dataset
 from kvscope.serve.client.bench_result import METRICS, calculate, format_report, json_result
@@ -52,10 +54,15 @@ class BenchServeArgs:
     save_result: bool = False
     result_dir: str | None = None
     result_filename: str | None = None
+    api_key: str | None = None
 
     @property
     def url(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.api_key)
 
 
 def parse_goodput(items: list[str]) -> dict[str, float]:
@@ -107,9 +114,9 @@ def check_args(a: BenchServeArgs) -> tuple[dict[str, float], list[str], list[flo
     return parse_goodput(a.goodput), metrics, percentiles
 
 
-def _server_tokenizer(url: str, model: str) -> tuple[Any, Any]:
+def _server_tokenizer(url: str, model: str, headers: dict[str, str]) -> tuple[Any, Any]:
     """/tokenize and /detokenize of the server, when it has them (vLLM's and kvscope's do)."""
-    client = httpx.Client(timeout=30)
+    client = httpx.Client(timeout=30, headers=headers)
     try:
         r = client.post(url + "/tokenize", json={"model": model, "prompt": "probe", "add_special_tokens": False})
         if r.status_code != 200 or "tokens" not in r.json():
@@ -129,16 +136,16 @@ def _server_tokenizer(url: str, model: str) -> tuple[Any, Any]:
     return tokenize, detokenize
 
 
-def _first_model(url: str) -> str:
+def _first_model(url: str, headers: dict[str, str]) -> str:
     try:
-        data = httpx.get(url + "/v1/models", timeout=30).json()["data"]
+        data = httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"]
         return data[0]["id"]
     except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
         raise KVScopeError(f"--model: not given, and {url}/v1/models did not name one ({exc})") from None
 
 
 def build_requests(a: BenchServeArgs, model: str) -> list[SampleRequest]:
-    tok, detok = _server_tokenizer(a.url, model)
+    tok, detok = _server_tokenizer(a.url, model, a.headers)
     if a.dataset_name == "random":
         return random_dataset(a.num_prompts, a.random_input_len, a.random_output_len, a.random_range_ratio,
                               a.random_prefix_len, a.seed, tok, detok)
@@ -148,10 +155,10 @@ def build_requests(a: BenchServeArgs, model: str) -> list[SampleRequest]:
 
 
 async def _run(a: BenchServeArgs, model: str, requests: list[SampleRequest]) -> tuple[Any, float, Any]:
-    async with MetricsWatch(a.url) as watch:
+    async with MetricsWatch(a.url, a.headers) as watch:
         results, duration = await run_load(a.url, a.endpoint, model, requests, request_rate=a.request_rate,
                                            burstiness=a.burstiness, max_concurrency=a.max_concurrency,
-                                           ignore_eos=a.ignore_eos, seed=a.seed)
+                                           ignore_eos=a.ignore_eos, seed=a.seed, headers=a.headers)
     return results, duration, watch.summary()
 
 
@@ -159,10 +166,13 @@ def run_bench_serve(a: BenchServeArgs, echo: Any = print) -> dict[str, Any]:
     """Run the benchmark, print its report; returns the JSON result (also saved with --save-result)."""
     goodput, metrics, percentiles = check_args(a)
     try:
-        httpx.get(a.url + "/v1/models", timeout=10)
+        r = httpx.get(a.url + "/v1/models", headers=a.headers, timeout=10)
     except httpx.HTTPError as exc:
         raise KVScopeError(f"--base-url: cannot reach {a.url} ({type(exc).__name__})") from None
-    model = a.model or _first_model(a.url)
+    if r.status_code == 401:
+        raise KVScopeError(f"--api-key: {a.url} refused the key given" if a.api_key else
+                           f"--api-key: {a.url} wants an API key (or set OPENAI_API_KEY)")
+    model = a.model or _first_model(a.url, a.headers)
     requests = build_requests(a, model)
     echo(f"kvscope bench serve: {len(requests)} requests to {a.url}{a.endpoint} (model {model}, request rate "
          f"{a.request_rate}, burstiness {a.burstiness}, max concurrency {a.max_concurrency})")

@@ -4,6 +4,8 @@
     app          the FastAPI app: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics, ...
     engine_loop  the engine stepped in its own thread, never on the event loop
     protocol / responses / errors   request bodies, response shapes and vLLM's error shape
+    body / offload   a body read under a size cap and parsed with a nesting limit; that work off the event loop
+    auth         --api-key: vLLM's Bearer-token guard on everything but /health, /version and /metrics
     metrics      the Prometheus families vLLM exports
     event_hub / attach_routes / snapshot   the event stream (SSE) and state snapshots under /kvscope/v1/*
 

@@ -5,7 +5,9 @@ loopback port (tests, benchmarks, `kvscope bench serve --serve`)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from kvscope.engine.llm_engine import LLMEngine
 from kvscope.engine.model.loader import LoadedModel
 from kvscope.events.bus import EventBus
 from kvscope.serve.server.app import ServerState, build_app
+from kvscope.serve.server.auth import exposure_warning
+from kvscope.serve.server.body import DEFAULT_MAX_REQUEST_BODY_BYTES
 from kvscope.serve.server.engine_loop import EngineLoop
 from kvscope.serve.server.event_hub import DEFAULT_CAPACITY, EventHub
 from kvscope.serve.server.metrics import ServeMetrics
@@ -35,6 +39,8 @@ class ServeOptions:
     event_buffer: int = DEFAULT_CAPACITY
     on_engine: Callable[[LLMEngine, EventBus], Any] | None = None  # more subscribers (the cli's text probe)
     seed: int | None = None  # the engine generator's seed (vLLM's --seed); requests without a seed draw from it
+    api_keys: tuple[str, ...] = ()  # --api-key (or VLLM_API_KEY): none, no key needed
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
 
 
 def default_model_name(recipe: Recipe) -> str:
@@ -81,7 +87,7 @@ def build_state(recipe: Recipe, options: ServeOptions, loaded: LoadedModel | Non
         if options.on_engine is not None:
             options.on_engine(watched, watched.bus)
     return ServerState(EngineLoop(engine), name, metrics, hub, recipe.sampling, options.max_waiting,
-                       int(time.time()), watched)
+                       int(time.time()), watched, tuple(options.api_keys), options.max_request_body_bytes)
 
 
 def cache_info(recipe: Recipe) -> dict[str, str]:
@@ -99,20 +105,29 @@ def _config(state: ServerState, host: str, port: int) -> uvicorn.Config:
 
 def serve_recipe(recipe: Recipe, options: ServeOptions) -> int:
     """`kvscope serve`: run until interrupted."""
+    warning = exposure_warning(options.host, options.port, options.api_keys)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     state = build_state(recipe, options)
     state.engine.start()
+    gc.collect()
+    gc.freeze()  # vLLM's freeze_gc_heap: full collections skip the startup heap (torch, the model), no ~70 ms pauses
+    key = " --api-key KEY" if options.api_keys else ""
     print(f"kvscope serve: {state.model_name} on http://{options.host}:{options.port}/v1 "
-          f"(metrics /metrics, attach: kvscope attach http://{options.host}:{options.port})", flush=True)
+          f"(metrics /metrics, attach: kvscope attach http://{options.host}:{options.port}{key})", flush=True)
     try:
         uvicorn.Server(_config(state, options.host, options.port)).run()
     finally:
         state.engine.stop()
         _close(state)
+        gc.unfreeze()
     return 0
 
 
 def _close(state: ServerState) -> None:
-    """Stop what the engine started outside this process (a deployment's Ray actors)."""
+    """Stop the handlers' worker threads and what the engine started outside this process (a deployment's Ray
+    actors)."""
+    state.offload.close()
     state.engine.engine.close()
 
 

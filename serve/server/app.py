@@ -6,29 +6,36 @@ GET /kvscope/v1/snapshot, POST /kvscope/v1/control (kvscope.serve.server.attach_
 
 Bodies are read and checked here (kvscope.serve.server.protocol), so every bad input is a 400 in vLLM's error
 shape naming the field, before the engine sees anything; an unknown model is a 404; a full queue
-(`max_waiting`) a 503 with Retry-After. A client that leaves (streaming or not, queued or running) has its
-request aborted at once: a stream is cancelled by Starlette on disconnect, a plain request races a
-disconnect listener (vLLM's with_cancellation).
+(`max_waiting`) a 503 with Retry-After. No client can stall the others: a body over `max_body_bytes` is a 413
+before it is kept (kvscope.serve.server.body), and parsing, the chat template and tokenizing run in worker
+threads (kvscope.serve.server.offload), never on the event loop. With API keys set, every path but /health,
+/version and /metrics needs one (kvscope.serve.server.auth). A client that leaves (streaming or not, queued or
+running) has its request aborted at once: a stream is cancelled by Starlette on disconnect, a plain request
+races a disconnect listener (vLLM's with_cancellation).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core.request_check import PromptTooLong
 from kvscope.errors import RequestError
 from kvscope.serve.server.attach_routes import add_attach_routes
+from kvscope.serve.server.auth import ApiKeyMiddleware
+from kvscope.serve.server.body import DEFAULT_MAX_REQUEST_BODY_BYTES, parse_json_object, read_body
 from kvscope.serve.server.engine_loop import EngineLoop
 from kvscope.serve.server.errors import ServeError, bad_request, error_body
 from kvscope.serve.server.event_hub import EventHub
 from kvscope.serve.server.metrics import CONTENT_TYPE, ServeMetrics
+from kvscope.serve.server.offload import Offload
 from kvscope.serve.server.protocol import ChatCompletionRequest, CompletionRequest, parse_body, to_engine
 from kvscope.serve.server.responses import Job, complete, stream
 from kvscope.version import __version__
@@ -46,11 +53,16 @@ class ServerState:
     max_waiting: int | None = None
     created: int = 0
     watched: Any = None  # the LLMEngine an attached viewer sees (None: a deployment's engines are elsewhere)
+    api_keys: tuple[str, ...] = ()  # none: no key needed
+    max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    offload: Offload = field(default_factory=Offload)
 
 
 def build_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="kvscope", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.kvscope = state
+    if state.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=state.api_keys)
     engine = state.engine.engine
     tokenizer = engine.tokenizer
     max_len = engine.max_model_len
@@ -62,6 +74,10 @@ def build_app(state: ServerState) -> FastAPI:
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(500, f"{type(exc).__name__}: {exc}"[:500]), status_code=500)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # the client left while sending its body: nobody to answer
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -80,21 +96,28 @@ def build_app(state: ServerState) -> FastAPI:
         if not state.engine.alive:
             raise ServeError(503, "the engine is not running")
 
+    def too_long(n: int | str, param: str) -> ServeError:
+        return bad_request(f"This model's maximum context length is {max_len} tokens. However, your request has "
+                           f"{n} input tokens. Please reduce the length of the input.", param)
+
     def prepare(body: bytes, cls: type, chat: bool) -> tuple[Job, bool]:
+        """Parse, tokenize and check a generation request (in a worker thread: its cost grows with the body)."""
         req = parse_body(body, cls)
         parsed = to_engine(req, state.defaults)
         check_model(parsed.model)
+        param = "messages" if chat else "prompt"
         try:
-            ids = engine.encode_prompt(parsed.prompt)
+            ids = engine.encode_prompt(parsed.prompt, limit=max_len)
+        except PromptTooLong as exc:  # refused before tokenizing: it can only be longer than this bound
+            raise too_long(exc.num_tokens if exc.exact else f"at least {exc.num_tokens}", param) from None
         except RequestError as exc:
-            raise bad_request(str(exc), "messages" if chat else "prompt") from None
+            raise bad_request(str(exc), param) from None
         n = len(ids)
         if n == 0:
-            raise bad_request("empty prompt", "messages" if chat else "prompt")
+            raise bad_request("empty prompt", param)
         if n >= max_len:
-            raise bad_request(f"This model's maximum context length is {max_len} tokens. However, your request has "
-                              f"{n} input tokens. Please reduce the length of the input.",
-                              "messages" if chat else "prompt")
+            del ids  # the error's traceback keeps this frame: not the token ids with it
+            raise too_long(n, param)
         if parsed.max_tokens_given and n + parsed.params.max_tokens > max_len:
             raise bad_request(f"This model's maximum context length is {max_len} tokens. However, you requested "
                               f"{n + parsed.params.max_tokens} tokens ({n} in the input, "
@@ -104,11 +127,15 @@ def build_app(state: ServerState) -> FastAPI:
             engine.check_fits(n, parsed.params.max_tokens)
         except RequestError as exc:
             raise bad_request(str(exc)) from None
-        check_capacity()
         return Job(chat, state.model_name, ids, parsed.params, parsed.include_usage), parsed.stream
 
+    async def body_of(request: Request) -> bytes:
+        return await read_body(request, state.max_body_bytes)
+
     async def generate(request: Request, cls: type, chat: bool) -> Response:
-        job, streaming = prepare(await request.body(), cls, chat)
+        raw = await body_of(request)
+        job, streaming = await state.offload.run(len(raw), prepare, raw, cls, chat)
+        check_capacity()
         if streaming:
             return StreamingResponse(stream(state.engine, tokenizer, job), media_type="text/event-stream")
         return await _unless_disconnected(request, complete(state.engine, tokenizer, job))
@@ -137,9 +164,8 @@ def build_app(state: ServerState) -> FastAPI:
     async def version() -> dict[str, str]:
         return {"version": __version__}
 
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> dict[str, Any]:
-        data = _json_object(await request.body())
+    def tokenize_body(raw: bytes) -> dict[str, Any]:
+        data = parse_json_object(raw)
         check_model(data.get("model"))
         if "messages" in data:
             prompt: Any = data["messages"]
@@ -159,9 +185,8 @@ def build_app(state: ServerState) -> FastAPI:
             raise bad_request(str(exc)) from None
         return {"count": len(ids), "max_model_len": max_len, "tokens": ids, "token_strs": None}
 
-    @app.post("/detokenize")
-    async def detokenize(request: Request) -> dict[str, Any]:
-        data = _json_object(await request.body())
+    def detokenize_body(raw: bytes) -> dict[str, Any]:
+        data = parse_json_object(raw)
         check_model(data.get("model"))
         tokens = data.get("tokens")
         vocab = engine.config.vocab_size
@@ -172,6 +197,16 @@ def build_app(state: ServerState) -> FastAPI:
             raise bad_request(f"tokens: token id {bad} outside the vocabulary (0..{vocab - 1})", "tokens")
         return {"prompt": tokenizer.decode(tokens)}
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        raw = await body_of(request)
+        return await state.offload.run(len(raw), tokenize_body, raw)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        raw = await body_of(request)
+        return await state.offload.run(len(raw), detokenize_body, raw)
+
     @app.get("/metrics")
     async def metrics() -> Response:
         state.metrics.set_queue(state.engine.num_running, state.engine.num_waiting + state.engine.pending_adds)
@@ -179,16 +214,6 @@ def build_app(state: ServerState) -> FastAPI:
 
     add_attach_routes(app, state)
     return app
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request(f"malformed JSON body: {exc}") from None
-    if not isinstance(data, dict):
-        raise bad_request(f"the body must be a JSON object, got {type(data).__name__}")
-    return data
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -7,6 +7,7 @@ ring gets one `event: gap` record and the stream ends: it re-reads the snapshot 
 snapshot's `last_event_id`.
 GET /kvscope/v1/snapshot: kvscope.serve.server.snapshot.build_snapshot, plus the controls' state.
 POST /kvscope/v1/control: {"action": "pause" | "resume" | "step" | "delay", "seconds": S}.
+With API keys set, all three need one (kvscope.serve.server.auth): only the key holder watches or steers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from kvscope.events.codec import event_to_dict
 from kvscope.events.vocabulary import Kind
+from kvscope.serve.server.body import parse_json, read_body
 from kvscope.serve.server.errors import ServeError, bad_request
 from kvscope.serve.server.snapshot import build_snapshot
 
@@ -51,10 +53,8 @@ def add_attach_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/kvscope/v1/control")
     async def control(request: Request) -> dict[str, Any]:
-        try:
-            data = json.loads(await request.body())
-        except ValueError as exc:
-            raise bad_request(f"malformed JSON body: {exc}") from None
+        raw = await read_body(request, state.max_body_bytes)
+        data = await state.offload.run(len(raw), parse_json, raw)
         action = data.get("action") if isinstance(data, dict) else None
         loop = state.engine
         if action == "pause":

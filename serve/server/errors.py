@@ -1,11 +1,17 @@
-"""HTTP errors in vLLM's shape: `{"error": {"message", "type", "param", "code"}}` with the status as `code`."""
+"""HTTP errors in vLLM's shape: `{"error": {"message", "type", "param", "code"}}` with the status as `code`.
+
+A 413 (a body over --max-request-body-bytes) is typed as vLLM types an HTTP-level refusal (its HTTPException
+handler): by the status's phrase.
+"""
 
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
-_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+_TYPES = {400: "BadRequestError", 404: "NotFoundError", 413: HTTPStatus(413).phrase, 500: "InternalServerError",
+          503: "ServiceUnavailableError"}
 
 
 class ServeError(Exception):

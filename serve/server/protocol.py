@@ -12,6 +12,7 @@ is a ServeError(400) naming the field.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kvscope.config.sampling_params import SamplingParams
 from kvscope.errors import RequestError
+from kvscope.serve.server.body import parse_json_object
 from kvscope.serve.server.errors import ServeError, bad_request
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
@@ -75,21 +77,16 @@ class Parsed:
 
 
 def parse_body(raw: bytes, cls: type[_Common]) -> _Common:
-    """The JSON body validated as `cls`; ServeError(400) naming the first bad field."""
-    import json
-
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request(f"malformed JSON body: {exc}") from None
-    if not isinstance(data, dict):
-        raise bad_request(f"the body must be a JSON object, got {type(data).__name__}")
+    """The JSON body (kvscope.serve.server.body: malformed or too deeply nested is a 400) validated as `cls`;
+    ServeError(400) naming the first bad field."""
+    data = parse_json_object(raw)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "body"
-        raise bad_request(f"{where}: {err['msg']} (got {err.get('input')!r})"[:500], param=where) from None
+        got = reprlib.repr(err.get("input"))  # bounded: the input may be megabytes of a client's JSON
+        raise bad_request(f"{where}: {err['msg']} (got {got})"[:500], param=where) from None
 
 
 def _refuse_unsupported(req: _Common) -> None:
