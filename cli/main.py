@@ -2,7 +2,8 @@
 bad input of any kind ends in one line on stderr, `kvscope: error: ...`, and exit code 2, never a
 traceback. That covers typer's own usage errors (unknown option, missing argument, a value of the wrong
 type), every KVScopeError (bad recipe, model file, sizes, recording) and output that cannot be written
-(a full disk, `> /dev/full`). A reader that leaves early (`kvscope ... | head`) ends the command quietly.
+(a full disk, `> /dev/full`, standard output closed: `>&-`). A reader that leaves early (`kvscope ... | head`)
+ends the command quietly.
 
 `main(argv)` is also the programmatic entry point (tests call it) and returns the exit code.
 """
@@ -10,6 +11,7 @@ type), every KVScopeError (bad recipe, model file, sizes, recording) and output 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sys
 from typing import Any
@@ -49,6 +51,32 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
+class _ClosedStdout(io.TextIOBase):
+    """Standard output for a command started without one (`kvscope ... >&-`, where Python leaves sys.stdout
+    None): not a terminal, and a write fails as one to a closed descriptor does."""
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        raise OSError(errno.EBADF, "it is closed")
+
+
+def _closed_stdout() -> _ClosedStdout:
+    """sys.stdout when there is none. Descriptor 1 is pointed at /dev/null first, so that no file the command
+    opens becomes descriptor 1 (a child process would write its output into that file)."""
+    try:
+        os.fstat(1)
+    except OSError:
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            if fd != 1:
+                os.dup2(fd, 1)
+                os.close(fd)
+        except OSError:
+            pass
+    return _ClosedStdout()
+
+
 def _output_error(exc: OSError) -> ReaderLeft | OutputError:
     if exc.errno == errno.EPIPE:
         return ReaderLeft()
@@ -58,7 +86,7 @@ def _output_error(exc: OSError) -> ReaderLeft | OutputError:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     stdout = sys.stdout
-    guarded = sys.stdout = _GuardedStdout(stdout)
+    guarded = sys.stdout = _GuardedStdout(stdout if stdout is not None else _closed_stdout())
     try:
         code = _run(argv)
         sys.stdout.flush()  # a write error surfaces here, while it can still be reported
@@ -107,6 +135,8 @@ def _run(argv: list[str]) -> int:
 
 def _error(message: str) -> int:
     line = " ".join(message.split())  # one line, whatever the message held
+    if sys.stderr is None:  # started with standard error closed: nowhere to say it
+        return 2
     try:
         print(f"kvscope: error: {line}", file=sys.stderr, flush=True)
     except OSError:

@@ -12,9 +12,10 @@ from kvscope.engine.checkpoint.resolve import resolve_model
 from kvscope.errors import ModelShapeError
 
 
-def load_model(spec: str) -> ModelConfig:
+def load_model(spec: str, need_weights: bool = True) -> ModelConfig:
+    """The model's shape; need_weights=False: the KV cache's alone (kvscope.engine.checkpoint.resolve)."""
     try:
-        return resolve_model(spec)
+        return resolve_model(spec, need_weights)
     except ModelShapeError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -1,7 +1,8 @@
 """`kvscope kv MODEL`: one-shot KV-memory estimate (bytes per token, per request, per batch, what fits).
 
 Pure python and fast (no torch; rich only to print the answer). A rich table by default, `--json` for the
-same numbers as JSON.
+same numbers as JSON. A config.json without intermediate_size or vocab_size is enough for the KV figures;
+what depends on the weights' size (the KV budget and what fits) is then "unknown" (null in JSON).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def run_kv(model: str, *, context: int | None = None, batch: int = 1, kv_dtype: 
            weights_dtype: str = "fp16", block_size: int = 16, gpu: str = "H100-80GB", gpu_mem: float | None = None,
            gpus: int = 1, mem_util: float = 0.9, max_len: int | None = None, as_json: bool = False) -> int:
     """Estimate and print; a bad model, device or size is a UsageError (one line, exit code 2)."""
-    shape = load_model(model)
+    shape = load_model(model, need_weights=False)
     device = load_device(gpu, gpu_mem)
     context = context if context is not None else shape.max_position_embeddings
     try:
@@ -36,8 +37,27 @@ def run_kv(model: str, *, context: int | None = None, batch: int = 1, kv_dtype: 
     else:
         from kvscope.cli.console import emit
 
-        emit(render_estimate(est, shape.num_heads, shape.num_kv_heads))
+        missing = shape.missing_weights_fields
+        emit(render_estimate(est, shape.num_heads, shape.num_kv_heads,
+                             f"{model} gives no {' or '.join(missing)}" if missing else ""))
     return 0
+
+
+UNKNOWN = "unknown"
+
+
+def _count(value: int | None) -> str:
+    return UNKNOWN if value is None else f"{value:,}"
+
+
+def _bytes(value: int | None) -> str:
+    return UNKNOWN if value is None else human_bytes(value)
+
+
+def _fits_note(est: KVEstimate) -> str:
+    if est.batch_fits is None:
+        return "whether it fits needs the weights' size"
+    return "fits" if est.batch_fits else "does NOT fit in the KV budget"
 
 
 def _applies_note(est: KVEstimate, heads: int, kv_heads: int) -> str:
@@ -50,8 +70,9 @@ def _applies_note(est: KVEstimate, heads: int, kv_heads: int) -> str:
             f"{est.bytes_per_token:,} B applies")
 
 
-def render_estimate(est: KVEstimate, heads: int, kv_heads: int) -> RenderableType:
-    """The estimate as titled sections of label / value / note rows."""
+def render_estimate(est: KVEstimate, heads: int, kv_heads: int, weights_unknown: str = "") -> RenderableType:
+    """The estimate as titled sections of label / value / note rows; weights_unknown: why the weights' size is
+    not known (when est.num_params is None)."""
     title = (f"kvscope kv  {est.model}  ({est.attention}, {est.num_layers} layers)  KV {est.kv_dtype}  "
              f"weights {est.weights_dtype}  on {est.device}")
     per_token = [("bytes per token", f"{est.bytes_per_token:,} B", est.formula)]
@@ -67,20 +88,20 @@ def render_estimate(est: KVEstimate, heads: int, kv_heads: int) -> RenderableTyp
         ("per request", human_bytes(est.request_bytes), f"{est.context:,} tokens"),
         ("per request, paged", human_bytes(est.request_paged_bytes),
          f"{blocks_req} blocks of {est.block_size} tokens ({human_bytes(est.block_bytes)} each)"),
-        (f"batch of {est.batch:,}", human_bytes(est.batch_bytes),
-         "fits" if est.batch_fits else "does NOT fit in the KV budget"),
+        (f"batch of {est.batch:,}", human_bytes(est.batch_bytes), _fits_note(est)),
     ]
     usable = est.device_bytes * est.mem_util
     gpus = f"{est.num_gpus} x {human_bytes(est.device_bytes // est.num_gpus)} " if est.num_gpus > 1 else ""
     memory = [
         ("device memory", human_bytes(est.device_bytes),
          f"{gpus}x {est.mem_util:g} utilisation = {human_bytes(usable)}"),
-        ("weights", human_bytes(est.weights_bytes),
-         f"{human_count(est.num_params)} params x {est.weights_dtype}"),
-        ("KV budget", human_bytes(est.kv_budget_bytes),
+        ("weights", _bytes(est.weights_bytes),
+         weights_unknown if est.num_params is None else f"{human_count(est.num_params)} params x {est.weights_dtype}"),
+        ("KV budget", _bytes(est.kv_budget_bytes),
          "weights do not fit: nothing left for KV" if est.kv_budget_bytes == 0 else "usable - weights"),
-        ("KV blocks", f"{est.num_blocks:,}", f"{est.num_blocks * est.block_size:,} token slots"),
-        ("concurrent requests", f"{est.max_requests:,}", f"at {est.context:,} tokens each (paged)"),
+        ("KV blocks", _count(est.num_blocks),
+         "" if est.num_blocks is None else f"{est.num_blocks * est.block_size:,} token slots"),
+        ("concurrent requests", _count(est.max_requests), f"at {est.context:,} tokens each (paged)"),
     ]
     frag = [
         ("at this context", f"{est.waste_fraction_at_context:.2%}",
@@ -90,8 +111,7 @@ def render_estimate(est: KVEstimate, heads: int, kv_heads: int) -> RenderableTyp
     ]
     contiguous = [
         ("reserved per request", human_bytes(est.contiguous_request_bytes), f"max_len {est.max_len:,} tokens"),
-        ("concurrent requests", f"{est.contiguous_max_requests:,}",
-         f"vs {est.max_requests:,} paged"),
+        ("concurrent requests", _count(est.contiguous_max_requests), f"vs {_count(est.max_requests)} paged"),
         ("wasted at this context", f"{est.contiguous_waste_fraction:.2%}", "of each reservation never written"),
     ]
     return sections_renderable(title, [

@@ -1,7 +1,8 @@
 """Checkpoint metadata -> ModelConfig: one reader per format, shared by the loader and the one-shot commands.
 
     config_from_gguf(metadata, tensors, where)   GGUF key/values + tensor shapes (data never read)
-    config_from_hf(config_json, where)           a Hugging Face config.json, already parsed
+    config_from_hf(config_json, where)           a Hugging Face config.json, already parsed (need_weights=False:
+                                                 for the KV cache alone, intermediate_size / vocab_size optional)
 
 Pure python (the one-shot commands import no torch). They describe what a file holds,
 whatever the architecture (Llama, Mistral, Qwen2, Gemma 2/3, DeepSeek V2/V3, Mixtral);
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, TypeGuard
 
-from kvscope.config.model_config import ModelConfig, count_params
+from kvscope.config.model_config import WEIGHTS_FIELDS, ModelConfig, count_params
 from kvscope.engine.checkpoint.gguf_header import ArrayLength, HasDims, num_elements
 from kvscope.errors import ModelShapeError
 
@@ -32,12 +33,15 @@ def _number(value: Any) -> float | None:
 
 def _built(where: str, fields: dict[str, Any]) -> ModelConfig:
     """The ModelConfig: a field the file does not give (None) takes ModelConfig's default, and the
-    parameter count is worked out from the shape when the file does not hold the weights' sizes."""
+    parameter count is worked out from the shape when the file does not hold the weights' sizes (and can be:
+    none without intermediate_size or vocab_size)."""
     try:
         config = ModelConfig(**{key: value for key, value in fields.items() if value is not None})
     except ModelShapeError as exc:
         raise ModelShapeError(f"{where}: {exc}") from None
-    return config if config.num_params else replace(config, num_params=count_params(config))
+    if config.num_params or config.missing_weights_fields:
+        return config
+    return replace(config, num_params=count_params(config))
 
 
 # ---- GGUF ----------------------------------------------------------------------------------------
@@ -210,13 +214,16 @@ def _hf_name(cfg: Mapping[str, Any], where: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1]
 
 
-def config_from_hf(config_json: Mapping[str, Any], where: str) -> ModelConfig:
-    """The ModelConfig of a Hugging Face `config.json` (a multimodal one's `text_config` when it has one)."""
+def config_from_hf(config_json: Mapping[str, Any], where: str, need_weights: bool = True) -> ModelConfig:
+    """The ModelConfig of a Hugging Face `config.json` (a multimodal one's `text_config` when it has one).
+    need_weights=False (the KV cache alone): intermediate_size and vocab_size may be absent (0 = not given)."""
     cfg = config_json
     if isinstance(cfg.get("text_config"), Mapping):
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+    optional = () if need_weights else tuple(f for f in WEIGHTS_FIELDS if cfg.get(_HF_INTS[f]) is None)
     fields: dict[str, Any] = {field: _need_int(cfg, key, where) if field in _HF_REQUIRED else _cfg_int(cfg, key)
-                              for field, key in _HF_INTS.items()}
+                              for field, key in _HF_INTS.items() if field not in optional}
+    fields.update(dict.fromkeys(optional, 0))
     heads, mla = fields["num_heads"], bool(fields["kv_lora_rank"])
     if mla:
         head_dim = (_cfg_int(cfg, "qk_nope_head_dim") or 0) + (fields["qk_rope_head_dim"] or 0)

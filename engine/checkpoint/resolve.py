@@ -5,7 +5,8 @@
 else is a preset name (kvscope.config.model_presets). Files are read here and
 described by the engine's own parsers (kvscope.engine.checkpoint.formats), GGUF files
 through their header only (kvscope.engine.checkpoint.gguf_metadata). Every failure is a
-ModelShapeError whose message names the file and the field.
+ModelShapeError whose message names the file and the field. need_weights=False asks for the
+KV cache's shape alone: a config.json may then leave out intermediate_size and vocab_size.
 """
 
 from __future__ import annotations
@@ -23,31 +24,31 @@ from kvscope.engine.checkpoint.packaged import GGUF_ALIASES, default_gguf_path
 from kvscope.errors import ModelLoadError, ModelShapeError
 
 
-def resolve_model(spec: str) -> ModelConfig:
+def resolve_model(spec: str, need_weights: bool = True) -> ModelConfig:
     """The shape for a preset name or a path to config.json / a folder with one / a .gguf / a recipe .yaml."""
     if not spec or not spec.strip():
         raise ModelShapeError("model: expected a preset name or a file, got an empty string")
     lower = spec.lower()
     if os.path.isdir(spec):
-        return shape_from_hf_config(os.path.join(spec, "config.json"))
+        return shape_from_hf_config(os.path.join(spec, "config.json"), need_weights)
     if lower.endswith(".gguf"):
         return shape_from_gguf(spec)
     if lower.endswith((".yaml", ".yml")):
-        return shape_from_recipe(spec)
+        return shape_from_recipe(spec, need_weights)
     if lower.endswith(".json"):
-        return shape_from_hf_config(spec)
+        return shape_from_hf_config(spec, need_weights)
     if os.path.isfile(spec):
-        return _shape_from_unknown_file(spec)
+        return _shape_from_unknown_file(spec, need_weights)
     return get_preset(spec)
 
 
-def _shape_from_unknown_file(path: str) -> ModelConfig:
+def _shape_from_unknown_file(path: str, need_weights: bool) -> ModelConfig:
     with open(path, "rb") as f:
         head = f.read(4)
     if head == b"GGUF":
         return shape_from_gguf(path)
     if head.lstrip()[:1] == b"{":
-        return shape_from_hf_config(path)
+        return shape_from_hf_config(path, need_weights)
     raise ModelShapeError(f"{path}: not a model config (expected a Hugging Face config.json, a .gguf file "
                           "or a recipe .yaml)")
 
@@ -64,12 +65,12 @@ def _read(path: str, load: Callable[[Any], Any], kind: str, errors: tuple[type[E
         raise ModelShapeError(f"{path}: not a {kind} ({str(exc).splitlines()[0]})") from None
 
 
-def shape_from_hf_config(path: str) -> ModelConfig:
+def shape_from_hf_config(path: str, need_weights: bool = True) -> ModelConfig:
     """A ModelConfig from a Hugging Face `config.json` (Llama, Mistral, Qwen2, Gemma 2/3, DeepSeek V2/V3, Mixtral)."""
     cfg = _read(path, json.load, "JSON config", (json.JSONDecodeError,))
     if not isinstance(cfg, dict):
         raise ModelShapeError(f"{path}: not a model config (top level is not an object)")
-    return config_from_hf(cfg, path)
+    return config_from_hf(cfg, path, need_weights)
 
 
 def shape_from_gguf(path: str) -> ModelConfig:
@@ -83,7 +84,7 @@ def shape_from_gguf(path: str) -> ModelConfig:
 
 # ---- recipe --------------------------------------------------------------------------------------
 
-def shape_from_recipe(path: str) -> ModelConfig:
+def shape_from_recipe(path: str, need_weights: bool = True) -> ModelConfig:
     """The shape of a recipe's `model:` section: source random (shape: preset), gguf (path) or hf (path)."""
     import yaml  # only recipes need it
 
@@ -111,7 +112,8 @@ def shape_from_recipe(path: str) -> ModelConfig:
             target = os.path.join(os.path.dirname(os.path.abspath(path)), target)
         if source == "gguf":
             return shape_from_gguf(target)
-        return shape_from_hf_config(os.path.join(target, "config.json") if os.path.isdir(target) else target)
+        return shape_from_hf_config(os.path.join(target, "config.json") if os.path.isdir(target) else target,
+                                    need_weights)
     raise ModelShapeError(f"{path}: model.source must be random, gguf or hf, got {source!r}")
 
 

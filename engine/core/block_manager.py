@@ -7,11 +7,21 @@ least recently used cached block is evicted only when the plain free blocks run
 out. A full block's hash covers its parent's hash and its own tokens (a chain),
 so one lookup walks a prompt block by block.
 
+A hash alone never decides a hit (cf. vLLM's CVE-2025-25183): each cached block
+keeps its key (logical index, parent's hash, tokens) and is shared only when the
+request's key at that index is equal, so its tokens are the request's
+(nano-vllm's check) and a block never serves two places of one table. The chain
+is sha256 over the parent's hash and the tokens, so a block's parents are the
+request's unless sha256 collides. A request whose chain meets a hash held under
+another key caches nothing of its chain past it.
+
 Every change is announced on the event bus as a BlockEvent.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -21,12 +31,17 @@ from kvscope.events.bus import EventBus
 from kvscope.events.records import BlockEvent
 from kvscope.events.vocabulary import ALLOC, CACHED, EVICT, FREE, PREFIX_HIT, SPEC_ROLLBACK
 
-_HASH_MASK = (1 << 62) - 1
+_HASH_BYTES = 32
+
+BlockKey = tuple[int, int, tuple[int, ...]]  # a cached block's logical index, its parent's chain hash, its tokens
 
 
 def chain_hash(parent: int, tokens: Sequence[int]) -> int:
-    """The hash of a full block given its parent's hash (0 for the first block); never 0."""
-    return (hash((parent, tuple(tokens))) & _HASH_MASK) or 1
+    """The hash of a full block given its parent's hash (0 for the first block): sha256 over the parent's 32 bytes
+    and the tokens as int64s, as a 256-bit int; never 0."""
+    digest = hashlib.sha256(parent.to_bytes(_HASH_BYTES, "little"))
+    digest.update(array("q", tokens))
+    return int.from_bytes(digest.digest(), "little") or 1
 
 
 class BlockManager:
@@ -40,6 +55,7 @@ class BlockManager:
         self.step = -1
         self.ref_counts = [0] * num_blocks
         self.block_hash = [0] * num_blocks
+        self.block_key: list[BlockKey | None] = [None] * num_blocks  # what a cached block holds (None: unhashed)
         self.hash_to_block: dict[int, int] = {}
         self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self.num_cached_free = 0
@@ -76,7 +92,8 @@ class BlockManager:
 
     # --- prefix cache -----------------------------------------------------------------
     def find_cached_prefix(self, request: Request) -> list[int]:
-        """Physical blocks that already hold the request's leading full blocks (never its last token)."""
+        """Physical blocks that already hold the request's leading full blocks (never its last token): each found
+        by its chain hash and taken only if its key (index, parent's hash, tokens) is the request's."""
         if not self.enable_prefix_caching:
             return []
         bs = self.block_size
@@ -84,9 +101,10 @@ class BlockManager:
         hits: list[int] = []
         parent = 0
         for i in range((len(tokens) - 1) // bs):
-            h = chain_hash(parent, tokens[i * bs:(i + 1) * bs])
+            chunk = tuple(tokens[i * bs:(i + 1) * bs])
+            h = chain_hash(parent, chunk)
             block = self.hash_to_block.get(h)
-            if block is None:
+            if block is None or self.block_key[block] != (i, parent, chunk):
                 break
             hits.append(block)
             parent = h
@@ -109,7 +127,8 @@ class BlockManager:
             self._emit(PREFIX_HIT, request.request_id, blocks, 0)
 
     def cache_full_blocks(self, request: Request) -> None:
-        """Register the request's newly completed full blocks under their chain hashes."""
+        """Register the request's newly completed full blocks under their chain hashes (up to a block whose hash
+        another key holds: a collision stops the request's chain there)."""
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
@@ -121,14 +140,19 @@ class BlockManager:
         parent = request.block_hashes[-1] if request.block_hashes else 0
         newly: list[tuple[int, int]] = []
         for i in range(start, num_full):
-            h = chain_hash(parent, tokens[i * bs:(i + 1) * bs])
-            request.block_hashes.append(h)
-            parent = h
+            chunk = tuple(tokens[i * bs:(i + 1) * bs])
+            h = chain_hash(parent, chunk)
+            holder = self.hash_to_block.get(h)
+            if holder is not None and self.block_key[holder] != (i, parent, chunk):
+                break  # a collision: the hash is another block's, so nothing of this chain past it is cached
             b = request.block_table[i]
-            if h not in self.hash_to_block and self.block_hash[b] == 0:
+            if holder is None and self.block_hash[b] == 0:
                 self.hash_to_block[h] = b
                 self.block_hash[b] = h
+                self.block_key[b] = (i, parent, chunk)
                 newly.append((i, b))
+            request.block_hashes.append(h)
+            parent = h
         if self.bus.active and newly:
             ts = self.bus.clock()
             for i, b in newly:
@@ -203,6 +227,7 @@ class BlockManager:
         if h:
             del self.hash_to_block[h]
             self.block_hash[b] = 0
+            self.block_key[b] = None
             self.num_cached_free -= 1
             if self.bus.active:
                 self.bus.emit(BlockEvent(self.bus.clock(), self.step, EVICT, -1, (b,), -1, (0,), (h,)))

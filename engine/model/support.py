@@ -21,6 +21,8 @@ from kvscope.engine.checkpoint.formats import rope_parameters
 def config_refusal(config: ModelConfig, rotary_dims: int | None = None) -> str | None:
     """Why the engine cannot run this shape (None: it can). rotary_dims: how many of a head's
     dimensions the file says RoPE rotates (None: all of them)."""
+    if config.missing_weights_fields:
+        return f"{' and '.join(config.missing_weights_fields)} not given"
     if config.is_mla:
         return "multi-head latent attention (MLA) is not supported"
     if config.is_moe:

@@ -86,6 +86,7 @@ def build_simulation(recipe: Recipe, config: ModelConfig, tokenizer: Tokenizer) 
     block_size = recipe.cache.block_size
     est = estimate_kv(config, device, context=1, kv_dtype=dtype, weights_dtype=dtype, block_size=block_size,
                       mem_util=spec.mem_util, num_gpus=spec.num_gpus)
+    assert est.num_blocks is not None and est.weights_bytes is not None, "a model the engine runs has a known size"
     explicit = recipe.cache.num_blocks is not None or recipe.cache.memory_gib is not None
     if est.num_blocks < 1 and not explicit:
         usable = est.device_bytes * spec.mem_util / GIB

@@ -14,11 +14,12 @@ from dataclasses import dataclass, replace
 
 from kvscope.errors import ModelShapeError
 
-_POSITIVE = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-             "vocab_size", "max_position_embeddings")
+_POSITIVE = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings")
+# what only the weights' size needs (the parameter count, the roofline, the engine), not the KV cache's
+WEIGHTS_FIELDS = ("intermediate_size", "vocab_size")
 _NON_NEGATIVE = ("sliding_window", "kv_lora_rank", "qk_rope_head_dim", "q_lora_rank", "v_head_dim", "num_experts",
                  "experts_per_token", "num_shared_experts", "moe_intermediate_size", "first_dense_layers",
-                 "num_params")
+                 "num_params", *WEIGHTS_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class ModelConfig:
     q_lora_rank: MLA low-rank query projection (0 = full-rank query).
     num_experts / experts_per_token / num_shared_experts / moe_intermediate_size / first_dense_layers:
         MoE feed-forward (num_experts 0 = dense); the first `first_dense_layers` layers stay dense.
+    intermediate_size / vocab_size: the MLP's width and the vocabulary; 0 = not given (a config.json read
+        for its KV cache alone: `kvscope kv`); the parameter count needs both (missing_weights_fields).
     num_params: total parameters (0 = unknown; params_of() then counts them from the shape).
     bos_token_id / eos_token_ids: the tokenizer's special ids (the loader sets the tokenizer's own).
     """
@@ -98,6 +101,11 @@ class ModelConfig:
     def kv_size(self) -> int:
         """Width of the key (and of the value) projection output (num_kv_heads * head_dim)."""
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def missing_weights_fields(self) -> tuple[str, ...]:
+        """The fields only the weights need (WEIGHTS_FIELDS) that this shape does not give."""
+        return tuple(name for name in WEIGHTS_FIELDS if not getattr(self, name))
 
     @property
     def is_mla(self) -> bool:
@@ -166,7 +174,12 @@ def _attention_params(config: ModelConfig) -> int:
 
 
 def count_params(config: ModelConfig) -> int:
-    """Parameters implied by the shape: embeddings, attention, (MoE) MLP, RMSNorm weights, LM head."""
+    """Parameters implied by the shape: embeddings, attention, (MoE) MLP, RMSNorm weights, LM head. A shape
+    without intermediate_size or vocab_size has no count: ModelShapeError naming the field."""
+    missing = config.missing_weights_fields
+    if missing:
+        raise ModelShapeError(f"model {config.name!r}: the parameter count needs {' and '.join(missing)}, "
+                              f"which the model does not give")
     h = config.hidden_size
     attn = _attention_params(config)
     dense_mlp = 3 * h * config.intermediate_size
@@ -179,6 +192,9 @@ def count_params(config: ModelConfig) -> int:
     return total + embed + head + h
 
 
-def params_of(config: ModelConfig) -> int:
-    """The model's parameter count: the recorded one, else the count implied by the architecture."""
-    return config.num_params or count_params(config)
+def params_of(config: ModelConfig) -> int | None:
+    """The model's parameter count: the recorded one, else the count implied by the architecture; None when
+    neither is known (no num_params, and intermediate_size or vocab_size not given)."""
+    if config.num_params:
+        return config.num_params
+    return None if config.missing_weights_fields else count_params(config)

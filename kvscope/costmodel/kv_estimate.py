@@ -7,7 +7,9 @@ Pure python, no torch. The numbers:
   stop growing past their window); the paged figure rounds each layer's tokens up
   to whole blocks.
 - the KV budget: device memory (x GPUs) x utilisation - weights; blocks = budget / block bytes
-  (a block holds block_size tokens of every layer, as in the engine's pools).
+  (a block holds block_size tokens of every layer, as in the engine's pools). A shape whose
+  parameter count is unknown (a config.json without intermediate_size or vocab_size) has no
+  weights' size, so the budget and what fits in it are None; the KV figures stand.
 - fragmentation: empty slots in the last block at exactly C, and the expected waste
   for lengths spread evenly (block_size - 1) / 2 slots per request.
 - the contiguous baseline: every request reserves max_len tokens up front.
@@ -108,7 +110,8 @@ def request_paged_bytes(shape: ModelConfig, context: int, kv_bytes: float, block
 
 @dataclass(frozen=True, slots=True)
 class KVEstimate:
-    """Everything `kvscope kv` prints. Byte counts are integers; fractions are 0..1."""
+    """Everything `kvscope kv` prints. Byte counts are integers; fractions are 0..1. None: not known without the
+    weights' size (the shape's missing_weights_fields)."""
 
     model: str
     attention: str
@@ -128,23 +131,23 @@ class KVEstimate:
     request_bytes: int
     request_paged_bytes: int
     batch_bytes: int
-    num_params: int
-    weights_bytes: int
+    num_params: int | None
+    weights_bytes: int | None
     device: str
     num_gpus: int
     device_bytes: int
     mem_util: float
-    kv_budget_bytes: int
+    kv_budget_bytes: int | None
     block_bytes: int
-    num_blocks: int
+    num_blocks: int | None
     blocks_per_request: float
-    max_requests: int
-    batch_fits: bool
+    max_requests: int | None
+    batch_fits: bool | None
     waste_slots_at_context: int
     waste_fraction_at_context: float
     expected_waste_fraction: float
     contiguous_request_bytes: int
-    contiguous_max_requests: int
+    contiguous_max_requests: int | None
     contiguous_waste_fraction: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,10 +188,10 @@ def estimate_kv(
     req_bytes = request_kv_bytes(shape, context, kv_b)
     req_paged = request_paged_bytes(shape, context, kv_b, block_size)
     num_params = params_of(shape)
-    weights = int(num_params * w_b)
+    weights = None if num_params is None else int(num_params * w_b)
     device_bytes = device.memory_bytes * num_gpus
     usable = int(device_bytes * mem_util)
-    budget = max(0, usable - weights)
+    budget = None if weights is None else max(0, usable - weights)
     block_bytes = per_token * block_size
     contiguous = request_kv_bytes(shape, max_len, kv_b)
     waste_slots = -(-context // block_size) * block_size - context
@@ -220,14 +223,14 @@ def estimate_kv(
         mem_util=mem_util,
         kv_budget_bytes=budget,
         block_bytes=block_bytes,
-        num_blocks=budget // block_bytes,
+        num_blocks=None if budget is None else budget // block_bytes,
         blocks_per_request=req_paged / block_bytes,
-        max_requests=budget // req_paged,
-        batch_fits=batch * req_paged <= budget,
+        max_requests=None if budget is None else budget // req_paged,
+        batch_fits=None if budget is None else batch * req_paged <= budget,
         waste_slots_at_context=waste_slots,
         waste_fraction_at_context=waste_slots / (context + waste_slots),
         expected_waste_fraction=mean_waste / (context + mean_waste),
         contiguous_request_bytes=contiguous,
-        contiguous_max_requests=budget // contiguous,
+        contiguous_max_requests=None if budget is None else budget // contiguous,
         contiguous_waste_fraction=1 - req_bytes / contiguous,
     )

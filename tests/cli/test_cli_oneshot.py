@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from kvscope.config.model_presets import get_preset
 from kvscope.costmodel.devices import get_device
 from kvscope.costmodel.kv_estimate import estimate_kv
-from support.cli import KVSCOPE
+from support.cli import KVSCOPE, one_line_error
 from support.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -113,3 +114,39 @@ def test_oneshot_commands_import_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+MINIMAL = {"model_type": "llama", "num_hidden_layers": 16, "hidden_size": 2048, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 32000}  # no intermediate_size: the KV cache does not need it
+
+
+def write_config(tmp_path, cfg: dict) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_kv_of_a_config_without_the_mlp_width_gives_the_kv_figures(tmp_path) -> None:
+    config = write_config(tmp_path, MINIMAL)
+    out = kvscope("kv", config, "--context", "4096", "--batch", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["bytes_per_token"] == 2 * 16 * 8 * 64 * 2 and got["batch_bytes"] == 4 * 4096 * got["bytes_per_token"]
+    for field in ("num_params", "weights_bytes", "kv_budget_bytes", "num_blocks", "max_requests", "batch_fits",
+                  "contiguous_max_requests"):
+        assert got[field] is None, field  # what needs the weights' size is not known
+    text = kvscope("kv", config, "--context", "4096")
+    assert text.returncode == 0, text.stderr
+    assert "32,768 B" in text.stdout and f"{config} gives no intermediate_size" in text.stdout
+    assert re.search(r"^\s+KV budget\s+unknown", text.stdout, re.M)
+    assert kvscope("kv", write_config(tmp_path, {**MINIMAL, "intermediate_size": 5632}), "--json").returncode == 0
+
+
+def test_what_needs_the_mlp_width_still_says_so(tmp_path) -> None:
+    config = write_config(tmp_path, MINIMAL)
+    line = one_line_error(kvscope("roofline", config), "'intermediate_size' missing")
+    assert config in line
+    one_line_error(kvscope("kv", write_config(tmp_path, {**MINIMAL, "intermediate_size": -1})),
+                   config, "'intermediate_size' must be a positive integer")
+    one_line_error(kvscope("kv", write_config(tmp_path, {**MINIMAL, "num_hidden_layers": 0})),
+                   config, "'num_hidden_layers' must be a positive integer")

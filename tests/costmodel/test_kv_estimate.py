@@ -270,6 +270,23 @@ def test_hf_config_errors(tmp_path) -> None:
         resolve_model(str(tmp_path / "missing.json"))
 
 
+def test_hf_config_for_the_kv_cache_alone_needs_no_mlp_width_or_vocabulary(tmp_path) -> None:
+    from kvscope.config.model_config import params_of
+    from kvscope.engine.model.support import config_refusal
+
+    path = _write_config(tmp_path, {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 8,
+                                    "num_key_value_heads": 2})
+    with pytest.raises(ModelShapeError, match="config.json: field 'intermediate_size' missing"):
+        shape_from_hf_config(path)
+    shape = resolve_model(path, need_weights=False)
+    assert shape.missing_weights_fields == ("intermediate_size", "vocab_size") and params_of(shape) is None
+    with pytest.raises(ModelShapeError, match="needs intermediate_size and vocab_size"):
+        count_params(shape)
+    assert config_refusal(shape) == "intermediate_size and vocab_size not given"
+    est = estimate_kv(shape, H100, context=100)
+    assert est.bytes_per_token == 2 * 4 * 2 * 32 * 2 and est.weights_bytes is None and est.num_blocks is None
+
+
 def test_recipe_model_sections(tmp_path) -> None:
     (tmp_path / "cfg").mkdir()
     _write_config(tmp_path / "cfg", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,

@@ -1,11 +1,13 @@
 """Block manager: property-based allocate / append / free / prefix-cache sequences keep the pool consistent."""
 
 from collections import Counter
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvscope.config.sampling_params import SamplingParams
+from kvscope.engine.core import block_manager
 from kvscope.engine.core.block_manager import BlockManager, chain_hash
 from kvscope.engine.core.request import Request
 from kvscope.events.bus import EventBus, EventList
@@ -24,6 +26,10 @@ def check_invariants(bm: BlockManager, live: list[Request]) -> None:
         assert (b in bm.free_queue) == (bm.ref_counts[b] == 0)
     for h, b in bm.hash_to_block.items():
         assert bm.block_hash[b] == h
+    for b in range(bm.num_blocks):  # a cached block keeps its key (index, parent's hash, tokens), a plain one none
+        key = bm.block_key[b]
+        assert (key is not None) == bool(bm.block_hash[b])
+        assert key is None or (len(key[2]) == bm.block_size and bm.block_hash[b] == block_manager.chain_hash(*key[1:]))
     assert bm.num_cached_free == sum(1 for b in bm.free_queue if bm.block_hash[b])
     assert bm.num_shared_extra == sum(max(0, c - 1) for c in holders.values())
 
@@ -38,6 +44,21 @@ ops = st.lists(
 @given(ops=ops, num_blocks=st.integers(1, 24), block_size=st.sampled_from([1, 2, 4, 16]),
        prefix=st.booleans(), vocab=st.integers(2, 5))
 def test_random_sequences_keep_pool_consistent(ops, num_blocks, block_size, prefix, vocab):
+    run_sequence(ops, num_blocks, block_size, prefix, vocab)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=ops, num_blocks=st.integers(1, 24), block_size=st.sampled_from([1, 2, 4]), vocab=st.integers(2, 5))
+def test_random_sequences_under_colliding_hashes_share_only_equal_tokens(ops, num_blocks, block_size, vocab):
+    """A hash of three values: blocks of different tokens collide all the time; hits still hold equal tokens."""
+    def weak(parent: int, tokens) -> int:
+        return (parent + sum(tokens)) % 3 + 1
+
+    with mock.patch.object(block_manager, "chain_hash", weak):
+        run_sequence(ops, num_blocks, block_size, True, vocab)
+
+
+def run_sequence(ops, num_blocks: int, block_size: int, prefix: bool, vocab: int) -> None:
     bus = EventBus()
     bm = BlockManager(num_blocks, block_size, prefix, bus)
     live: list[Request] = []
@@ -49,6 +70,8 @@ def test_random_sequences_keep_pool_consistent(ops, num_blocks, block_size, pref
             req = make_request(next_id, tokens)
             next_id += 1
             hits = bm.find_cached_prefix(req)
+            for i, b in enumerate(hits):  # each hit holds the request's tokens at the request's index
+                assert bm.block_key[b][::2] == (i, tuple(tokens[i * block_size:(i + 1) * block_size]))
             need_total = -(-req.num_tokens // block_size)
             hit_free = sum(1 for b in hits if bm.ref_counts[b] == 0)
             fits = need_total - len(hits) + hit_free <= bm.num_free_blocks
@@ -131,3 +154,29 @@ def test_cached_blocks_survive_free_and_are_evicted_lru_only_when_needed():
 def test_chain_hash_depends_on_parent():
     assert chain_hash(0, [1, 2]) != chain_hash(5, [1, 2])
     assert chain_hash(0, [1, 2]) == chain_hash(0, (1, 2))
+
+
+def test_colliding_hash_is_no_hit_and_stops_the_chain():
+    """Every block hashes alike: only a block of equal tokens is shared; a request whose chain meets another
+    block's tokens under its hash registers nothing past it, and frees to an exact pool."""
+    with mock.patch.object(block_manager, "chain_hash", lambda parent, tokens: 7):
+        bm = BlockManager(8, 2, True, EventBus())
+        a = make_request(0, [1, 2, 3, 4, 5])
+        bm.allocate_slots(a, 5)
+        a.num_computed_tokens = 5
+        bm.cache_full_blocks(a)
+        assert bm.hash_to_block == {7: a.block_table[0]}  # its second block's hash is taken by its first
+        b = make_request(1, [9, 9, 3, 4, 5])
+        assert bm.find_cached_prefix(b) == []
+        assert bm.allocate_slots(b, 5, []) is not None and set(b.block_table).isdisjoint(a.block_table)
+        b.num_computed_tokens = 5
+        bm.cache_full_blocks(b)
+        assert bm.hash_to_block == {7: a.block_table[0]} and b.block_hashes == []
+        c = make_request(2, [1, 2, 9])
+        assert bm.find_cached_prefix(c) == a.block_table[:1]  # equal tokens still hit
+        check_invariants(bm, [a, b])
+        first = a.block_table[0]
+        bm.free(a)
+        bm.free(b)
+        check_invariants(bm, [])
+        assert bm.num_free_blocks == 8 and bm.cached_block_ids() == {first} and bm.num_cached_free == 1
