@@ -180,7 +180,10 @@ class LLMEngine:
         """End a request now (reason "abort"), freeing its blocks; False if it is unknown or already finished."""
         with self._lock:
             req = self.requests.get(request_id)
-            return req is not None and self.scheduler.abort(req)
+            aborted = req is not None and self.scheduler.abort(req)
+            if aborted and self.bus.active:  # between steps: the pool's new state, not the last step's
+                self.bus.emit(self.probe.kv_snapshot(self.step_id))
+            return aborted
 
     def forget(self, request_id: int) -> None:
         """Drop a finished request's record (a server keeps no history); unknown or unfinished ids are kept."""
