@@ -76,17 +76,22 @@ def add_attach_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/kvscope/v1/events")
     async def events(request: Request) -> StreamingResponse:
         watched()
-        raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        if raw is None:
-            last = hub.last_id
-        else:
-            try:
-                last = int(raw)
-            except ValueError:
-                raise bad_request(f"Last-Event-ID: expected an event id, got {raw!r}", "Last-Event-ID") from None
-        kernels = request.query_params.get("kernels") in ("1", "true", "yes")
-        return StreamingResponse(_stream(hub, last, kernels), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return events_response(request, hub)
+
+
+def events_response(request: Request, hub: Any) -> StreamingResponse:
+    """The SSE stream of `hub` after the request's Last-Event-ID (header or ?last_event_id=; none: from now)."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None:
+        last = hub.last_id
+    else:
+        try:
+            last = int(raw)
+        except ValueError:
+            raise bad_request(f"Last-Event-ID: expected an event id, got {raw!r}", "Last-Event-ID") from None
+    kernels = request.query_params.get("kernels") in ("1", "true", "yes")
+    return StreamingResponse(_stream(hub, last, kernels), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
 
 
 async def _stream(hub: Any, last: int, kernels: bool) -> Any:

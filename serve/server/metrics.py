@@ -58,6 +58,15 @@ def request_token_buckets(max_model_len: int) -> tuple[int, ...]:
                 return tuple(out)
             out.append(mantissa * scale)
         scale *= 10
+
+
+TOKEN_HISTOGRAMS = (("request_prompt_tokens", "Number of prefill tokens processed."),
+                    ("request_generation_tokens", "Number of generation tokens processed."),
+                    ("request_max_num_generation_tokens",
+                     "Histogram of maximum number of requested generation tokens."),
+                    ("request_params_max_tokens", "Histogram of the max_tokens request parameter."),
+                    ("request_prefill_kv_computed_tokens",
+                     "Histogram of new KV tokens computed during prefill (excluding cached tokens)."))
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -71,6 +80,7 @@ class ServeMetrics(EventFold):
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("model_name", "engine")
         values = (model_name, engine)
+        self._labels = values
         r = self.registry
 
         def gauge(name: str, doc: str) -> Any:
@@ -122,7 +132,6 @@ class ServeMetrics(EventFold):
                              E2E_BUCKETS)
         self.iteration_tokens = histogram("vllm:iteration_tokens_total",
                                           "Histogram of number of tokens per engine_step.", ITERATION_TOKEN_BUCKETS)
-        tokens = request_token_buckets(max_model_len)
         self.request_histograms = {
             name: histogram(f"vllm:{name}", doc, buckets) for name, doc, buckets in (
                 ("request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", E2E_BUCKETS),
@@ -133,16 +142,11 @@ class ServeMetrics(EventFold):
                  E2E_BUCKETS),
                 ("request_time_per_output_token_seconds", "Histogram of time_per_output_token_seconds per request.",
                  ITL_BUCKETS),
-                ("request_prompt_tokens", "Number of prefill tokens processed.", tokens),
-                ("request_generation_tokens", "Number of generation tokens processed.", tokens),
-                ("request_max_num_generation_tokens", "Histogram of maximum number of requested generation tokens.",
-                 tokens),
                 ("request_params_n", "Histogram of the n request parameter.", PARAMS_N_BUCKETS),
-                ("request_params_max_tokens", "Histogram of the max_tokens request parameter.", tokens),
                 ("request_num_preemptions", "Histogram of the number of times a request was preempted.",
-                 NUM_PREEMPTIONS_BUCKETS),
-                ("request_prefill_kv_computed_tokens", "Histogram of new KV tokens computed during prefill "
-                 "(excluding cached tokens).", tokens))}
+                 NUM_PREEMPTIONS_BUCKETS))}
+        self._token_families: dict[str, Histogram] = {}
+        self._token_histograms(max_model_len)
         per_gpu = "(for Model Flops Utilization calculations; kvscope's cost model)."
         self.est_flops = counter("vllm:estimated_flops_per_gpu", f"Estimated number of floating point operations "
                                  f"per GPU {per_gpu}")
@@ -157,7 +161,6 @@ class ServeMetrics(EventFold):
             self.spec_accepted = counter("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.")
             self._spec_per_pos = Counter("vllm:spec_decode_num_accepted_tokens_per_pos",
                                          "Accepted tokens per draft position.", (*labels, "position"), registry=r)
-        self._labels = values
         self.shape, self.tp, self.elt = shape, max(tp, 1), 4
         self._cache_info = dict(cache_info or {})
         self._cache_gauge: Any = None
@@ -183,13 +186,31 @@ class ServeMetrics(EventFold):
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def _token_histograms(self, max_model_len: int) -> None:
+        """The per-request token-count histograms, bucketed 1-2-5 up to max_model_len as vLLM does (made again
+        when the engine's RunInfo says its length: a flag may ask for more than the model's context)."""
+        self._max_model_len = max_model_len
+        buckets = request_token_buckets(max_model_len)
+        for name, doc in TOKEN_HISTOGRAMS:
+            if name in self._token_families:
+                self.registry.unregister(self._token_families[name])
+            family = Histogram(f"vllm:{name}", doc, ("model_name", "engine"), buckets=buckets, registry=self.registry)
+            self._token_families[name] = family
+            self.request_histograms[name] = family.labels(*self._labels)
+
     # --- folding ------------------------------------------------------------------------------
     def on_run_info(self, ev: RunInfo) -> None:
+        if ev.max_model_len != self._max_model_len:
+            self._token_histograms(ev.max_model_len)
         self.block_size = ev.block_size
         self.prefix_caching = ev.prefix_caching
         self.elt = DTYPE_BYTES.get(ev.dtype, 4)
+        tokens = ev.num_blocks * ev.block_size
         info = {"block_size": str(ev.block_size), "cache_dtype": "auto",
                 "enable_prefix_caching": str(ev.prefix_caching), "num_gpu_blocks": str(ev.num_blocks),
+                "kv_cache_size_tokens": str(tokens), "kv_cache_max_concurrency": f"{tokens / ev.max_model_len:.2f}",
+                "prefix_caching_hash_algo": "sha256", "sliding_window": "None", "is_attention_free": "False",
+                "num_cpu_blocks": "None",
                 **self._cache_info, "engine": self._labels[1]}
         if self._cache_gauge is None:  # an info metric is a gauge set to 1 (vLLM's form)
             self._cache_gauge = Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",

@@ -5,28 +5,17 @@ block manager (every block back), and /health answering throughout."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
 from kvscope.engine.llm import as_recipe
 from kvscope.serve.server.api_server import ServerThread
-from support.paths import BENCHMARKS
+from support.paths import load_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _soak_module():
-    spec = importlib.util.spec_from_file_location("kvscope_serve_soak", BENCHMARKS / "serve_soak.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_no_good_request_is_lost_or_wrong_and_no_block_leaks_under_faults():
-    soak = _soak_module()
+    soak = load_benchmark("serve_soak")
     expected = soak.expected_texts()
     with ServerThread(as_recipe(soak.RECIPE)) as srv:
         result = soak.soak(srv.url, expected, seconds=6.0, faults=True, good_clients=3, stalled=8)
