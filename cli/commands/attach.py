@@ -19,7 +19,8 @@ def _check_server(url: str, api_key: str | None) -> str:
 
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"URL: expected http://HOST:PORT of a `kvscope serve`, got {url!r}")
+        raise UsageError(f"URL: expected http://HOST:PORT of a `kvscope serve` or a vLLM server with kvscope's "
+                         f"plugin, got {url!r}")
     try:
         r = httpx.get(url + "/kvscope/v1/snapshot", headers=auth_headers(api_key), timeout=10)
     except httpx.HTTPError as exc:
@@ -28,7 +29,9 @@ def _check_server(url: str, api_key: str | None) -> str:
         raise UsageError(f"--api-key: {url} refused the key given" if api_key else
                          f"--api-key: {url} wants an API key (the server runs with --api-key)")
     if r.status_code != 200:
-        raise KVScopeError(f"{url}: not a kvscope server (/kvscope/v1/snapshot answered {r.status_code})")
+        raise KVScopeError(f"{url}: neither a kvscope server nor a vLLM server with kvscope's plugin "
+                           f"(KVSCOPE_VLLM=1 VLLM_PLUGINS=kvscope vllm serve ...): /kvscope/v1/snapshot answered "
+                           f"{r.status_code}")
     return url
 
 

@@ -11,8 +11,8 @@ What comes out, with vLLM's physical block ids and int request ids in order of a
   per schedule(): StepBegin, request arrivals / scheduled / resumed / preempted, then the blocks' frees,
       evictions, allocations and prefix hits, and blocks newly registered under a hash (cached);
   per update_from_output(): first tokens, finished requests with vLLM's reason, the same block diff (the
-      frees of finished requests), StepEnd (prefill chunks, decodes, sampled tokens, phase times, queues)
-      and a KVSnapshot.
+      frees of finished requests), a KernelEvent `forward` priced by kvscope's cost model on vLLM's batch,
+      StepEnd (prefill chunks, decodes, sampled tokens, phase times, queues) and a KVSnapshot.
 vLLM's block 0 is its null block, never handed out: it stays free here. The tracker reads vLLM's objects by
 attribute (duck-typed, tested against vLLM 0.32) and imports nothing of vLLM.
 """
@@ -24,7 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kvscope.events.records import BlockEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
+from kvscope.config.model_config import ModelConfig
+from kvscope.costmodel.roofline import step_op_costs
+from kvscope.engine.checkpoint.formats import config_from_hf
+from kvscope.errors import KVScopeError
+from kvscope.events.records import BlockEvent, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
 from kvscope.events.vocabulary import (
     ALLOC,
     ARRIVED,
@@ -75,6 +79,8 @@ class VllmTracker:
         self.hashes: dict[int, int] = {}  # block id -> hash, for blocks that had one when last reported
         self.begin_ts = self.scheduled_ts = 0
         self.block_size = 0
+        self.shape: ModelConfig | None = None  # vLLM's model as kvscope's cost model reads it (None: not priced)
+        self.elt = 2
 
     # --- the two points vLLM is observed at ---------------------------------------------------------
     def after_schedule(self, sched: Any, out: Any) -> None:
@@ -105,6 +111,8 @@ class VllmTracker:
                 prefill.append((seen.rid, min(n, req.num_prompt_tokens - before)))
             else:
                 decode.append(seen.rid)
+        if self.shape is not None:
+            self._price_forward(sched, out, update_ts)
         now = self.clock()
         phases = (("schedule", self.begin_ts, self.scheduled_ts), ("forward", self.scheduled_ts, update_ts),
                   ("sample", update_ts, now))
@@ -220,6 +228,24 @@ class VllmTracker:
               hashes: tuple[int, ...]) -> None:
         self.sink(BlockEvent(ts, self.step, PREFIX_HIT if hit else ALLOC, rid, tuple(run), start, refs, hashes))
 
+    def _price_forward(self, sched: Any, out: Any, end: int) -> None:
+        """The step's forward as one KernelEvent priced by kvscope's cost model over vLLM's actual batch (its
+        query and context lengths): what the TUI's roofline reads (`kvscope attach --kernels`)."""
+        assert self.shape is not None
+        query_lens, seq_lens = [], []
+        for req_id, n in out.num_scheduled_tokens.items():
+            seen = self.seen.get(req_id)
+            if seen is not None:
+                query_lens.append(int(n))
+                seq_lens.append(int(seen.request.num_computed_tokens))
+        if not query_lens:
+            return
+        costs = step_op_costs(self.shape, query_lens, seq_lens, weight_bytes=self.elt, act_bytes=self.elt,
+                              kv_bytes=self.elt)
+        self.sink(KernelEvent(end, self.step, "forward", -1, "vllm", self.scheduled_ts, end,
+                              f"T={sum(query_lens)} B={len(query_lens)} (estimated)",
+                              sum(c.flops for c in costs.values()), int(sum(c.bytes for c in costs.values()))))
+
     # --- records ------------------------------------------------------------------------------------
     def run_info(self, sched: Any) -> RunInfo:
         cfg = sched.vllm_config
@@ -230,7 +256,11 @@ class VllmTracker:
         head_dim = int(getattr(hf, "head_dim", 0) or hidden // heads)
         layers = int(hf.num_hidden_layers)
         dtype = str(cfg.model_config.dtype).removeprefix("torch.")
-        elt = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 2)
+        elt = self.elt = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 2)
+        try:
+            self.shape = config_from_hf(hf.to_dict(), "vLLM's model config")
+        except KVScopeError:  # a model kvscope's cost model does not know: no roofline, the rest as usual
+            self.shape = None
         self.block_size = int(sched.cache_config.block_size)
         pool = sched.kv_cache_manager.block_pool
         name = cfg.model_config.served_model_name or cfg.model_config.model

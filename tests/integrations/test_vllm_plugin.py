@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvscope.serve.client.attach_client import RemoteController
 from kvscope.tui.model import UIModel
-from support.trace_checks import check_chrome_trace
+from support.trace_checks import check_chrome_trace, check_kernels_inside_forward
 from support.vllm_env import SERVED_NAME, SMOLLM2_HF, VLLM_PYTHON, requires_vllm, vllm_env, vllm_server
 from support.waiting import wait_until
 
@@ -143,7 +143,9 @@ def test_trace_attach_records_vllms_steps(plugin_server, tmp_path, capsys):
     code = main(["trace", "--attach", plugin_server, "--seconds", "4", "-o", str(tmp_path)])
     load.join(120)
     assert code == 0, capsys.readouterr()
-    check_chrome_trace(json.loads((tmp_path / "trace.json").read_text()))
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    check_chrome_trace(trace)
+    assert check_kernels_inside_forward(trace) > 5  # the cost model's pricing of each of vLLM's forwards
     events = read_recording(tmp_path / "events.jsonl").events
     assert events[0].kind == "run_info" and events[0].backend == "vllm 0.32.0"
     assert sum(1 for e in events if e.kind == "step_end") > 5
@@ -153,3 +155,32 @@ def test_control_is_501_in_vllms_error_shape(plugin_server):
     r = httpx.post(plugin_server + "/kvscope/v1/control", json={"action": "pause"}, timeout=5)
     error = r.json()["error"]
     assert r.status_code == 501 and error["code"] == 501 and "does not pause" in error["message"]
+
+
+def test_the_tui_attached_to_vllm_shows_vllms_pool_and_says_it_is_vllm(plugin_server):
+    import asyncio
+
+    from kvscope.tui.app import KVScopeApp
+    from kvscope.tui.widgets.status_line import StatusLine
+
+    app = KVScopeApp(controller=RemoteController(plugin_server, kernels=True), title="attached", deterministic=True)
+    seen: dict[str, object] = {}
+
+    async def drive() -> None:
+        async with app.run_test(size=(160, 50)) as pilot:
+            load = threading.Thread(target=_traffic, args=(plugin_server, 4, 64))
+            load.start()
+            for _ in range(400):
+                await pilot.pause(0.05)
+                if app.model.view.tables:
+                    break
+            seen["tables"] = dict(app.model.view.tables)
+            seen["status"] = app.query_one(StatusLine).text.plain
+            await asyncio.get_running_loop().run_in_executor(None, load.join, 120)
+            await pilot.pause(0.5)
+            seen["priced"] = [r for r in app.model.history.records if r.flops > 0 and r.bytes > 0]
+
+    asyncio.run(drive())
+    assert seen["tables"], "the block map never saw a request's blocks"
+    assert "vllm 0.32.0" in str(seen["status"])
+    assert seen["priced"], "the roofline got no step priced by the cost model"
