@@ -53,7 +53,8 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
                             f"({percent(spec.acceptance_rate)}) in {spec.num_drafts} verifications, "
                             f"k {spec.mean_k:.1f}"),
             ("accept length", f"{spec.mean_acceptance_length:.2f} tokens/verification (independent acceptance at "
-                              f"this rate predicts {spec.predicted_acceptance_length:.2f})"),
+                              f"{spec.per_token_acceptance:.2f} per token predicts "
+                              f"{spec.predicted_acceptance_length:.2f})"),
             ("by position", f"{cond}  (accepted, given the earlier drafts were)"),
             ("draft time", f"{spec.draft_time_s:.3f} s ({percent(draft_share)} of the run), "
                            f"{spec.rolled_back_blocks} blocks rolled back"),

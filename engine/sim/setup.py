@@ -95,6 +95,7 @@ def build_simulation(recipe: Recipe, config: ModelConfig, tokenizer: Tokenizer) 
                           f"(sim.mem_util {spec.mem_util:g}); add GPUs (sim.num_gpus, sim.tp) or a bigger GPU")
     clock = SimClock()
     cost = StepCostModel(config, device, tp=tp, dtype=dtype, profile=profile)
-    runner = SimRunner(cost, clock, filler_token(tokenizer, config.vocab_size))
+    rate = recipe.speculative.acceptance_rate if recipe.speculative is not None else None
+    runner = SimRunner(cost, clock, filler_token(tokenizer, config.vocab_size), rate)
     return Simulation(SimDeviceLabel(device.name, spec.num_gpus, tp), cost, clock, est.num_blocks,
                       est.block_bytes, runner)

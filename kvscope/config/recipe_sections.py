@@ -63,6 +63,13 @@ class SpeculativeSpec(Section):
     num_layers: the target's first layers `layerskip` drafts with. model: the draft model (`draft_model`).
     adaptive: grow k by 2 after a step that accepted every draft, shrink it by 1 after a rejection (HF's
         num_assistant_tokens heuristic), between 1 and max_speculative_tokens (left out: 4 x k).
+    acceptance_rate: a simulated device's acceptance model (`device: sim` needs it; a real device verifies real
+        drafts and refuses it): each draft is accepted with this probability, independently, until the first
+        rejection, so a verification emits (1 - a^(k+1)) / (1 - a) tokens on average. A real run's summary
+        measures it as spec_decode.per_token_acceptance (vLLM's acceptance rate, accepted / drafted tokens, is
+        lower: it counts the drafts after a rejection too). The drafts are priced by the method: ngram at no
+        cost, layerskip as the target's first num_layers layers, draft_model as `model`'s shape (a preset will
+        do: no weights are loaded).
     """
 
     method: Annotated[SpecMethod, OneOf()] = Field(description=f"is required: one of {', '.join(SPEC_METHODS)}")
@@ -73,6 +80,7 @@ class SpeculativeSpec(Section):
     model: ModelSpec | None = None
     adaptive: Flag = False
     max_speculative_tokens: PositiveInt = Field(default_factory=lambda v: 4 * v.get("num_speculative_tokens", 4))
+    acceptance_rate: Annotated[float, number(0.0, 1.0)] | None = None
 
     def rules(self) -> Rules:
         lo, hi = self.prompt_lookup_min, self.prompt_lookup_max
