@@ -31,7 +31,7 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ("TTFT", lat(s.ttft_ms)),
         ("ITL", lat(s.itl_ms)),
         ("E2E", lat(s.e2e_ms)),
-        ("tokens/step", f"{s.tokens_per_step_mean:.1f}"),
+        ("tokens/step", f"{s.tokens_per_step_mean:.1f} ({s.computed_tokens} computed in all)"),
         *([("padding", f"{s.padding_tokens} tokens computed and thrown away ({percent(s.padding_share)} of the "
                        f"computed tokens)")] if s.padding_tokens else []),
         ("KV peak", f"{s.peak_kv_blocks}/{s.num_blocks} blocks ({percent(s.peak_kv_usage)})"),

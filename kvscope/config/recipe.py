@@ -95,6 +95,9 @@ class Recipe(Section):
         yield (self.cache.allocator == "contiguous" and (spec is not None or self.deployment.disaggregated),
                "cache.allocator", "contiguous does not combine with speculative decoding or disaggregation (both "
                "hand blocks back or take them from elsewhere)")
+        yield (not self.cache.kv_cache and (spec is not None or policy == "static" or self.deployment.disaggregated),
+               "cache.kv_cache", "false (the no-KV-cache baseline) needs scheduler.policy continuous, no speculative "
+               "decoding and a colocated deployment")
         for what, bad in (("scheduler.policy static", policy == "static"), ("speculative", spec is not None),
                           ("device: sim over transport ray (simulated engines run in this process)",
                            device == "sim" and self.deployment.transport == "ray")):

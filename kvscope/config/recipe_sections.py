@@ -32,19 +32,28 @@ SPEC_METHODS: tuple[str, ...] = get_args(SpecMethod)
 
 class CacheSpec(Section):
     """allocator: paged (blocks anywhere, as vLLM) or contiguous (the baseline: one first-fit max-length range
-    of blocks per request, kvscope.engine.core.contiguous_blocks)."""
+    of blocks per request, kvscope.engine.core.contiguous_blocks).
+    kv_cache: keep each request's K/V from step to step (true: what makes decoding one token per step). false
+    is the no-KV-cache baseline (Hugging Face generate with use_cache=False): every step recomputes a request's
+    whole prefix, prompt and generated tokens, and its blocks are only the step's scratch; the greedy tokens
+    are the same, the work grows with the square of the length."""
 
     block_size: PositiveInt = 16
     num_blocks: PositiveInt | None = None
     memory_gib: Annotated[float, number(1e-9)] | None = None
     prefix_caching: Flag = False
     allocator: Annotated[Literal["paged", "contiguous"], OneOf()] = "paged"
+    kv_cache: Flag = True
 
     def rules(self) -> Rules:
         return ((self.num_blocks is not None and self.memory_gib is not None, None,
                  "give num_blocks or memory_gib, not both"),
                 (self.allocator == "contiguous" and self.prefix_caching, "prefix_caching",
-                 "needs the paged allocator: a contiguous range shares no block"))
+                 "needs the paged allocator: a contiguous range shares no block"),
+                (not self.kv_cache and self.prefix_caching, "prefix_caching",
+                 "needs kv_cache true: a prefix cache reuses K/V the no-KV-cache baseline never keeps"),
+                (not self.kv_cache and self.allocator != "paged", "kv_cache",
+                 "false (the no-KV-cache baseline) runs on the paged allocator only"))
 
 
 class SchedulerSpec(Section):
