@@ -10,18 +10,21 @@ then k - 1 one-token passes. The draft model's weights and K/V are not taken fro
 
 accepted_drafts is the acceptance model the simulated runner verifies with: each of k drafts is accepted with
 probability `rate`, independently, until the first rejection; one uniform draw from the request's generator
-(the engine's seeded one) decides how many, so a run repeats exactly.
+(the engine's seeded one) decides how many, so a run repeats exactly. Its rate is the recipe's
+speculative.acceptance_rate, or measured_acceptance of a real run's summary (speculative.acceptance_from).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kvscope.config.model_config import ModelConfig
 from kvscope.costmodel.sim_cost import StepCostModel
 from kvscope.engine.core.request import Request, RequestStatus
+from kvscope.errors import RecipeError
 
 if TYPE_CHECKING:
     from kvscope.engine.core.scheduler import ScheduledRequest
@@ -36,6 +39,25 @@ def accepted_drafts(rate: float, k: int, generator: torch.Generator | None) -> i
         n += 1
         p *= rate
     return n
+
+
+def measured_acceptance(path: str, where: str) -> float:
+    """spec_decode.per_token_acceptance of a `kvscope run --headless --json` summary at `path`; a RecipeError
+    naming `where` and speculative.acceptance_from when the file is no such summary."""
+    field = f"{where}: speculative.acceptance_from: {path}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data: Any = json.load(f)
+    except OSError as exc:
+        raise RecipeError(f"{field}: cannot read: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{field}: not JSON ({exc})") from None
+    spec = data.get("spec_decode") if isinstance(data, dict) else None
+    rate = spec.get("per_token_acceptance") if isinstance(spec, dict) else None
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+        raise RecipeError(f"{field}: expected a `kvscope run --headless --json` summary of a speculative run "
+                          f"(spec_decode.per_token_acceptance between 0 and 1)")
+    return float(rate)
 
 
 class SimDrafter:

@@ -86,12 +86,13 @@ class Recipe(Section):
                    f"shared prefix scheduler.max_model_len {max_len} allows")
         yield (spec is not None and policy == "static", "speculative",
                "needs scheduler.policy continuous (the static baseline has no drafts)")
-        rate = spec.acceptance_rate if spec is not None else None
-        yield (spec is not None and device == "sim" and rate is None, "speculative.acceptance_rate",
-               "a simulated device needs it: the probability (0 to 1) that each draft is accepted, since its drafts "
-               "are no real tokens to verify")
-        yield (rate is not None and device != "sim", "speculative.acceptance_rate",
-               f"only a simulated device reads it (a real device verifies its drafts), but device is {device}")
+        model = {k for k in ("acceptance_rate", "acceptance_from") if getattr(spec, k, None) is not None}
+        yield (spec is not None and device == "sim" and not model, "speculative.acceptance_rate",
+               "a simulated device needs it (or acceptance_from, a real run's summary): the probability (0 to 1) "
+               "that each draft is accepted, since its drafts are no real tokens to verify")
+        for key in sorted(model):
+            yield (device != "sim", f"speculative.{key}",
+                   f"only a simulated device reads it (a real device verifies its drafts), but device is {device}")
         yield (self.cache.allocator == "contiguous" and (spec is not None or self.deployment.disaggregated),
                "cache.allocator", "contiguous does not combine with speculative decoding or disaggregation (both "
                "hand blocks back or take them from elsewhere)")

@@ -79,6 +79,9 @@ class SpeculativeSpec(Section):
         lower: it counts the drafts after a rejection too). The drafts are priced by the method: ngram at no
         cost, layerskip as the target's first num_layers layers, draft_model as `model`'s shape (a preset will
         do: no weights are loaded).
+    acceptance_from: the same, measured on the real engine: a `kvscope run --headless --json` summary of a
+        speculative run, whose spec_decode.per_token_acceptance becomes the acceptance rate (give one or the
+        other).
     """
 
     method: Annotated[SpecMethod, OneOf()] = Field(description=f"is required: one of {', '.join(SPEC_METHODS)}")
@@ -90,6 +93,7 @@ class SpeculativeSpec(Section):
     adaptive: Flag = False
     max_speculative_tokens: PositiveInt = Field(default_factory=lambda v: 4 * v.get("num_speculative_tokens", 4))
     acceptance_rate: Annotated[float, number(0.0, 1.0)] | None = None
+    acceptance_from: RecipePath | None = None
 
     def rules(self) -> Rules:
         lo, hi = self.prompt_lookup_min, self.prompt_lookup_max
@@ -97,7 +101,9 @@ class SpeculativeSpec(Section):
                 (self.method == "layerskip" and "num_layers" not in self.model_fields_set, "num_layers",
                  "layerskip needs the number of the target's layers to draft with"),
                 (self.method == "draft_model" and self.model is None, "model",
-                 "draft_model needs a model (source, path or shape)"))
+                 "draft_model needs a model (source, path or shape)"),
+                (self.acceptance_rate is not None and self.acceptance_from is not None, "acceptance_from",
+                 "give acceptance_rate or acceptance_from, not both"))
 
 
 class DeploymentSpec(Section):

@@ -4,6 +4,7 @@ counters in the run's summary, and the recipe rules."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -139,3 +140,29 @@ def test_a_draft_of_another_vocabulary_is_refused_on_a_simulated_device():
         {"speculative": {"model": {"source": "preset", "name": "llama-2-7b"}}})
     with pytest.raises(RecipeError, match="speculative.model: its vocabulary has 32000 tokens"):
         RunSession(bad)
+
+
+def test_acceptance_measured_on_the_real_engine(tmp_path, capsys):
+    """acceptance_from: a real run's `kvscope run --headless --json` summary sets the simulated rate."""
+    from kvscope.cli.commands.headless import run_headless
+
+    real = Recipe.from_dict({"model": {"source": "random", "shape": "tiny", "seed": 0}, "device": "cpu",
+                             "attention_backend": "torch", "sampling": {"max_tokens": 40, "ignore_eos": True},
+                             "speculative": {"method": "ngram", "num_speculative_tokens": 3},
+                             "workload": {"prompts": ["abcabcabcabcabcabc", "the cat the cat the cat"]}})
+    assert run_headless(real, as_json=True) == 0
+    path = tmp_path / "run.json"
+    path.write_text(capsys.readouterr().out)
+    measured = json.loads(path.read_text())["spec_decode"]["per_token_acceptance"]
+    recipe = sim_recipe(0.5).with_overrides({"speculative": {"acceptance_rate": None,
+                                                             "acceptance_from": str(path)}})
+    session = RunSession(recipe)
+    assert session.engine.sim.runner.acceptance_rate == measured
+    (tmp_path / "bad.json").write_text('{"spec_decode": null}')
+    for name, needle in (("missing.json", "cannot read"), ("bad.json", "expected a `kvscope run --headless --json` "
+                                                                       "summary of a speculative run")):
+        bad = recipe.with_overrides({"speculative": {"acceptance_from": str(tmp_path / name)}})
+        with pytest.raises(RecipeError, match=f"speculative.acceptance_from: .*{name}: {needle}"):
+            RunSession(bad)
+    with pytest.raises(RecipeError, match="speculative.acceptance_from: give acceptance_rate or acceptance_from"):
+        recipe.with_overrides({"speculative": {"acceptance_rate": 0.5}})
