@@ -31,7 +31,7 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         ("TTFT", lat(s.ttft_ms)),
         ("ITL", lat(s.itl_ms)),
         ("E2E", lat(s.e2e_ms)),
-        ("tokens/step", f"{s.tokens_per_step_mean:.1f}"),
+        ("tokens/step", f"{s.tokens_per_step_mean:.1f} ({s.computed_tokens} computed in all)"),
         *([("padding", f"{s.padding_tokens} tokens computed and thrown away ({percent(s.padding_share)} of the "
                        f"computed tokens)")] if s.padding_tokens else []),
         ("KV peak", f"{s.peak_kv_blocks}/{s.num_blocks} blocks ({percent(s.peak_kv_usage)})"),
@@ -53,7 +53,8 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
                             f"({percent(spec.acceptance_rate)}) in {spec.num_drafts} verifications, "
                             f"k {spec.mean_k:.1f}"),
             ("accept length", f"{spec.mean_acceptance_length:.2f} tokens/verification (independent acceptance at "
-                              f"this rate predicts {spec.predicted_acceptance_length:.2f})"),
+                              f"{spec.per_token_acceptance:.2f} per token predicts "
+                              f"{spec.predicted_acceptance_length:.2f})"),
             ("by position", f"{cond}  (accepted, given the earlier drafts were)"),
             ("draft time", f"{spec.draft_time_s:.3f} s ({percent(draft_share)} of the run), "
                            f"{spec.rolled_back_blocks} blocks rolled back"),

@@ -76,7 +76,7 @@ class LLMEngine:
                                          bytes_per_block=self.bytes_per_block, step=lambda: self.step_id)
         self.scheduler: Scheduler = make_scheduler(self.block_manager, self.bus, self.recipe.scheduler,
                                                    self.max_model_len, self.tokenizer, self.recipe.speculative,
-                                                   self.connector)
+                                                   self.connector, self.recipe.cache.kv_cache)
         self.request_check = RequestCheck(self.recipe, self.config, self.tokenizer, self.num_blocks)
         self.requests: dict[int, Request] = {}
         self.next_request_id = 0

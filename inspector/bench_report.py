@@ -85,6 +85,8 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[RunSummary], str]], ...] = (
     ("ext frag", lambda s: percent(s.external_fragmentation_mean)),
     ("hit rate", lambda s: percent(s.prefix_hit_rate)),
     ("preempt", lambda s: str(s.preemptions)),
+    ("accept", lambda s: percent(s.spec_decode.acceptance_rate) if s.spec_decode else "-"),
+    ("acc len", lambda s: f"{s.spec_decode.mean_acceptance_length:.2f}" if s.spec_decode else "-"),
 )
 
 TABLE_NOTES = (
@@ -92,6 +94,7 @@ TABLE_NOTES = (
     " waste: reserved-but-empty KV slots in the pool (mean over steps);"
     " contig waste: what a max_model_len contiguous reservation would leave empty for the same requests;"
     " ext frag: free blocks outside the longest free run (the contiguous allocator)."
+    " accept: drafts accepted, of those proposed; acc len: tokens per verification (speculative decoding)."
 )
 
 

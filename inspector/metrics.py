@@ -109,6 +109,7 @@ class RunSummary:
     itl_ms: Percentiles = field(default_factory=Percentiles)
     e2e_ms: Percentiles = field(default_factory=Percentiles)
     tokens_per_step_mean: float = 0.0
+    computed_tokens: int = 0  # the requests' tokens the steps ran through the model (padding not counted)
     padding_tokens: int = 0  # computed and thrown away: a static batch's short prompts and finished seats
     padding_share: float = 0.0  # of every token the steps computed (requests' + padding)
     num_blocks: int = 0
@@ -275,6 +276,7 @@ class Metrics(EventFold):
             itl_ms=Percentiles.of(self._itl_ms),
             e2e_ms=Percentiles.of([t / 1e6 for t in self._e2e_ns]),
             tokens_per_step_mean=self._busy_tokens / self._busy_steps if self._busy_steps else 0.0,
+            computed_tokens=self._busy_tokens,
             padding_tokens=self._padding,
             padding_share=self._padding / computed if (computed := self._busy_tokens + self._padding) else 0.0,
             num_blocks=self.num_blocks,

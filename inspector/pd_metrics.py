@@ -78,6 +78,7 @@ def with_pool_of(client: RunSummary, engines: dict[str, RunSummary]) -> RunSumma
     decode = [s for name, s in engines.items() if name.startswith("decode")] or list(engines.values())
     pool = max(decode, key=lambda s: s.generated_tokens)
     return replace(client, steps=pool.steps, tokens_per_step_mean=pool.tokens_per_step_mean,
+                   computed_tokens=pool.computed_tokens,
                    num_blocks=pool.num_blocks, peak_kv_blocks=pool.peak_kv_blocks,
                    peak_kv_usage=pool.peak_kv_usage, preemptions=sum(s.preemptions for s in engines.values()),
                    prefix_hit_tokens=pool.prefix_hit_tokens, prefix_lookup_tokens=pool.prefix_lookup_tokens,

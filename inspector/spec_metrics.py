@@ -5,8 +5,10 @@ accepted tokens per draft position. From them: the acceptance rate a (accepted /
 acceptance length (1 + accepted / drafts: tokens a verification step emits per request), per-position
 conditional acceptance (accepted at position i among drafts that reached position i with all earlier ones
 accepted), a histogram of accepted counts, the draft phase's share of the steps' time, and the tokens per
-step the measured rate predicts for independent acceptance, (1 - a^(k+1)) / (1 - a) at the mean k, beside
-the observed mean acceptance length.
+step independent acceptance predicts, (1 - a^(k+1)) / (1 - a) at the mean k, beside the observed mean
+acceptance length. The a of that formula is the per-token acceptance (the probability that a draft the
+target examines is accepted: accepted / (accepted + rejections), its maximum-likelihood estimate), not the
+acceptance rate (accepted / drafted tokens, which counts the drafts after a rejection as not accepted).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class SpecDecodeSummary:
     num_accepted_tokens: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)
     acceptance_rate: float = 0.0
+    per_token_acceptance: float = 0.0  # accepted / (accepted + rejections): the a of (1 - a^(k+1)) / (1 - a)
     mean_acceptance_length: float = 0.0
     predicted_acceptance_length: float = 0.0
     conditional_acceptance: list[float] = field(default_factory=list)
@@ -53,6 +56,7 @@ class SpecDecodeStats(EventFold):
         self.num_drafts = 0
         self.num_draft_tokens = 0
         self.num_accepted = 0
+        self.num_rejections = 0  # verifications that rejected a draft
         self.num_draft_slots = 0
         self.accepted_per_pos: list[int] = []
         self.reached_per_pos: list[int] = []  # drafts whose position i was verified (all before it accepted)
@@ -69,6 +73,7 @@ class SpecDecodeStats(EventFold):
         self.num_drafts += 1
         self.num_draft_tokens += ev.num_draft_tokens
         self.num_accepted += ev.num_accepted
+        self.num_rejections += ev.num_accepted < ev.num_draft_tokens
         self.num_draft_slots += ev.num_draft_slots
         self.rolled_back_blocks += ev.rolled_back_blocks
         reached = min(ev.num_accepted + 1, ev.num_draft_tokens)
@@ -89,6 +94,8 @@ class SpecDecodeStats(EventFold):
             return None
         a = self.num_accepted / self.num_draft_tokens if self.num_draft_tokens else 0.0
         k = self.num_draft_tokens / self.num_drafts
+        examined = self.num_accepted + self.num_rejections
+        per_token = self.num_accepted / examined if examined else 0.0
         return SpecDecodeSummary(
             method=self.method,
             num_drafts=self.num_drafts,
@@ -96,8 +103,9 @@ class SpecDecodeStats(EventFold):
             num_accepted_tokens=self.num_accepted,
             accepted_per_pos=list(self.accepted_per_pos),
             acceptance_rate=a,
+            per_token_acceptance=per_token,
             mean_acceptance_length=1.0 + self.num_accepted / self.num_drafts,
-            predicted_acceptance_length=expected_tokens_per_step(a, k),
+            predicted_acceptance_length=expected_tokens_per_step(per_token, k),
             conditional_acceptance=[acc / n if n else 0.0 for acc, n in zip(self.accepted_per_pos,
                                                                             self.reached_per_pos)],
             accepted_histogram=list(self.histogram),

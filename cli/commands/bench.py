@@ -30,15 +30,23 @@ if TYPE_CHECKING:
     from kvscope.engine.workload import WorkItem
     from kvscope.inspector.bench_report import BenchReport, VariantResult
 
-def layerskip_within(recipe: Recipe, model: dict[str, Any]) -> dict[str, Any]:
-    """Overrides that keep a layerskip draft depth inside an override model (at most its layers - 1): a quick
-    check on a 2-layer model still drafts; {} when nothing needs to change."""
+def speculation_within(recipe: Recipe, model: dict[str, Any]) -> dict[str, Any]:
+    """Overrides that keep a recipe's drafts runnable on an override model: a layerskip depth inside it (at most
+    its layers - 1, so a quick check on a 2-layer model still drafts), and a separate draft model of its
+    vocabulary (the override model itself; a random draft stays random, of the override's shape, with its own
+    seed); {} when nothing needs to change."""
     from kvscope.config.model_presets import get_preset
 
     spec = recipe.speculative
-    if spec is None or spec.method != "layerskip":
+    shape = model.get("shape", "smollm2-135m")
+    if spec is None or spec.method == "ngram" or recipe.device == "sim":
         return {}
-    layers = get_preset(model.get("shape", "smollm2-135m")).num_layers
+    if spec.method == "draft_model":
+        draft = spec.model
+        if draft is not None and draft.source == "random":
+            return {"speculative": {"model": {"source": "random", "shape": shape, "seed": draft.seed}}}
+        return {"speculative": {"model": dict(model)}}
+    layers = get_preset(shape).num_layers
     if spec.num_layers < layers:
         return {}
     return {"speculative": {"num_layers": max(layers - 1, 1)}}
@@ -114,7 +122,7 @@ def variant_recipes(recipe: Recipe, model: dict[str, Any] | None = None,
         try:
             r = recipe.with_overrides(v["overrides"], name=f"{recipe.name}/{v['name']}")
             if model is not None:
-                r = r.with_overrides({"model": model, **layerskip_within(r, model)})
+                r = r.with_overrides({"model": model, **speculation_within(r, model)})
         except RecipeError as exc:
             raise RecipeError(f"{exc} (in variant {v['name']!r})") from None
         out.append((v["name"], v["overrides"], r))

@@ -15,6 +15,9 @@ With a KV connector (disaggregation, kvscope.engine.core.kv_connector) a prefill
 prompt's blocks for a decode engine instead of freeing them, and a decode engine admits a request whose
 prompt ran elsewhere by allocating blocks for its K/V (`loading`, status waiting_for_remote_kvs) that the
 step's kv_load phase fills; once they land (settle_loads) it runs on from its first token.
+Without a KV cache (cache.kv_cache false, the baseline) a request that got its token has its computed count
+set back to 0, so its next step recomputes its whole prefix (in one step, or in chunks when the budget is
+short); its blocks stay its own, as the step's scratch.
 static: fixed batches. A batch is admitted only when the previous one has
     completely finished; each request reserves KV for the batch's longest prompt
     plus its longest output up front, and keeps it until the whole batch ends.
@@ -117,8 +120,9 @@ class Scheduler:
 
     def __init__(self, block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
                  tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None,
-                 connector: KVConnector | None = None) -> None:
+                 connector: KVConnector | None = None, keep_kv: bool = True) -> None:
         self.speculative = speculative
+        self.keep_kv = keep_kv  # False: the no-KV-cache baseline (every step recomputes each prefix)
         self.connector = connector
         self.block_manager = block_manager
         self.bus = bus
@@ -219,6 +223,9 @@ class Scheduler:
                 if reason:
                     stopping.append((req, reason))
                     break
+        if not self.keep_kv:  # the no-KV-cache baseline: nothing computed is reused; the blocks stay as scratch
+            for req in sampled:
+                req.num_computed_tokens = 0
         if out.drafting:
             verified = {req.request_id: run for req, run in zip(sampled, tokens)}
             for s in out.drafting:
@@ -451,9 +458,9 @@ class StaticScheduler(Scheduler):
 
 def make_scheduler(block_manager: BlockManager, bus: EventBus, spec: SchedulerSpec, max_model_len: int,
                    tokenizer: Tokenizer, speculative: SpeculativeSpec | None = None,
-                   connector: KVConnector | None = None) -> Scheduler:
-    """The scheduler of the recipe's policy (continuous, with drafts if `speculative` and transfers through
-    `connector`; or static)."""
+                   connector: KVConnector | None = None, keep_kv: bool = True) -> Scheduler:
+    """The scheduler of the recipe's policy (continuous, with drafts if `speculative`, transfers through
+    `connector`, and without reusing K/V unless `keep_kv`; or static)."""
     if spec.policy == "static":
         return StaticScheduler(block_manager, bus, spec, max_model_len, tokenizer)
-    return Scheduler(block_manager, bus, spec, max_model_len, tokenizer, speculative, connector)
+    return Scheduler(block_manager, bus, spec, max_model_len, tokenizer, speculative, connector, keep_kv)

@@ -67,7 +67,7 @@ class SimStepProbe(StepProbe):
 
 def estimated_records(batch: SimBatch, cost: StepCostModel, num_layers: int) -> list[tuple[str, int, int, int]]:
     """(op, layer, start ns, end ns) for every op of the step, back to back from the forward's start."""
-    times = cost.op_times(batch.query_lens, batch.seq_lens, len(batch.sampled))
+    times = cost.op_times(batch.query_lens, batch.seq_lens, len(batch.sampled), batch.verify_rows)
     t = float(batch.forward_start)
     records: list[tuple[str, int, int, int]] = []
 

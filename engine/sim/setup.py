@@ -6,7 +6,7 @@ roofline without one), the step cost model (kvscope.costmodel.sim_cost), the vir
 pool sized as `kvscope kv` sizes it (kvscope.costmodel.kv_estimate: GPU memory x mem_util x GPUs, less
 the weights, in whole blocks). Every problem is a RecipeError naming the recipe and the field: an unknown
 GPU, tensor parallelism that does not divide the heads, a model whose weights do not fit, a profile that
-is not one.
+is not one, an acceptance_from that is no run summary. Speculative decoding's acceptance model is the runner's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kvscope.costmodel.sim_cost import StepCostModel
 from kvscope.costmodel.sim_profile import IDEAL, ProfileError, load_profile
 from kvscope.engine.model.tokenizer import Tokenizer
 from kvscope.engine.sim.runner import SimClock, SimRunner
+from kvscope.engine.sim.speculation import measured_acceptance
 from kvscope.errors import RecipeError
 
 
@@ -95,6 +96,11 @@ def build_simulation(recipe: Recipe, config: ModelConfig, tokenizer: Tokenizer) 
                           f"(sim.mem_util {spec.mem_util:g}); add GPUs (sim.num_gpus, sim.tp) or a bigger GPU")
     clock = SimClock()
     cost = StepCostModel(config, device, tp=tp, dtype=dtype, profile=profile)
-    runner = SimRunner(cost, clock, filler_token(tokenizer, config.vocab_size))
+    spec_decode, rate = recipe.speculative, None
+    if spec_decode is not None:
+        rate = spec_decode.acceptance_rate
+        if rate is None and spec_decode.acceptance_from is not None:
+            rate = measured_acceptance(spec_decode.acceptance_from, src)
+    runner = SimRunner(cost, clock, filler_token(tokenizer, config.vocab_size), rate)
     return Simulation(SimDeviceLabel(device.name, spec.num_gpus, tp), cost, clock, est.num_blocks,
                       est.block_bytes, runner)

@@ -39,6 +39,14 @@ def _real_device(engine: LLMEngine) -> torch.device:
     return device
 
 
+def check_draft_vocab(draft: ModelConfig, engine: LLMEngine) -> None:
+    """RecipeError naming speculative.model when the draft model's vocabulary is not the target's."""
+    target = engine.config.vocab_size
+    if draft.vocab_size != target:
+        raise RecipeError(f"{engine.recipe.source}: speculative.model: its vocabulary has {draft.vocab_size} "
+                          f"tokens, the target's {target}: a draft model must share the target's vocabulary")
+
+
 class DraftModelDrafter:
     method = "draft_model"
 
@@ -60,10 +68,7 @@ class DraftModelDrafter:
             model, config, _ = load_model(spec.model, engine.loaded.dtype, _real_device(engine))
         except RecipeError as exc:
             raise RecipeError(f"{where}: speculative.{exc}") from None
-        target = engine.config.vocab_size
-        if config.vocab_size != target:
-            raise RecipeError(f"{where}: speculative.model: its vocabulary has {config.vocab_size} tokens, the "
-                              f"target's {target}: a draft model must share the target's vocabulary")
+        check_draft_vocab(config, engine)
         return cls(model, config, engine)
 
     def _shadow(self, req: Request) -> Request:

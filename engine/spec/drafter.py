@@ -7,15 +7,19 @@ when its drafts were sampled, draft_probs (their distributions, for rejection sa
 ngram (prompt lookup): the longest suffix of the request's own tokens, n_max down to n_min long, that
 occurred before; propose the tokens that followed its latest earlier occurrence. No weights, no KV; a
 point mass (draft_probs None).
+
+On a simulated device every method is a kvscope.engine.sim.speculation.SimDrafter priced by its draft_shape.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from kvscope.errors import RecipeError
 
 if TYPE_CHECKING:
+    from kvscope.config.model_config import ModelConfig
     from kvscope.config.recipe import SpeculativeSpec
     from kvscope.engine.core.scheduler import ScheduledRequest
     from kvscope.engine.llm_engine import LLMEngine
@@ -70,14 +74,38 @@ def make_drafter(spec: SpeculativeSpec | None, engine: LLMEngine) -> Drafter | N
     if spec is None:
         return None
     where = engine.recipe.source
-    if spec.method == "ngram":
-        return NgramDrafter(spec.prompt_lookup_min, spec.prompt_lookup_max)
     if spec.method == "layerskip":
         layers = engine.config.num_layers
         if not 1 <= spec.num_layers <= layers - 1:
             raise RecipeError(f"{where}: speculative.num_layers: must be between 1 and {layers - 1} (the target "
                               f"has {layers} layers), got {spec.num_layers}")
+    if engine.sim is not None:  # a simulated device: the drafts' cost, no tokens (kvscope.engine.sim.speculation)
+        from kvscope.engine.sim.speculation import SimDrafter
+        return SimDrafter(spec.method, engine.sim, draft_shape(spec, engine))
+    if spec.method == "ngram":
+        return NgramDrafter(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    if spec.method == "layerskip":
         from kvscope.engine.spec.layerskip_drafter import LayerSkipDrafter
         return LayerSkipDrafter(engine, spec.num_layers)
     from kvscope.engine.spec.draft_model_drafter import DraftModelDrafter
     return DraftModelDrafter.for_engine(engine, spec)
+
+
+def draft_shape(spec: SpeculativeSpec, engine: LLMEngine) -> ModelConfig | None:
+    """The shape whose passes draft (None: ngram, which runs no model): the target's first num_layers layers
+    (layerskip) or the draft model's own shape, its weights not read (draft_model)."""
+    if spec.method == "layerskip":
+        return replace(engine.config, num_layers=spec.num_layers)
+    if spec.method != "draft_model":
+        return None
+    from kvscope.engine.model.loader import load_shape
+
+    assert spec.model is not None  # the recipe requires it
+    try:
+        config, _ = load_shape(spec.model)
+    except RecipeError as exc:
+        raise RecipeError(f"{engine.recipe.source}: speculative.{exc}") from None
+    from kvscope.engine.spec.draft_model_drafter import check_draft_vocab
+
+    check_draft_vocab(config, engine)
+    return config

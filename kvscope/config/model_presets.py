@@ -35,6 +35,10 @@ PRESETS: dict[str, ModelConfig] = {
         ModelConfig("llama-3.1-8b", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
                     intermediate_size=14336, vocab_size=128256, num_params=8_030_261_248,
                     max_position_embeddings=131072, rope_theta=500000.0),
+        # https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json (the 8B's usual draft model)
+        ModelConfig("llama-3.2-1b", num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64,
+                    intermediate_size=8192, vocab_size=128256, tie_embeddings=True, num_params=1_235_814_400,
+                    max_position_embeddings=131072, rope_theta=500000.0),
         # https://huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json
         ModelConfig("llama-3.1-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8, head_dim=128,
                     intermediate_size=28672, vocab_size=128256, num_params=70_553_706_496,

@@ -86,12 +86,19 @@ class Recipe(Section):
                    f"shared prefix scheduler.max_model_len {max_len} allows")
         yield (spec is not None and policy == "static", "speculative",
                "needs scheduler.policy continuous (the static baseline has no drafts)")
-        yield (spec is not None and device == "sim", "speculative",
-               "is not simulated yet: a simulated device has no draft tokens to verify (drop speculative, or run on "
-               "cpu / cuda)")
+        model = {k for k in ("acceptance_rate", "acceptance_from") if getattr(spec, k, None) is not None}
+        yield (spec is not None and device == "sim" and not model, "speculative.acceptance_rate",
+               "a simulated device needs it (or acceptance_from, a real run's summary): the probability (0 to 1) "
+               "that each draft is accepted, since its drafts are no real tokens to verify")
+        for key in sorted(model):
+            yield (device != "sim", f"speculative.{key}",
+                   f"only a simulated device reads it (a real device verifies its drafts), but device is {device}")
         yield (self.cache.allocator == "contiguous" and (spec is not None or self.deployment.disaggregated),
                "cache.allocator", "contiguous does not combine with speculative decoding or disaggregation (both "
                "hand blocks back or take them from elsewhere)")
+        yield (not self.cache.kv_cache and (spec is not None or policy == "static" or self.deployment.disaggregated),
+               "cache.kv_cache", "false (the no-KV-cache baseline) needs scheduler.policy continuous, no speculative "
+               "decoding and a colocated deployment")
         for what, bad in (("scheduler.policy static", policy == "static"), ("speculative", spec is not None),
                           ("device: sim over transport ray (simulated engines run in this process)",
                            device == "sim" and self.deployment.transport == "ray")):

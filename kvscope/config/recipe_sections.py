@@ -32,19 +32,28 @@ SPEC_METHODS: tuple[str, ...] = get_args(SpecMethod)
 
 class CacheSpec(Section):
     """allocator: paged (blocks anywhere, as vLLM) or contiguous (the baseline: one first-fit max-length range
-    of blocks per request, kvscope.engine.core.contiguous_blocks)."""
+    of blocks per request, kvscope.engine.core.contiguous_blocks).
+    kv_cache: keep each request's K/V from step to step (true: what makes decoding one token per step). false
+    is the no-KV-cache baseline (Hugging Face generate with use_cache=False): every step recomputes a request's
+    whole prefix, prompt and generated tokens, and its blocks are only the step's scratch; the greedy tokens
+    are the same, the work grows with the square of the length."""
 
     block_size: PositiveInt = 16
     num_blocks: PositiveInt | None = None
     memory_gib: Annotated[float, number(1e-9)] | None = None
     prefix_caching: Flag = False
     allocator: Annotated[Literal["paged", "contiguous"], OneOf()] = "paged"
+    kv_cache: Flag = True
 
     def rules(self) -> Rules:
         return ((self.num_blocks is not None and self.memory_gib is not None, None,
                  "give num_blocks or memory_gib, not both"),
                 (self.allocator == "contiguous" and self.prefix_caching, "prefix_caching",
-                 "needs the paged allocator: a contiguous range shares no block"))
+                 "needs the paged allocator: a contiguous range shares no block"),
+                (not self.kv_cache and self.prefix_caching, "prefix_caching",
+                 "needs kv_cache true: a prefix cache reuses K/V the no-KV-cache baseline never keeps"),
+                (not self.kv_cache and self.allocator != "paged", "kv_cache",
+                 "false (the no-KV-cache baseline) runs on the paged allocator only"))
 
 
 class SchedulerSpec(Section):
@@ -63,6 +72,16 @@ class SpeculativeSpec(Section):
     num_layers: the target's first layers `layerskip` drafts with. model: the draft model (`draft_model`).
     adaptive: grow k by 2 after a step that accepted every draft, shrink it by 1 after a rejection (HF's
         num_assistant_tokens heuristic), between 1 and max_speculative_tokens (left out: 4 x k).
+    acceptance_rate: a simulated device's acceptance model (`device: sim` needs it; a real device verifies real
+        drafts and refuses it): each draft is accepted with this probability, independently, until the first
+        rejection, so a verification emits (1 - a^(k+1)) / (1 - a) tokens on average. A real run's summary
+        measures it as spec_decode.per_token_acceptance (vLLM's acceptance rate, accepted / drafted tokens, is
+        lower: it counts the drafts after a rejection too). The drafts are priced by the method: ngram at no
+        cost, layerskip as the target's first num_layers layers, draft_model as `model`'s shape (a preset will
+        do: no weights are loaded).
+    acceptance_from: the same, measured on the real engine: a `kvscope run --headless --json` summary of a
+        speculative run, whose spec_decode.per_token_acceptance becomes the acceptance rate (give one or the
+        other).
     """
 
     method: Annotated[SpecMethod, OneOf()] = Field(description=f"is required: one of {', '.join(SPEC_METHODS)}")
@@ -73,6 +92,8 @@ class SpeculativeSpec(Section):
     model: ModelSpec | None = None
     adaptive: Flag = False
     max_speculative_tokens: PositiveInt = Field(default_factory=lambda v: 4 * v.get("num_speculative_tokens", 4))
+    acceptance_rate: Annotated[float, number(0.0, 1.0)] | None = None
+    acceptance_from: RecipePath | None = None
 
     def rules(self) -> Rules:
         lo, hi = self.prompt_lookup_min, self.prompt_lookup_max
@@ -80,7 +101,9 @@ class SpeculativeSpec(Section):
                 (self.method == "layerskip" and "num_layers" not in self.model_fields_set, "num_layers",
                  "layerskip needs the number of the target's layers to draft with"),
                 (self.method == "draft_model" and self.model is None, "model",
-                 "draft_model needs a model (source, path or shape)"))
+                 "draft_model needs a model (source, path or shape)"),
+                (self.acceptance_rate is not None and self.acceptance_from is not None, "acceptance_from",
+                 "give acceptance_rate or acceptance_from, not both"))
 
 
 class DeploymentSpec(Section):

@@ -152,17 +152,18 @@ class StepCostModel:
             total += self.shape.num_layers * per_seq * sum(1 for q in query_lens if q > 0)
         return total
 
-    def lm_head_rows(self, query_lens: Sequence[int], num_sampled: int | None) -> int:
+    def lm_head_rows(self, query_lens: Sequence[int], num_sampled: int | None, verify_rows: int = 0) -> int:
         """The LM head's rows: the sampled ones where it is timed by shape (as the engine runs it), else the
-        roofline's one per request with tokens in the step."""
+        roofline's one per request with tokens in the step; plus `verify_rows`, the draft tokens verified in the
+        step (a request verifying k drafts takes 1 + k rows)."""
         if num_sampled is not None and "lm_head" in self.timed:
-            return num_sampled
-        return sum(1 for q in query_lens if q > 0)
+            return num_sampled + verify_rows
+        return sum(1 for q in query_lens if q > 0) + verify_rows
 
     def op_times(self, query_lens: Sequence[int], seq_lens: Sequence[int],
-                 num_sampled: int | None = None) -> dict[str, float]:
+                 num_sampled: int | None = None, verify_rows: int = 0) -> dict[str, float]:
         """Seconds per op of STEP_OPS for the whole step (layer ops summed over the layers)."""
-        fixed = self._token_times(sum(query_lens), self.lm_head_rows(query_lens, num_sampled))
+        fixed = self._token_times(sum(query_lens), self.lm_head_rows(query_lens, num_sampled, verify_rows))
         times = {op: fixed[op] for op in STEP_OPS}
         times["attention"] = self.attention_time(query_lens, seq_lens)
         return times
@@ -172,9 +173,10 @@ class StepCostModel:
         p = self.profile
         return p.step_overhead_s + p.per_seq_s * num_seqs + p.per_token_s * tokens + p.per_sample_s * num_sampled
 
-    def step_time(self, query_lens: Sequence[int], seq_lens: Sequence[int], num_sampled: int) -> StepTime:
-        """The step's forward time (ops + all-reduces) and host overhead, in seconds."""
+    def step_time(self, query_lens: Sequence[int], seq_lens: Sequence[int], num_sampled: int,
+                  verify_rows: int = 0) -> StepTime:
+        """The step's forward time (ops + all-reduces) and host overhead, in seconds (verify_rows: lm_head_rows)."""
         tokens = sum(query_lens)
-        fixed = self._token_times(tokens, self.lm_head_rows(query_lens, num_sampled))
+        fixed = self._token_times(tokens, self.lm_head_rows(query_lens, num_sampled, verify_rows))
         forward = fixed["fixed"] + self.attention_time(query_lens, seq_lens)
         return StepTime(forward, fixed["comm"], self.overhead_time(len(query_lens), tokens, num_sampled))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvscope.cli.commands.bench import layerskip_within
+from kvscope.cli.commands.bench import speculation_within
 from kvscope.cli.commands.headless import run_headless
 from kvscope.cli.main import main
 from kvscope.config.recipe import Recipe, load_recipe
@@ -46,7 +46,7 @@ def small(recipe: Recipe) -> Recipe:
     if work:
         over["workload"] = work
     if "model" in over:
-        over.update(layerskip_within(recipe, over["model"]))
+        over.update(speculation_within(recipe, over["model"]))
     return recipe.with_overrides(over)
 
 
@@ -94,4 +94,6 @@ def test_bench_prints_one_row_per_variant(path, capsys):
     out = capsys.readouterr().out
     expected = [v["name"] for v in recipe.variants] or [recipe.name]
     assert table_rows(out) == expected
-    assert f"workload: {SHRUNK_REQUESTS} requests" in out
+    w = recipe.workload
+    written = (len(w.prompts) + len(w.chat)) * w.repeat + (w.synthetic.num_requests if w.synthetic else 0)
+    assert f"workload: {min(SHRUNK_REQUESTS, written)} requests" in out  # a recipe of one request keeps it

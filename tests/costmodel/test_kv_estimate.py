@@ -186,8 +186,8 @@ def test_presets_cover_the_issue_list_and_aliases() -> None:
         get_preset("gpt-5")
 
 
-@pytest.mark.parametrize("name", ["llama-2-7b", "llama-2-70b", "llama-3.1-8b", "llama-3.1-70b", "mistral-7b",
-                                  "qwen2.5-7b", "smollm2-135m"])
+@pytest.mark.parametrize("name", ["llama-2-7b", "llama-2-70b", "llama-3.1-8b", "llama-3.2-1b", "llama-3.1-70b",
+                                  "mistral-7b", "qwen2.5-7b", "smollm2-135m"])
 def test_architecture_count_equals_the_published_parameter_count(name: str) -> None:
     shape = PRESETS[name]
     assert count_params(shape) == shape.num_params
