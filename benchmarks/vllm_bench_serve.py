@@ -1,7 +1,8 @@
 """`vllm bench serve` (vLLM's own client) and `kvscope bench serve` against the same `kvscope serve`, side by side.
 
-Starts `kvscope serve smollm2 --max-num-seqs 64`, warms it, then runs the two clients in turn (`--rounds`
-times each, alternating) with the same workload: vLLM's random dataset, greedy, EOS ignored. Prints both
+Starts `kvscope serve smollm2 --max-num-seqs 64`, warms it (one whole run, another seed), then runs the two
+clients in turn (`--rounds` times each, alternating which goes first) with the same workload: vLLM's random
+dataset, greedy, EOS ignored. Prints each run, both
 reports' headline numbers and kvscope's / vLLM's ratio for each, and the failed requests of every run.
 With `--against-vllm` it also serves the same weights with `vllm serve` (same flags) and loads it with
 `vllm bench serve`: the engines side by side, measured by one client.
@@ -13,18 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from serve_processes import SERVED_NAME, SMOLLM2_HF, VLLM_BIN, kvscope_server, vllm_env, vllm_missing, vllm_server
 
-HEADLINES = ("request_throughput", "output_throughput", "total_token_throughput", "mean_ttft_ms", "median_ttft_ms",
-             "mean_tpot_ms", "median_tpot_ms", "mean_itl_ms", "median_itl_ms", "p99_itl_ms")
+HEADLINES = ("client_cpu_s", "request_throughput", "output_throughput", "total_token_throughput", "mean_ttft_ms",
+             "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "mean_itl_ms", "median_itl_ms", "p99_itl_ms")
 COUNTS = ("completed", "failed", "total_input_tokens", "total_output", "total_output_tokens")
 
 
@@ -44,35 +46,51 @@ class Workload:
         return flags + (["--max-concurrency", str(self.max_concurrency)] if self.max_concurrency else [])
 
 
-def vllm_client(url: str, work: Workload, out: Path) -> dict:
-    """One `vllm bench serve` run; its saved JSON result."""
-    argv = [str(VLLM_BIN), "bench", "serve", "--backend", "openai", "--base-url", url, "--tokenizer",
+def pinned(cpus: str | None) -> list[str]:
+    """The prefix that runs a command on `cpus` (taskset's list form), or nothing."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def vllm_client(url: str, work: Workload, out: Path, cpus: str | None = None) -> dict:
+    """One `vllm bench serve` run (on `cpus`, if given); its saved JSON result."""
+    argv = [*pinned(cpus), str(VLLM_BIN), "bench", "serve", "--backend", "openai", "--base-url", url, "--tokenizer",
             str(SMOLLM2_HF), "--temperature", "0", "--disable-tqdm", "--save-result", "--result-dir",
             str(out.parent), "--result-filename", out.name, *work.flags()]
-    _run(argv, vllm_env())
-    return json.loads(out.read_text())
+    cpu = _run(argv, vllm_env())
+    return {**json.loads(out.read_text()), "client_cpu_s": cpu}
 
 
-def kvscope_client(url: str, work: Workload, out: Path) -> dict:
-    """One `kvscope bench serve` run; its saved JSON result."""
-    argv = [sys.executable, "-m", "kvscope.cli.main", "bench", "serve", "--base-url", url, "--save-result",
-            "--result-dir", str(out.parent), "--result-filename", out.name, *work.flags()]
-    _run(argv, None)
-    return json.loads(out.read_text())
+def kvscope_client(url: str, work: Workload, out: Path, cpus: str | None = None) -> dict:
+    """One `kvscope bench serve` run (on `cpus`, if given); its saved JSON result."""
+    argv = [*pinned(cpus), sys.executable, "-m", "kvscope.cli.main", "bench", "serve", "--base-url", url,
+            "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name, *work.flags()]
+    cpu = _run(argv, None)
+    return {**json.loads(out.read_text()), "client_cpu_s": cpu}
 
 
-def _run(argv: Sequence[str], env: dict[str, str] | None) -> None:
+def _run(argv: Sequence[str], env: dict[str, str] | None) -> float:
+    """Run a client; the CPU seconds it used (user + system: what it took from the cores the server runs on)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:3])} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def rounds(url: str, work: Workload, n: int, tmp: Path) -> dict[str, list[dict]]:
-    """n runs of each client, alternating (vLLM's first), on the server at url."""
+def rounds(url: str, work: Workload, n: int, tmp: Path, cpus: str | None = None) -> dict[str, list[dict]]:
+    """n runs of each client, alternating (vLLM's first in even rounds, kvscope's in odd), on the server at url.
+    Each round has its own seed: both clients' prompts are new to the server's prefix cache."""
     runs: dict[str, list[dict]] = {"vllm": [], "kvscope": []}
     for i in range(n):
-        runs["vllm"].append(vllm_client(url, work, tmp / f"vllm-{i}.json"))
-        runs["kvscope"].append(kvscope_client(url, work, tmp / f"kvscope-{i}.json"))
+        order = (("vllm", vllm_client), ("kvscope", kvscope_client))
+        fresh = replace(work, seed=work.seed + 10 + i)  # prompts no earlier run sent: no prefix-cache carry-over
+        for name, client in order if i % 2 == 0 else order[::-1]:
+            r = client(url, fresh, tmp / f"{name}-{i}.json", cpus)
+            runs[name].append(r)
+            print(f"round {i} {name + ' bench serve':<19} output tok/s {r['output_throughput']:8.2f}  median TTFT "
+                  f"{r['median_ttft_ms']:9.1f} ms  median ITL {r['median_itl_ms']:7.1f} ms  failed {r['failed']}  "
+                  f"client CPU {r['client_cpu_s']:.1f} s", flush=True)
     return runs
 
 
@@ -97,23 +115,37 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--against-vllm", action="store_true", help="also load `vllm serve` with vLLM's client")
+    parser.add_argument("--isolate", action="store_true",
+                        help="server on CPU 0 with one torch thread, clients on CPU 1: neither client's own work "
+                             "slows the server it measures")
     args = parser.parse_args()
     if (missing := vllm_missing()) is not None:
         sys.exit(f"vllm_bench_serve: {missing}")
     work = Workload(args.num_prompts, args.input_len, args.output_len, args.max_concurrency)
-    warm = Workload(8, args.input_len, 8)
+    warm = Workload(args.num_prompts, args.input_len, args.output_len, args.max_concurrency, seed=1)  # a whole
+    # run first, discarded: the server's first batches of each size pay one-time costs (allocations, programs)
     seqs = ["--max-num-seqs", str(args.max_num_seqs)]
+    server = kvscope_server(SERVED_NAME, *seqs, *(["--threads", "1"] if args.isolate else []))
+    server.argv = pinned("0" if args.isolate else None) + server.argv
+    clients = "1" if args.isolate else None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        with kvscope_server(SERVED_NAME, *seqs) as srv:
+        with server as srv:
             kvscope_client(srv.url, warm, tmp / "warm.json")
-            runs = rounds(srv.url, work, args.rounds, tmp)
-        print(f"## Two clients, one `kvscope serve smollm2 {' '.join(seqs)}` ({args.rounds} runs each, medians)\n")
+            runs = rounds(srv.url, work, args.rounds, tmp, clients)
+        where = " (server on CPU 0, one thread; clients on CPU 1)" if args.isolate else ""
+        print(f"## Two clients, one `kvscope serve smollm2 {' '.join(seqs)}`{where} ({args.rounds} runs each, "
+              f"medians)\n")
         print("\n".join(table(runs["vllm"], runs["kvscope"], "vllm bench serve", "kvscope bench serve")))
         if args.against_vllm:
-            with vllm_server(*seqs, log=tmp / "vllm.log") as srv:
-                vllm_client(srv.url, warm, tmp / "warm-vllm.json")
-                on_vllm = [vllm_client(srv.url, work, tmp / f"on-vllm-{i}.json") for i in range(args.rounds)]
+            baseline = vllm_server(*seqs, log=tmp / "vllm.log")
+            if args.isolate:  # the same one core, one OpenMP thread
+                baseline.argv = pinned("0") + baseline.argv
+                assert baseline.env is not None
+                baseline.env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
+            with baseline as srv:
+                vllm_client(srv.url, warm, tmp / "warm-vllm.json", clients)
+                on_vllm = [vllm_client(srv.url, work, tmp / f"on-vllm-{i}.json", clients) for i in range(args.rounds)]
             print(f"\n## One client (`vllm bench serve`), two servers with {' '.join(seqs)}\n")
             print("\n".join(table(on_vllm, runs["vllm"], "vllm serve", "kvscope serve")))
 

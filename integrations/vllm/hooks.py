@@ -6,6 +6,7 @@ vLLM goes on as if the plugin had never been there."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -23,6 +24,8 @@ class SchedulerHooks:
         self.originals = {name: getattr(scheduler_cls, name) for name in ("schedule", "update_from_output")}
         self.active = False
         self.error: str | None = None
+        self.observe_ns = 0  # time spent observing, all calls together (what the plugin costs vLLM's engine thread)
+        self.calls = 0
 
     def install(self) -> SchedulerHooks:
         schedule, update = self.originals["schedule"], self.originals["update_from_output"]
@@ -48,11 +51,14 @@ class SchedulerHooks:
     def observe(self, sched: Any, what: str, out: Any) -> None:
         if not self.active:
             return
+        start = time.perf_counter_ns()
         try:
             tracker = self.trackers.get(sched)
             if tracker is None:
                 tracker = self.trackers[sched] = VllmTracker(self.sink, self.version)
             getattr(tracker, what)(sched, out)
+            self.observe_ns += time.perf_counter_ns() - start
+            self.calls += 1
         except Exception as e:  # never a risk to vLLM: stop observing, keep serving
             self.error = f"{type(e).__name__}: {e}"
             self.uninstall()

@@ -1,4 +1,5 @@
-"""The events' way from vLLM's engine core to its API server: a Unix socket, one JSON event per line.
+"""The events' way from vLLM's engine core to its API server: a Unix socket, one event per line as a recording
+writes it (kvscope.inspector.export.recording.encode_event, the fast encoder).
 
 EventRelay lives in the API process (the first process that loads the plugin): it listens on a socket path
 it puts in the environment (KVSCOPE_VLLM_SOCKET) before vLLM starts its engine core, so the core (a child
@@ -9,7 +10,7 @@ by a direct call.
 
 SocketSink lives in the engine core: vLLM's engine thread only appends to a bounded queue; a daemon thread
 connects (retrying) and writes. A full queue drops the oldest events and the relay is told by a `gap`
-record, so vLLM never waits on kvscope.
+record, so vLLM never waits on kvscope. The socket is made readable by this user only.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import tempfile
 import threading
 from typing import Any
 
-from kvscope.events.codec import event_from_dict, event_to_dict
+from kvscope.events.codec import event_from_dict
 from kvscope.events.vocabulary import Kind
+from kvscope.inspector.export.recording import encode_event
 from kvscope.inspector.state import EngineView
 from kvscope.serve.server.event_hub import EventHub
 
@@ -58,6 +60,7 @@ class EventRelay:
             os.unlink(self.path)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(self.path)
+        os.chmod(self.path, 0o600)
         server.listen(4)
         self._server = server
         os.environ[SOCKET_ENV] = self.path
@@ -117,14 +120,14 @@ class SocketSink:
                 batch = list(self.queue)
                 self.queue.clear()
                 dropped, self.dropped = self.dropped, 0
-            lines = ([json.dumps({"kind": "gap", "dropped": dropped})] if dropped else []) + [
-                json.dumps(event_to_dict(e)) for e in batch]
+            gap = json.dumps({"kind": "gap", "dropped": dropped}) + "\n" if dropped else ""
+            payload = (gap + "".join(encode_event(e) for e in batch)).encode()
             while True:
                 try:
                     if conn is None:
                         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                         conn.connect(self.path)
-                    conn.sendall(("\n".join(lines) + "\n").encode())
+                    conn.sendall(payload)
                     break
                 except OSError:
                     if conn is not None:

@@ -72,7 +72,12 @@ def main() -> None:
     prompts = [shared + q for q in ("What is a cat?", "What is a dog?", "Why is the sky blue?", "Name a planet.",
                                     "What is two plus two?", "Who wrote Hamlet?", "What is rain?", "Define paging.")]
     params = SamplingParams(temperature=0.0, max_tokens=120, ignore_eos=True)
+    import time
+
+    started = time.perf_counter_ns()
     first = [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=False)]
+    findings["observe_share"] = hooks.observe_ns / (time.perf_counter_ns() - started)
+    findings["observe_us_per_call"] = hooks.observe_ns / max(hooks.calls, 1) / 1000
     with relay.lock:
         findings["events"] = relay.hub.last_id
         findings["preempted"] = sum(r.preemptions for r in relay.view.requests.values())
