@@ -9,8 +9,9 @@ Where the engine core runs in the API process itself (vLLM's multiprocessing off
 by a direct call.
 
 SocketSink lives in the engine core: vLLM's engine thread only appends to a bounded queue; a daemon thread
-connects (retrying) and writes. A full queue drops the oldest events and the relay is told by a `gap`
-record, so vLLM never waits on kvscope. The socket is made readable by this user only.
+wakes every 20 ms and writes what is queued in one go, connecting (retrying) when the relay is up. A full
+queue drops the oldest events and the relay is told by a `gap` record, so vLLM never waits on kvscope.
+The socket is made readable by this user only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from typing import Any
 
 from kvscope.events.codec import event_from_dict
@@ -30,7 +32,9 @@ from kvscope.inspector.state import EngineView
 from kvscope.serve.server.event_hub import EventHub
 
 SOCKET_ENV = "KVSCOPE_VLLM_SOCKET"
-QUEUE_LIMIT = 200_000
+QUEUE_LIMIT = 200_000  # events queued in the engine core before the oldest are dropped
+FLUSH_EVERY_S = 0.02   # how often the engine core's sender wakes (at most 50 writes a second)
+PENDING_LIMIT_BYTES = 64 << 20  # what the sender keeps for a relay that is not up before it gives it up
 
 
 class EventRelay:
@@ -46,13 +50,17 @@ class EventRelay:
         self._server: socket.socket | None = None
 
     def feed(self, event: Any) -> None:
+        self.feed_all([event])
+
+    def feed_all(self, events: list[Any]) -> None:
         with self.lock:
-            self.view.apply(event)
-            self.hub(event)
-            if event.kind == Kind.STEP_BEGIN:
-                self.open_step = event
-            elif event.kind == Kind.STEP_END:
-                self.open_step = None
+            for event in events:
+                self.view.apply(event)
+                self.hub(event)
+                if event.kind == Kind.STEP_BEGIN:
+                    self.open_step = event
+                elif event.kind == Kind.STEP_END:
+                    self.open_step = None
 
     def listen(self) -> EventRelay:
         """Bind the socket and accept engine cores in a daemon thread; export the path to child processes."""
@@ -77,13 +85,20 @@ class EventRelay:
             threading.Thread(target=self._read, args=(conn,), name="kvscope-relay-conn", daemon=True).start()
 
     def _read(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as lines:
-            for line in lines:
-                record = json.loads(line)
-                if record.get("kind") == "gap":
-                    self.gaps += 1
-                    continue
-                self.feed(event_from_dict(record))
+        """Whatever arrives, split into lines; each write's events folded under one lock."""
+        rest = b""
+        with conn:
+            while chunk := conn.recv(1 << 20):
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                events = []
+                for line in lines:
+                    record = json.loads(line)
+                    if record.get("kind") == "gap":
+                        self.gaps += 1
+                    else:
+                        events.append(event_from_dict(record))
+                self.feed_all(events)
 
     def close(self) -> None:
         if self._server is not None:
@@ -94,43 +109,48 @@ class EventRelay:
 
 
 class SocketSink:
-    """The engine-core side: `sink(event)` queues; a daemon thread sends, connecting when the relay is up."""
+    """The engine-core side: `sink(event)` only appends to a bounded queue (no lock, no wake-up: vLLM's engine
+    thread never hands the GIL to kvscope for an event); a daemon thread wakes every FLUSH_EVERY_S, takes what
+    is queued and sends it in one write, connecting (and reconnecting) when the relay is up."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, flush_every_s: float = FLUSH_EVERY_S) -> None:
+        self.path, self.flush_every_s = path, flush_every_s
         self.queue: collections.deque[Any] = collections.deque()
-        self.ready = threading.Condition()
         self.dropped = 0
         threading.Thread(target=self._send, name="kvscope-sink", daemon=True).start()
 
     def __call__(self, event: Any) -> None:
-        with self.ready:
-            if len(self.queue) >= QUEUE_LIMIT:
-                self.queue.popleft()
-                self.dropped += 1
-            self.queue.append(event)
-            self.ready.notify()
+        queue = self.queue
+        if len(queue) >= QUEUE_LIMIT:
+            queue.popleft()
+            self.dropped += 1
+        queue.append(event)
+
+    def _take(self) -> bytes:
+        queue, batch = self.queue, []
+        while queue:
+            batch.append(queue.popleft())
+        dropped, self.dropped = self.dropped, 0
+        gap = json.dumps({"kind": "gap", "dropped": dropped}) + "\n" if dropped else ""
+        return (gap + "".join(encode_event(e) for e in batch)).encode() if batch or gap else b""
 
     def _send(self) -> None:
         conn: socket.socket | None = None
+        pending = b""
         while True:
-            with self.ready:
-                while not self.queue:
-                    self.ready.wait()
-                batch = list(self.queue)
-                self.queue.clear()
-                dropped, self.dropped = self.dropped, 0
-            gap = json.dumps({"kind": "gap", "dropped": dropped}) + "\n" if dropped else ""
-            payload = (gap + "".join(encode_event(e) for e in batch)).encode()
-            while True:
-                try:
-                    if conn is None:
-                        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                        conn.connect(self.path)
-                    conn.sendall(payload)
-                    break
-                except OSError:
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                    threading.Event().wait(0.2)
+            time.sleep(self.flush_every_s)
+            pending += self._take()
+            if not pending:
+                continue
+            try:
+                if conn is None:
+                    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    conn.connect(self.path)
+                conn.sendall(pending)
+                pending = b""
+            except OSError:  # the relay is not up (yet): keep what is pending, bounded, and retry
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if len(pending) > PENDING_LIMIT_BYTES:
+                    pending = b""
