@@ -73,7 +73,7 @@ def main() -> None:
                 runs[plugin].append(r)
                 print(f"round {i} plugin {'on ' if plugin else 'off'}: "
                       + "  ".join(f"{k} {r[k]:.2f}" for k in KEYS), flush=True)
-    print(f"\n| metric | plugin off | plugin on | on / off |\n|---|---|---|---|")
+    print("\n| metric | plugin off | plugin on | on / off |\n|---|---|---|---|")
     for key in KEYS:
         off, on = (statistics.median(float(r[key]) for r in runs[p]) for p in (False, True))
         print(f"| {key} | {off:,.2f} | {on:,.2f} | {on / off:.3f} |")
