@@ -3,6 +3,7 @@ they were drawn from, today's names and the older gpu_* ones from hand-written e
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -20,7 +21,7 @@ TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 
 def _bucket_width(bounds: list[float], value: float) -> float:
     edges = [0.0, *sorted(bounds)]
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         if value <= hi:
             return hi - lo
     return math.inf
