@@ -10,11 +10,14 @@ A batch is the array [ts, events, data_parallel_rank?]. Each event comes in one 
 
 A hash is bytes (sha256, today's default) or an int (older vLLM, or VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES).
 
-The set is keyed by (medium, KV-cache group, hash): BlockStored adds (vLLM also re-announces blocks a request
-reused from the prefix cache: those are counted, the set does not change), BlockRemoved takes away,
-AllBlocksCleared empties the whole set. Each block keeps its parent and tokens, so `lookup`
-says how many leading blocks of a token sequence are cached, as vLLM's prefix cache would find them (tokens
-only: LoRA, multimodal and cache-salt extra keys are not part of the match).
+The set is keyed by (medium, KV-cache group, hash), with a count of copies: vLLM sends a BlockStored for each
+physical block it hashes, so two requests that filled the same content in one step give two copies of one
+hash, and a BlockRemoved for each it evicts; a hash leaves the set with its last copy. AllBlocksCleared
+empties the whole set. (A request with kv_cache_report_mode="full" also re-announces the blocks it reused:
+that reads as another copy, so with that mode a hash may stay in the set after its last eviction.) Each block
+keeps its parent and tokens, so `lookup` says how many leading blocks of a token sequence are cached, as vLLM's
+prefix cache would find them (tokens only: LoRA, multimodal and cache-salt extra keys are not part of the
+match).
 
 What the events cannot say: which physical block holds a hash, which request owns it or shares it, blocks
 that never filled (they are never hashed), anything before the subscriber's first batch that the replay
@@ -182,12 +185,13 @@ class KVBlockSet:
 
     def _reset(self) -> None:
         self.blocks: dict[Key, CachedBlock] = {}
+        self.copies: dict[Key, int] = {}  # physical blocks vLLM reported holding each hash
         self._by_content: dict[tuple[str | None, int | None, BlockHash | None, tuple[int, ...]], BlockHash] = {}
         self.batches = 0
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.stored = 0  # BlockStored hashes that were new
-        self.reannounced = 0  # BlockStored hashes already in the set (a prefix-cache reuse report)
+        self.duplicates = 0  # BlockStored hashes already in the set (another physical copy, or a reuse report)
         self.removed = 0
         self.removed_unknown = 0  # removals of hashes stored before the history this set has
         self.cleared = 0
@@ -230,16 +234,24 @@ class KVBlockSet:
                 self._stored(ev, batch.seq)
             elif isinstance(ev, BlockRemoved):
                 for h in ev.block_hashes:
-                    block = self.blocks.pop((ev.medium, ev.group_idx, h), None)
-                    if block is None:
-                        self.removed_unknown += 1
-                        continue
-                    self.removed += 1
-                    self._by_content.pop((block.medium, block.group_idx, block.parent, block.tokens), None)
+                    self._removed((ev.medium, ev.group_idx, h))
             else:
                 self.cleared += 1
                 self.blocks.clear()
+                self.copies.clear()
                 self._by_content.clear()
+
+    def _removed(self, key: Key) -> None:
+        if key not in self.blocks:
+            self.removed_unknown += 1
+            return
+        self.removed += 1
+        self.copies[key] -= 1
+        if self.copies[key] > 0:
+            return
+        del self.copies[key]
+        block = self.blocks.pop(key)
+        self._by_content.pop((block.medium, block.group_idx, block.parent, block.tokens), None)
 
     def _stored(self, ev: BlockStored, seq: int) -> None:
         n = len(ev.block_hashes)
@@ -249,9 +261,11 @@ class KVBlockSet:
             key = (ev.medium, ev.group_idx, h)
             tokens = ev.token_ids[i * per:(i + 1) * per] if per else ()
             if key in self.blocks:
-                self.reannounced += 1
+                self.duplicates += 1
+                self.copies[key] += 1
             else:
                 self.stored += 1
+                self.copies[key] = 1
                 self.blocks[key] = CachedBlock(h, parent, tokens, ev.medium, ev.group_idx, seq)
                 if tokens:
                     self._by_content[(ev.medium, ev.group_idx, parent, tokens)] = h

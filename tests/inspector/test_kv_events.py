@@ -78,16 +78,19 @@ def test_the_set_stores_removes_clears_and_finds_prefixes():
     s.apply(decode_batch(0, tagged(stored_map([H1, H2], None, list(range(8))))))
     assert s.lookup(list(range(12)), 4) == 2 and s.lookup([0, 1, 2, 3, 9, 9, 9, 9], 4) == 1
     assert s.lookup([5, 1, 2, 3], 4) == 0 and s.lookup(list(range(7)), 4) == 1  # only full blocks
-    s.apply(decode_batch(1, tagged(stored_map([H1], None, [0, 1, 2, 3]))))  # a reuse, re-announced
-    assert (len(s.blocks), s.stored, s.reannounced) == (2, 2, 1)
-    s.apply(decode_batch(2, tagged({"type": "BlockRemoved", "block_hashes": [H1, H3], "medium": "GPU",
-                                    "group_idx": 0})))
-    assert (len(s.blocks), s.removed, s.removed_unknown) == (1, 1, 1)
+    s.apply(decode_batch(1, tagged(stored_map([H1], None, [0, 1, 2, 3]))))  # a second physical copy of H1
+    assert (len(s.blocks), s.stored, s.duplicates, s.copies[("GPU", 0, H1)]) == (2, 2, 1, 2)
+    removed = {"type": "BlockRemoved", "block_hashes": [H1, H3], "medium": "GPU", "group_idx": 0}
+    s.apply(decode_batch(2, tagged(removed)))
+    assert (len(s.blocks), s.removed, s.removed_unknown) == (2, 1, 1)  # one copy of H1 left
+    assert s.lookup(list(range(8)), 4) == 2
+    s.apply(decode_batch(2, tagged({**removed, "block_hashes": [H1]})))
+    assert (len(s.blocks), s.removed) == (1, 2)
     assert s.lookup(list(range(8)), 4) == 0  # the chain starts at the removed block
     assert [b.block_hash for b in s.recent(5)] == [H2] and s.by_medium() == {"GPU": 1}
     s.apply(decode_batch(3, tagged({"type": "AllBlocksCleared"})))
-    assert not s.blocks and s.cleared == 1 and s.lookup(list(range(8)), 4) == 0
-    assert s.complete and (s.first_seq, s.last_seq, s.batches) == (0, 3, 4)
+    assert not s.blocks and not s.copies and s.cleared == 1 and s.lookup(list(range(8)), 4) == 0
+    assert s.complete and (s.first_seq, s.last_seq, s.batches) == (0, 3, 5)
 
 
 def test_gaps_and_restarts():

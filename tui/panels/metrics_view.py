@@ -153,7 +153,7 @@ def kv_events_text(blocks: KVBlockSet, endpoint: str | None, replay: str | None,
     by_medium = blocks.by_medium()
     if by_medium:
         text.append("  (" + ", ".join(f"{m} {n:,}" for m, n in sorted(by_medium.items())) + ")", style="dim")
-    text.append(f"\nstored {blocks.stored:,} · reused (re-announced) {blocks.reannounced:,} · removed "
+    text.append(f"\nstored {blocks.stored:,} · again (a copy, a reuse) {blocks.duplicates:,} · removed "
                 f"{blocks.removed:,} · cleared {blocks.cleared}")
     text.append("\nbatches ", style="bold")
     if blocks.first_seq is None:
