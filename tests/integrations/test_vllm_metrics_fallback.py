@@ -14,10 +14,13 @@ import httpx
 import pytest
 
 from kvscope.cli.commands.attach import attach_app
+from kvscope.inspector.external.kv_events import KVBlockSet
+from kvscope.serve.client.kv_events_client import KVEventsSubscriber
 from kvscope.serve.server.api_server import free_port
 from kvscope.tui.metrics_app import MetricsApp
 from support.scrape import metric, metrics
 from support.vllm_env import SERVED_NAME, requires_vllm, vllm_server
+from support.waiting import wait_until
 
 BLOCK = 32
 SHARED = list(range(1000, 1000 + 3 * BLOCK))  # three full blocks every prompt starts with
@@ -68,6 +71,28 @@ def _complete(url: str, prompts: list[list[int]], max_tokens: int) -> list[dict]
     return usages
 
 
+def _late_joiner(events: str, replay: str | None, want: set) -> tuple[bool, int]:
+    """A subscriber that joins after the traffic: with the replay socket it rebuilds the same set from vLLM's
+    history (vLLM's own replay protocol, not a stand-in); (the same set?, blocks it has)."""
+    items: list = []
+    blocks = KVBlockSet()
+    taken = 0
+    sub = KVEventsSubscriber(events, items.append, replay_endpoint=replay).start()
+
+    def caught_up() -> bool:
+        nonlocal taken
+        for item in items[taken:]:
+            blocks.take(item)
+            taken += 1
+        return not sub.replaying and set(blocks.blocks) == want
+
+    try:
+        same = wait_until(caught_up, 20, 0.05)
+    finally:
+        sub.stop()
+    return same and blocks.complete, len(blocks.blocks)
+
+
 async def _until(pilot, cond, seconds: float) -> bool:
     for _ in range(int(seconds / 0.05)):
         if cond():
@@ -100,6 +125,7 @@ def test_attach_without_the_plugin_shows_vllms_metrics_and_its_cached_blocks(vll
             seen["complete"] = model.blocks.complete
             seen["text"] = {w: str(app.query_one(w).render()) for w in
                             ("#status", "#queues", "#throughput", "#quantiles", "#kv-events", "#cannot-show")}
+            seen["late"] = await asyncio.to_thread(_late_joiner, events, replay, set(model.blocks.blocks))
             probe = prompt(2)  # repeated: vLLM finds its full blocks but the last in its prefix cache
             seen["predicted"] = min(model.blocks.lookup(probe, BLOCK), (len(probe) - 1) // BLOCK) * BLOCK
             m0 = await asyncio.to_thread(metrics, url)
@@ -147,6 +173,7 @@ def test_attach_without_the_plugin_shows_vllms_metrics_and_its_cached_blocks(vll
     # the cached-block set: every full block the traffic computed, once (the shared ones once in all)
     assert seen["blocks"] == len(SHARED) // BLOCK + N * (PER_REQUEST_BLOCKS - len(SHARED) // BLOCK)
     assert seen["complete"], "the replay from seq 0 should give the whole history"
+    assert seen["late"] == (True, seen["blocks"]), seen["late"]
     assert seen["predicted"] == seen["vllm_hits"] == (len(prompt(2)) - 1) // BLOCK * BLOCK
     assert seen["reset"] == 200 and seen["after_reset"] == (0, 1)
     # and the screen says it
