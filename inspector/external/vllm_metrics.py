@@ -75,13 +75,16 @@ def has_vllm_metrics(scrape: Exposition) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Quantiles:
-    """A latency histogram's delta, in milliseconds: p50 / p90 / p99 (within a bucket's width), the exact mean."""
+    """A latency histogram's delta, in milliseconds: p50 / p90 / p99 (within a bucket's width), the exact mean.
+    `first_bound` is the first bucket's upper bound: a quantile at or under it says only "below that" (the
+    interpolation puts it anywhere in (0, bound]), which the view shows as `<bound`."""
 
     p50: float
     p90: float
     p99: float
     mean: float
     count: int
+    first_bound: float = 0.0
 
     @classmethod
     def of(cls, h: Histogram) -> Quantiles | None:
@@ -89,7 +92,7 @@ class Quantiles:
             return None
         p50, p90, p99 = (h.quantile(q) for q in QUANTILES)
         return cls((p50 or 0.0) * 1e3, (p90 or 0.0) * 1e3, (p99 or 0.0) * 1e3, (h.mean or 0.0) * 1e3,
-                   round(h.count))
+                   round(h.count), h.bounds[0] * 1e3 if h.bounds else 0.0)
 
 
 @dataclass(frozen=True)

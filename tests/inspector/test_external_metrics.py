@@ -98,6 +98,7 @@ def test_todays_names_since_attach_and_in_all():
     ttft = r.latency["ttft"]
     assert ttft is not None and ttft.count == 4 and ttft.mean == pytest.approx(300.0)
     assert 250.0 < ttft.p50 <= 500.0  # 0.3 s lies in the (0.25, 0.5] bucket
+    assert ttft.first_bound == 1.0  # the first bucket's bound (ms): a quantile under it reads "<1"
     assert r.latency["itl"] is None and "itl" in r.missing  # not in this exposition
     assert (r.block_size, r.num_blocks, r.prefix_caching) == (32, 1390, True)
     assert has_vllm_metrics(m.last)

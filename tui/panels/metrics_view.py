@@ -90,8 +90,16 @@ def _lat_row(name: str, q: Quantiles | None, exported: bool, frozen: bool) -> Te
     elif frozen:
         row.append(f"p50      —  p90      —  p99      —  mean      —  ms   n={q.count}")
     else:
-        row.append(f"p50 {q.p50:6.1f}  p90 {q.p90:6.1f}  p99 {q.p99:6.1f}  mean {q.mean:6.1f}  ms   n={q.count}")
+        row.append(f"p50 {_ms(q.p50, q)}  p90 {_ms(q.p90, q)}  p99 {_ms(q.p99, q)}  mean {q.mean:6.1f}  ms   "
+                   f"n={q.count}")
     return row
+
+
+def _ms(value: float, q: Quantiles) -> str:
+    """A quantile in 6 cells; in the first bucket, only its bound is known: `<bound`."""
+    if q.first_bound > 0 and value <= q.first_bound:
+        return f"<{q.first_bound:g}".rjust(6)
+    return f"{value:6.1f}"
 
 
 class LatencyQuantilesPanel(TextLines):
