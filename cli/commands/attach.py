@@ -81,6 +81,9 @@ def attach_app(url: str, *, kernels: bool = False, api_key: str | None = None, k
         raise UsageError(f"interval: must be > 0 s, got {interval_s}")
     url, status = _snapshot_status(url, api_key)
     if status == 200 and not metrics_view:
+        if kv_events is not None:
+            raise UsageError("--kv-events: this server has kvscope's events (block ids, owners, steps), which the full "
+                             "view shows; add --metrics-view to read vLLM's metrics and KV events instead")
         from kvscope.serve.client.attach_client import RemoteController
         from kvscope.tui.app import KVScopeApp
 

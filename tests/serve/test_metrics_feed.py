@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from kvscope.cli.commands.attach import attach_app
+from kvscope.cli.errors import UsageError
 from kvscope.errors import KVScopeError
 from kvscope.inspector.external.vllm_metrics import Scrape, ScrapeFailed
 from kvscope.serve.client.metrics_feed import MetricsFeed
@@ -20,15 +21,17 @@ VLLM_LIKE = "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc 0.5
 
 
 class Server:
-    """/metrics answers `body` (None: 404); /kvscope/v1/snapshot is always 404 (no plugin)."""
+    """/metrics answers `body` (None: 404); /kvscope/v1/snapshot 404 (no plugin) unless `snapshot`."""
 
-    def __init__(self, body: str | None) -> None:
+    def __init__(self, body: str | None, snapshot: bool = False) -> None:
         outer = self
         self.body = body
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 body = outer.body if self.path == "/metrics" else None
+                if snapshot and self.path == "/kvscope/v1/snapshot":
+                    body = '{"events": [], "last_event_id": 0}'
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.end_headers()
@@ -74,3 +77,9 @@ def test_attach_falls_back_to_the_metrics_view_only_where_vllms_metrics_are():
         attach_app(srv.url)
     with Server(None) as srv, pytest.raises(KVScopeError, match="/metrics answered 404"):
         attach_app(srv.url)
+    with Server(VLLM_LIKE, snapshot=True) as srv:  # kvscope's events answer: the full view, not this one
+        with pytest.raises(UsageError, match="--metrics-view"):
+            attach_app(srv.url, kv_events="tcp://127.0.0.1:9")
+        app = attach_app(srv.url, kv_events="tcp://127.0.0.1:9", metrics_view=True)
+        assert isinstance(app, MetricsApp)
+        app.source.stop()
