@@ -468,16 +468,28 @@ def bench_serve(
 @app.command(epilog=_examples(
     "kvscope attach http://127.0.0.1:8000",
     "kvscope attach http://gpu-box:8000 --kernels",
+    "kvscope attach http://vllm-box:8000 --kv-events tcp://vllm-box:5557 --kv-replay tcp://vllm-box:5558",
 ))
 def attach(
-    url: Annotated[str, typer.Argument(metavar="URL", help="a running `kvscope serve` (http://HOST:PORT)",
-                                       show_default=False)],
+    url: Annotated[str, typer.Argument(metavar="URL", help="a running `kvscope serve` or vLLM server "
+                                                           "(http://HOST:PORT)", show_default=False)],
     kernels: Annotated[bool, typer.Option("--kernels", help="also stream per-op kernel events (the server must run "
                                                             "with --kernel-events)")] = False,
+    kv_events: Annotated[str | None, typer.Option(
+        "--kv-events", metavar="tcp://HOST:PORT",
+        help="metrics view: subscribe to vLLM's KV events (its --kv-events-config endpoint) for the cached "
+             "blocks by hash")] = None,
+    kv_replay: Annotated[str | None, typer.Option(
+        "--kv-replay", metavar="tcp://HOST:PORT",
+        help="metrics view: vLLM's KV-event replay endpoint, to fill sequence gaps and read its history")] = None,
+    metrics_view: Annotated[bool, typer.Option("--metrics-view", help="the metrics view even where kvscope's "
+                                                                      "plugin answers")] = False,
     api_key: ClientApiKey = None,
 ) -> int:
-    """Open the live TUI on a running `kvscope serve`: its block map, requests and metrics as they happen;
-    pause / step / delay act on the server's engine."""
+    """Open the live TUI on a running `kvscope serve` or vLLM server with kvscope's plugin: its block map,
+    requests and metrics as they happen; pause / step / delay act on kvscope's engine. On a vLLM server
+    without the plugin: a metrics view of its /metrics (and, with --kv-events, its cached blocks by hash)."""
     from kvscope.cli.commands.attach import run_attach
 
-    return run_attach(url, kernels=kernels, api_key=api_key)
+    return run_attach(url, kernels=kernels, api_key=api_key, kv_events=kv_events, kv_replay=kv_replay,
+                      metrics_view=metrics_view)

@@ -6,6 +6,8 @@ it only on the UI thread. A disaggregated deployment's events arrive as EngineEv
 EngineView of its own (`engines`, for its block map), and the focus engine (the first decode engine, where
 the tokens come from) feeds the main view, metrics, history, timeline and text; the proxy's own events,
 under its ids, are left out.
+
+MetricsModel is the metrics view's (attach on a server without kvscope's plugin): vLLM's /metrics and KV events.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 from kvscope.inspector.batch_timeline import BatchTimeline
 from kvscope.inspector.event_fold import fan_out
+from kvscope.inspector.external.kv_events import KVBlockSet, KVEventBatch, PublisherRestart, SequenceGap
+from kvscope.inspector.external.vllm_metrics import Scrape, ScrapeFailed, VLLMMetrics
 from kvscope.inspector.live.controller import EngineEvent
 from kvscope.inspector.metrics import Metrics
 from kvscope.inspector.state import EngineView
@@ -59,3 +63,21 @@ class UIModel:
         if view is None:
             view = self.engines[name] = EngineView()
         view.apply(tagged.event)
+
+
+class MetricsModel:
+    """What the metrics view renders from (a server without kvscope's plugin): the fold of its /metrics
+    scrapes and, with --kv-events, the cached-block set from vLLM's KV events. `model(item)` folds one item
+    of a MetricsFeed; `kv_items` counts what came from the KV events."""
+
+    def __init__(self) -> None:
+        self.metrics = VLLMMetrics()
+        self.blocks = KVBlockSet()
+        self.kv_items = 0
+
+    def __call__(self, item: Any) -> None:
+        if isinstance(item, (Scrape, ScrapeFailed)):
+            self.metrics.take(item)
+        elif isinstance(item, (KVEventBatch, SequenceGap, PublisherRestart)):
+            self.kv_items += 1
+            self.blocks.take(item)

@@ -9,18 +9,15 @@ import asyncio
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from kvscope.inspector.external.prometheus import parse_exposition
 
 SAMPLE_EVERY_S = 0.1
 
 
 def parse_totals(text: str) -> dict[str, float]:
     """Sample name -> value summed over label sets (one engine or many)."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
+    return parse_exposition(text).totals
 
 
 async def scrape(client: httpx.AsyncClient, base_url: str) -> dict[str, float] | None:
