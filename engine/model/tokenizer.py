@@ -53,11 +53,14 @@ class Tokenizer:
     add_bos_default: bool
     chat_template: str | None
     max_token_chars: int | None = None  # the most characters of text one token covers; None: no bound known
+    uncounted: dict[int, None] | None = None  # characters that may encode to nothing (left out of the bound)
 
     def min_tokens(self, text: str) -> int:
         """A lower bound on the tokens `text` encodes to (0 when no bound is known)."""
         if not self.max_token_chars:
             return 0
+        if self.uncounted:
+            text = text.translate(self.uncounted)
         return -(-len(text) // self.max_token_chars)
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
@@ -172,7 +175,21 @@ class BPETokenizer(Tokenizer):
         self.add_bos_default = add_bos_default
         self.chat_template = chat_template
         if _keeps_every_byte(backend):  # a token's spelling is one character per byte it covers (or longer)
-            self.max_token_chars = max(len(t) for t in backend.get_vocab(with_added_tokens=True))
+            self._bound_tokens(backend)
+
+    def _bound_tokens(self, backend: Any) -> None:
+        """max_token_chars: each character leaves at least one byte's symbol for some token to spell, and no token
+        spells more than max_token_chars symbols. A vocabulary may lack some bytes' tokens (SmolLM2's lacks six
+        ASCII control characters, which then encode to nothing, and some lead bytes): a missing ASCII byte is
+        left out of the count (`uncounted`); a character of several bytes always holds a continuation byte
+        (0x80-0xBF), so with any of those missing there is no bound."""
+        vocab = backend.get_vocab(with_added_tokens=True)
+        symbols = byte_level_symbols()
+        if any(symbols[b] not in vocab for b in range(0x80, 0xC0)):  # every non-ASCII character holds one of these
+            return
+        vanishing = [chr(b) for b in range(128) if not self._encode_text(chr(b))]
+        self.max_token_chars = max(len(t) for t in vocab)
+        self.uncounted = {ord(c): None for c in vanishing} or None
 
     def _encode_text(self, text: str) -> list[int]:
         return list(self.backend.encode_batch([text], add_special_tokens=False)[0].ids)
@@ -279,6 +296,20 @@ class BPETokenizer(Tokenizer):
         if isinstance(template, list):  # named templates: take "default"
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
         return cls(backend, bos_token_id=bos, eos_token_ids=eos, add_bos_default=add_bos, chat_template=template)
+
+
+def byte_level_symbols() -> list[str]:
+    """The character a byte-level pre-tokenizer writes for each byte 0..255: printable Latin-1 bytes as
+    themselves, every other byte as the next character from U+0100 on, in byte order."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    out, shifted = [], 0x100
+    for b in range(256):
+        if b in printable:
+            out.append(chr(b))
+        else:
+            out.append(chr(shifted))
+            shifted += 1
+    return out
 
 
 def _keeps_every_byte(backend: Any) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvscope.engine.core.request_check import PromptTooLong, RequestCheck
@@ -63,11 +63,23 @@ def smollm2() -> BPETokenizer:
 
 @settings(max_examples=60, deadline=None)
 @given(text=st.text(max_size=400) | st.from_regex(r"(<\|im_start\|>|<\|im_end\|>| +|\n+|#+|[a-z]+)*", fullmatch=True))
+@example(text="\x1d")  # one of the six control characters SmolLM2's vocabulary has no byte token for
+@example(text="\U00050000 \x04\x06")  # a lead byte (0xF1) it lacks, beside two more such characters
 def test_the_lower_bound_never_exceeds_the_real_count(smollm2, text):
     byte = ByteTokenizer()
     assert byte.min_tokens(text) <= len(byte.encode(text, add_bos=False))
     assert smollm2.max_token_chars is not None
     assert smollm2.min_tokens(text) <= len(smollm2.encode(text, add_bos=False))
+
+
+def test_byte_level_symbols_are_the_byte_level_pre_tokenizers_alphabet():
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    from kvscope.engine.model.tokenizer import byte_level_symbols
+
+    symbols = byte_level_symbols()
+    assert len(set(symbols)) == 256 and set(symbols) == set(ByteLevel.alphabet())
+    assert symbols[ord("a")] == "a" and symbols[ord(" ")] == "\u0120"  # GPT-2's Ġ for a space
 
 
 def test_a_normalizing_tokenizer_has_no_bound():
