@@ -149,6 +149,23 @@ def test_trace_attach_records_vllms_steps(plugin_server, tmp_path, capsys):
     events = read_recording(tmp_path / "events.jsonl").events
     assert events[0].kind == "run_info" and events[0].backend == "vllm 0.32.0"
     assert sum(1 for e in events if e.kind == "step_end") > 5
+    _replay_reaches_the_end(tmp_path / "events.jsonl", max(e.step for e in events if e.kind == "step_end"))
+
+
+def _replay_reaches_the_end(path: Path, last_step: int) -> None:
+    """`kvscope replay` of the recording: it opens at the last step, and stepping back one step works."""
+    import asyncio
+
+    from kvscope.cli.commands.replay import replay_app
+
+    async def scenario() -> None:
+        app = replay_app(str(path), deterministic=True)
+        async with app.run_test(size=(160, 50)) as pilot:
+            assert app.model.view.step == last_step and app.model.view.info.backend == "vllm 0.32.0"
+            await pilot.press("left")
+            assert app.model.view.step == last_step - 1
+
+    asyncio.run(scenario())
 
 
 def test_control_is_501_in_vllms_error_shape(plugin_server):
