@@ -1,5 +1,6 @@
 """The plugin's only contact with vLLM: Scheduler.schedule and Scheduler.update_from_output wrapped so that,
-after each returns, a VllmTracker reads the scheduler's state. The wrapped methods return what vLLM's
+after each returns, a VllmTracker reads the scheduler's state (and, before an update, the model runner's
+output, which vLLM trims in place at a stop). The wrapped methods return what vLLM's
 return, untouched. If observing ever raises, the originals are put back, one line goes to vLLM's log, and
 vLLM goes on as if the plugin had never been there."""
 
@@ -37,7 +38,8 @@ class SchedulerHooks:
             return out
 
         def wrapped_update(sched: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
-            result = update(sched, scheduler_output, *args, **kwargs)
+            hooks.observe(sched, "before_update", scheduler_output, *args[:1])  # the model runner's output, as
+            result = update(sched, scheduler_output, *args, **kwargs)              # vLLM gets it (it trims it)
             hooks.observe(sched, "after_update", scheduler_output)
             return result
 
@@ -48,7 +50,7 @@ class SchedulerHooks:
         self.active = True
         return self
 
-    def observe(self, sched: Any, what: str, out: Any) -> None:
+    def observe(self, sched: Any, what: str, out: Any, *more: Any) -> None:
         if not self.active:
             return
         start = time.perf_counter_ns()
@@ -56,7 +58,7 @@ class SchedulerHooks:
             tracker = self.trackers.get(sched)
             if tracker is None:
                 tracker = self.trackers[sched] = VllmTracker(self.sink, self.version)
-            getattr(tracker, what)(sched, out)
+            getattr(tracker, what)(sched, out, *more)
             self.observe_ns += time.perf_counter_ns() - start
             self.calls += 1
         except Exception as e:  # never a risk to vLLM: stop observing, keep serving

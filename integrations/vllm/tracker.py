@@ -11,7 +11,8 @@ What comes out, with vLLM's physical block ids and int request ids in order of a
   per schedule(): StepBegin, request arrivals / scheduled / resumed / preempted, then the blocks' frees,
       evictions, allocations and prefix hits, and blocks newly registered under a hash (cached);
   per update_from_output(): first tokens, finished requests with vLLM's reason, the same block diff (the
-      frees of finished requests), a KernelEvent `forward` priced by kvscope's cost model on vLLM's batch,
+      frees of finished requests), a SpecDecode per request that verified drafts, a KernelEvent `forward`
+      priced by kvscope's cost model on vLLM's batch,
       StepEnd (prefill chunks, decodes, sampled tokens, phase times, queues) and a KVSnapshot.
 vLLM's block 0 is its null block, never handed out: it stays free here. The tracker reads vLLM's objects by
 attribute (duck-typed, tested against vLLM 0.32) and imports nothing of vLLM.
@@ -28,7 +29,16 @@ from kvscope.config.model_config import ModelConfig
 from kvscope.costmodel.roofline import step_op_costs
 from kvscope.engine.checkpoint.formats import config_from_hf
 from kvscope.errors import KVScopeError
-from kvscope.events.records import BlockEvent, KernelEvent, KVSnapshot, RequestEvent, RunInfo, StepBegin, StepEnd
+from kvscope.events.records import (
+    BlockEvent,
+    KernelEvent,
+    KVSnapshot,
+    RequestEvent,
+    RunInfo,
+    SpecDecode,
+    StepBegin,
+    StepEnd,
+)
 from kvscope.events.vocabulary import (
     ALLOC,
     ARRIVED,
@@ -79,6 +89,7 @@ class VllmTracker:
         self.hashes: dict[int, int] = {}  # block id -> hash, for blocks that had one when last reported
         self.begin_ts = self.scheduled_ts = 0
         self.block_size = 0
+        self.produced: dict[str, int] = {}  # tokens the model runner produced per request in the step being updated
         self.shape: ModelConfig | None = None  # vLLM's model as kvscope's cost model reads it (None: not priced)
         self.elt = 2
 
@@ -95,14 +106,20 @@ class VllmTracker:
         self._sync_blocks(sched)
         self.scheduled_ts = self.clock()
 
+    def before_update(self, sched: Any, out: Any, runner_out: Any = None) -> None:
+        """The tokens the model runner produced per request, before vLLM's stop rules trim them."""
+        req_ids, sampled = getattr(runner_out, "req_ids", None), getattr(runner_out, "sampled_token_ids", None)
+        self.produced = {r: len(t) for r, t in zip(req_ids, sampled)} if req_ids and sampled else {}
+
     def after_update(self, sched: Any, out: Any) -> None:
         """The step's tokens are in: first tokens, finishes, freed blocks, StepEnd and the pool's snapshot."""
         update_ts = self.clock()
+        stepped = dict(self.seen)  # before finished requests leave it: their last step still counts
         sampled = self._sync_outputs(sched)
         self._sync_blocks(sched)
         prefill, decode = [], []
         for req_id, n in out.num_scheduled_tokens.items():
-            seen = self.seen.get(req_id)
+            seen = stepped.get(req_id)
             if seen is None:
                 continue
             req = seen.request
@@ -111,8 +128,9 @@ class VllmTracker:
                 prefill.append((seen.rid, min(n, req.num_prompt_tokens - before)))
             else:
                 decode.append(seen.rid)
+        self._spec_decodes(sched, out, stepped, self._verified(stepped) or dict(sampled), update_ts)
         if self.shape is not None:
-            self._price_forward(sched, out, update_ts)
+            self._price_forward(out, stepped, update_ts)
         now = self.clock()
         phases = (("schedule", self.begin_ts, self.scheduled_ts), ("forward", self.scheduled_ts, update_ts),
                   ("sample", update_ts, now))
@@ -228,13 +246,36 @@ class VllmTracker:
               hashes: tuple[int, ...]) -> None:
         self.sink(BlockEvent(ts, self.step, PREFIX_HIT if hit else ALLOC, rid, tuple(run), start, refs, hashes))
 
-    def _price_forward(self, sched: Any, out: Any, end: int) -> None:
+    def _verified(self, stepped: dict[str, _Seen]) -> dict[int, int]:
+        """Request id -> tokens the model runner produced this step (before stop rules cut them), or {}."""
+        return {stepped[r].rid: n for r, n in self.produced.items() if r in stepped}
+
+    def _spec_decodes(self, sched: Any, out: Any, stepped: dict[str, _Seen], grown: dict[int, int], ts: int) -> None:
+        """One SpecDecode per request that verified drafts this step, counted as vLLM counts them: the drafts
+        scheduled (less those vLLM marked invalid), accepted = tokens the runner produced - 1 (the tokens
+        appended - 1 where the runner's output is not at hand)."""
+        drafts = getattr(out, "scheduled_spec_decode_tokens", None) or {}
+        if not drafts:
+            return
+        invalid = getattr(out, "num_invalid_spec_tokens", None) or {}
+        spec = getattr(sched.vllm_config, "speculative_config", None)
+        method = str(getattr(spec, "method", "") or "vllm")
+        for req_id, tokens in drafts.items():
+            seen = stepped.get(req_id)
+            if seen is None or not tokens:
+                continue
+            proposed = len(tokens) - invalid.get(req_id, 0)
+            accepted = max(min(grown.get(seen.rid, 0) - 1, proposed), 0)
+            self.sink(SpecDecode(ts, self.step, seen.rid, method, len(tokens), proposed, accepted,
+                                 accepted if accepted < proposed else -1, 0, ts - self.scheduled_ts))
+
+    def _price_forward(self, out: Any, stepped: dict[str, _Seen], end: int) -> None:
         """The step's forward as one KernelEvent priced by kvscope's cost model over vLLM's actual batch (its
         query and context lengths): what the TUI's roofline reads (`kvscope attach --kernels`)."""
         assert self.shape is not None
         query_lens, seq_lens = [], []
         for req_id, n in out.num_scheduled_tokens.items():
-            seen = self.seen.get(req_id)
+            seen = stepped.get(req_id)
             if seen is not None:
                 query_lens.append(int(n))
                 seq_lens.append(int(seen.request.num_computed_tokens))

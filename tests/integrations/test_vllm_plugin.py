@@ -65,6 +65,19 @@ def test_block_tables_rebuilt_from_the_plugins_events_equal_vllms_at_every_step(
     assert out.count("kvscope: plugin disabled") == 1
 
 
+@requires_vllm
+def test_the_plugins_spec_decode_events_add_up_to_vllms_own_counters(tmp_path):
+    script = Path(__file__).with_name("vllm_spec_check.py")
+    proc = subprocess.run([str(VLLM_PYTHON), str(script), str(SMOLLM2_HF)], env=vllm_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    found = [line for line in proc.stdout.splitlines() if line.startswith("FINDINGS ")]
+    assert proc.returncode == 0 and found, (proc.stdout + proc.stderr)[-4000:]
+    f = json.loads(found[0].removeprefix("FINDINGS "))
+    assert f["hooks_active"] and f["consistent"] and f["spec_events"] > 0, f
+    assert f["accepted"] > 0, f  # repetitive prompts: n-gram drafts get accepted
+    assert f["drafts"] == f["vllm_drafts"] and f["accepted"] == f["vllm_accepted"], f
+
+
 @pytest.fixture(scope="module")
 def plugin_server():
     if (reason := requires_vllm.kwargs["reason"]) and requires_vllm.args[0]:
