@@ -45,6 +45,11 @@ def vllm_env() -> dict[str, str]:
             "DO_NOT_TRACK": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
 
+def pinned(cpus: str | None) -> list[str]:
+    """The prefix that runs a command on `cpus` (taskset's list form), or nothing."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 class ServerProcess:
     """A server command on `port`, ready once GET /health is 200 (within start_timeout seconds)."""
 
@@ -54,6 +59,13 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    def pin(self, cpus: str) -> ServerProcess:
+        """Run on `cpus` only (before it starts); a vLLM server's OpenMP threads are bound to them too."""
+        self.argv = pinned(cpus) + self.argv
+        if self.env is not None and "VLLM_CPU_OMP_THREADS_BIND" in self.env:
+            self.env = {**self.env, "VLLM_CPU_OMP_THREADS_BIND": cpus}
+        return self
 
     def __enter__(self) -> ServerProcess:
         self._log = open(self.log, "wb") if self.log else None  # closed in __exit__

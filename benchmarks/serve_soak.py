@@ -238,38 +238,17 @@ def report(name: str, r: SoakResult, clean: SoakResult | None, blocks: int) -> N
         print(f"    {kind:>18}: {answer} x {n}")
 
 
-class ServerProcess:
+def soak_server(tmp: str) -> Any:
     """`kvscope serve` on RECIPE in a process of its own on a free loopback port (so the clients' work does not
-    share its interpreter)."""
+    share its interpreter): a benchmarks/serve_processes.py ServerProcess."""
+    import json
 
-    def __init__(self, tmp: str) -> None:
-        import json
-        import subprocess
-        import sys
+    from serve_processes import kvscope_server
 
-        from kvscope.serve.server.api_server import free_port
-
-        path = f"{tmp}/soak.yaml"
-        with open(path, "w") as f:
-            json.dump({**RECIPE, "workload": {"synthetic": {}}}, f)  # JSON is YAML
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "kvscope.cli.main", "serve", path, "--port",
-                                      str(self.port), "--threads", "1", "--no-text-events"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def __enter__(self) -> ServerProcess:
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"kvscope serve did not start on {self.url}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
+    path = f"{tmp}/soak.yaml"
+    with open(path, "w") as f:
+        json.dump({**RECIPE, "workload": {"synthetic": {}}}, f)  # JSON is YAML
+    return kvscope_server(path, "--threads", "1", "--no-text-events")
 
 
 def main() -> None:
@@ -290,7 +269,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, faults in (("clean", False), ("faults", True)):
-            with ServerProcess(tmp) as srv:
+            with soak_server(tmp) as srv:
                 results[name] = soak(srv.url, expected, args.seconds, faults=faults)
                 report(name, results[name], results.get("clean") if faults else None, held_blocks(srv.url))
     print(f"median /health: clean {statistics.median(results['clean'].health_ms):.1f} ms, "

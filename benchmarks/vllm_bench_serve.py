@@ -23,7 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from serve_processes import SERVED_NAME, SMOLLM2_HF, VLLM_BIN, kvscope_server, vllm_env, vllm_missing, vllm_server
+from serve_processes import (
+    SERVED_NAME,
+    SMOLLM2_HF,
+    VLLM_BIN,
+    kvscope_server,
+    pinned,
+    vllm_env,
+    vllm_missing,
+    vllm_server,
+)
 
 HEADLINES = ("client_cpu_s", "request_throughput", "output_throughput", "total_token_throughput", "mean_ttft_ms",
              "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "mean_itl_ms", "median_itl_ms", "p99_itl_ms")
@@ -44,11 +53,6 @@ class Workload:
                  "--random-input-len", str(self.input_len), "--random-output-len", str(self.output_len),
                  "--ignore-eos", "--seed", str(self.seed), "--percentile-metrics", "ttft,tpot,itl,e2el"]
         return flags + (["--max-concurrency", str(self.max_concurrency)] if self.max_concurrency else [])
-
-
-def pinned(cpus: str | None) -> list[str]:
-    """The prefix that runs a command on `cpus` (taskset's list form), or nothing."""
-    return ["taskset", "-c", cpus] if cpus else []
 
 
 def vllm_client(url: str, work: Workload, out: Path, cpus: str | None = None) -> dict:
@@ -126,7 +130,8 @@ def main() -> None:
     # run first, discarded: the server's first batches of each size pay one-time costs (allocations, programs)
     seqs = ["--max-num-seqs", str(args.max_num_seqs)]
     server = kvscope_server(SERVED_NAME, *seqs, *(["--threads", "1"] if args.isolate else []))
-    server.argv = pinned("0" if args.isolate else None) + server.argv
+    if args.isolate:
+        server.pin("0")
     clients = "1" if args.isolate else None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -140,9 +145,7 @@ def main() -> None:
         if args.against_vllm:
             baseline = vllm_server(*seqs, log=tmp / "vllm.log")
             if args.isolate:  # the same one core, one OpenMP thread
-                baseline.argv = pinned("0") + baseline.argv
-                assert baseline.env is not None
-                baseline.env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
+                baseline.pin("0")
             with baseline as srv:
                 vllm_client(srv.url, warm, tmp / "warm-vllm.json", clients)
                 on_vllm = [vllm_client(srv.url, work, tmp / f"on-vllm-{i}.json", clients) for i in range(args.rounds)]

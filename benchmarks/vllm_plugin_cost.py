@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from serve_processes import vllm_missing, vllm_server
-from vllm_bench_serve import Workload, pinned, vllm_client
+from vllm_bench_serve import Workload, vllm_client
 
 KEYS = ("output_throughput", "request_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms")
 
@@ -46,9 +46,7 @@ def one_round(plugin: bool, work: Workload, tmp: Path, i: int, flags: list[str],
     server = vllm_server(*flags, plugin=plugin, log=tmp / f"vllm-{plugin}-{i}.log")
     clients = "1" if isolate else None
     if isolate:  # vLLM on CPU 0 (one OpenMP thread), the client and the viewer on CPU 1
-        server.argv = pinned("0") + server.argv
-        assert server.env is not None
-        server.env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
+        server.pin("0")
     with server as srv:
         warm = Workload(work.num_prompts, work.input_len, work.output_len, seed=1)
         vllm_client(srv.url, warm, tmp / "warm.json", clients)
