@@ -33,6 +33,7 @@ Sink = Callable[[Any], None]
 END_SEQ = -1
 POLL_MS = 50
 MAX_MESSAGES_PER_POLL = 1000
+MAX_REFILLS = 3  # replays asked for again in a row when one ends short of what was held
 
 
 class Sequencer:
@@ -51,6 +52,7 @@ class Sequencer:
         self.delivered = 0
         self.decode_errors = 0
         self.replays = 0
+        self.refills = 0  # replays asked for again in a row, for holes found when one ended
 
     def start(self) -> int | None:
         """At subscription: replay from 0 where there is a replay socket (the publisher's history)."""
@@ -114,15 +116,26 @@ class Sequencer:
         self._gap_to(seq)  # the replay buffer starts after what was missed
         self._deliver(seq, payload, True)
 
-    def replay_done(self) -> None:
-        """The end marker came (or the replay timed out): what was held goes on, gaps reported."""
+    def replay_done(self, refill: bool = False) -> int | None:
+        """The end marker came (refill=True) or the replay timed out: what was held goes on, gaps reported.
+        After an end marker, live batches held past a hole that the replay did not reach (published, and
+        missed live, while it was served) are asked for again, at most MAX_REFILLS times in a row: the
+        returned seq is that replay's start."""
         self.replaying = False
         held, self.held = self.held, {}
+        while self.next_seq is not None and self.next_seq in held:  # what follows on without a hole goes on
+            seq = self.next_seq
+            self._deliver(seq, held.pop(seq), False)
+        held = {seq: p for seq, p in held.items() if self.next_seq is None or seq >= self.next_seq}
+        if refill and self.can_replay and held and self.next_seq is not None and self.refills < MAX_REFILLS:
+            self.held = held  # a hole before them: ask the replay socket again
+            self.refills += 1
+            return self._replay_from(self.next_seq)
+        self.refills = 0
         for seq in sorted(held):
-            if self.next_seq is not None and seq < self.next_seq:
-                continue
             self._gap_to(seq)
             self._deliver(seq, held[seq], False)
+        return None
 
 
 class KVEventsSubscriber:
@@ -204,7 +217,7 @@ class KVEventsSubscriber:
                     seq = int.from_bytes(frames[2], "big", signed=True)
                     if seq == END_SEQ:
                         if seq_.replaying:
-                            seq_.replay_done()
+                            deadline = request(seq_.replay_done(refill=True))
                     else:
                         seq_.replayed(seq, frames[3])
             if sub in ready:

@@ -61,6 +61,32 @@ def test_sequencer_gives_up_holding_past_its_bound():
     assert not s.replaying and seqs(out)[:4] == [10, 11, 12, 13] and SequenceGap(0, 9) in out
 
 
+def test_a_hole_the_replay_did_not_reach_is_asked_for_again_not_reported_lost():
+    out: list = []
+    s = Sequencer(out.append, can_replay=True)
+    assert s.start() == 0
+    for seq in range(3):
+        s.replayed(seq, payload(seq))
+    for seq in (3, 4, 7, 8):  # live while the first replay is still being answered; 5 and 6 never came live
+        assert s.live(seq, payload(seq)) is None
+    assert s.replay_done(refill=True) == 5  # the end marker: 3 and 4 go on, 7 and 8 wait past a hole, asked for
+    for seq in range(5, 9):
+        s.replayed(seq, payload(seq))
+    assert s.replay_done(refill=True) is None
+    assert seqs(out) == list(range(9)) and not any(isinstance(i, SequenceGap) for i in out)
+
+
+def test_refills_stop_after_a_few_and_the_hole_is_then_reported():
+    out: list = []
+    s = Sequencer(out.append, can_replay=True)
+    s.start()
+    s.replayed(0, payload(0))
+    s.live(5, payload(5))
+    starts = [s.replay_done(refill=True) for _ in range(5)]
+    assert starts[:3] == [1, 1, 1] and starts[3] is None  # then given up: the gap is said, 5 delivered
+    assert SequenceGap(1, 4) in out and seqs(out) == [0, 5]
+
+
 class FakePublisher:
     """vLLM's publisher on loopback: PUB (topic, seq, payload) and a replay ROUTER over its buffer."""
 
